@@ -1,0 +1,3 @@
+"""CLLM4Rec: collaborative large language models for recommendation, the transformers way."""
+
+__version__ = "0.1.0"
