@@ -1,3 +1,33 @@
 """CLLM4Rec: collaborative large language models for recommendation, the transformers way."""
 
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_cllm4rec import CLLM4RecConfig
+from .modeling_cllm4rec import (
+    CLLM4RecForCollaborativeLM,
+    CLLM4RecForItemPrediction,
+    CLLM4RecItemPredictionOutput,
+    CLLM4RecLMOutput,
+    CLLM4RecModel,
+    CLLM4RecPreTrainedModel,
+    RecommendationOutput,
+)
+from .tokenization_cllm4rec import CLLM4RecTokenizer
+
 __version__ = "0.1.0"
+
+AutoConfig.register(CLLM4RecConfig.model_type, CLLM4RecConfig, exist_ok=True)
+AutoModel.register(CLLM4RecConfig, CLLM4RecModel, exist_ok=True)
+AutoModelForCausalLM.register(CLLM4RecConfig, CLLM4RecForCollaborativeLM, exist_ok=True)
+
+__all__ = [
+    "CLLM4RecConfig",
+    "CLLM4RecTokenizer",
+    "CLLM4RecPreTrainedModel",
+    "CLLM4RecModel",
+    "CLLM4RecForCollaborativeLM",
+    "CLLM4RecForItemPrediction",
+    "CLLM4RecLMOutput",
+    "CLLM4RecItemPredictionOutput",
+    "RecommendationOutput",
+]

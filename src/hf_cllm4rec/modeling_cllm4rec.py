@@ -1,0 +1,422 @@
+"""CLLM4Rec models: a causal-LM backbone with collaborative and content embeddings for user and item tokens."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils import ModelOutput
+
+from .configuration_cllm4rec import CLLM4RecConfig
+
+DOCUMENT_TYPES = ("collaborative", "content")
+
+# Default LoRA targets by backbone model type, for backbones peft has no default for.
+LORA_TARGET_MODULES = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+@dataclass
+class CLLM4RecLMOutput(ModelOutput):
+    """
+    Output of [`CLLM4RecForCollaborativeLM`].
+
+    Args:
+        loss: language-modelling loss on the main text plus the mutual-regularization term.
+        lm_loss: mean next-token loss over main-text tokens (item space or vocabulary, by document type).
+        regularization_loss: `lambda_v / 2 * ||z - stopgrad(z_other)||^2`, averaged over the batch's ID tokens.
+        logits: next-token logits `(batch, length, space)` over the document type's token space; only computed when
+            no `labels` are given (with labels, logits are computed at target positions alone and not returned).
+        last_hidden_state: the backbone's last hidden states.
+    """
+
+    loss: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    regularization_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+@dataclass
+class CLLM4RecItemPredictionOutput(ModelOutput):
+    """
+    Output of [`CLLM4RecForItemPrediction`].
+
+    Args:
+        loss: multinomial negative log-likelihood of the target items plus the mutual-regularization term.
+        recommendation_loss: the multinomial negative log-likelihood, summed over a user's targets, averaged over users.
+        regularization_loss: the mutual-regularization term.
+        logits: item scores `(batch, num_items)` read at each prompt's last real token.
+    """
+
+    loss: torch.FloatTensor | None = None
+    recommendation_loss: torch.FloatTensor | None = None
+    regularization_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+@dataclass
+class RecommendationOutput(ModelOutput):
+    """Top-k recommendations: `item_ids` and `scores`, both `(batch, k)`, best first."""
+
+    item_ids: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+
+
+class CLLM4RecPreTrainedModel(PreTrainedModel):
+    config_class = CLLM4RecConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Like `PreTrainedModel.from_pretrained`, but a checkpoint that does not fit the requested config fails."""
+        if pretrained_model_name_or_path is not None:
+            hub_kwargs = {
+                key: kwargs[key]
+                for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+                if key in kwargs
+            }
+            stored, _ = CLLM4RecConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            check_checkpoint_compatibility(stored, kwargs, pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def from_backbone(
+        cls, backbone_name_or_path: str | os.PathLike, num_users: int, num_items: int, **kwargs
+    ) -> "CLLM4RecPreTrainedModel":
+        """
+        Builds a CLLM4Rec model around a pretrained causal LM (a Hub name or a local folder).
+
+        Keyword arguments that `CLLM4RecConfig` knows go to the config; the rest (`dtype`, `attn_implementation`,
+        `revision`, ...) go to `AutoModelForCausalLM.from_pretrained`. The new ID embeddings are initialized from
+        N(0, `initializer_range`); the backbone keeps its pretrained weights.
+        """
+        config_fields = set(CLLM4RecConfig.__dataclass_fields__) - {"text_config"}
+        config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
+        language_model = AutoModelForCausalLM.from_pretrained(backbone_name_or_path, **kwargs)
+        config = CLLM4RecConfig(
+            text_config=language_model.config, num_users=num_users, num_items=num_items, **config_kwargs
+        )
+        config.base_model_name_or_path = str(backbone_name_or_path)
+        return cls(config, language_model=language_model)
+
+
+def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
+    """Raises a `ValueError` when a stored CLLM4Rec config does not fit the config or overrides asked for."""
+    if stored.get("model_type") != CLLM4RecConfig.model_type:
+        raise ValueError(
+            f"{source} holds a {stored.get('model_type')!r} checkpoint, not a CLLM4Rec one; "
+            f"build a CLLM4Rec model around a backbone with `from_backbone`."
+        )
+    requested = kwargs.get("config")
+    requested = requested.to_dict() if isinstance(requested, CLLM4RecConfig) else {}
+    requested.update({key: kwargs[key] for key in ("num_users", "num_items") if key in kwargs})
+    for key in ("num_users", "num_items"):
+        if key in requested and requested[key] != stored.get(key):
+            raise ValueError(
+                f"The checkpoint {source} has {key}={stored.get(key)}, but {key}={requested[key]} was requested: "
+                f"a checkpoint only loads into a model of the same user and item catalogue."
+            )
+    if "text_config" in requested:
+        for key in ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer"):
+            want, have = requested["text_config"].get(key), stored.get("text_config", {}).get(key)
+            if want is not None and have is not None and want != have:
+                raise ValueError(
+                    f"The checkpoint {source} has a backbone with {key}={have}, but the requested config has "
+                    f"{key}={want}: the backbones do not match."
+                )
+
+
+class CLLM4RecModel(CLLM4RecPreTrainedModel):
+    """
+    The backbone with the ID embedding tables and the routing of token ids to them.
+
+    Token ids below `config.vocab_size` are words (the backbone's embeddings); then come `num_users` user tokens and
+    `num_items` item tokens, each looked up in the collaborative or the content table, by document type.
+    """
+
+    def __init__(self, config: CLLM4RecConfig, language_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        hidden_size = config.hidden_size
+        self.user_collaborative_embeddings = nn.Embedding(config.num_users, hidden_size)
+        self.item_collaborative_embeddings = nn.Embedding(config.num_items, hidden_size)
+        self.user_content_embeddings = nn.Embedding(config.num_users, hidden_size)
+        self.item_content_embeddings = nn.Embedding(config.num_items, hidden_size)
+        self.language_model.requires_grad_(config.backbone_training == "full")
+        if config.backbone_training == "lora":
+            self._inject_lora()
+        self.post_init()
+
+    def _inject_lora(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        config = self.config
+        target_modules = config.lora_target_modules or LORA_TARGET_MODULES.get(config.text_config.model_type)
+        lora_config = LoraConfig(
+            r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=target_modules
+        )
+        inject_adapter_in_model(lora_config, self.language_model)
+
+    def enable_lora(self, rank: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None):
+        """Adds LoRA adapters to the (frozen) backbone of a loaded model; saved checkpoints keep them."""
+        if self.config.backbone_training == "lora":
+            raise ValueError("This model already has LoRA adapters.")
+        self.config.backbone_training = "lora"
+        self.config.lora_rank, self.config.lora_alpha, self.config.lora_dropout = rank, alpha, dropout
+        self.config.lora_target_modules = target_modules
+        self.language_model.requires_grad_(False)
+        self._inject_lora()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def id_embedding_tables(self, side: str) -> tuple[nn.Embedding, nn.Embedding]:
+        """The (user, item) embedding tables of `side`, `"collaborative"` or `"content"`."""
+        if side == "collaborative":
+            return self.user_collaborative_embeddings, self.item_collaborative_embeddings
+        if side == "content":
+            return self.user_content_embeddings, self.item_content_embeddings
+        raise ValueError(f"document type must be one of {DOCUMENT_TYPES}, got {side!r}.")
+
+    def embed_tokens(self, input_ids: torch.LongTensor, side: str = "collaborative") -> torch.Tensor:
+        """Embeddings of extended-vocabulary ids: words from the backbone, IDs from the tables of `side`."""
+        config = self.config
+        user_table, item_table = self.id_embedding_tables(side)
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= config.extended_vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Token id {bad} is outside the extended vocabulary: {config.vocab_size} words + {config.num_users} "
+                f"users + {config.num_items} items = {config.extended_vocab_size} ids."
+            )
+        is_user = (input_ids >= config.user_token_offset) & (input_ids < config.item_token_offset)
+        is_item = input_ids >= config.item_token_offset
+        word_ids = input_ids.masked_fill(is_user | is_item, 0)
+        embeddings = self.get_input_embeddings()(word_ids)
+        user_embeddings = user_table(input_ids[is_user] - config.user_token_offset).to(embeddings.dtype)
+        item_embeddings = item_table(input_ids[is_item] - config.item_token_offset).to(embeddings.dtype)
+        embeddings = embeddings.index_put((is_user,), user_embeddings).index_put((is_item,), item_embeddings)
+        return embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        document_type: str = "collaborative",
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        inputs_embeds = self.embed_tokens(input_ids, document_type)
+        return self.language_model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    def item_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Scores over all items: the item head tied to the collaborative item embeddings."""
+        weight = self.item_collaborative_embeddings.weight
+        return hidden_states @ weight.to(hidden_states.dtype).T
+
+    def word_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Scores over the word vocabulary: the backbone's LM head (tied to its word embeddings where it ties)."""
+        return self.language_model.get_output_embeddings()(hidden_states)
+
+    def mutual_regularization(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        side: str,
+        extra_item_ids: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """
+        `lambda_v / 2 * ||z_side - stopgrad(z_other)||^2` averaged over the distinct users and items of the batch.
+
+        `extra_item_ids` are 0-based item ids that take part without appearing in `input_ids` (prediction targets).
+        """
+        config = self.config
+        if config.lambda_v == 0:
+            return input_ids.new_zeros((), dtype=torch.float32)
+        token_ids = input_ids if attention_mask is None else input_ids[attention_mask.bool()]
+        user_ids = token_ids[(token_ids >= config.user_token_offset) & (token_ids < config.item_token_offset)]
+        item_ids = token_ids[token_ids >= config.item_token_offset] - config.item_token_offset
+        if extra_item_ids is not None:
+            item_ids = torch.cat([item_ids, extra_item_ids.reshape(-1)])
+        user_ids = torch.unique(user_ids - config.user_token_offset)
+        item_ids = torch.unique(item_ids)
+        if user_ids.numel() + item_ids.numel() == 0:
+            return input_ids.new_zeros((), dtype=torch.float32)
+        other_side = "content" if side == "collaborative" else "collaborative"
+        squared_distances = []
+        for table, other_table, ids in zip(
+            self.id_embedding_tables(side), self.id_embedding_tables(other_side), (user_ids, item_ids)
+        ):
+            difference = table(ids).float() - other_table(ids).detach().float()
+            squared_distances.append(difference.pow(2).sum(-1))
+        return config.lambda_v / 2 * torch.cat(squared_distances).mean()
+
+
+class CLLM4RecForCollaborativeLM(CLLM4RecPreTrainedModel):
+    """
+    CLLM4Rec pretraining: language modelling of collaborative documents (next item over the item space) and of
+    content documents (next word over the vocabulary), each with mutual regularization toward the other side.
+
+    Labels hold the target token ids at main-text positions and -100 at prompt and padding positions; they are
+    shifted inside, so the first main-text token is predicted from the prompt's last token.
+    """
+
+    def __init__(self, config: CLLM4RecConfig, language_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.model = CLLM4RecModel(config, language_model=language_model)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        document_type: str = "collaborative",
+        **kwargs,
+    ) -> CLLM4RecLMOutput:
+        r"""
+        document_type (`str`, defaults to `"collaborative"`):
+            `"collaborative"` (ID tokens use the collaborative tables, targets are items) or `"content"` (ID tokens
+            use the content tables, targets are words).
+        """
+        config = self.config
+        hidden_states = self.model(input_ids, attention_mask, document_type, **kwargs).last_hidden_state
+        head = self.model.item_logits if document_type == "collaborative" else self.model.word_logits
+        if labels is None:
+            return CLLM4RecLMOutput(logits=head(hidden_states), last_hidden_state=hidden_states)
+
+        targets = labels[:, 1:]
+        is_target = targets != -100
+        targets = targets[is_target]
+        if document_type == "collaborative":
+            if targets.numel() and int(targets.min()) < config.item_token_offset:
+                raise ValueError("Targets of collaborative documents must be item tokens.")
+            targets = targets - config.item_token_offset
+        elif targets.numel() and int(targets.max()) >= config.vocab_size:
+            raise ValueError("Targets of content documents must be word tokens.")
+        logits = head(hidden_states[:, :-1][is_target])
+        lm_loss = F.cross_entropy(logits.float(), targets)
+        regularization_loss = self.model.mutual_regularization(input_ids, attention_mask, document_type)
+        return CLLM4RecLMOutput(
+            loss=lm_loss + regularization_loss,
+            lm_loss=lm_loss,
+            regularization_loss=regularization_loss,
+            last_hidden_state=hidden_states,
+        )
+
+
+class CLLM4RecForItemPrediction(CLLM4RecPreTrainedModel):
+    """
+    CLLM4Rec fine-tuning and serving: the hidden state of the prompt's last real token is scored against every
+    collaborative item embedding; training maximizes the multinomial likelihood of the held-out items.
+    """
+
+    def __init__(self, config: CLLM4RecConfig, language_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.model = CLLM4RecModel(config, language_model=language_model)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CLLM4RecItemPredictionOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch, max_targets)`, *optional*):
+            0-based ids of each user's target (held-out) items, padded with -100.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden_states = self.model(input_ids, attention_mask, "collaborative", **kwargs).last_hidden_state
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last_positions = (attention_mask.bool() * positions).argmax(-1)
+        last_hidden = hidden_states[torch.arange(input_ids.shape[0], device=input_ids.device), last_positions]
+        logits = self.model.item_logits(last_hidden)
+        if labels is None:
+            return CLLM4RecItemPredictionOutput(logits=logits)
+
+        is_target = labels != -100
+        if not bool(is_target.any(-1).all()):
+            raise ValueError("Every row of `labels` needs at least one target item; found a row with none.")
+        if int(labels.max()) >= self.config.num_items or int(labels[is_target].min()) < 0:
+            raise ValueError(f"Target item ids must lie in [0, {self.config.num_items}).")
+        log_probabilities = F.log_softmax(logits.float(), dim=-1)
+        target_log_probabilities = log_probabilities.gather(1, labels.clamp(min=0)) * is_target
+        recommendation_loss = -target_log_probabilities.sum(-1).mean()
+        regularization_loss = self.model.mutual_regularization(
+            input_ids, attention_mask, "collaborative", extra_item_ids=labels[is_target]
+        )
+        return CLLM4RecItemPredictionOutput(
+            loss=recommendation_loss + regularization_loss,
+            recommendation_loss=recommendation_loss,
+            regularization_loss=regularization_loss,
+            logits=logits,
+        )
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        user_ids: list[int | None],
+        histories: list[list[int]],
+        k: int = 10,
+        *,
+        tokenizer,
+        max_length: int | None = None,
+    ) -> RecommendationOutput:
+        """
+        The `k` best items for each user, never one of the user's `histories`, in one batched forward pass.
+
+        A `None` user id is a user without a user token (cold start): the config's `cold_start_prompt` is used.
+        `tokenizer` is the model's [`CLLM4RecTokenizer`]; `max_length` truncates long histories from their start.
+        """
+        if len(user_ids) != len(histories):
+            raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")
+        if not 0 < k <= self.config.num_items:
+            raise ValueError(f"k must lie in [1, {self.config.num_items}], got {k}.")
+        prompts = [
+            tokenizer.render("cold_start_prompt", history=history, max_length=max_length)
+            if user is None
+            else tokenizer.render("recommendation_prompt", user=user, history=history, max_length=max_length)
+            for user, history in zip(user_ids, histories)
+        ]
+        input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id, device=self.device)
+        logits = self(input_ids=input_ids, attention_mask=attention_mask).logits
+        for row, history in enumerate(histories):
+            logits[row, torch.as_tensor(list(history), dtype=torch.long, device=logits.device)] = -torch.inf
+        scores, item_ids = logits.topk(k, dim=-1)
+        return RecommendationOutput(item_ids=item_ids, scores=scores)
+
+
+def pad_sequences(
+    sequences: list[list[int]], pad_token_id: int, device: torch.device | str | None = None
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Right-pads token id lists into `(input_ids, attention_mask)`."""
+    length = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+__all__ = [
+    "CLLM4RecPreTrainedModel",
+    "CLLM4RecModel",
+    "CLLM4RecForCollaborativeLM",
+    "CLLM4RecForItemPrediction",
+    "CLLM4RecLMOutput",
+    "CLLM4RecItemPredictionOutput",
+    "RecommendationOutput",
+]

@@ -1,0 +1,210 @@
+"""ID-aware tokenizer: any `AutoTokenizer` plus one token per user and per item."""
+
+import os
+import re
+from collections.abc import Sequence
+from functools import cached_property
+
+import numpy as np
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .configuration_cllm4rec import CLLM4RecConfig, template_placeholders
+
+ID_TOKEN_PATTERN = re.compile(r"<(user|item)_(\d+)>")
+
+
+class CLLM4RecTokenizer:
+    """
+    Wraps a backbone tokenizer and encodes `<user_i>` / `<item_j>` as single ids past the word vocabulary.
+
+    No tokens are added to the backbone tokenizer: ID tokens are recognized by pattern and mapped arithmetically,
+    so a catalogue of millions of items costs nothing. Text around ID tokens is tokenized exactly as the backbone
+    tokenizer tokenizes it inside a sentence; the whitespace right before an ID token belongs to the ID token, so
+    `decode(encode(text)) == text` for text with single spaces. Prompt templates (`{user}`, `{item}`, `{history}`)
+    are rendered from integer ids directly, without string round trips.
+
+    Args:
+        base_tokenizer (`PreTrainedTokenizerBase`): the backbone's tokenizer.
+        config (`CLLM4RecConfig`): gives the ID layout and the prompt templates.
+    """
+
+    def __init__(self, base_tokenizer: PreTrainedTokenizerBase, config: CLLM4RecConfig):
+        if len(base_tokenizer) > config.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(base_tokenizer)} tokens but the backbone's vocabulary has only "
+                f"{config.vocab_size}: they do not belong together."
+            )
+        self.base_tokenizer = base_tokenizer
+        self.config = config
+        self._rendered_templates: dict[str, list] = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "CLLM4RecTokenizer":
+        """Loads the backbone tokenizer and the CLLM4Rec config saved in the same folder or Hub repository."""
+        config = CLLM4RecConfig.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls(AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs), config)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Saves the backbone tokenizer files and the config they are laid out against."""
+        self.base_tokenizer.save_pretrained(save_directory, **kwargs)
+        self.config.save_pretrained(save_directory)
+
+    def __len__(self) -> int:
+        return self.config.extended_vocab_size
+
+    @cached_property
+    def pad_token_id(self) -> int:
+        """The backbone's pad token, else its end-of-sequence token (padding is always masked out)."""
+        for token_id in (self.base_tokenizer.pad_token_id, self.base_tokenizer.eos_token_id):
+            if token_id is not None:
+                return token_id
+        return 0
+
+    # ID tokens
+
+    def user_token_ids(self, user_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Token ids of users `user_ids` (0-based), checked against `num_users`."""
+        return self._id_token_ids(user_ids, "user", self.config.num_users, self.config.user_token_offset)
+
+    def item_token_ids(self, item_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Token ids of items `item_ids` (0-based), checked against `num_items`."""
+        return self._id_token_ids(item_ids, "item", self.config.num_items, self.config.item_token_offset)
+
+    @staticmethod
+    def _id_token_ids(ids, kind: str, count: int, offset: int) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= count):
+            bad = int(ids[(ids < 0) | (ids >= count)][0])
+            raise ValueError(f"{kind} id {bad} is out of range: this model has {count} {kind}s (ids 0 to {count - 1}).")
+        return ids + offset
+
+    def token_kind(self, token_id: int) -> tuple[str, int]:
+        """`("word", id)`, `("user", user_id)` or `("item", item_id)` for an extended-vocabulary token id."""
+        config = self.config
+        if 0 <= token_id < config.user_token_offset:
+            return "word", token_id
+        if token_id < config.item_token_offset:
+            return "user", token_id - config.user_token_offset
+        if token_id < config.extended_vocab_size:
+            return "item", token_id - config.item_token_offset
+        raise ValueError(f"Token id {token_id} is outside the extended vocabulary of size {config.extended_vocab_size}.")
+
+    # Text
+
+    def encode_text(self, texts: list[str]) -> list[list[int]]:
+        """Word ids of plain texts (no ID markers), batched through the fast tokenizer, no special tokens."""
+        if not texts:
+            return []
+        return self.base_tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, where `<user_i>` and `<item_j>` become single ID tokens."""
+        pieces: list[str | int] = []
+        position = 0
+        for match in ID_TOKEN_PATTERN.finditer(text):
+            pieces.append(text[position : match.start()])
+            kind, index = match.group(1), int(match.group(2))
+            pieces.append(int((self.user_token_ids if kind == "user" else self.item_token_ids)([index])[0]))
+            position = match.end()
+        pieces.append(text[position:])
+        return self._encode_pieces(pieces)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of extended-vocabulary ids; ID tokens come back as `<user_i>` / `<item_j>`."""
+        parts: list[str] = []
+        words: list[int] = []
+        for token_id in (int(token_id) for token_id in token_ids):
+            kind, index = self.token_kind(token_id)
+            if kind == "word":
+                words.append(token_id)
+                continue
+            if words:
+                parts.append(self.base_tokenizer.decode(words))
+                words = []
+            parts.append(f"{' ' if parts else ''}<{kind}_{index}>")
+        if words:
+            parts.append(self.base_tokenizer.decode(words))
+        return "".join(parts)
+
+    def _encode_pieces(self, pieces: list[str | int]) -> list[int]:
+        """Encodes alternating text pieces and ID token ids; the space before an ID token is absorbed by it."""
+        token_ids: list[int] = []
+        for position, piece in enumerate(pieces):
+            if isinstance(piece, str):
+                if position + 1 < len(pieces):
+                    piece = piece.rstrip()
+                if piece.strip():
+                    token_ids.extend(self.base_tokenizer.encode(piece, add_special_tokens=False))
+            else:
+                token_ids.append(piece)
+        return token_ids
+
+    # Prompt templates
+
+    def render(
+        self,
+        template: str,
+        user: int | None = None,
+        item: int | None = None,
+        history: Sequence[int] | np.ndarray | None = None,
+        max_length: int | None = None,
+    ) -> list[int]:
+        """
+        Token ids of a prompt template of the config (`"collaborative_prompt"`, `"review_prompt"`, ...).
+
+        `user`, `item` and `history` are 0-based ids. When the rendered prompt would exceed `max_length`, items are
+        dropped from the start of the history, so that the end of the prompt always survives.
+        """
+        pieces = self._template_pieces(template)
+        needed = {piece for piece in pieces if isinstance(piece, tuple)}
+        values = {"user": user, "item": item, "history": history}
+        for (name,) in needed:
+            if values[name] is None:
+                raise ValueError(f"Template `{template}` needs `{name}`.")
+        history_tokens = self.item_token_ids(history) if ("history",) in needed else None
+        if history_tokens is not None and not len(history_tokens):
+            raise ValueError(f"Template `{template}` needs a non-empty history.")
+        if max_length is not None and history_tokens is not None:
+            fixed = sum(len(piece) if isinstance(piece, list) else 1 for piece in pieces if piece != ("history",))
+            budget = max_length - fixed
+            if budget < 1:
+                raise ValueError(f"max_length={max_length} leaves no room for the history in `{template}`.")
+            history_tokens = history_tokens[-budget:]
+        token_ids: list[int] = []
+        for piece in pieces:
+            if isinstance(piece, list):
+                token_ids.extend(piece)
+            elif piece == ("history",):
+                token_ids.extend(history_tokens.tolist())
+            elif piece == ("user",):
+                token_ids.append(int(self.user_token_ids([user])[0]))
+            else:
+                token_ids.append(int(self.item_token_ids([item])[0]))
+        return token_ids
+
+    def _template_pieces(self, template: str) -> list:
+        """The template split into pre-tokenized text (lists of ids) and placeholders (1-tuples), cached."""
+        if template not in self._rendered_templates:
+            text = getattr(self.config, template)
+            # Placeholders become sentinel ids below 0 so text pieces are tokenized by the one shared rule.
+            names = template_placeholders(text)
+            parts = re.split(r"\{(?:user|item|history)\}", text)
+            pieces: list[str | int] = []
+            for index, part in enumerate(parts):
+                pieces.append(part)
+                if index < len(names):
+                    pieces.append(-1 - index)
+            encoded = self._encode_pieces(pieces)
+            rendered: list = []
+            for token_id in encoded:
+                if token_id < 0:
+                    rendered.append((names[-1 - token_id],))
+                elif rendered and isinstance(rendered[-1], list):
+                    rendered[-1].append(token_id)
+                else:
+                    rendered.append([token_id])
+            self._rendered_templates[template] = rendered
+        return self._rendered_templates[template]
+
+
+__all__ = ["CLLM4RecTokenizer", "ID_TOKEN_PATTERN"]
