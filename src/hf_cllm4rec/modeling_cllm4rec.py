@@ -101,7 +101,12 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
         config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
         language_model = AutoModelForCausalLM.from_pretrained(backbone_name_or_path, **kwargs)
         config = CLLM4RecConfig(
-            text_config=language_model.config, num_users=num_users, num_items=num_items, **config_kwargs
+            text_config=language_model.config,
+            num_users=num_users,
+            num_items=num_items,
+            # the config's constructor sets the attention implementation on its sub-config: keep the backbone's
+            attn_implementation=language_model.config._attn_implementation,
+            **config_kwargs,
         )
         config.base_model_name_or_path = str(backbone_name_or_path)
         return cls(config, language_model=language_model)
@@ -227,6 +232,40 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         """Scores over the word vocabulary: the backbone's LM head (tied to its word embeddings where it ties)."""
         return self.language_model.get_output_embeddings()(hidden_states)
 
+    def language_modeling(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.LongTensor | None,
+        document_type: str,
+        **kwargs,
+    ) -> CLLM4RecLMOutput:
+        """Next-token loss of collaborative (item space) or content (vocabulary) documents, with regularization."""
+        config = self.config
+        hidden_states = self(input_ids, attention_mask, document_type, **kwargs).last_hidden_state
+        head = self.item_logits if document_type == "collaborative" else self.word_logits
+        if labels is None:
+            return CLLM4RecLMOutput(logits=head(hidden_states), last_hidden_state=hidden_states)
+
+        targets = labels[:, 1:]
+        is_target = targets != -100
+        targets = targets[is_target]
+        if document_type == "collaborative":
+            if targets.numel() and int(targets.min()) < config.item_token_offset:
+                raise ValueError("Targets of collaborative documents must be item tokens.")
+            targets = targets - config.item_token_offset
+        elif targets.numel() and int(targets.max()) >= config.vocab_size:
+            raise ValueError("Targets of content documents must be word tokens.")
+        logits = head(hidden_states[:, :-1][is_target])
+        lm_loss = F.cross_entropy(logits.float(), targets)
+        regularization_loss = self.mutual_regularization(input_ids, attention_mask, document_type)
+        return CLLM4RecLMOutput(
+            loss=lm_loss + regularization_loss,
+            lm_loss=lm_loss,
+            regularization_loss=regularization_loss,
+            last_hidden_state=hidden_states,
+        )
+
     def mutual_regularization(
         self,
         input_ids: torch.LongTensor,
@@ -288,30 +327,7 @@ class CLLM4RecForCollaborativeLM(CLLM4RecPreTrainedModel):
             `"collaborative"` (ID tokens use the collaborative tables, targets are items) or `"content"` (ID tokens
             use the content tables, targets are words).
         """
-        config = self.config
-        hidden_states = self.model(input_ids, attention_mask, document_type, **kwargs).last_hidden_state
-        head = self.model.item_logits if document_type == "collaborative" else self.model.word_logits
-        if labels is None:
-            return CLLM4RecLMOutput(logits=head(hidden_states), last_hidden_state=hidden_states)
-
-        targets = labels[:, 1:]
-        is_target = targets != -100
-        targets = targets[is_target]
-        if document_type == "collaborative":
-            if targets.numel() and int(targets.min()) < config.item_token_offset:
-                raise ValueError("Targets of collaborative documents must be item tokens.")
-            targets = targets - config.item_token_offset
-        elif targets.numel() and int(targets.max()) >= config.vocab_size:
-            raise ValueError("Targets of content documents must be word tokens.")
-        logits = head(hidden_states[:, :-1][is_target])
-        lm_loss = F.cross_entropy(logits.float(), targets)
-        regularization_loss = self.model.mutual_regularization(input_ids, attention_mask, document_type)
-        return CLLM4RecLMOutput(
-            loss=lm_loss + regularization_loss,
-            lm_loss=lm_loss,
-            regularization_loss=regularization_loss,
-            last_hidden_state=hidden_states,
-        )
+        return self.model.language_modeling(input_ids, attention_mask, labels, document_type, **kwargs)
 
 
 class CLLM4RecForItemPrediction(CLLM4RecPreTrainedModel):
@@ -330,12 +346,20 @@ class CLLM4RecForItemPrediction(CLLM4RecPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        document_type: str = "recommendation",
         **kwargs,
-    ) -> CLLM4RecItemPredictionOutput:
+    ) -> CLLM4RecItemPredictionOutput | CLLM4RecLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch, max_targets)`, *optional*):
             0-based ids of each user's target (held-out) items, padded with -100.
+        document_type (`str`, defaults to `"recommendation"`):
+            `"recommendation"` for masked-history prompts; `"content"` runs a content-LM step (the C-step that
+            fine-tuning interleaves), with labels as in [`CLLM4RecForCollaborativeLM`].
         """
+        if document_type == "content":
+            return self.model.language_modeling(input_ids, attention_mask, labels, document_type, **kwargs)
+        if document_type != "recommendation":
+            raise ValueError(f"document_type must be 'recommendation' or 'content', got {document_type!r}.")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden_states = self.model(input_ids, attention_mask, "collaborative", **kwargs).last_hidden_state
