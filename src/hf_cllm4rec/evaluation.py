@@ -1,0 +1,256 @@
+"""Full-ranking recommendation metrics: Recall@K and NDCG@K as in the CLLM4Rec paper.
+
+Every item is ranked for every user, the items to exclude (the user's training items) are set to `-inf`, and
+
+- Recall@K = hits in the top K / min(K, number of held-out items),
+- NDCG@K = DCG@K / IDCG@K, with DCG@K = sum over hits at 0-based rank r < K of 1 / log2(r + 2) and the ideal DCG
+  taken over min(K, number of held-out items) positions,
+
+averaged over the users that have held-out items; users without held-out items are skipped. The computation is
+vectorized in torch on the device of the scores and works on chunks of users, so that a caller can stream users
+through [`RankingMetrics`] without ever holding the full score matrix.
+
+Example:
+
+```python
+>>> import torch
+>>> from hf_cllm4rec.evaluation import ranking_metrics
+>>> scores = torch.tensor([[0.9, 0.8, 0.1, 0.3]])
+>>> heldout = torch.tensor([[False, True, True, False]])
+>>> exclude = torch.tensor([[True, False, False, False]])
+>>> metrics = ranking_metrics(scores, heldout, exclude, recall_ks=(1, 2), ndcg_ks=(2,))
+>>> metrics["recall@1"], metrics["recall@2"], round(metrics["ndcg@2"], 4)
+(1.0, 0.5, 0.6131)
+```
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import scipy.sparse
+import torch
+
+DEFAULT_RECALL_KS = (20, 40)
+DEFAULT_NDCG_KS = (100,)
+MODEL_SELECTION_METRICS = ("recall@20", "recall@40", "ndcg@100")
+
+
+def _validate_ks(ks: Iterable[int], name: str) -> tuple[int, ...]:
+    validated = []
+    for k in ks:
+        if isinstance(k, bool):
+            raise TypeError(f"`{name}` must hold integers, got {k!r}.")
+        k = operator.index(k)
+        if k <= 0:
+            raise ValueError(f"`{name}` must hold positive cut-offs, got {k}.")
+        validated.append(k)
+    return tuple(sorted(set(validated)))
+
+
+def rows_to_mask(
+    matrix: scipy.sparse.spmatrix | scipy.sparse.sparray,
+    rows: slice | Sequence[int] | np.ndarray | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Boolean mask `[len(rows), num_items]` of the non-zero entries of some rows of a sparse user x item matrix.
+
+    Only the indices of the non-zero entries travel to `device`; the dense mask is built there.
+    """
+    if not scipy.sparse.issparse(matrix):
+        raise TypeError(f"`matrix` must be a scipy sparse matrix, got {type(matrix).__name__}.")
+    matrix = scipy.sparse.csr_matrix(matrix if rows is None else matrix[rows])
+    row_lengths = torch.from_numpy(np.diff(matrix.indptr).astype(np.int64)).to(device)
+    row_ids = torch.repeat_interleave(torch.arange(matrix.shape[0], device=device), row_lengths)
+    item_ids = torch.from_numpy(matrix.indices.astype(np.int64)).to(device)
+    mask = torch.zeros(matrix.shape, dtype=torch.bool, device=device)
+    mask[row_ids, item_ids] = True
+    return mask
+
+
+def items_to_mask(
+    item_ids_per_user: Sequence[Sequence[int] | np.ndarray | torch.Tensor],
+    num_items: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Boolean mask `[len(item_ids_per_user), num_items]` from one collection of item ids per user."""
+    item_ids = [torch.as_tensor(np.asarray(ids, dtype=np.int64)).reshape(-1) for ids in item_ids_per_user]
+    lengths = torch.tensor([len(ids) for ids in item_ids], dtype=torch.long)
+    flat_item_ids = torch.cat(item_ids) if item_ids else torch.zeros(0, dtype=torch.long)
+    if flat_item_ids.numel() and not 0 <= flat_item_ids.min() <= flat_item_ids.max() < num_items:
+        raise ValueError(
+            f"Item ids must lie in [0, {num_items}), got ids from {int(flat_item_ids.min())} to {int(flat_item_ids.max())}."
+        )
+    row_ids = torch.repeat_interleave(torch.arange(len(item_ids)), lengths)
+    mask = torch.zeros(len(item_ids), num_items, dtype=torch.bool, device=device)
+    mask[row_ids.to(device), flat_item_ids.to(device)] = True
+    return mask
+
+
+def _as_mask(items, scores: torch.Tensor, name: str) -> torch.Tensor:
+    if scipy.sparse.issparse(items):
+        mask = rows_to_mask(items, device=scores.device)
+    else:
+        mask = torch.as_tensor(items, device=scores.device)
+        if mask.dtype != torch.bool:
+            mask = mask != 0
+    if mask.shape != scores.shape:
+        raise ValueError(f"`{name}` has shape {tuple(mask.shape)} but `scores` has shape {tuple(scores.shape)}.")
+    return mask
+
+
+class RankingMetrics:
+    """Accumulates Recall@K and NDCG@K over chunks of users.
+
+    Args:
+        recall_ks (`Iterable[int]`, *optional*, defaults to `(20, 40)`):
+            Cut-offs of the reported Recall@K (`"recall@K"` keys).
+        ndcg_ks (`Iterable[int]`, *optional*, defaults to `(100,)`):
+            Cut-offs of the reported NDCG@K (`"ndcg@K"` keys).
+
+    Example:
+
+    ```python
+    >>> metrics = RankingMetrics()
+    >>> for users in user_chunks:  # doctest: +SKIP
+    ...     metrics.update(model_scores(users), heldout=test_matrix[users], exclude=train_matrix[users])
+    >>> metrics.compute()  # doctest: +SKIP
+    {'recall@20': ..., 'recall@40': ..., 'ndcg@100': ..., 'num_users': ...}
+    ```
+    """
+
+    def __init__(self, recall_ks: Iterable[int] = DEFAULT_RECALL_KS, ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS):
+        self.recall_ks = _validate_ks(recall_ks, "recall_ks")
+        self.ndcg_ks = _validate_ks(ndcg_ks, "ndcg_ks")
+        if not self.recall_ks and not self.ndcg_ks:
+            raise ValueError("At least one cut-off is needed in `recall_ks` or `ndcg_ks`.")
+        self.metric_names = [f"recall@{k}" for k in self.recall_ks] + [f"ndcg@{k}" for k in self.ndcg_ks]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets every user seen so far."""
+        self._metric_sums = torch.zeros(len(self.metric_names), dtype=torch.float64)
+        self.num_users = 0
+
+    @torch.no_grad()
+    def update(
+        self,
+        scores: torch.Tensor,
+        heldout: torch.Tensor | np.ndarray | scipy.sparse.spmatrix,
+        exclude: torch.Tensor | np.ndarray | scipy.sparse.spmatrix | None = None,
+    ) -> None:
+        """Adds a chunk of users.
+
+        Args:
+            scores (`torch.Tensor` of shape `(batch_size, num_items)`):
+                Scores of every item for each user of the chunk; higher ranks first.
+            heldout (`torch.Tensor`, `np.ndarray` or scipy sparse matrix of shape `(batch_size, num_items)`):
+                The held-out (relevant) items of each user, as a boolean mask or the users' rows of a sparse matrix.
+            exclude (same types as `heldout`, *optional*):
+                Items removed from each user's ranking (the training items); they are ranked last.
+        """
+        if scores.ndim != 2:
+            raise ValueError(f"`scores` must have shape (batch_size, num_items), got {tuple(scores.shape)}.")
+        if not scores.is_floating_point():
+            raise TypeError(f"`scores` must be a floating-point tensor, got {scores.dtype}.")
+        if torch.isnan(scores).any():
+            raise ValueError("`scores` contains NaN.")
+        heldout = _as_mask(heldout, scores, "heldout")
+        if exclude is not None:
+            scores = scores.masked_fill(_as_mask(exclude, scores, "exclude"), -math.inf)
+
+        num_heldout = heldout.sum(dim=1)
+        has_heldout = num_heldout > 0
+        if not has_heldout.any():
+            return
+        scores, heldout, num_heldout = scores[has_heldout], heldout[has_heldout], num_heldout[has_heldout]
+
+        num_items = scores.shape[1]
+        max_k = min(max(self.recall_ks + self.ndcg_ks), num_items)
+        top_items = torch.topk(scores, k=max_k, dim=1).indices
+        hits = heldout.gather(1, top_items).to(torch.float64)
+        cumulative_hits = hits.cumsum(dim=1)
+        discounts = 1.0 / torch.log2(torch.arange(max_k, device=scores.device, dtype=torch.float64) + 2.0)
+        cumulative_dcg = (hits * discounts).cumsum(dim=1)
+        cumulative_ideal_dcg = discounts.cumsum(dim=0)
+
+        per_metric_sums = []
+        for k in self.recall_ks:
+            recall = cumulative_hits[:, min(k, max_k) - 1] / num_heldout.clamp(max=k)
+            per_metric_sums.append(recall.sum())
+        for k in self.ndcg_ks:
+            ideal_dcg = cumulative_ideal_dcg[num_heldout.clamp(max=min(k, max_k)) - 1]
+            per_metric_sums.append((cumulative_dcg[:, min(k, max_k) - 1] / ideal_dcg).sum())
+        self._metric_sums += torch.stack(per_metric_sums).cpu()
+        self.num_users += int(has_heldout.sum())
+
+    def compute(self) -> dict[str, float]:
+        """Metrics averaged over the users with held-out items, and their number as `"num_users"`.
+
+        With no such user, every metric is `0.0` and `"num_users"` is `0` (with a warning), never NaN.
+        """
+        if self.num_users == 0:
+            warnings.warn("No user with held-out items was evaluated; every metric is reported as 0.0.", stacklevel=2)
+            averages = [0.0] * len(self.metric_names)
+        else:
+            averages = (self._metric_sums / self.num_users).tolist()
+        return {**dict(zip(self.metric_names, averages, strict=True)), "num_users": self.num_users}
+
+
+def ranking_metrics(
+    scores: torch.Tensor,
+    heldout: torch.Tensor | np.ndarray | scipy.sparse.spmatrix,
+    exclude: torch.Tensor | np.ndarray | scipy.sparse.spmatrix | None = None,
+    recall_ks: Iterable[int] = DEFAULT_RECALL_KS,
+    ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS,
+) -> dict[str, float]:
+    """Recall@K and NDCG@K of one score matrix; see [`RankingMetrics.update`] for the arguments."""
+    metrics = RankingMetrics(recall_ks=recall_ks, ndcg_ks=ndcg_ks)
+    metrics.update(scores, heldout, exclude)
+    return metrics.compute()
+
+
+def evaluate_recommender(
+    score_users: Callable[[np.ndarray], torch.Tensor],
+    heldout: scipy.sparse.spmatrix,
+    exclude: scipy.sparse.spmatrix | None = None,
+    batch_size: int = 1024,
+    recall_ks: Iterable[int] = DEFAULT_RECALL_KS,
+    ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS,
+) -> dict[str, float]:
+    """Ranking metrics of a recommender over every user with held-out items, scored `batch_size` users at a time.
+
+    Args:
+        score_users (`Callable[[np.ndarray], torch.Tensor]`):
+            Maps an array of user ids to their scores over all items, shape `(len(user_ids), num_items)`.
+        heldout (scipy sparse matrix of shape `(num_users, num_items)`):
+            Held-out interactions (validation or test).
+        exclude (scipy sparse matrix of shape `(num_users, num_items)`, *optional*):
+            Interactions removed from the ranking, typically the training matrix.
+        batch_size (`int`, *optional*, defaults to 1024):
+            Users scored at a time.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
+    heldout = scipy.sparse.csr_matrix(heldout)
+    exclude = None if exclude is None else scipy.sparse.csr_matrix(exclude)
+    if exclude is not None and exclude.shape != heldout.shape:
+        raise ValueError(f"`exclude` has shape {exclude.shape} but `heldout` has shape {heldout.shape}.")
+    metrics = RankingMetrics(recall_ks=recall_ks, ndcg_ks=ndcg_ks)
+    users_with_heldout = np.flatnonzero(np.diff(heldout.indptr))
+    for start in range(0, len(users_with_heldout), batch_size):
+        users = users_with_heldout[start : start + batch_size]
+        metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])
+    return metrics.compute()
+
+
+def model_selection_score(metrics: dict[str, float]) -> float:
+    """The paper's validation criterion: Recall@20 + Recall@40 + NDCG@100."""
+    missing = [name for name in MODEL_SELECTION_METRICS if name not in metrics]
+    if missing:
+        raise KeyError(f"Model selection needs {list(MODEL_SELECTION_METRICS)}; missing {missing}.")
+    return float(sum(metrics[name] for name in MODEL_SELECTION_METRICS))
