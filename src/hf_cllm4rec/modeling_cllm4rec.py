@@ -3,6 +3,7 @@
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -232,6 +233,16 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         """Scores over the word vocabulary: the backbone's LM head (tied to its word embeddings where it ties)."""
         return self.language_model.get_output_embeddings()(hidden_states)
 
+    def last_token_item_logits(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Item scores `(batch, num_items)` read at each sequence's last real token (left or right padding)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden_states = self(input_ids, attention_mask, "collaborative").last_hidden_state
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last_positions = (attention_mask.bool() * positions).argmax(-1)
+        last_hidden = hidden_states[torch.arange(input_ids.shape[0], device=input_ids.device), last_positions]
+        return self.item_logits(last_hidden)
+
     def language_modeling(
         self,
         input_ids: torch.LongTensor,
@@ -300,7 +311,53 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         return config.lambda_v / 2 * torch.cat(squared_distances).mean()
 
 
-class CLLM4RecForCollaborativeLM(CLLM4RecPreTrainedModel):
+class ItemScoringMixin:
+    """Scores all items for users given by id and history, and recommends the best ones, in batched passes."""
+
+    def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None) -> list[int]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score_items(
+        self, user_ids: list[int | None], histories: list, *, tokenizer, max_length: int | None = None
+    ) -> torch.Tensor:
+        """Scores `(len(user_ids), num_items)` of every item for each user, from one batched forward pass."""
+        if len(user_ids) != len(histories):
+            raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")
+        prompts = [self.prompt_ids(tokenizer, user, history, max_length) for user, history in zip(user_ids, histories)]
+        input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id, device=self.device)
+        return self.model.last_token_item_logits(input_ids, attention_mask).float()
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        user_ids: list[int | None],
+        histories: list,
+        k: int = 10,
+        *,
+        tokenizer,
+        max_length: int | None = None,
+    ) -> RecommendationOutput:
+        """
+        The `k` best items for each user, never one of the user's `histories`, in one batched forward pass.
+
+        `user_ids` and `histories` hold 0-based ids; a `None` user id is a user without a user token (cold start,
+        through the config's `cold_start_prompt`). `tokenizer` is the model's [`CLLM4RecTokenizer`]; `max_length`
+        truncates long histories from their start.
+        """
+        if not 0 < k <= self.config.num_items:
+            raise ValueError(f"k must lie in [1, {self.config.num_items}], got {k}.")
+        scores = self.score_items(user_ids, histories, tokenizer=tokenizer, max_length=max_length)
+        rows = torch.repeat_interleave(
+            torch.arange(len(histories)), torch.tensor([len(history) for history in histories], dtype=torch.long)
+        )
+        columns = torch.as_tensor(np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]))
+        scores[rows.to(scores.device), columns.to(scores.device)] = -torch.inf
+        top_scores, item_ids = scores.topk(k, dim=-1)
+        return RecommendationOutput(item_ids=item_ids, scores=top_scores)
+
+
+class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
     """
     CLLM4Rec pretraining: language modelling of collaborative documents (next item over the item space) and of
     content documents (next word over the vocabulary), each with mutual regularization toward the other side.
@@ -329,8 +386,18 @@ class CLLM4RecForCollaborativeLM(CLLM4RecPreTrainedModel):
         """
         return self.model.language_modeling(input_ids, attention_mask, labels, document_type, **kwargs)
 
+    def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None) -> list[int]:
+        """A collaborative document's prompt and history: the next item it predicts is the recommendation."""
+        if user is None:
+            raise ValueError("The collaborative LM needs a user id; new users are served by CLLM4RecForItemPrediction.")
+        prompt = tokenizer.render("collaborative_prompt", user=user)
+        items = tokenizer.item_token_ids(history).tolist()
+        if max_length is not None:
+            items = items[len(items) - max(max_length - len(prompt), 1) :]
+        return prompt + items
 
-class CLLM4RecForItemPrediction(CLLM4RecPreTrainedModel):
+
+class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
     """
     CLLM4Rec fine-tuning and serving: the hidden state of the prompt's last real token is scored against every
     collaborative item embedding; training maximizes the multinomial likelihood of the held-out items.
@@ -360,13 +427,7 @@ class CLLM4RecForItemPrediction(CLLM4RecPreTrainedModel):
             return self.model.language_modeling(input_ids, attention_mask, labels, document_type, **kwargs)
         if document_type != "recommendation":
             raise ValueError(f"document_type must be 'recommendation' or 'content', got {document_type!r}.")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        hidden_states = self.model(input_ids, attention_mask, "collaborative", **kwargs).last_hidden_state
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        last_positions = (attention_mask.bool() * positions).argmax(-1)
-        last_hidden = hidden_states[torch.arange(input_ids.shape[0], device=input_ids.device), last_positions]
-        logits = self.model.item_logits(last_hidden)
+        logits = self.model.last_token_item_logits(input_ids, attention_mask)
         if labels is None:
             return CLLM4RecItemPredictionOutput(logits=logits)
 
@@ -388,46 +449,19 @@ class CLLM4RecForItemPrediction(CLLM4RecPreTrainedModel):
             logits=logits,
         )
 
-    @torch.no_grad()
-    def recommend(
-        self,
-        user_ids: list[int | None],
-        histories: list[list[int]],
-        k: int = 10,
-        *,
-        tokenizer,
-        max_length: int | None = None,
-    ) -> RecommendationOutput:
-        """
-        The `k` best items for each user, never one of the user's `histories`, in one batched forward pass.
-
-        A `None` user id is a user without a user token (cold start): the config's `cold_start_prompt` is used.
-        `tokenizer` is the model's [`CLLM4RecTokenizer`]; `max_length` truncates long histories from their start.
-        """
-        if len(user_ids) != len(histories):
-            raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")
-        if not 0 < k <= self.config.num_items:
-            raise ValueError(f"k must lie in [1, {self.config.num_items}], got {k}.")
-        prompts = [
-            tokenizer.render("cold_start_prompt", history=history, max_length=max_length)
-            if user is None
-            else tokenizer.render("recommendation_prompt", user=user, history=history, max_length=max_length)
-            for user, history in zip(user_ids, histories)
-        ]
-        input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id, device=self.device)
-        logits = self(input_ids=input_ids, attention_mask=attention_mask).logits
-        for row, history in enumerate(histories):
-            logits[row, torch.as_tensor(list(history), dtype=torch.long, device=logits.device)] = -torch.inf
-        scores, item_ids = logits.topk(k, dim=-1)
-        return RecommendationOutput(item_ids=item_ids, scores=scores)
+    def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None) -> list[int]:
+        """The recommendation prompt, or the cold-start prompt for a user without a user token."""
+        if user is None:
+            return tokenizer.render("cold_start_prompt", history=history, max_length=max_length)
+        return tokenizer.render("recommendation_prompt", user=user, history=history, max_length=max_length)
 
 
 def pad_sequences(
-    sequences: list[list[int]], pad_token_id: int, device: torch.device | str | None = None
+    sequences: list[list[int]], pad_value: int, device: torch.device | str | None = None
 ) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Right-pads token id lists into `(input_ids, attention_mask)`."""
+    """Right-pads integer sequences with `pad_value`: `(padded, mask)`, both `(len(sequences), longest)`."""
     length = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(sequences), length), pad_value, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
     for row, sequence in enumerate(sequences):
         input_ids[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)

@@ -1,0 +1,195 @@
+"""The documents CLLM4Rec learns from: collaborative, content and masked-history (fine-tuning) documents.
+
+Each document source is a map-style dataset indexed by `(draw, index)`: `draw` counts how many times the source
+has been traversed, so the random parts of a document (the order of a history, the held-out share) are drawn
+anew on every pass, yet reproducibly from `(seed, draw, index)`, whatever the number of processes or workers,
+and after resuming a run.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+from datasets import Dataset
+from torch.utils.data import Dataset as TorchDataset
+
+from ..tokenization_cllm4rec import CLLM4RecTokenizer
+from .prepared import RecommendationData
+
+CONTENT_DOCUMENT_KINDS = ("user_item", "item")
+
+
+class DocumentSource(TorchDataset):
+    """Base of the document sources: `len` documents, each fetched as `source[draw, index]`."""
+
+    document_type: str
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        draw, index = key
+        if not 0 <= index < len(self):
+            raise IndexError(f"document index {index} out of range for {len(self)} documents")
+        return self.document(draw, index)
+
+    def document(self, draw: int, index: int) -> dict:
+        raise NotImplementedError
+
+
+class CollaborativeDocuments(DocumentSource):
+    """
+    One document per user with training items: the collaborative prompt, then the user's items as the main text,
+    in a new random order on every draw (stochastic item reordering). Histories longer than `max_length` allows are
+    cut at the end of the main text, after shuffling.
+    """
+
+    document_type = "collaborative"
+
+    def __init__(self, histories: Sequence[np.ndarray], tokenizer: CLLM4RecTokenizer, max_length: int | None, seed: int = 0):
+        self.users = np.array([user for user, items in enumerate(histories) if len(items)], dtype=np.int64)
+        self.histories = histories
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def document(self, draw: int, index: int) -> dict:
+        user = int(self.users[index])
+        rng = np.random.default_rng((self.seed, draw, user))
+        prompt = self.tokenizer.render("collaborative_prompt", user=user)
+        items = self.tokenizer.item_token_ids(rng.permutation(self.histories[user])).tolist()
+        input_ids = (prompt + items)[: self.max_length]
+        labels = ([-100] * len(prompt) + items)[: self.max_length]
+        return {"input_ids": input_ids, "labels": labels, "document_type": self.document_type}
+
+
+class ContentDocuments(DocumentSource):
+    """
+    Content documents, pre-tokenized once: `"user_item"` documents (the review prompt for every training pair, main
+    text = the pair's review, or the item's text where the data has no review for it) and `"item"` documents (the
+    item-text prompt, main text = the item's text). Main texts are cut at `max_length`.
+    """
+
+    document_type = "content"
+
+    def __init__(
+        self,
+        data: RecommendationData,
+        tokenizer: CLLM4RecTokenizer,
+        max_length: int | None,
+        kinds: Sequence[str] = ("user_item",),
+    ):
+        unknown = set(kinds) - set(CONTENT_DOCUMENT_KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"content document kinds must be among {CONTENT_DOCUMENT_KINDS}, got {list(kinds)}.")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        item_texts = data.item_texts()
+        pairs = {"user_id": [], "item_id": [], "text": []}
+        if "user_item" in kinds:
+            reviews = {
+                (user, item): text
+                for user, item, text in zip(*(data.tables["reviews"][column] for column in ("user_id", "item_id", "text")))
+            }
+            train = data.tables["train"]
+            for user, item in zip(train["user_id"], train["item_id"]):
+                text = reviews.get((user, item)) or item_texts[item]
+                if text:
+                    pairs["user_id"].append(user)
+                    pairs["item_id"].append(item)
+                    pairs["text"].append(text)
+        if "item" in kinds:
+            for item, text in enumerate(item_texts):
+                if text:
+                    pairs["user_id"].append(-1)
+                    pairs["item_id"].append(item)
+                    pairs["text"].append(text)
+        if not pairs["text"]:
+            raise ValueError(
+                f"The data set {data.name!r} has no review or item text: content documents ({list(kinds)}) "
+                "cannot be built. Prepare it with item text or reviews, or train without content steps."
+            )
+        self.documents = Dataset.from_dict(pairs).map(
+            self._tokenize, batched=True, remove_columns=["text"], desc="Tokenizing content documents"
+        )
+
+    def _tokenize(self, batch: dict) -> dict:
+        main_texts = self.tokenizer.encode_text([" " + text.strip() for text in batch["text"]])
+        prompts = [
+            self.tokenizer.render("item_text_prompt", item=item)
+            if user < 0
+            else self.tokenizer.render("review_prompt", user=user, item=item)
+            for user, item in zip(batch["user_id"], batch["item_id"])
+        ]
+        return {"prompt_ids": prompts, "main_ids": main_texts}
+
+    def __len__(self) -> int:
+        return self.documents.num_rows
+
+    def document(self, draw: int, index: int) -> dict:
+        row = self.documents[index]
+        prompt, main = row["prompt_ids"], row["main_ids"]
+        input_ids = (prompt + main)[: self.max_length]
+        labels = ([-100] * len(prompt) + main)[: self.max_length]
+        return {"input_ids": input_ids, "labels": labels, "document_type": self.document_type}
+
+
+class RecommendationDocuments(DocumentSource):
+    """
+    Masked-history documents for fine-tuning: on every draw a random `mask_ratio` share of a user's training items
+    (at least one) is held out as the target, and the rest, reshuffled, fill the recommendation prompt. Users with
+    fewer than two training items cannot be split and are left out. Long histories lose items from their start.
+    """
+
+    document_type = "recommendation"
+
+    def __init__(
+        self,
+        histories: Sequence[np.ndarray],
+        tokenizer: CLLM4RecTokenizer,
+        mask_ratio: float,
+        max_length: int | None,
+        seed: int = 0,
+    ):
+        self.users = np.array([user for user, items in enumerate(histories) if len(items) >= 2], dtype=np.int64)
+        if not len(self.users):
+            raise ValueError("No user has two or more training items: masked-history documents cannot be built.")
+        self.histories = histories
+        self.tokenizer = tokenizer
+        self.mask_ratio = mask_ratio
+        self.max_length = max_length
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def document(self, draw: int, index: int) -> dict:
+        user = int(self.users[index])
+        items = np.random.default_rng((self.seed, draw, user)).permutation(self.histories[user])
+        num_held_out = min(max(1, round(self.mask_ratio * len(items))), len(items) - 1)
+        held_out, kept = items[:num_held_out], items[num_held_out:]
+        input_ids = self.tokenizer.render("recommendation_prompt", user=user, history=kept, max_length=self.max_length)
+        return {"input_ids": input_ids, "labels": held_out.tolist(), "document_type": self.document_type}
+
+
+class ScheduledDocuments(TorchDataset):
+    """Several document sources behind one dataset, indexed by `(source, draw, index)` triples."""
+
+    def __init__(self, sources: Sequence[DocumentSource]):
+        self.sources = list(sources)
+
+    def __len__(self) -> int:
+        return sum(len(source) for source in self.sources)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        source, draw, index = key
+        return self.sources[source][draw, index]
+
+
+__all__ = [
+    "DocumentSource",
+    "CollaborativeDocuments",
+    "ContentDocuments",
+    "RecommendationDocuments",
+    "ScheduledDocuments",
+    "CONTENT_DOCUMENT_KINDS",
+]
