@@ -1,0 +1,262 @@
+"""The prepared data set: split interactions, users, items and reviews as a `DatasetDict` on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from datasets import Dataset, DatasetDict, Features, Value, load_from_disk
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "validation", "test")
+TABLES = (*SPLITS, "users", "items", "reviews")
+
+USER_FEATURES = Features({"user_id": Value("int64"), "raw_id": Value("string")})
+ITEM_FEATURES = Features({"item_id": Value("int64"), "raw_id": Value("string"), "text": Value("string")})
+REVIEW_FEATURES = Features({"user_id": Value("int64"), "item_id": Value("int64"), "text": Value("string")})
+INTERACTION_FEATURES = Features(
+    {"user_id": Value("int64"), "item_id": Value("int64"), "rating": Value("float32"), "timestamp": Value("int64")}
+)
+
+
+class DataFormatError(ValueError):
+    """Raised when an input file or a prepared data set is malformed."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class RecommendationData:
+    """
+    A recommendation data set after the protocol: users and items numbered from 0, interactions split into
+    `train`, `validation` and `test`, item texts and training reviews.
+
+    Args:
+        tables (`DatasetDict`):
+            `train`, `validation`, `test` (`user_id`, `item_id`, and `rating`, `timestamp` where the source has
+            them), `users` (`user_id`, `raw_id`), `items` (`item_id`, `raw_id`, `text`) and `reviews`
+            (`user_id`, `item_id`, `text`, from training pairs only).
+        manifest (`dict`):
+            Name, counts, protocol parameters and SHA-256 of the source files, saved as `manifest.json`.
+
+    Example:
+
+    ```python
+    >>> data = RecommendationData.load("data/beauty")
+    >>> train_histories = data.histories("train")
+    >>> train_histories[data.user_index("A3CIUOJXQ5VDQ2")]
+    ```
+    """
+
+    tables: DatasetDict
+    manifest: dict
+
+    @classmethod
+    def from_frames(
+        cls,
+        name: str,
+        splits: Mapping[str, pd.DataFrame],
+        user_raw_ids: Sequence[str],
+        item_raw_ids: Sequence[str],
+        item_texts: Sequence[str],
+        reviews: pd.DataFrame | None = None,
+        protocol: Mapping | None = None,
+        sources: Mapping[str, str] | None = None,
+    ) -> RecommendationData:
+        """
+        Builds the tables and the manifest from id-numbered frames: `splits` maps each split name to a frame with
+        `user_id`, `item_id` and optionally `rating`, `timestamp`; `reviews` has `user_id`, `item_id`, `text`.
+        """
+        tables = DatasetDict()
+        for split in SPLITS:
+            frame = splits[split]
+            features = Features({column: INTERACTION_FEATURES[column] for column in frame.columns})
+            tables[split] = Dataset.from_pandas(frame, features=features, preserve_index=False)
+        tables["users"] = Dataset.from_dict(
+            {"user_id": np.arange(len(user_raw_ids)), "raw_id": list(user_raw_ids)}, features=USER_FEATURES
+        )
+        tables["items"] = Dataset.from_dict(
+            {"item_id": np.arange(len(item_raw_ids)), "raw_id": list(item_raw_ids), "text": list(item_texts)},
+            features=ITEM_FEATURES,
+        )
+        if reviews is None:
+            reviews = pd.DataFrame({column: [] for column in REVIEW_FEATURES})
+        tables["reviews"] = Dataset.from_pandas(reviews, features=REVIEW_FEATURES, preserve_index=False)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "num_users": len(user_raw_ids),
+            "num_items": len(item_raw_ids),
+            "num_interactions": {split: tables[split].num_rows for split in SPLITS},
+            "num_reviews": tables["reviews"].num_rows,
+            "protocol": dict(protocol or {}),
+            "sources": dict(sources or {}),
+        }
+        return cls(tables=tables, manifest=manifest)
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def num_users(self) -> int:
+        return self.manifest["num_users"]
+
+    @property
+    def num_items(self) -> int:
+        return self.manifest["num_items"]
+
+    @cached_property
+    def user_raw_ids(self) -> list[str]:
+        """The source's own user ids, indexed by `user_id`."""
+        return self.tables["users"]["raw_id"][:]
+
+    @cached_property
+    def item_raw_ids(self) -> list[str]:
+        """The source's own item ids, indexed by `item_id`."""
+        return self.tables["items"]["raw_id"][:]
+
+    def item_texts(self) -> list[str]:
+        """Item-side text (title, tags, categories, genres), indexed by `item_id`; `""` where there is none."""
+        return self.tables["items"]["text"][:]
+
+    def user_index(self, raw_id: str) -> int:
+        """The `user_id` of the user the source calls `raw_id`."""
+        return _lookup(self._user_indices, raw_id, "user", self.name)
+
+    def item_index(self, raw_id: str) -> int:
+        """The `item_id` of the item the source calls `raw_id`."""
+        return _lookup(self._item_indices, raw_id, "item", self.name)
+
+    @cached_property
+    def _user_indices(self) -> dict[str, int]:
+        return {raw_id: index for index, raw_id in enumerate(self.user_raw_ids)}
+
+    @cached_property
+    def _item_indices(self) -> dict[str, int]:
+        return {raw_id: index for index, raw_id in enumerate(self.item_raw_ids)}
+
+    def to_sparse(self, split: str) -> sp.csr_matrix:
+        """Binary users x items `float32` matrix of one split's interactions, with sorted indices."""
+        pairs = self._split(split).with_format("numpy", columns=["user_id", "item_id"])[:]
+        matrix = sp.csr_matrix(
+            (np.ones(len(pairs["user_id"]), dtype=np.float32), (pairs["user_id"], pairs["item_id"])),
+            shape=(self.num_users, self.num_items),
+        )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
+
+    def histories(self, split: str) -> list[np.ndarray]:
+        """Per user (indexed by `user_id`), the sorted `int64` item ids of one split; empty arrays for users without any."""
+        matrix = self.to_sparse(split)
+        return np.split(matrix.indices.astype(np.int64), matrix.indptr[1:-1])
+
+    def _split(self, split: str) -> Dataset:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return self.tables[split]
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """
+        Writes the tables and `manifest.json` to the directory `path`, atomically: everything goes into a temporary
+        sibling directory that is renamed into place once complete. An existing prepared data set at `path` is
+        replaced only with `overwrite=True`; anything else there is never replaced.
+        """
+        path = Path(path)
+        _check_writable(path, overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            self.tables.save_to_disk(staging)
+            (staging / MANIFEST_NAME).write_text(json.dumps(self.manifest, indent=2) + "\n")
+            _check_writable(path, overwrite)
+            if path.exists():
+                replaced = staging.with_name(staging.name + ".old")
+                path.rename(replaced)
+                staging.rename(path)
+                shutil.rmtree(replaced)
+            else:
+                staging.rename(path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RecommendationData:
+        """Loads a data set written by `save`, checking that the manifest agrees with the tables."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no prepared data set at {path}: the path does not exist")
+        manifest_path = path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise DataFormatError(f"{path} is not a prepared data set: it has no {MANIFEST_NAME}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as error:
+            raise DataFormatError(f"{manifest_path} is not valid JSON: {error}") from None
+        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+            found = manifest.get("format_version") if isinstance(manifest, dict) else None
+            raise DataFormatError(
+                f"{manifest_path}: format_version {found!r} is not supported (expected {FORMAT_VERSION})"
+            )
+        try:
+            tables = load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as error:
+            raise DataFormatError(f"{path} is not a prepared data set: {error}") from None
+        data = cls(tables=tables, manifest=manifest)
+        data._check_consistency(path)
+        return data
+
+    def _check_consistency(self, path: Path) -> None:
+        missing = [table for table in TABLES if table not in self.tables]
+        if missing:
+            raise DataFormatError(f"{path} is not a prepared data set: missing tables {', '.join(missing)}")
+        found = {
+            "num_users": self.tables["users"].num_rows,
+            "num_items": self.tables["items"].num_rows,
+            "num_interactions": {split: self.tables[split].num_rows for split in SPLITS},
+            "num_reviews": self.tables["reviews"].num_rows,
+        }
+        for key, value in found.items():
+            if self.manifest.get(key) != value:
+                raise DataFormatError(
+                    f"{path}: the manifest says {key} = {self.manifest.get(key)}, the tables hold {value}"
+                )
+        for table, column in (("users", "user_id"), ("items", "item_id")):
+            ids = self.tables[table].with_format("numpy", columns=[column])[:][column]
+            if not np.array_equal(ids, np.arange(len(ids))):
+                raise DataFormatError(f"{path}: {table}.{column} is not 0..{len(ids) - 1} in order")
+
+
+def _check_writable(path: Path, overwrite: bool) -> None:
+    if not path.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if not (path / MANIFEST_NAME).is_file():
+        raise FileExistsError(f"{path} exists and is not a prepared data set; refusing to replace it")
+
+
+def _lookup(indices: dict[str, int], raw_id: str, kind: str, name: str) -> int:
+    try:
+        return indices[raw_id]
+    except KeyError:
+        raise KeyError(f"unknown {kind} id {raw_id!r}: not in data set {name!r}") from None
