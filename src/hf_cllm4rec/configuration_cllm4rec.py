@@ -116,8 +116,23 @@ class CLLM4RecConfig(PreTrainedConfig):
             raise ValueError(f"`mask_ratio` must lie in (0, 1), got {self.mask_ratio}.")
         if self.initializer_range <= 0:
             raise ValueError(f"`initializer_range` must be > 0, got {self.initializer_range}.")
+        if self.lora_rank <= 0:
+            raise ValueError(f"`lora_rank` must be a positive integer, got {self.lora_rank}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"`lora_dropout` must lie in [0, 1), got {self.lora_dropout}.")
         for name, (required, allowed) in TEMPLATE_PLACEHOLDERS.items():
-            found = set(template_placeholders(getattr(self, name)))
+            template = getattr(self, name)
+            try:
+                fields = list(string.Formatter().parse(template))
+            except ValueError as error:
+                raise ValueError(f"`{name}` is not a valid template ({error}): {template!r}.") from None
+            # The tokenizer renders plain `{name}` placeholders only: anything else would be left in as text.
+            if "{{" in template or "}}" in template or any(spec or conversion for _, _, spec, conversion in fields):
+                raise ValueError(
+                    f"`{name}` may only hold plain placeholders such as {{user}}: no format specs, conversions or "
+                    f"escaped braces, got {template!r}."
+                )
+            found = {field for _, field, _, _ in fields if field is not None}
             if not required <= found or not found <= allowed:
                 raise ValueError(
                     f"`{name}` must contain the placeholders {sorted(required)} and no others "
