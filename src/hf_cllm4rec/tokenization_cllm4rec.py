@@ -81,13 +81,15 @@ class CLLM4RecTokenizer:
     def token_kind(self, token_id: int) -> tuple[str, int]:
         """`("word", id)`, `("user", user_id)` or `("item", item_id)` for an extended-vocabulary token id."""
         config = self.config
-        if 0 <= token_id < config.user_token_offset:
+        if not 0 <= token_id < config.extended_vocab_size:
+            raise ValueError(
+                f"Token id {token_id} is outside the extended vocabulary of size {config.extended_vocab_size}."
+            )
+        if token_id < config.user_token_offset:
             return "word", token_id
         if token_id < config.item_token_offset:
             return "user", token_id - config.user_token_offset
-        if token_id < config.extended_vocab_size:
-            return "item", token_id - config.item_token_offset
-        raise ValueError(f"Token id {token_id} is outside the extended vocabulary of size {config.extended_vocab_size}.")
+        return "item", token_id - config.item_token_offset
 
     # Text
 
