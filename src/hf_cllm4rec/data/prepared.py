@@ -166,7 +166,7 @@ class RecommendationData:
         return matrix
 
     def histories(self, split: str) -> list[np.ndarray]:
-        """Per user (indexed by `user_id`), the sorted `int64` item ids of one split; empty arrays for users without any."""
+        """Per user (indexed by `user_id`), the sorted `int64` item ids of one split; empty for users with none."""
         matrix = self.to_sparse(split)
         return np.split(matrix.indices.astype(np.int64), matrix.indptr[1:-1])
 
@@ -186,7 +186,9 @@ class RecommendationData:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
-            self.tables.save_to_disk(staging)
+            # An empty table needs one explicit (empty) shard, or `load_from_disk` cannot read it back.
+            empty_tables = {name: 1 for name, table in self.tables.items() if table.num_rows == 0}
+            self.tables.save_to_disk(staging, num_shards=empty_tables or None)
             (staging / MANIFEST_NAME).write_text(json.dumps(self.manifest, indent=2) + "\n")
             _check_writable(path, overwrite)
             if path.exists():

@@ -15,8 +15,10 @@ from .prepared import SPLITS, RecommendationData
 
 def deduplicate_pairs(interactions: pd.DataFrame) -> pd.DataFrame:
     """Keeps one row per user-item pair: the latest (by `timestamp` when present, else the last in file order)."""
-    ordered = interactions.sort_values("timestamp", kind="stable") if "timestamp" in interactions else interactions
-    return ordered.drop_duplicates(["user", "item"], keep="last").sort_index()
+    interactions = interactions.reset_index(drop=True)
+    if "timestamp" in interactions:
+        interactions = interactions.sort_values("timestamp", kind="stable")
+    return interactions.drop_duplicates(["user", "item"], keep="last").sort_index()
 
 
 def filter_k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -29,13 +31,6 @@ def filter_k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
             break
         interactions = interactions[keep]
     return interactions
-
-
-def holdout_sizes(num_interactions: np.ndarray, fraction: float) -> np.ndarray:
-    """Held-out items per user: `max(1, int(fraction * n))`, or none when `fraction` is 0."""
-    if fraction == 0:
-        return np.zeros_like(num_interactions)
-    return np.maximum(1, (fraction * num_interactions).astype(np.int64))
 
 
 def apply_protocol(
@@ -103,8 +98,8 @@ def apply_protocol(
     interactions = interactions.iloc[shuffled].reset_index(drop=True)
     per_user = interactions.groupby("user_id")["item_id"]
     position, count = per_user.cumcount().to_numpy(), per_user.transform("size").to_numpy()
-    num_validation = holdout_sizes(count, validation_fraction)
-    num_test = holdout_sizes(count, test_fraction)
+    num_validation = _holdout_sizes(count, validation_fraction)
+    num_test = _holdout_sizes(count, test_fraction)
     without_training = count - num_validation - num_test < 1
     if without_training.any():
         raise ValueError(
@@ -140,3 +135,10 @@ def apply_protocol(
         protocol=protocol,
         sources=sources,
     )
+
+
+def _holdout_sizes(num_interactions: np.ndarray, fraction: float) -> np.ndarray:
+    """Held-out items per user: `max(1, int(fraction * n))`, or none when `fraction` is 0."""
+    if fraction == 0:
+        return np.zeros_like(num_interactions)
+    return np.maximum(1, (fraction * num_interactions).astype(np.int64))

@@ -32,7 +32,7 @@ def make_synthetic_data(
     num_items: int = 120,
     num_clusters: int = 6,
     seed: int = 0,
-    interactions_per_user: tuple[int, int] = (8, 24),
+    interactions_per_user: tuple[int, int] | None = None,
     in_cluster_probability: float = 0.85,
     popularity_exponent: float = 1.0,
     validation_fraction: float = 0.1,
@@ -41,11 +41,12 @@ def make_synthetic_data(
     """
     Builds a small data set, identical for the same arguments, where structure beats popularity.
 
-    Every item belongs to one of `num_clusters` themes (jazz, hiking, baking, ...) and has a skewed popularity;
-    every user has one favourite theme. A user's items are drawn without replacement, each from the favourite theme
-    with probability `in_cluster_probability` and otherwise from the whole catalogue, by popularity
-    (`rank ** -popularity_exponent`). Item text lists the theme and four words from its vocabulary; each
-    interaction carries a short review in the item's words. The split is the paper's per-user split (no rating filter, no k-core).
+    Every item belongs to one of `num_clusters` themes (jazz, hiking, baking, ...) and has a skewed popularity
+    (`rank ** -popularity_exponent`); every user has one favourite theme. Each user draws a number of items in
+    `interactions_per_user` (default: 8 to 24, at most `num_items`) without replacement, each from the favourite
+    theme with probability `in_cluster_probability` and otherwise from the whole catalogue, by popularity. Item
+    text lists the theme and four words from its vocabulary; every interaction carries a short review in the item's
+    words. The split is the paper's per-user split, without rating filter or k-core; items nobody drew are left out.
 
     Example:
 
@@ -57,10 +58,10 @@ def make_synthetic_data(
     """
     if not 1 <= num_clusters <= len(THEMES):
         raise ValueError(f"num_clusters must be between 1 and {len(THEMES)}, got {num_clusters}")
-    low, high = interactions_per_user
+    low, high = interactions_per_user or (min(8, num_items), min(24, num_items))
     if not 3 <= low <= high <= num_items:
         raise ValueError(
-            f"interactions_per_user must satisfy 3 <= low <= high <= num_items, got {interactions_per_user}"
+            f"interactions_per_user must satisfy 3 <= low <= high <= num_items={num_items}, got {(low, high)}"
         )
     rng = np.random.default_rng(seed)
 
