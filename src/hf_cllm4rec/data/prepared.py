@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -184,7 +184,8 @@ class RecommendationData:
         path = Path(path)
         _check_writable(path, overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        staging.mkdir()
         try:
             # An empty table needs one explicit (empty) shard, or `load_from_disk` cannot read it back.
             empty_tables = {name: 1 for name, table in self.tables.items() if table.num_rows == 0}
