@@ -85,7 +85,10 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
             }
             stored, _ = CLLM4RecConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
             check_checkpoint_compatibility(stored, kwargs, pretrained_model_name_or_path)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        # loading replaces every parameter with a new, trainable one: freeze again what the config freezes
+        (loaded[0] if isinstance(loaded, tuple) else loaded).base_model.apply_backbone_training()
+        return loaded
 
     @classmethod
     def from_backbone(
@@ -155,10 +158,21 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self.item_collaborative_embeddings = nn.Embedding(config.num_items, hidden_size)
         self.user_content_embeddings = nn.Embedding(config.num_users, hidden_size)
         self.item_content_embeddings = nn.Embedding(config.num_items, hidden_size)
-        self.language_model.requires_grad_(config.backbone_training == "full")
         if config.backbone_training == "lora":
             self._inject_lora()
+        self.apply_backbone_training()
         self.post_init()
+
+    def apply_backbone_training(self) -> None:
+        """Makes the ID tables trainable, and the backbone (`"full"`), its LoRA adapters (`"lora"`) or nothing else."""
+        backbone_training = self.config.backbone_training
+        for name, parameter in self.named_parameters():
+            if name.startswith("language_model."):
+                parameter.requires_grad_(
+                    backbone_training == "full" or (backbone_training == "lora" and "lora_" in name)
+                )
+            else:
+                parameter.requires_grad_(True)
 
     def _inject_lora(self) -> None:
         from peft import LoraConfig, inject_adapter_in_model
@@ -177,8 +191,8 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self.config.backbone_training = "lora"
         self.config.lora_rank, self.config.lora_alpha, self.config.lora_dropout = rank, alpha, dropout
         self.config.lora_target_modules = target_modules
-        self.language_model.requires_grad_(False)
         self._inject_lora()
+        self.apply_backbone_training()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
