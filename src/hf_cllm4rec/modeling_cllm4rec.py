@@ -183,6 +183,10 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
             r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=target_modules
         )
         inject_adapter_in_model(lora_config, self.language_model)
+        # peft has initialized the adapters (B = 0, so training starts from the backbone): keep post_init off them
+        for name, module in self.language_model.named_modules():
+            if "lora_" in name:
+                module._is_hf_initialized = True
 
     def enable_lora(self, rank: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None):
         """Adds LoRA adapters to the (frozen) backbone of a loaded model; saved checkpoints keep them."""
