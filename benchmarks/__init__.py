@@ -1,0 +1,1 @@
+"""Benchmarks of the CLLM4Rec package against classic recommenders."""
