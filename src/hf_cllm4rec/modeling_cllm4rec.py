@@ -125,13 +125,20 @@ def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
         )
     requested = kwargs.get("config")
     requested = requested.to_dict() if isinstance(requested, CLLM4RecConfig) else {}
-    requested.update({key: kwargs[key] for key in ("num_users", "num_items") if key in kwargs})
+    requested.update({key: kwargs[key] for key in ("num_users", "num_items", "backbone_training") if key in kwargs})
     for key in ("num_users", "num_items"):
         if key in requested and requested[key] != stored.get(key):
             raise ValueError(
                 f"The checkpoint {source} has {key}={stored.get(key)}, but {key}={requested[key]} was requested: "
                 f"a checkpoint only loads into a model of the same user and item catalogue."
             )
+    stored_training = stored.get("backbone_training", "frozen")
+    if "backbone_training" in requested and (requested["backbone_training"] == "lora") != (stored_training == "lora"):
+        raise ValueError(
+            f"The checkpoint {source} has backbone_training={stored_training!r}, but "
+            f"backbone_training={requested['backbone_training']!r} was requested: LoRA adapters rename the backbone's "
+            f"weights, so load the checkpoint as saved (`model.model.enable_lora()` adds adapters to a loaded model)."
+        )
     if "text_config" in requested:
         for key in ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer"):
             want, have = requested["text_config"].get(key), stored.get("text_config", {}).get(key)
