@@ -372,6 +372,15 @@ class ItemScoringMixin:
         """
         if not 0 < k <= self.config.num_items:
             raise ValueError(f"k must lie in [1, {self.config.num_items}], got {k}.")
+        fewest_unseen = min(
+            (self.config.num_items - len(set(np.asarray(history).reshape(-1).tolist())) for history in histories),
+            default=self.config.num_items,
+        )
+        if k > fewest_unseen:
+            raise ValueError(
+                f"k={k}, but a user has only {fewest_unseen} items outside their history, and recommendations never "
+                f"repeat the history."
+            )
         scores = self.score_items(user_ids, histories, tokenizer=tokenizer, max_length=max_length)
         rows = torch.repeat_interleave(
             torch.arange(len(histories)), torch.tensor([len(history) for history in histories], dtype=torch.long)
