@@ -246,6 +246,13 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         document_type: str = "collaborative",
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        if attention_mask is not None and attention_mask.ndim == 2:
+            # a cache may make the mask longer than the new tokens, never shorter
+            if attention_mask.shape[0] != input_ids.shape[0] or attention_mask.shape[1] < input_ids.shape[1]:
+                raise ValueError(
+                    f"`attention_mask` of shape {tuple(attention_mask.shape)} does not fit `input_ids` of shape "
+                    f"{tuple(input_ids.shape)}."
+                )
         inputs_embeds = self.embed_tokens(input_ids, document_type)
         return self.language_model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
@@ -283,15 +290,27 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         if labels is None:
             return CLLM4RecLMOutput(logits=head(hidden_states), last_hidden_state=hidden_states)
 
+        if labels.shape != input_ids.shape:
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {tuple(labels.shape)}."
+            )
         targets = labels[:, 1:]
         is_target = targets != -100
         targets = targets[is_target]
+        if not targets.numel():
+            raise ValueError("`labels` hold no target (all -100 after the first position): there is no main text.")
         if document_type == "collaborative":
-            if targets.numel() and int(targets.min()) < config.item_token_offset:
-                raise ValueError("Targets of collaborative documents must be item tokens.")
+            kind, low, high = "item", config.item_token_offset, config.extended_vocab_size
+        else:
+            kind, low, high = "word", 0, config.vocab_size
+        outside = targets[(targets < low) | (targets >= high)]
+        if outside.numel():
+            raise ValueError(
+                f"Targets of {document_type} documents must be {kind} tokens (ids {low} to {high - 1}) or -100, "
+                f"got {int(outside[0])}."
+            )
+        if document_type == "collaborative":
             targets = targets - config.item_token_offset
-        elif targets.numel() and int(targets.max()) >= config.vocab_size:
-            raise ValueError("Targets of content documents must be word tokens.")
         logits = head(hidden_states[:, :-1][is_target])
         lm_loss = F.cross_entropy(logits.float(), targets)
         regularization_loss = self.mutual_regularization(input_ids, attention_mask, document_type)
@@ -465,6 +484,11 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         if labels is None:
             return CLLM4RecItemPredictionOutput(logits=logits)
 
+        if labels.ndim != 2 or labels.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"`labels` must be (batch, max_targets) with the batch size of `input_ids` ({input_ids.shape[0]}), "
+                f"got shape {tuple(labels.shape)}."
+            )
         is_target = labels != -100
         if not bool(is_target.any(-1).all()):
             raise ValueError("Every row of `labels` needs at least one target item; found a row with none.")
