@@ -4,9 +4,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, GPT2Config, LlamaConfig
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
 from hf_cllm4rec import CLLM4RecConfig
+
+# Tiny models are fastest on one thread; more threads only contend with each other (and with other test processes).
+torch.set_num_threads(1)
 
 SHARED_TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools"
 GPT2_TOKENIZER_DIR = SHARED_TOOLS / "gpt2-tokenizer"
@@ -93,6 +99,25 @@ def tiny_model(model_class, backbone: str = "gpt2", seed: int = 0, id_std: float
             ):
                 table.weight.normal_(0.0, id_std)
     return model.eval()
+
+
+# Every word of the default prompt templates, so that they render without unknown tokens.
+TINY_WORDS = (
+    "<eos> [UNK] A a new user the has interacted with will interact writes following review for The tags of "
+    "title is are , : . great good bad red matte lipstick"
+).split()
+
+
+def tiny_word_tokenizer() -> PreTrainedTokenizerFast:
+    """
+    A word-level tokenizer of `TINY_WORDS` (ids in the order listed) that fits the tiny backbones' 99-word vocabulary.
+
+    Made in code, without files: models with a 99-word vocabulary can render prompts and documents with it.
+    """
+    vocab = {word: index for index, word in enumerate(TINY_WORDS)}
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>", pad_token="<eos>")
 
 
 def gpt2_tokenizer():

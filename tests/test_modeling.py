@@ -1,0 +1,810 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from tiny_models import (
+    BACKBONES,
+    TINY_VOCAB_SIZE,
+    tiny_cllm4rec_config,
+    tiny_model,
+    tiny_text_config,
+    tiny_word_tokenizer,
+)
+from transformers import AutoModelForCausalLM
+
+from hf_cllm4rec import (
+    CLLM4RecForCollaborativeLM,
+    CLLM4RecForItemPrediction,
+    CLLM4RecModel,
+    CLLM4RecTokenizer,
+)
+
+MODEL_CLASSES = (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction)
+NUM_USERS, NUM_ITEMS = 5, 7
+USER = TINY_VOCAB_SIZE  # token id of user 0
+ITEM = TINY_VOCAB_SIZE + NUM_USERS  # token id of item 0
+PAD = 0  # the tiny word tokenizer's end-of-sequence token, which pads
+
+# Two collaborative documents, right-padded: `<user_u> w w w <item> <item> ...`; the main text is the items.
+COLLABORATIVE_IDS = torch.tensor(
+    [
+        [USER + 1, 10, 11, 12, ITEM + 3, ITEM + 0, ITEM + 5, ITEM + 2],
+        [USER + 3, 10, 11, 12, ITEM + 6, ITEM + 0, PAD, PAD],
+    ]
+)
+COLLABORATIVE_MASK = torch.tensor([[1] * 8, [1] * 6 + [0] * 2])
+COLLABORATIVE_PROMPT_LENGTH = 4
+# Two content documents: `<user_u> w w w <item_i> w` + review words.
+CONTENT_IDS = torch.tensor(
+    [
+        [USER + 2, 20, 21, 22, ITEM + 4, 23, 40, 41, 42, 43],
+        [USER + 1, 20, 21, 22, ITEM + 3, 23, 50, 51, PAD, PAD],
+    ]
+)
+CONTENT_MASK = torch.tensor([[1] * 10, [1] * 8 + [0] * 2])
+CONTENT_PROMPT_LENGTH = 6
+
+
+def main_text_labels(input_ids, attention_mask, prompt_length):
+    """Labels that keep the main text (every position from `prompt_length` on) and mask prompt and padding."""
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :prompt_length] = -100
+    return labels
+
+
+COLLABORATIVE_LABELS = main_text_labels(COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_PROMPT_LENGTH)
+CONTENT_LABELS = main_text_labels(CONTENT_IDS, CONTENT_MASK, CONTENT_PROMPT_LENGTH)
+
+# Recommendation prompts `<user_u> w w <items...> w <user_u> w` of different lengths, and held-out targets.
+RECOMMENDATION_PROMPTS = [
+    [USER + 0, 10, 11, ITEM + 1, ITEM + 2, 12, USER + 0, 13],
+    [USER + 4, 10, 11, ITEM + 6, 12, USER + 4, 13],
+    [USER + 2, 10, 11, ITEM + 0, ITEM + 3, ITEM + 5, ITEM + 4, 12, USER + 2, 13],
+]
+RECOMMENDATION_TARGETS = torch.tensor([[3, 5, -100], [0, 1, 2], [6, -100, -100]])
+
+
+def right_pad(sequences, pad=PAD):
+    length = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), length), pad)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention_mask[row, : len(sequence)] = 1
+    return input_ids, attention_mask
+
+
+def model_outputs(model) -> dict[str, torch.Tensor]:
+    """Every output a model class can give on the fixed batches above."""
+    with torch.no_grad():
+        if isinstance(model, CLLM4RecForItemPrediction):
+            input_ids, attention_mask = right_pad(RECOMMENDATION_PROMPTS)
+            return {
+                "item_logits": model(input_ids, attention_mask).logits,
+                "loss": model(input_ids, attention_mask, labels=RECOMMENDATION_TARGETS).loss,
+                "content_loss": model(CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, document_type="content").loss,
+            }
+        return {
+            "collaborative_logits": model(COLLABORATIVE_IDS, COLLABORATIVE_MASK).logits,
+            "content_logits": model(CONTENT_IDS, CONTENT_MASK, document_type="content").logits,
+            "collaborative_loss": model(COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS).loss,
+            "content_loss": model(CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, document_type="content").loss,
+        }
+
+
+def assert_same_outputs(first: dict, second: dict):
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def input_output_embeddings(model):
+    language_model = model.base_model.language_model
+    return language_model.get_input_embeddings().weight, language_model.get_output_embeddings().weight
+
+
+# Save and load
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_outputs_equal_after_save_and_load(backbone, model_class, tmp_path):
+    model = tiny_model(model_class, backbone, id_std=1.0, lambda_v=0.5)
+    expected = model_outputs(model)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not (tmp_path / "pytorch_model.bin").exists()
+
+    loaded = model_class.from_pretrained(tmp_path).eval()
+    assert type(loaded) is model_class
+    assert_same_outputs(expected, model_outputs(loaded))
+    for name, parameter in model.state_dict().items():
+        assert torch.equal(parameter, loaded.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_tied_lm_head_is_stored_once(backbone, tmp_path):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone)
+    word_embeddings, lm_head = input_output_embeddings(model)
+    assert word_embeddings is lm_head
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as stored:
+        tensors = {name: stored.get_tensor(name) for name in stored.keys()}
+    assert not [name for name in tensors if name.endswith("lm_head.weight")]
+    # no tensor is stored twice under two names (norm weights and biases are constant, hence matrices only)
+    matrices = [(name, tensor) for name, tensor in tensors.items() if tensor.ndim >= 2]
+    duplicates = [
+        (first, second)
+        for index, (first, tensor) in enumerate(matrices)
+        for second, other in matrices[index + 1 :]
+        if tensor.shape == other.shape and torch.equal(tensor, other)
+    ]
+    assert duplicates == []
+    assert set(tensors) == set(model.state_dict()) - {
+        name for name in model.state_dict() if name.endswith("lm_head.weight")
+    }
+
+
+def test_untied_lm_head_is_stored_and_stays_separate(tmp_path):
+    model = tiny_model(CLLM4RecForCollaborativeLM, "llama", text_overrides={"tie_word_embeddings": False})
+    word_embeddings, lm_head = input_output_embeddings(model)
+    assert word_embeddings is not lm_head
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as stored:
+        names = set(stored.keys())
+    assert "model.language_model.lm_head.weight" in names
+    loaded = CLLM4RecForCollaborativeLM.from_pretrained(tmp_path)
+    word_embeddings, lm_head = input_output_embeddings(loaded)
+    assert word_embeddings.data_ptr() != lm_head.data_ptr()
+    assert torch.equal(lm_head, model.model.language_model.lm_head.weight)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_item_prediction_loads_a_collaborative_lm_checkpoint(backbone, tmp_path):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0)
+    model.save_pretrained(tmp_path)
+    loaded, info = CLLM4RecForItemPrediction.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    for side in ("collaborative", "content"):
+        for table, loaded_table in zip(
+            model.model.id_embedding_tables(side), loaded.model.id_embedding_tables(side), strict=True
+        ):
+            assert torch.equal(table.weight, loaded_table.weight)
+    for name, parameter in model.model.language_model.state_dict().items():
+        assert torch.equal(parameter, loaded.model.language_model.state_dict()[name]), name
+    # the item head reads the collaborative item table: the collaborative LM's next-item logits at the prompt's end
+    input_ids, attention_mask = right_pad(RECOMMENDATION_PROMPTS[:1])
+    with torch.no_grad():
+        expected = model(input_ids, attention_mask).logits[:, -1]
+        torch.testing.assert_close(loaded.eval()(input_ids, attention_mask).logits, expected)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_base_model_checkpoint_round_trip(model_class, tmp_path):
+    model = tiny_model(CLLM4RecModel, "gpt2", id_std=1.0)
+    model.save_pretrained(tmp_path)
+    loaded = model_class.from_pretrained(tmp_path)
+    for name, parameter in model.state_dict().items():
+        assert torch.equal(parameter, loaded.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"num_users": NUM_USERS + 1}, "num_users"),
+        ({"num_items": NUM_ITEMS - 2}, "num_items"),
+        ({"config": tiny_cllm4rec_config("gpt2", num_users=NUM_USERS, num_items=NUM_ITEMS + 3)}, "num_items"),
+        ({"config": tiny_cllm4rec_config("gpt2", num_users=2, num_items=NUM_ITEMS)}, "num_users"),
+        ({"config": tiny_cllm4rec_config("gpt2", text_overrides={"n_layer": 3})}, "backbone"),
+        ({"config": tiny_cllm4rec_config("gpt2", text_overrides={"n_embd": 64})}, "backbone"),
+        ({"config": tiny_cllm4rec_config("gpt2", vocab_size=120)}, "backbone"),
+        ({"config": tiny_cllm4rec_config("llama")}, "backbone"),
+    ],
+)
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_loading_into_another_catalogue_or_backbone_fails(model_class, overrides, message, tmp_path):
+    tiny_model(CLLM4RecForCollaborativeLM, "gpt2").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        model_class.from_pretrained(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(
+    "saved, requested", [("frozen", "lora"), ("full", "lora"), ("lora", "frozen"), ("lora", "full")]
+)
+def test_loading_with_or_without_lora_against_the_checkpoint_fails(saved, requested, tmp_path):
+    tiny_model(CLLM4RecForCollaborativeLM, "llama", backbone_training=saved).save_pretrained(tmp_path)
+    with pytest.raises(
+        ValueError, match=rf"backbone_training='{saved}'.*backbone_training='{requested}'.*enable_lora"
+    ):
+        CLLM4RecForItemPrediction.from_pretrained(tmp_path, backbone_training=requested)
+    config = tiny_cllm4rec_config("llama", backbone_training=requested)
+    with pytest.raises(ValueError, match="LoRA"):
+        CLLM4RecForItemPrediction.from_pretrained(tmp_path, config=config)
+
+
+def test_a_frozen_checkpoint_loads_for_full_training(tmp_path):
+    model = tiny_model(CLLM4RecForCollaborativeLM, "gpt2", id_std=1.0)
+    model.save_pretrained(tmp_path)
+    loaded = CLLM4RecForCollaborativeLM.from_pretrained(tmp_path, backbone_training="full")
+    assert loaded.config.backbone_training == "full"
+    assert_same_outputs(model_outputs(model), model_outputs(loaded.eval()))
+    assert_trains_exactly_the_trainable_parameters(loaded, "full")
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_loading_a_plain_backbone_checkpoint_fails(backbone, tmp_path):
+    AutoModelForCausalLM.from_config(tiny_text_config(backbone)).save_pretrained(tmp_path)
+    for model_class in MODEL_CLASSES:
+        with pytest.raises(ValueError, match=rf"'{backbone}' checkpoint, not a CLLM4Rec one.*from_backbone"):
+            model_class.from_pretrained(tmp_path)
+
+
+# Building around a pretrained backbone
+
+
+@pytest.mark.parametrize("backbone_training", ["frozen", "lora"])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_from_backbone_keeps_the_backbone_outputs_on_plain_text(backbone, backbone_training, tmp_path):
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_text_config(backbone)).save_pretrained(tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    model = CLLM4RecForCollaborativeLM.from_backbone(
+        tmp_path, num_users=NUM_USERS, num_items=NUM_ITEMS, backbone_training=backbone_training, lambda_v=0.5
+    ).eval()
+    assert (model.config.num_users, model.config.num_items, model.config.lambda_v) == (NUM_USERS, NUM_ITEMS, 0.5)
+    assert model.config.text_config.model_type == backbone
+    text = torch.tensor([[5, 17, 42, 8, 93, 61]])
+    with torch.no_grad():
+        expected = reference(text).logits
+        torch.testing.assert_close(model(text, document_type="content").logits, expected, rtol=0, atol=1e-6)
+        labels = text.clone()
+        torch.testing.assert_close(
+            model(text, labels=labels, document_type="content").lm_loss, reference(text, labels=labels).loss
+        )
+
+
+@pytest.mark.parametrize("initializer_range", [0.02, 0.5])
+def test_id_embeddings_are_initialized_with_initializer_range(initializer_range):
+    model = tiny_model(CLLM4RecForCollaborativeLM, num_users=400, num_items=600, initializer_range=initializer_range)
+    for side in ("collaborative", "content"):
+        for table in model.model.id_embedding_tables(side):
+            assert abs(table.weight.std().item() - initializer_range) < 0.1 * initializer_range
+            assert abs(table.weight.mean().item()) < 0.1 * initializer_range
+    # four independent draws
+    tables = [table.weight for side in ("collaborative", "content") for table in model.model.id_embedding_tables(side)]
+    assert not torch.equal(tables[0], tables[2]) and not torch.equal(tables[1], tables[3])
+
+
+# Training
+
+
+def expected_trainable(name: str, backbone_training: str) -> bool:
+    if "_embeddings." in name and not name.startswith("model.language_model."):
+        return True  # the four ID tables
+    return backbone_training == "full" or (backbone_training == "lora" and "lora_" in name)
+
+
+def training_step(model, optimizer, step: int):
+    """One optimizer step, alternating collaborative / content documents (or recommendation / content)."""
+    optimizer.zero_grad()
+    if step % 2 == 1:
+        loss = model(CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, document_type="content").loss
+    elif isinstance(model, CLLM4RecForItemPrediction):
+        loss = model(*right_pad(RECOMMENDATION_PROMPTS), labels=RECOMMENDATION_TARGETS).loss
+    else:
+        loss = model(COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS).loss
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def train(model, steps: int = 4):
+    model.train()
+    # every parameter goes to the optimizer: only requires_grad decides what moves
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        assert torch.isfinite(training_step(model, optimizer, step))
+    return model.eval()
+
+
+def assert_trains_exactly_the_trainable_parameters(model, backbone_training):
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    expected = {name for name, _ in model.named_parameters() if expected_trainable(name, backbone_training)}
+    assert trainable == expected
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    train(model)
+    for name, parameter in model.named_parameters():
+        changed = not torch.equal(before[name], parameter)
+        assert changed == (name in trainable), f"{name} changed={changed}, trainable={name in trainable}"
+
+
+@pytest.mark.parametrize("backbone_training", ["frozen", "full", "lora"])
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_training_changes_exactly_the_trainable_parameters(backbone, model_class, backbone_training):
+    model = tiny_model(model_class, backbone, backbone_training=backbone_training)
+    if backbone_training == "lora":
+        lora_names = [name for name, _ in model.named_parameters() if "lora_" in name]
+        assert lora_names and any("lora_B" in name for name in lora_names)
+    assert_trains_exactly_the_trainable_parameters(model, backbone_training)
+
+
+@pytest.mark.parametrize("backbone_training", ["frozen", "full", "lora"])
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_loaded_model_trains_what_its_config_says(backbone, model_class, backbone_training, tmp_path):
+    tiny_model(CLLM4RecForCollaborativeLM, backbone, backbone_training=backbone_training).save_pretrained(tmp_path)
+    loaded = model_class.from_pretrained(tmp_path)
+    assert loaded.config.backbone_training == backbone_training
+    assert_trains_exactly_the_trainable_parameters(loaded, backbone_training)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_lora_starts_from_the_backbone_and_reloads_after_training(backbone, tmp_path):
+    frozen = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0)
+    lora = tiny_model(CLLM4RecForCollaborativeLM, backbone, backbone_training="lora")
+    # LoRA's B matrices start at zero: with the frozen model's weights, the adapted model computes what it does
+    assert all(not parameter.any() for name, parameter in lora.named_parameters() if "lora_B" in name)
+    frozen_weights = frozen.state_dict()
+    with torch.no_grad():
+        for name, parameter in lora.state_dict().items():
+            if "lora_" not in name:
+                parameter.copy_(frozen_weights[name.replace(".base_layer", "")])
+    assert_same_outputs(model_outputs(frozen), model_outputs(lora))
+
+    train(lora)
+    trained = model_outputs(lora)
+    assert not torch.allclose(trained["collaborative_logits"], model_outputs(frozen)["collaborative_logits"])
+    lora.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as stored:
+        assert any("lora_B" in name for name in stored.keys())
+    loaded = CLLM4RecForCollaborativeLM.from_pretrained(tmp_path).eval()
+    assert_same_outputs(trained, model_outputs(loaded))
+
+
+def test_enable_lora_on_a_loaded_model(tmp_path):
+    model = tiny_model(CLLM4RecForItemPrediction, "llama", id_std=1.0)
+    expected = model_outputs(model)
+    model.model.enable_lora(rank=4)
+    assert model.config.backbone_training == "lora" and model.config.lora_rank == 4
+    assert_same_outputs(expected, model_outputs(model))
+    assert_trains_exactly_the_trainable_parameters(model, "lora")
+    with pytest.raises(ValueError, match="already"):
+        model.model.enable_lora()
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_tied_heads_share_storage_after_training_and_loading(backbone, tmp_path):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, backbone_training="full")
+    before = input_output_embeddings(model)[0].detach().clone()
+    train(model)
+    word_embeddings, lm_head = input_output_embeddings(model)
+    assert not torch.equal(before, word_embeddings)
+    assert word_embeddings.data_ptr() == lm_head.data_ptr()
+    model.save_pretrained(tmp_path)
+    for model_class in MODEL_CLASSES:
+        loaded = model_class.from_pretrained(tmp_path)
+        word_embeddings, lm_head = input_output_embeddings(loaded)
+        assert word_embeddings.data_ptr() == lm_head.data_ptr()
+        assert torch.equal(lm_head, input_output_embeddings(model)[1])
+        # still tied once the loaded model trains
+        train(loaded)
+        word_embeddings, lm_head = input_output_embeddings(loaded)
+        assert word_embeddings.data_ptr() == lm_head.data_ptr()
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_gradient_checkpointing_gives_the_same_gradients(backbone):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, backbone_training="full", id_std=1.0).train()
+
+    def gradients():
+        model.zero_grad()
+        model(COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS).loss.backward()
+        return {
+            name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None
+        }
+
+    layer = (
+        model.model.language_model.base_model.h[0]
+        if backbone == "gpt2"
+        else model.model.language_model.model.layers[0]
+    )
+    calls = []
+    # the checkpointed function is the layer's forward: hooks on a module inside it see the recomputation
+    layer.mlp.register_forward_pre_hook(lambda *args: calls.append(1))
+    expected = gradients()
+    assert len(calls) == 1
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    calls.clear()
+    actual = gradients()
+    # checkpointing recomputes the layer in the backward pass
+    assert len(calls) == 2
+    assert actual.keys() == expected.keys()
+    assert {name for name in expected if "user_collaborative" in name or "item_collaborative" in name}
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ID routing
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_id_tokens_read_the_table_of_their_side(backbone):
+    model = tiny_model(CLLM4RecModel, backbone, id_std=1.0)
+    input_ids = torch.cat([COLLABORATIVE_IDS, torch.full((2, 2), ITEM + 6)], dim=1)
+    word_table = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for side in ("collaborative", "content"):
+            user_table, item_table = (table.weight for table in model.id_embedding_tables(side))
+            expected = torch.stack(
+                [
+                    torch.stack(
+                        [
+                            word_table[token]
+                            if token < USER
+                            else user_table[token - USER]
+                            if token < ITEM
+                            else item_table[token - ITEM]
+                            for token in row.tolist()
+                        ]
+                    )
+                    for row in input_ids
+                ]
+            )
+            assert torch.equal(model.embed_tokens(input_ids, side), expected)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_zeroing_one_side_changes_only_that_side(backbone):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0)
+    before = model_outputs(model)
+    with torch.no_grad():
+        model.model.user_content_embeddings.weight.zero_()
+        model.model.item_content_embeddings.weight.zero_()
+    after = model_outputs(model)
+    torch.testing.assert_close(after["collaborative_logits"], before["collaborative_logits"], rtol=0, atol=0)
+    assert not torch.allclose(after["content_logits"], before["content_logits"])
+    # the zeroed ID positions of content documents embed to zero, the words do not
+    embeddings = model.model.embed_tokens(CONTENT_IDS, "content")
+    is_id = CONTENT_IDS >= USER
+    assert not embeddings[is_id].any() and embeddings[~is_id].abs().sum(-1).min() > 0
+
+
+def test_unknown_document_type_raises():
+    model = tiny_model(CLLM4RecForCollaborativeLM)
+    with pytest.raises(ValueError, match="document type"):
+        model(CONTENT_IDS, document_type="reviews")
+    with pytest.raises(ValueError, match="document_type"):
+        tiny_model(CLLM4RecForItemPrediction)(CONTENT_IDS, document_type="collab")
+
+
+# Losses
+
+
+def manual_lm_loss(logits, labels, offset=0):
+    """Token-level mean cross-entropy of next-token `logits` against shifted `labels`, over labelled positions."""
+    targets = labels[:, 1:]
+    is_target = targets != -100
+    return F.cross_entropy(logits[:, :-1][is_target], targets[is_target] - offset)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_collaborative_loss_counts_the_main_text_from_its_first_item(backbone):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=0.0)
+    with torch.no_grad():
+        logits = model(COLLABORATIVE_IDS, COLLABORATIVE_MASK).logits
+        output = model(COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
+    assert logits.shape == (2, 8, NUM_ITEMS)
+    # by hand: the first item is predicted from the prompt's last token, every item from the one before it
+    positions = [(0, 3, 3), (0, 4, 0), (0, 5, 5), (0, 6, 2), (1, 3, 6), (1, 4, 0)]
+    manual = -torch.stack([logits[row, position].log_softmax(-1)[item] for row, position, item in positions]).mean()
+    torch.testing.assert_close(output.lm_loss, manual)
+    torch.testing.assert_close(output.lm_loss, manual_lm_loss(logits, COLLABORATIVE_LABELS, ITEM))
+    assert output.regularization_loss == 0
+    torch.testing.assert_close(output.loss, output.lm_loss)
+    assert output.logits is None
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_content_loss_counts_the_main_text_from_its_first_word(backbone):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=0.0)
+    with torch.no_grad():
+        logits = model(CONTENT_IDS, CONTENT_MASK, document_type="content").logits
+        output = model(CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, document_type="content")
+    assert logits.shape == (2, 10, TINY_VOCAB_SIZE)
+    positions = [(0, 5, 40), (0, 6, 41), (0, 7, 42), (0, 8, 43), (1, 5, 50), (1, 6, 51)]
+    manual = -torch.stack([logits[row, position].log_softmax(-1)[word] for row, position, word in positions]).mean()
+    torch.testing.assert_close(output.lm_loss, manual)
+    torch.testing.assert_close(output.lm_loss, manual_lm_loss(logits, CONTENT_LABELS))
+
+
+@pytest.mark.parametrize("document_type", ["collaborative", "content"])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_padding_does_not_change_the_loss(backbone, document_type):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=0.7)
+    ids, mask, labels = (
+        (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
+        if document_type == "collaborative"
+        else (CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS)
+    )
+    length = int(mask[1].sum())
+    unpadded = (ids[1:, :length], mask[1:, :length], labels[1:, :length])
+    # padded with the pad token, and with an ID token that is not in the document (masked, so not regularized)
+    for pad in (PAD, ITEM + 1):
+        padded_ids = torch.cat([ids[1:, :length], torch.full((1, 5), pad)], dim=1)
+        padded = (padded_ids, torch.cat([mask[1:, :length], torch.zeros(1, 5, dtype=torch.long)], dim=1))
+        padded_labels = torch.cat([labels[1:, :length], torch.full((1, 5), -100)], dim=1)
+        with torch.no_grad():
+            expected = model(*unpadded, document_type=document_type)
+            actual = model(*padded, padded_labels, document_type=document_type)
+        for name in ("loss", "lm_loss", "regularization_loss"):
+            torch.testing.assert_close(actual[name], expected[name], msg=name)
+
+
+def manual_regularization(model, side, user_ids, item_ids, lambda_v):
+    other = "content" if side == "collaborative" else "collaborative"
+    (user_table, item_table), (other_user, other_item) = (
+        model.model.id_embedding_tables(side),
+        model.model.id_embedding_tables(other),
+    )
+    squared = [((user_table.weight[u] - other_user.weight[u]) ** 2).sum() for u in user_ids]
+    squared += [((item_table.weight[i] - other_item.weight[i]) ** 2).sum() for i in item_ids]
+    return lambda_v / 2 * torch.stack(squared).mean()
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_regularization_matches_a_hand_computation_and_ignores_batch_size(backbone):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=0.7)
+    cases = [
+        # distinct real (unmasked) ID tokens of each batch
+        ("collaborative", COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS, [1, 3], [0, 2, 3, 5, 6]),
+        ("content", CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, [1, 2], [3, 4]),
+    ]
+    with torch.no_grad():
+        for side, ids, mask, labels, users, items in cases:
+            output = model(ids, mask, labels, document_type=side)
+            manual = manual_regularization(model, side, users, items, 0.7)
+            torch.testing.assert_close(output.regularization_loss, manual)
+            torch.testing.assert_close(output.loss, output.lm_loss + manual)
+            doubled = model(ids.repeat(2, 1), mask.repeat(2, 1), labels.repeat(2, 1), document_type=side)
+            torch.testing.assert_close(doubled.regularization_loss, output.regularization_loss)
+            torch.testing.assert_close(doubled.lm_loss, output.lm_loss)
+
+
+def test_regularization_is_zero_when_lambda_is_zero():
+    model = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0, lambda_v=0.0)
+    output = model(COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
+    assert output.regularization_loss == 0
+    torch.testing.assert_close(output.loss, output.lm_loss)
+
+
+@pytest.mark.parametrize("side", ["collaborative", "content"])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_no_gradient_flows_into_the_other_sides_tables(backbone, side):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=1.0)
+    if side == "collaborative":
+        loss = model(COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS).loss
+    else:
+        loss = model(CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, document_type="content").loss
+    loss.backward()
+    other = "content" if side == "collaborative" else "collaborative"
+    for table in model.model.id_embedding_tables(other):
+        assert table.weight.grad is None or not table.weight.grad.any()
+    for table in model.model.id_embedding_tables(side):
+        assert table.weight.grad is not None and table.weight.grad.any()
+
+
+def test_item_prediction_runs_content_steps_like_the_collaborative_lm(tmp_path):
+    model = tiny_model(CLLM4RecForCollaborativeLM, "gpt2", id_std=1.0)
+    model.save_pretrained(tmp_path)
+    predictor = CLLM4RecForItemPrediction.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        expected = model(CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, document_type="content")
+        actual = predictor(CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, document_type="content")
+    for name in ("loss", "lm_loss", "regularization_loss"):
+        torch.testing.assert_close(actual[name], expected[name])
+
+
+# Item prediction
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_item_logits_read_the_last_real_token_under_right_padding(backbone):
+    model = tiny_model(CLLM4RecForItemPrediction, backbone, id_std=1.0)
+    input_ids, attention_mask = right_pad(RECOMMENDATION_PROMPTS)
+    with torch.no_grad():
+        logits = model(input_ids, attention_mask).logits
+        assert logits.shape == (len(RECOMMENDATION_PROMPTS), NUM_ITEMS)
+        for row, prompt in enumerate(RECOMMENDATION_PROMPTS):
+            alone = model(torch.tensor([prompt])).logits
+            torch.testing.assert_close(logits[row : row + 1], alone, rtol=1e-5, atol=1e-5)
+            # by hand: the last hidden state against the collaborative item table
+            hidden = model.model(torch.tensor([prompt])).last_hidden_state[0, -1]
+            torch.testing.assert_close(alone[0], model.model.item_collaborative_embeddings.weight @ hidden)
+        # reading another position would differ
+        assert not torch.allclose(logits[1], model(input_ids[1:2]).logits[0])
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_multinomial_loss_matches_a_hand_computation(backbone):
+    model = tiny_model(CLLM4RecForItemPrediction, backbone, id_std=1.0, lambda_v=0.3)
+    input_ids, attention_mask = right_pad(RECOMMENDATION_PROMPTS)
+    with torch.no_grad():
+        output = model(input_ids, attention_mask, labels=RECOMMENDATION_TARGETS)
+    log_probabilities = output.logits.log_softmax(-1)
+    manual = (
+        -(
+            (log_probabilities[0, 3] + log_probabilities[0, 5])
+            + (log_probabilities[1, 0] + log_probabilities[1, 1] + log_probabilities[1, 2])
+            + log_probabilities[2, 6]
+        )
+        / 3
+    )
+    torch.testing.assert_close(output.recommendation_loss, manual)
+    # regularization over the prompts' users and items and the target items
+    users = [0, 2, 4]
+    items = [0, 1, 2, 3, 4, 5, 6]
+    with torch.no_grad():
+        regularization = manual_regularization(model, "collaborative", users, items, 0.3)
+    torch.testing.assert_close(output.regularization_loss, regularization)
+    torch.testing.assert_close(output.loss, manual + regularization)
+
+
+def test_item_prediction_regularization_includes_targets_outside_the_prompt():
+    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, lambda_v=1.0)
+    prompt = torch.tensor([[USER + 1, 10, ITEM + 0, 11]])
+    with torch.no_grad():
+        output = model(prompt, labels=torch.tensor([[4, 6]]))
+        torch.testing.assert_close(
+            output.regularization_loss, manual_regularization(model, "collaborative", [1], [0, 4, 6], 1.0)
+        )
+
+
+# Recommendation
+
+
+def random_histories(generator, count, max_length, num_items=NUM_ITEMS):
+    lengths = torch.randint(1, max_length + 1, (count,), generator=generator)
+    return [torch.randperm(num_items, generator=generator)[:length].tolist() for length in lengths]
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_recommend_never_returns_history_items(backbone, model_class):
+    num_items = 40
+    model = tiny_model(model_class, backbone, id_std=1.0, num_users=30, num_items=num_items)
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    generator = torch.Generator().manual_seed(0)
+    user_ids = torch.randperm(30, generator=generator).tolist()
+    histories = random_histories(generator, len(user_ids), max_length=15, num_items=num_items)
+    k = num_items - 15  # every user still has at least k candidates
+    output = model.recommend(user_ids, histories, k=k, tokenizer=tokenizer)
+    assert output.item_ids.shape == output.scores.shape == (len(user_ids), k)
+    assert torch.isfinite(output.scores).all()
+    assert (output.scores[:, :-1] >= output.scores[:, 1:]).all()
+    for row, history in enumerate(histories):
+        assert not set(output.item_ids[row].tolist()) & set(history)
+        assert len(set(output.item_ids[row].tolist())) == k
+    # the scores are the model's own, best first
+    scores = model.score_items(user_ids, histories, tokenizer=tokenizer)
+    torch.testing.assert_close(output.scores, scores.gather(1, output.item_ids))
+    # a history truncated in the prompt is still excluded in full
+    truncated = model.recommend(user_ids, histories, k=k, tokenizer=tokenizer, max_length=12)
+    for row, history in enumerate(histories):
+        assert not set(truncated.item_ids[row].tolist()) & set(history)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_recommend_with_k_beyond_the_unseen_items_fails(model_class):
+    model = tiny_model(model_class, id_std=1.0)
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    histories = [[0, 1, 2], [3]]
+    # the first user has only 4 unseen items: k=5 could only be filled with items from the history
+    with pytest.raises(ValueError, match=r"k=5.*4"):
+        model.recommend([0, 1], histories, k=5, tokenizer=tokenizer)
+    assert model.recommend([0, 1], histories, k=4, tokenizer=tokenizer).item_ids.shape == (2, 4)
+
+
+def test_recommend_for_a_cold_start_user():
+    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0)
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    output = model.recommend([None, 2], [[1, 4], [1, 4]], k=3, tokenizer=tokenizer)
+    assert output.item_ids.shape == (2, 3)
+    for row in range(2):
+        assert not set(output.item_ids[row].tolist()) & {1, 4}
+    cold_prompt = tokenizer.render("cold_start_prompt", history=[1, 4])
+    assert cold_prompt == tokenizer.encode(
+        "A new user has interacted with <item_1> <item_4>, the user will interact with"
+    )
+    with torch.no_grad():
+        cold_logits = model(torch.tensor([cold_prompt])).logits[0]
+    cold_logits[[1, 4]] = -torch.inf
+    assert output.item_ids[0].tolist() == cold_logits.topk(3).indices.tolist()
+    # the cold-start prompt has no user token: a known user's prompt scores differently
+    assert not torch.allclose(output.scores[0], output.scores[1])
+    with pytest.raises(ValueError, match="user id"):
+        tiny_model(CLLM4RecForCollaborativeLM).recommend([None], [[1]], k=2, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_recommend_rejects_bad_arguments(model_class):
+    model = tiny_model(model_class)
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    for k in (0, -1, NUM_ITEMS + 1):
+        with pytest.raises(ValueError, match=rf"k must lie in \[1, {NUM_ITEMS}\]"):
+            model.recommend([0], [[1]], k=k, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="2 user ids but 1 histories"):
+        model.recommend([0, 1], [[1]], k=2, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="item id 7"):
+        model.recommend([0], [[1, 7]], k=2, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="user id 5"):
+        model.recommend([5], [[1]], k=2, tokenizer=tokenizer)
+
+
+# Bad inputs
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+@pytest.mark.parametrize("bad_token", [-1, ITEM + NUM_ITEMS, ITEM + NUM_ITEMS + 100])
+def test_out_of_range_token_ids_raise(model_class, bad_token):
+    model = tiny_model(model_class)
+    input_ids = torch.tensor([[USER, 10, bad_token, 11]])
+    with pytest.raises(
+        ValueError, match=rf"Token id {bad_token} is outside the extended vocabulary.*{ITEM + NUM_ITEMS}"
+    ):
+        model(input_ids)
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (torch.tensor([[3, -100], [-100, -100], [6, -100]]), "at least one target"),
+        (torch.tensor([[3, NUM_ITEMS], [0, -100], [6, -100]]), rf"\[0, {NUM_ITEMS}\)"),
+        (torch.tensor([[3, -2], [0, -100], [6, -100]]), rf"\[0, {NUM_ITEMS}\)"),
+        (torch.tensor([[3], [0]]), "labels"),
+    ],
+)
+def test_item_prediction_rejects_bad_labels(labels, message):
+    model = tiny_model(CLLM4RecForItemPrediction)
+    with pytest.raises(ValueError, match=message):
+        model(*right_pad(RECOMMENDATION_PROMPTS), labels=labels)
+
+
+def replaced(labels, row, column, value):
+    labels = labels.clone()
+    labels[row, column] = value
+    return labels
+
+
+@pytest.mark.parametrize(
+    "document_type, labels, message",
+    [
+        ("collaborative", replaced(COLLABORATIVE_LABELS, 0, 5, 12), "item tokens"),
+        ("collaborative", replaced(COLLABORATIVE_LABELS, 0, 5, USER + 1), "item tokens"),
+        ("collaborative", replaced(COLLABORATIVE_LABELS, 0, 5, ITEM + NUM_ITEMS), "item tokens"),
+        ("collaborative", replaced(COLLABORATIVE_LABELS, 0, 5, -5), "item tokens"),
+        ("collaborative", torch.full_like(COLLABORATIVE_LABELS, -100), "no target"),
+        ("collaborative", COLLABORATIVE_LABELS[:, :-1], "shape"),
+        ("content", replaced(CONTENT_LABELS, 0, 7, ITEM + 1), "word tokens"),
+        ("content", replaced(CONTENT_LABELS, 0, 7, -5), "word tokens"),
+        ("content", torch.full_like(CONTENT_LABELS, -100), "no target"),
+        ("content", CONTENT_LABELS[:1], "shape"),
+    ],
+)
+def test_language_modelling_rejects_bad_labels(document_type, labels, message):
+    model = tiny_model(CLLM4RecForCollaborativeLM)
+    ids, mask = (
+        (COLLABORATIVE_IDS, COLLABORATIVE_MASK) if document_type == "collaborative" else (CONTENT_IDS, CONTENT_MASK)
+    )
+    with pytest.raises(ValueError, match=message):
+        model(ids, mask, labels, document_type=document_type)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_attention_mask_of_another_shape_raises(model_class):
+    model = tiny_model(model_class)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(COLLABORATIVE_IDS, COLLABORATIVE_MASK[:, :-1])
