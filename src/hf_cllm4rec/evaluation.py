@@ -78,7 +78,7 @@ def items_to_mask(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Boolean mask `[len(item_ids_per_user), num_items]` from one collection of item ids per user."""
-    item_ids = [torch.as_tensor(np.asarray(ids, dtype=np.int64)).reshape(-1) for ids in item_ids_per_user]
+    item_ids = [torch.as_tensor(ids, dtype=torch.long, device="cpu").reshape(-1) for ids in item_ids_per_user]
     lengths = torch.tensor([len(ids) for ids in item_ids], dtype=torch.long)
     flat_item_ids = torch.cat(item_ids) if item_ids else torch.zeros(0, dtype=torch.long)
     if flat_item_ids.numel() and not 0 <= flat_item_ids.min() <= flat_item_ids.max() < num_items:
