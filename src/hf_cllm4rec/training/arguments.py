@@ -1,0 +1,88 @@
+"""Training arguments of CLLM4Rec pretraining and fine-tuning."""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from ..data.documents import CONTENT_DOCUMENT_KINDS
+from .schedule import ALTERNATIONS
+
+
+@dataclass
+class CLLM4RecTrainingArguments(TrainingArguments):
+    r"""
+    [`TrainingArguments`] with CLLM4Rec's schedule. `num_train_epochs` counts rounds: in pretraining a round is one
+    collaborative and one content epoch, in fine-tuning one masked-history epoch and one content epoch (the
+    paper's alternation). Evaluation and saving with the `"epoch"` strategy happen at the end of every round.
+
+    Schedule:
+        content_warmup_epochs: content-only epochs before the first pretraining round (the paper: 10).
+        alternation: `"epoch"` (the paper) or `"batch"` granularity of the alternation between document types.
+        content_documents: which content documents to build: `"user_item"`, `"item"` or both, comma-separated.
+        content_steps: whether fine-tuning interleaves content epochs (the paper does).
+
+    Documents and evaluation:
+        max_length: longest document in tokens; longer histories lose items, longer texts their end.
+        recall_ks / ndcg_ks: cut-offs of the reported Recall@K / NDCG@K.
+        eval_split: split evaluated by `evaluate()` during training.
+    """
+
+    content_warmup_epochs: int = field(
+        default=10, metadata={"help": "Content-only epochs before the first pretraining round (the paper uses 10)."}
+    )
+    alternation: str = field(
+        default="epoch",
+        metadata={"help": "Alternate document types every epoch (the paper) or every batch.", "choices": ALTERNATIONS},
+    )
+    content_documents: str = field(
+        default="user_item",
+        metadata={
+            "help": "Content documents: 'user_item' (review, or item text, per training pair), 'item' (item text "
+            "per item), or 'user_item,item'."
+        },
+    )
+    content_steps: bool = field(
+        default=True, metadata={"help": "Interleave content epochs in fine-tuning, as the paper does."}
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Longest document in tokens; defaults to the backbone's context (at most 1024)."}
+    )
+    recall_ks: list[int] = field(default_factory=lambda: [20, 40], metadata={"help": "Cut-offs of Recall@K."})
+    ndcg_ks: list[int] = field(default_factory=lambda: [100], metadata={"help": "Cut-offs of NDCG@K."})
+    eval_split: str = field(default="validation", metadata={"help": "Split evaluated during training."})
+    metric_for_best_model: str | None = field(
+        default="selection_score",
+        metadata={"help": "The paper's model selection: Recall@20 + Recall@40 + NDCG@100 on validation."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Batches are built by the CLLM4Rec collator; keep every column."}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=True,
+        metadata={"help": "Document types use different embedding tables, so some parameters get no gradient."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.content_warmup_epochs < 0:
+            raise ValueError(f"content_warmup_epochs must be >= 0, got {self.content_warmup_epochs}.")
+        if self.alternation not in ALTERNATIONS:
+            raise ValueError(f"alternation must be one of {ALTERNATIONS}, got {self.alternation!r}.")
+        unknown = set(self.content_document_kinds) - set(CONTENT_DOCUMENT_KINDS)
+        if unknown or not self.content_document_kinds:
+            raise ValueError(
+                f"content_documents must name some of {CONTENT_DOCUMENT_KINDS}, got {self.content_documents!r}."
+            )
+        if self.max_length is not None and self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}.")
+        if any(k <= 0 for k in [*self.recall_ks, *self.ndcg_ks]):
+            raise ValueError("recall_ks and ndcg_ks must be positive.")
+        if self.num_train_epochs != int(self.num_train_epochs) or self.num_train_epochs < 0:
+            raise ValueError(f"num_train_epochs counts rounds and must be a whole number, got {self.num_train_epochs}.")
+
+    @property
+    def content_document_kinds(self) -> list[str]:
+        return [kind.strip() for kind in self.content_documents.split(",") if kind.strip()]
+
+
+__all__ = ["CLLM4RecTrainingArguments"]

@@ -1,0 +1,245 @@
+"""The CLLM4Rec trainer: mutual-regularized pretraining and recommendation-oriented fine-tuning."""
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
+
+from ..data.collators import CLLM4RecDataCollator
+from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
+from ..data.prepared import RecommendationData
+from ..evaluation import RankingMetrics, model_selection_score
+from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
+from ..tokenization_cllm4rec import CLLM4RecTokenizer
+from .arguments import CLLM4RecTrainingArguments
+from .schedule import ScheduleBatchSampler
+
+# Loss components logged separately, keyed by the batch's document type and the output field.
+LOSS_COMPONENTS = {
+    "collaborative_lm_loss": ("collaborative", "lm_loss"),
+    "collaborative_regularization_loss": ("collaborative", "regularization_loss"),
+    "content_lm_loss": ("content", "lm_loss"),
+    "content_regularization_loss": ("content", "regularization_loss"),
+    "recommendation_loss": ("recommendation", "recommendation_loss"),
+    "recommendation_regularization_loss": ("recommendation", "regularization_loss"),
+}
+
+
+class CLLM4RecTrainer(Trainer):
+    """
+    [`Trainer`] for CLLM4Rec, built from a prepared data set instead of a `train_dataset`.
+
+    With a [`CLLM4RecForCollaborativeLM`] it pretrains: `content_warmup_epochs` content epochs, then
+    `num_train_epochs` rounds of a collaborative and a content epoch. With a [`CLLM4RecForItemPrediction`] it
+    fine-tunes: rounds of a masked-history epoch and (with `content_steps`) a content epoch. Each step carries the
+    mutual regularization toward the other side's embeddings. `evaluate()` ranks all items for the users of
+    `args.eval_split` with the paper's protocol and reports Recall@K, NDCG@K and their `selection_score`.
+
+    Args:
+        model: a CLLM4Rec model whose user and item counts match `data`.
+        args: [`CLLM4RecTrainingArguments`].
+        data: the prepared [`RecommendationData`].
+        processing_class: the model's [`CLLM4RecTokenizer`], saved with every checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: CLLM4RecForCollaborativeLM | CLLM4RecForItemPrediction,
+        args: CLLM4RecTrainingArguments,
+        data: RecommendationData,
+        processing_class: CLLM4RecTokenizer,
+        **kwargs,
+    ):
+        if not isinstance(args, CLLM4RecTrainingArguments):
+            raise TypeError("CLLM4RecTrainer needs CLLM4RecTrainingArguments.")
+        check_model_fits_data(model, data)
+        self.data = data
+        self.max_length = args.max_length or min(
+            getattr(model.config.text_config, "max_position_embeddings", 1024) or 1024, 1024
+        )
+        sources, rounds = build_schedule(model, data, processing_class, args, self.max_length)
+        self.schedule = ScheduleBatchSampler(
+            [len(source) for source in sources], rounds, args.per_device_train_batch_size, args.alternation, args.seed
+        )
+        self._check_eval_split(args)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=ScheduledDocuments(sources),
+            eval_dataset=args.eval_split,
+            data_collator=CLLM4RecDataCollator(processing_class.pad_token_id),
+            processing_class=processing_class,
+            **kwargs,
+        )
+        # losses are per-micro-batch means; Trainer scales them for gradient accumulation itself
+        self.model_accepts_loss_kwargs = False
+        self._component_sums = torch.zeros(2, len(LOSS_COMPONENTS), dtype=torch.float64)
+        self.add_callback(RoundEndCallback(self.schedule.round_lengths(), args.gradient_accumulation_steps))
+
+    def _check_eval_split(self, args: CLLM4RecTrainingArguments) -> None:
+        if args.eval_strategy == "no":
+            return
+        if args.eval_split not in self.data.tables:
+            raise ValueError(f"eval_split {args.eval_split!r} is not a split of the data set.")
+        if self.data.tables[args.eval_split].num_rows == 0:
+            raise ValueError(
+                f"The {args.eval_split!r} split has no held-out items: evaluation would measure nothing. "
+                "Use another eval_split or eval_strategy='no'."
+            )
+
+    def get_train_dataloader(self) -> DataLoader:
+        dataloader = DataLoader(
+            self.train_dataset,
+            batch_sampler=self.schedule,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+        )
+        return self.accelerator.prepare(dataloader)
+
+    def set_initial_training_values(self, args, dataloader):
+        """The whole schedule (all rounds) is one pass over the dataloader: one Trainer epoch."""
+        values = super().set_initial_training_values(args, dataloader)
+        if args.max_steps > 0:
+            return values
+        _, steps_per_pass, num_examples, _, total_batch_size, steps_in_epoch, _ = values
+        return 1, steps_per_pass, num_examples, num_examples, total_batch_size, steps_in_epoch, steps_per_pass
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        document_type = inputs["document_type"]
+        for column, (component_type, field) in enumerate(LOSS_COMPONENTS.values()):
+            if component_type == document_type and outputs.get(field) is not None:
+                self._component_sums[0, column] += float(outputs[field].detach())
+                self._component_sums[1, column] += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: every process is here, so the components can be reduced
+            sums = self.accelerator.reduce(self._component_sums.to(self.args.device), reduction="sum").cpu()
+            for column, name in enumerate(LOSS_COMPONENTS):
+                if sums[1, column] > 0:
+                    logs[name] = round(float(sums[0, column] / sums[1, column]), 4)
+            self._component_sums.zero_()
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Ranks all items for the users of a split (`eval_dataset` names it; default `args.eval_split`)."""
+        split = eval_dataset if isinstance(eval_dataset, str) else self.args.eval_split
+        metrics = evaluate_model(
+            self.model,
+            self.processing_class,
+            self.data,
+            split,
+            batch_size=self.args.per_device_eval_batch_size,
+            max_length=self.max_length,
+            recall_ks=self.args.recall_ks,
+            ndcg_ks=self.args.ndcg_ks,
+        )
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class RoundEndCallback(TrainerCallback):
+    """Evaluates and saves at the end of every round when the strategy is `"epoch"`, and logs the round."""
+
+    def __init__(self, round_lengths: list[int], gradient_accumulation_steps: int):
+        ends = np.cumsum(round_lengths)
+        self.round_end_steps = [math.ceil(end / gradient_accumulation_steps) for end in ends]
+
+    def current_round(self, global_step: int) -> int:
+        return int(np.searchsorted(self.round_end_steps, global_step, side="left"))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.round_end_steps:
+            control.should_evaluate = control.should_evaluate or args.eval_strategy == "epoch"
+            control.should_save = control.should_save or args.save_strategy == "epoch"
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # the schedule is one Trainer epoch; its last round already triggered evaluation and saving
+        control.should_evaluate = control.should_evaluate and args.eval_strategy != "epoch"
+        control.should_save = control.should_save and args.save_strategy != "epoch"
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            logs["round"] = self.current_round(state.global_step)
+
+
+def check_model_fits_data(model, data: RecommendationData) -> None:
+    """Raises a `ValueError` when the model's user/item catalogue is not the data set's."""
+    config = model.config
+    if (config.num_users, config.num_items) != (data.num_users, data.num_items):
+        raise ValueError(
+            f"The model has {config.num_users} users and {config.num_items} items, but the data set "
+            f"{data.name!r} has {data.num_users} users and {data.num_items} items: a checkpoint from another data "
+            "set cannot be trained on this one."
+        )
+
+
+def build_schedule(model, data, tokenizer, args, max_length: int):
+    """The document sources and the rounds of the schedule for pretraining or fine-tuning."""
+    histories = data.histories("train")
+    content = lambda: ContentDocuments(data, tokenizer, max_length, args.content_document_kinds)  # noqa: E731
+    rounds = int(args.num_train_epochs)
+    if isinstance(model, CLLM4RecForCollaborativeLM):
+        sources = [CollaborativeDocuments(histories, tokenizer, max_length, seed=args.seed), content()]
+        return sources, [(1,)] * args.content_warmup_epochs + [(0, 1)] * rounds
+    if isinstance(model, CLLM4RecForItemPrediction):
+        documents = RecommendationDocuments(histories, tokenizer, model.config.mask_ratio, max_length, seed=args.seed)
+        if not args.content_steps:
+            return [documents], [(0,)] * rounds
+        return [documents, content()], [(0, 1)] * rounds
+    raise TypeError(f"CLLM4RecTrainer trains CLLM4Rec models, got {type(model).__name__}.")
+
+
+@torch.no_grad()
+def evaluate_model(
+    model,
+    tokenizer: CLLM4RecTokenizer,
+    data: RecommendationData,
+    split: str,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    recall_ks=(20, 40),
+    ndcg_ks=(100,),
+) -> dict[str, float]:
+    """
+    Recall@K and NDCG@K of a CLLM4Rec model on a split, with the paper's protocol: every user with held-out items
+    is prompted with the whole training history, all items are ranked, training items excluded. Users without
+    training items get no prompt and a flat score (they still count).
+    """
+    was_training = model.training
+    model.eval()
+    train = data.to_sparse("train")
+    heldout = data.to_sparse(split)
+    histories = data.histories("train")
+    metrics = RankingMetrics(recall_ks=recall_ks, ndcg_ks=ndcg_ks)
+    users = np.flatnonzero(np.diff(heldout.indptr))
+    for start in range(0, len(users), batch_size):
+        chunk = users[start : start + batch_size]
+        with_history = [user for user in chunk if len(histories[user])]
+        scores = torch.zeros(len(chunk), data.num_items, device=model.device)
+        if with_history:
+            rows = torch.tensor([position for position, user in enumerate(chunk) if len(histories[user])])
+            scores[rows.to(model.device)] = model.score_items(
+                [int(user) for user in with_history],
+                [histories[user] for user in with_history],
+                tokenizer=tokenizer,
+                max_length=max_length,
+            )
+        metrics.update(scores, heldout[chunk], train[chunk])
+    model.train(was_training)
+    results = metrics.compute()
+    if all(name in results for name in ("recall@20", "recall@40", "ndcg@100")):
+        results["selection_score"] = model_selection_score(results)
+    return results
+
+
+__all__ = ["CLLM4RecTrainer", "evaluate_model", "RoundEndCallback", "LOSS_COMPONENTS"]
