@@ -7,7 +7,9 @@ from .sources import (
     read_interaction_table,
     read_movielens,
 )
-from .synthetic import make_synthetic_data
+from .collators import CLLM4RecDataCollator
+from .documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
+from .synthetic import make_synthetic_data, make_synthetic_tokenizer
 
 __all__ = [
     "DataFormatError",
@@ -17,6 +19,12 @@ __all__ = [
     "deduplicate_pairs",
     "filter_k_core",
     "make_synthetic_data",
+    "make_synthetic_tokenizer",
+    "CLLM4RecDataCollator",
+    "CollaborativeDocuments",
+    "ContentDocuments",
+    "RecommendationDocuments",
+    "ScheduledDocuments",
     "read_amazon_reviews",
     "read_authors_split",
     "read_interaction_table",

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from tokenizers import Tokenizer, decoders
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import PreTrainedTokenizerFast
 
 from .prepared import RecommendationData
 from .protocol import apply_protocol
@@ -107,3 +111,22 @@ def make_synthetic_data(
         "popularity_exponent": popularity_exponent,
     }
     return data
+
+
+def make_synthetic_tokenizer(data: RecommendationData, extra_texts: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """
+    A word-level tokenizer covering the built-in data set's texts and the default prompt templates, so that the
+    demo model needs no download: every word and punctuation mark is one token, unknown words map to `<unk>`.
+    """
+    from ..configuration_cllm4rec import TEMPLATE_PLACEHOLDERS, CLLM4RecConfig
+
+    defaults = CLLM4RecConfig()
+    texts = [*data.item_texts(), *data.tables["reviews"]["text"], *extra_texts]
+    texts += [getattr(defaults, name).format(user="", item="", history="") for name in TEMPLATE_PLACEHOLDERS]
+    pre_tokenizer = Whitespace()
+    words = sorted({word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(text)})
+    vocabulary = {token: index for index, token in enumerate(["<pad>", "<unk>", "</s>", *words])}
+    backend = Tokenizer(WordLevel(vocabulary, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")

@@ -126,6 +126,12 @@ class CLLM4RecTrainer(Trainer):
             self._component_sums.zero_()
         super().log(logs, start_time)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # tied weights (the backbone's LM head) are stored once, so they are "missing" from every checkpoint
+        tied = set(getattr(self.model, "all_tied_weights_keys", None) or {})
+        load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Ranks all items for the users of a split (`eval_dataset` names it; default `args.eval_split`)."""
         split = eval_dataset if isinstance(eval_dataset, str) else self.args.eval_split

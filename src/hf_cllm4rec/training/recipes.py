@@ -1,0 +1,149 @@
+"""The pretraining and fine-tuning runs behind the example scripts and the command line."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer, set_seed
+
+from ..configuration_cllm4rec import CLLM4RecConfig
+from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
+from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
+from ..tokenization_cllm4rec import CLLM4RecTokenizer
+from .arguments import CLLM4RecTrainingArguments
+from .trainer import CLLM4RecTrainer, evaluate_model
+
+BUILTIN_DATA = "builtin"
+# The demo backbone: a two-layer GPT-2 over the built-in data set's word-level vocabulary.
+BUILTIN_BACKBONE = "builtin-tiny-gpt2"
+BUILTIN_BACKBONE_CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256}
+
+
+@dataclass
+class DataArguments:
+    """Where the prepared data set is."""
+
+    data: str = field(
+        default=BUILTIN_DATA,
+        metadata={"help": "A folder written by `cllm4rec prepare`, or 'builtin' for the built-in synthetic data set."},
+    )
+
+
+@dataclass
+class ModelArguments:
+    """The backbone and the CLLM4Rec options of pretraining, or the checkpoint that fine-tuning starts from."""
+
+    backbone: str = field(
+        default="gpt2",
+        metadata={
+            "help": "Hub name or folder of a causal LM (pretraining), or 'builtin-tiny-gpt2' (a tiny GPT-2 over the "
+            "built-in data set's words, for demos)."
+        },
+    )
+    pretrained: str | None = field(
+        default=None, metadata={"help": "Fine-tuning: the CLLM4RecForCollaborativeLM checkpoint to start from."}
+    )
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder or Hub name; default: the backbone's."})
+    random_init: bool = field(
+        default=False, metadata={"help": "Build the backbone from its config with random weights (speed tests, offline)."}
+    )
+    backbone_overrides: str | None = field(
+        default=None, metadata={"help": 'JSON overrides of the backbone config with --random_init, e.g. {"n_layer": 4}.'}
+    )
+    lambda_v: float = field(default=1.0, metadata={"help": "Weight of the mutual regularization."})
+    mask_ratio: float = field(default=0.2, metadata={"help": "Share of a history held out in fine-tuning."})
+    backbone_training: str = field(
+        default="frozen", metadata={"help": "'frozen' (the paper), 'full' or 'lora'.", "choices": ["frozen", "full", "lora"]}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank with backbone_training='lora'."})
+
+
+def load_data(data_args: DataArguments) -> RecommendationData:
+    if data_args.data == BUILTIN_DATA:
+        return make_synthetic_data()
+    return RecommendationData.load(data_args.data)
+
+
+def build_pretraining_model(
+    model_args: ModelArguments, data: RecommendationData
+) -> tuple[CLLM4RecForCollaborativeLM, CLLM4RecTokenizer]:
+    """A fresh CLLM4Rec model around the backbone, sized to the data set, and its tokenizer."""
+    options = {
+        "lambda_v": model_args.lambda_v,
+        "mask_ratio": model_args.mask_ratio,
+        "backbone_training": model_args.backbone_training,
+        "lora_rank": model_args.lora_rank,
+    }
+    if model_args.backbone == BUILTIN_BACKBONE:
+        base_tokenizer = make_synthetic_tokenizer(data)
+        text_config = AutoConfig.for_model(**BUILTIN_BACKBONE_CONFIG, vocab_size=len(base_tokenizer))
+    else:
+        base_tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer or model_args.backbone)
+        text_config = AutoConfig.from_pretrained(model_args.backbone) if model_args.random_init else None
+    if text_config is not None:
+        for key, value in json.loads(model_args.backbone_overrides or "{}").items():
+            setattr(text_config, key, value)
+        config = CLLM4RecConfig(text_config=text_config, num_users=data.num_users, num_items=data.num_items, **options)
+        config.base_model_name_or_path = model_args.backbone
+        model = CLLM4RecForCollaborativeLM(config)
+    else:
+        model = CLLM4RecForCollaborativeLM.from_backbone(
+            model_args.backbone, num_users=data.num_users, num_items=data.num_items, **options
+        )
+    return model, CLLM4RecTokenizer(base_tokenizer, model.config)
+
+
+def run_pretraining(
+    model_args: ModelArguments, data_args: DataArguments, training_args: CLLM4RecTrainingArguments
+) -> dict[str, float]:
+    """Pretrains on the data set and saves the model and tokenizer to `output_dir`; returns test metrics."""
+    set_seed(training_args.seed)
+    data = load_data(data_args)
+    model, tokenizer = build_pretraining_model(model_args, data)
+    trainer = CLLM4RecTrainer(model, training_args, data, tokenizer)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    return _finish(trainer, data)
+
+
+def run_finetuning(
+    model_args: ModelArguments, data_args: DataArguments, training_args: CLLM4RecTrainingArguments
+) -> dict[str, float]:
+    """Fine-tunes a pretraining checkpoint for item prediction, keeps the best round, saves it; returns test metrics."""
+    if model_args.pretrained is None:
+        raise ValueError("Fine-tuning starts from a pretraining checkpoint: pass --pretrained PATH.")
+    set_seed(training_args.seed)
+    data = load_data(data_args)
+    model = CLLM4RecForItemPrediction.from_pretrained(model_args.pretrained)
+    if model_args.backbone_training == "lora" and model.config.backbone_training != "lora":
+        model.model.enable_lora(rank=model_args.lora_rank)
+    tokenizer = CLLM4RecTokenizer.from_pretrained(model_args.pretrained)
+    tokenizer.config = model.config
+    trainer = CLLM4RecTrainer(model, training_args, data, tokenizer)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    return _finish(trainer, data)
+
+
+def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, float]:
+    """Test metrics, then the model, tokenizer and metrics saved to `output_dir` (and pushed, if asked)."""
+    args = trainer.args
+    metrics = trainer.evaluate(eval_dataset="test", metric_key_prefix="test")
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        data_files = Path(args.output_dir)
+        (data_files / "id_mappings.json").write_text(
+            json.dumps({"users": data.user_raw_ids, "items": data.item_raw_ids, "item_texts": data.item_texts()})
+        )
+        (data_files / "test_results.json").write_text(json.dumps(metrics, indent=2))
+    if args.push_to_hub:
+        trainer.push_to_hub()
+    return metrics
+
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "build_pretraining_model",
+    "load_data",
+    "run_pretraining",
+    "run_finetuning",
+]
