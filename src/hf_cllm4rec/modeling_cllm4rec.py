@@ -26,8 +26,8 @@ class CLLM4RecLMOutput(ModelOutput):
 
     Args:
         loss: language-modelling loss on the main text plus the mutual-regularization term.
-        lm_loss: mean next-token loss over main-text tokens (item space or vocabulary, by document type).
-        regularization_loss: `lambda_v / 2 * ||z - stopgrad(z_other)||^2`, averaged over the batch's ID tokens.
+        lm_loss: next-token loss over main-text tokens (item space or vocabulary, by document type), per target.
+        regularization_loss: `lambda_v / 2 * ||z - stopgrad(z_other)||^2` over the batch's ID tokens, per target.
         logits: next-token logits `(batch, length, space)` over the document type's token space; only computed when
             no `labels` are given (with labels, logits are computed at target positions alone and not returned).
         last_hidden_state: the backbone's last hidden states.
@@ -47,8 +47,8 @@ class CLLM4RecItemPredictionOutput(ModelOutput):
 
     Args:
         loss: multinomial negative log-likelihood of the target items plus the mutual-regularization term.
-        recommendation_loss: the multinomial negative log-likelihood, summed over a user's targets, averaged over users.
-        regularization_loss: the mutual-regularization term.
+        recommendation_loss: the multinomial negative log-likelihood of the targets, per target.
+        regularization_loss: the mutual-regularization term, per target.
         logits: item scores `(batch, num_items)` read at each prompt's last real token.
     """
 
@@ -281,6 +281,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         attention_mask: torch.Tensor | None,
         labels: torch.LongTensor | None,
         document_type: str,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CLLM4RecLMOutput:
         """Next-token loss of collaborative (item space) or content (vocabulary) documents, with regularization."""
@@ -290,30 +291,21 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         if labels is None:
             return CLLM4RecLMOutput(logits=head(hidden_states), last_hidden_state=hidden_states)
 
-        if labels.shape != input_ids.shape:
-            raise ValueError(
-                f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {tuple(labels.shape)}."
-            )
         targets = labels[:, 1:]
         is_target = targets != -100
         targets = targets[is_target]
         if not targets.numel():
-            raise ValueError("`labels` hold no target (all -100 after the first position): there is no main text.")
+            raise ValueError("The batch has no main-text token to predict: every label is -100.")
         if document_type == "collaborative":
-            kind, low, high = "item", config.item_token_offset, config.extended_vocab_size
-        else:
-            kind, low, high = "word", 0, config.vocab_size
-        outside = targets[(targets < low) | (targets >= high)]
-        if outside.numel():
-            raise ValueError(
-                f"Targets of {document_type} documents must be {kind} tokens (ids {low} to {high - 1}) or -100, "
-                f"got {int(outside[0])}."
-            )
-        if document_type == "collaborative":
+            if int(targets.min()) < config.item_token_offset:
+                raise ValueError("Targets of collaborative documents must be item tokens.")
             targets = targets - config.item_token_offset
+        elif int(targets.max()) >= config.vocab_size:
+            raise ValueError("Targets of content documents must be word tokens.")
         logits = head(hidden_states[:, :-1][is_target])
-        lm_loss = F.cross_entropy(logits.float(), targets)
-        regularization_loss = self.mutual_regularization(input_ids, attention_mask, document_type)
+        normalizer = targets.numel() if num_items_in_batch is None else num_items_in_batch
+        lm_loss = F.cross_entropy(logits.float(), targets, reduction="sum") / normalizer
+        regularization_loss = self.mutual_regularization(input_ids, attention_mask, document_type) / normalizer
         return CLLM4RecLMOutput(
             loss=lm_loss + regularization_loss,
             lm_loss=lm_loss,
@@ -329,30 +321,30 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         extra_item_ids: torch.LongTensor | None = None,
     ) -> torch.Tensor:
         """
-        `lambda_v / 2 * ||z_side - stopgrad(z_other)||^2` averaged over the distinct users and items of the batch.
+        `lambda_v / 2 * ||z_side - stopgrad(z_other)||^2` summed over the ID tokens of the batch (every occurrence).
 
-        `extra_item_ids` are 0-based item ids that take part without appearing in `input_ids` (prediction targets).
+        The losses divide it by the number of prediction targets, like the likelihood term, so the objective is the
+        paper's MAP objective per target: independent of batch size and document length, and exact under gradient
+        accumulation and data parallelism. `extra_item_ids` are 0-based item ids that take part without appearing in
+        `input_ids` (prediction targets).
         """
         config = self.config
-        if config.lambda_v == 0:
-            return input_ids.new_zeros((), dtype=torch.float32)
         token_ids = input_ids if attention_mask is None else input_ids[attention_mask.bool()]
         user_ids = token_ids[(token_ids >= config.user_token_offset) & (token_ids < config.item_token_offset)]
         item_ids = token_ids[token_ids >= config.item_token_offset] - config.item_token_offset
         if extra_item_ids is not None:
             item_ids = torch.cat([item_ids, extra_item_ids.reshape(-1)])
-        user_ids = torch.unique(user_ids - config.user_token_offset)
-        item_ids = torch.unique(item_ids)
-        if user_ids.numel() + item_ids.numel() == 0:
+        user_ids = user_ids - config.user_token_offset
+        if config.lambda_v == 0 or user_ids.numel() + item_ids.numel() == 0:
             return input_ids.new_zeros((), dtype=torch.float32)
         other_side = "content" if side == "collaborative" else "collaborative"
-        squared_distances = []
+        squared_distance = input_ids.new_zeros((), dtype=torch.float32)
         for table, other_table, ids in zip(
             self.id_embedding_tables(side), self.id_embedding_tables(other_side), (user_ids, item_ids)
         ):
             difference = table(ids).float() - other_table(ids).detach().float()
-            squared_distances.append(difference.pow(2).sum(-1))
-        return config.lambda_v / 2 * torch.cat(squared_distances).mean()
+            squared_distance = squared_distance + difference.pow(2).sum()
+        return config.lambda_v / 2 * squared_distance
 
 
 class ItemScoringMixin:
@@ -430,14 +422,20 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         document_type: str = "collaborative",
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CLLM4RecLMOutput:
         r"""
         document_type (`str`, defaults to `"collaborative"`):
             `"collaborative"` (ID tokens use the collaborative tables, targets are items) or `"content"` (ID tokens
             use the content tables, targets are words).
+        num_items_in_batch (`int`, *optional*):
+            Number of target tokens in the whole (accumulated, all-process) batch, which the summed losses are
+            divided by; defaults to this batch's. The Trainer passes it.
         """
-        return self.model.language_modeling(input_ids, attention_mask, labels, document_type, **kwargs)
+        return self.model.language_modeling(
+            input_ids, attention_mask, labels, document_type, num_items_in_batch, **kwargs
+        )
 
     def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None) -> list[int]:
         """A collaborative document's prompt and history: the next item it predicts is the recommendation."""
@@ -467,6 +465,7 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         document_type: str = "recommendation",
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CLLM4RecItemPredictionOutput | CLLM4RecLMOutput:
         r"""
@@ -475,9 +474,14 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         document_type (`str`, defaults to `"recommendation"`):
             `"recommendation"` for masked-history prompts; `"content"` runs a content-LM step (the C-step that
             fine-tuning interleaves), with labels as in [`CLLM4RecForCollaborativeLM`].
+        num_items_in_batch (`int`, *optional*):
+            Number of targets in the whole (accumulated, all-process) batch, which the summed losses are divided by;
+            defaults to this batch's. The Trainer passes it.
         """
         if document_type == "content":
-            return self.model.language_modeling(input_ids, attention_mask, labels, document_type, **kwargs)
+            return self.model.language_modeling(
+                input_ids, attention_mask, labels, document_type, num_items_in_batch, **kwargs
+            )
         if document_type != "recommendation":
             raise ValueError(f"document_type must be 'recommendation' or 'content', got {document_type!r}.")
         logits = self.model.last_token_item_logits(input_ids, attention_mask)
@@ -494,11 +498,13 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
             raise ValueError("Every row of `labels` needs at least one target item; found a row with none.")
         if int(labels.max()) >= self.config.num_items or int(labels[is_target].min()) < 0:
             raise ValueError(f"Target item ids must lie in [0, {self.config.num_items}).")
+        normalizer = is_target.sum() if num_items_in_batch is None else num_items_in_batch
         log_probabilities = F.log_softmax(logits.float(), dim=-1)
         target_log_probabilities = log_probabilities.gather(1, labels.clamp(min=0)) * is_target
-        recommendation_loss = -target_log_probabilities.sum(-1).mean()
-        regularization_loss = self.model.mutual_regularization(
-            input_ids, attention_mask, "collaborative", extra_item_ids=labels[is_target]
+        recommendation_loss = -target_log_probabilities.sum() / normalizer
+        regularization_loss = (
+            self.model.mutual_regularization(input_ids, attention_mask, "collaborative", extra_item_ids=labels[is_target])
+            / normalizer
         )
         return CLLM4RecItemPredictionOutput(
             loss=recommendation_loss + regularization_loss,

@@ -73,8 +73,8 @@ class CLLM4RecTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
-        # losses are per-micro-batch means; Trainer scales them for gradient accumulation itself
-        self.model_accepts_loss_kwargs = False
+        # the models divide summed losses by the targets of the whole accumulated, all-process batch
+        self.model_accepts_loss_kwargs = True
         self._component_sums = torch.zeros(2, len(LOSS_COMPONENTS), dtype=torch.float64)
         self.add_callback(RoundEndCallback(self.schedule.round_lengths(), args.gradient_accumulation_steps))
 
@@ -109,20 +109,22 @@ class CLLM4RecTrainer(Trainer):
         return 1, steps_per_pass, num_examples, num_examples, total_batch_size, steps_in_epoch, steps_per_pass
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         document_type = inputs["document_type"]
         for column, (component_type, field) in enumerate(LOSS_COMPONENTS.values()):
             if component_type == document_type and outputs.get(field) is not None:
                 self._component_sums[0, column] += float(outputs[field].detach())
                 self._component_sums[1, column] += 1
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: every process is here, so the components can be reduced
+            # each micro-batch holds its share of its step's loss: sum the shares, divide by the steps they fill
             sums = self.accelerator.reduce(self._component_sums.to(self.args.device), reduction="sum").cpu()
+            micro_batches_per_step = self.args.gradient_accumulation_steps * self.accelerator.num_processes
             for column, name in enumerate(LOSS_COMPONENTS):
                 if sums[1, column] > 0:
-                    logs[name] = round(float(sums[0, column] / sums[1, column]), 4)
+                    logs[name] = round(float(sums[0, column] * micro_batches_per_step / sums[1, column]), 4)
             self._component_sums.zero_()
         super().log(logs, start_time)
 
