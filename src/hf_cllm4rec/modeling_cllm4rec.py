@@ -291,17 +291,27 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         if labels is None:
             return CLLM4RecLMOutput(logits=head(hidden_states), last_hidden_state=hidden_states)
 
+        if labels.shape != input_ids.shape:
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {tuple(labels.shape)}."
+            )
         targets = labels[:, 1:]
         is_target = targets != -100
         targets = targets[is_target]
         if not targets.numel():
             raise ValueError("The batch has no main-text token to predict: every label is -100.")
         if document_type == "collaborative":
-            if int(targets.min()) < config.item_token_offset:
-                raise ValueError("Targets of collaborative documents must be item tokens.")
+            kind, low, high = "item", config.item_token_offset, config.extended_vocab_size
+        else:
+            kind, low, high = "word", 0, config.vocab_size
+        outside = targets[(targets < low) | (targets >= high)]
+        if outside.numel():
+            raise ValueError(
+                f"Targets of {document_type} documents must be {kind} tokens (ids {low} to {high - 1}) or -100, "
+                f"got {int(outside[0])}."
+            )
+        if document_type == "collaborative":
             targets = targets - config.item_token_offset
-        elif int(targets.max()) >= config.vocab_size:
-            raise ValueError("Targets of content documents must be word tokens.")
         logits = head(hidden_states[:, :-1][is_target])
         normalizer = targets.numel() if num_items_in_batch is None else num_items_in_batch
         lm_loss = F.cross_entropy(logits.float(), targets, reduction="sum") / normalizer
