@@ -544,7 +544,8 @@ def test_padding_does_not_change_the_loss(backbone, document_type):
             torch.testing.assert_close(actual[name], expected[name], msg=name)
 
 
-def manual_regularization(model, side, user_ids, item_ids, lambda_v):
+def manual_regularization(model, side, user_ids, item_ids, lambda_v, num_targets):
+    """`lambda_v / 2 * sum ||z_side - z_other||^2` over every occurrence of the ids, per prediction target."""
     other = "content" if side == "collaborative" else "collaborative"
     (user_table, item_table), (other_user, other_item) = (
         model.model.id_embedding_tables(side),
@@ -552,26 +553,60 @@ def manual_regularization(model, side, user_ids, item_ids, lambda_v):
     )
     squared = [((user_table.weight[u] - other_user.weight[u]) ** 2).sum() for u in user_ids]
     squared += [((item_table.weight[i] - other_item.weight[i]) ** 2).sum() for i in item_ids]
-    return lambda_v / 2 * torch.stack(squared).mean()
+    return lambda_v / 2 * torch.stack(squared).sum() / num_targets
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_regularization_matches_a_hand_computation_and_ignores_batch_size(backbone):
     model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=0.7)
     cases = [
-        # distinct real (unmasked) ID tokens of each batch
-        ("collaborative", COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS, [1, 3], [0, 2, 3, 5, 6]),
-        ("content", CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, [1, 2], [3, 4]),
+        # every real (unmasked) ID token of each batch (item 0 twice), and the number of main-text targets
+        ("collaborative", COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS, [1, 3], [3, 0, 5, 2, 6, 0], 6),
+        ("content", CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS, [2, 1], [4, 3], 6),
     ]
     with torch.no_grad():
-        for side, ids, mask, labels, users, items in cases:
+        for side, ids, mask, labels, users, items, num_targets in cases:
             output = model(ids, mask, labels, document_type=side)
-            manual = manual_regularization(model, side, users, items, 0.7)
+            manual = manual_regularization(model, side, users, items, 0.7, num_targets)
             torch.testing.assert_close(output.regularization_loss, manual)
             torch.testing.assert_close(output.loss, output.lm_loss + manual)
             doubled = model(ids.repeat(2, 1), mask.repeat(2, 1), labels.repeat(2, 1), document_type=side)
             torch.testing.assert_close(doubled.regularization_loss, output.regularization_loss)
             torch.testing.assert_close(doubled.lm_loss, output.lm_loss)
+
+
+@pytest.mark.parametrize("document_type", ["collaborative", "content", "recommendation"])
+def test_losses_split_across_batches_add_up_with_num_items_in_batch(document_type):
+    # what gradient accumulation and data parallelism rely on: per-part losses over the whole batch's target count
+    model_class = CLLM4RecForItemPrediction if document_type == "recommendation" else CLLM4RecForCollaborativeLM
+    model = tiny_model(model_class, id_std=1.0, lambda_v=0.7)
+    if document_type == "recommendation":
+        (ids, mask), labels = right_pad(RECOMMENDATION_PROMPTS), RECOMMENDATION_TARGETS
+        num_targets = int((labels != -100).sum())
+        names = ("loss", "recommendation_loss", "regularization_loss")
+    else:
+        ids, mask, labels = (
+            (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
+            if document_type == "collaborative"
+            else (CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS)
+        )
+        num_targets = int((labels[:, 1:] != -100).sum())
+        names = ("loss", "lm_loss", "regularization_loss")
+    with torch.no_grad():
+        whole = model(ids, mask, labels, document_type=document_type)
+        parts = [
+            model(
+                ids[row : row + 1],
+                mask[row : row + 1],
+                labels[row : row + 1],
+                document_type=document_type,
+                num_items_in_batch=num_targets,
+            )
+            for row in range(ids.shape[0])
+        ]
+    for name in names:
+        torch.testing.assert_close(sum(part[name] for part in parts), whole[name], msg=name)
+    assert whole.regularization_loss > 0
 
 
 def test_regularization_is_zero_when_lambda_is_zero():
@@ -641,14 +676,14 @@ def test_multinomial_loss_matches_a_hand_computation(backbone):
             + (log_probabilities[1, 0] + log_probabilities[1, 1] + log_probabilities[1, 2])
             + log_probabilities[2, 6]
         )
-        / 3
+        / 6
     )
     torch.testing.assert_close(output.recommendation_loss, manual)
-    # regularization over the prompts' users and items and the target items
-    users = [0, 2, 4]
-    items = [0, 1, 2, 3, 4, 5, 6]
+    # regularization over every user and item token of the prompts, and the target items, per target
+    users = [0, 0, 4, 4, 2, 2]
+    items = [1, 2, 6, 0, 3, 5, 4] + [3, 5, 0, 1, 2, 6]
     with torch.no_grad():
-        regularization = manual_regularization(model, "collaborative", users, items, 0.3)
+        regularization = manual_regularization(model, "collaborative", users, items, 0.3, 6)
     torch.testing.assert_close(output.regularization_loss, regularization)
     torch.testing.assert_close(output.loss, manual + regularization)
 
@@ -659,7 +694,7 @@ def test_item_prediction_regularization_includes_targets_outside_the_prompt():
     with torch.no_grad():
         output = model(prompt, labels=torch.tensor([[4, 6]]))
         torch.testing.assert_close(
-            output.regularization_loss, manual_regularization(model, "collaborative", [1], [0, 4, 6], 1.0)
+            output.regularization_loss, manual_regularization(model, "collaborative", [1], [0, 4, 6], 1.0, 2)
         )
 
 
@@ -786,11 +821,11 @@ def replaced(labels, row, column, value):
         ("collaborative", replaced(COLLABORATIVE_LABELS, 0, 5, USER + 1), "item tokens"),
         ("collaborative", replaced(COLLABORATIVE_LABELS, 0, 5, ITEM + NUM_ITEMS), "item tokens"),
         ("collaborative", replaced(COLLABORATIVE_LABELS, 0, 5, -5), "item tokens"),
-        ("collaborative", torch.full_like(COLLABORATIVE_LABELS, -100), "no target"),
+        ("collaborative", torch.full_like(COLLABORATIVE_LABELS, -100), "every label is -100"),
         ("collaborative", COLLABORATIVE_LABELS[:, :-1], "shape"),
         ("content", replaced(CONTENT_LABELS, 0, 7, ITEM + 1), "word tokens"),
         ("content", replaced(CONTENT_LABELS, 0, 7, -5), "word tokens"),
-        ("content", torch.full_like(CONTENT_LABELS, -100), "no target"),
+        ("content", torch.full_like(CONTENT_LABELS, -100), "every label is -100"),
         ("content", CONTENT_LABELS[:1], "shape"),
     ],
 )
