@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer, set_seed
+from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
 
 from ..configuration_cllm4rec import CLLM4RecConfig
 from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
@@ -45,7 +45,11 @@ class ModelArguments:
     )
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder or Hub name; default: the backbone's."})
     random_init: bool = field(
-        default=False, metadata={"help": "Build the backbone from its config with random weights (speed tests, offline)."}
+        default=False,
+        metadata={
+            "help": "Random backbone weights, from the config of --backbone: a model type such as 'gpt2' (its "
+            "default config: GPT-2 small), a folder or a Hub name."
+        },
     )
     backbone_overrides: str | None = field(
         default=None, metadata={"help": 'JSON overrides of the backbone config with --random_init, e.g. {"n_layer": 4}.'}
@@ -79,7 +83,7 @@ def build_pretraining_model(
         text_config = AutoConfig.for_model(**BUILTIN_BACKBONE_CONFIG, vocab_size=len(base_tokenizer))
     else:
         base_tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer or model_args.backbone)
-        text_config = AutoConfig.from_pretrained(model_args.backbone) if model_args.random_init else None
+        text_config = random_backbone_config(model_args.backbone) if model_args.random_init else None
     if text_config is not None:
         for key, value in json.loads(model_args.backbone_overrides or "{}").items():
             setattr(text_config, key, value)
@@ -91,6 +95,13 @@ def build_pretraining_model(
             model_args.backbone, num_users=data.num_users, num_items=data.num_items, **options
         )
     return model, CLLM4RecTokenizer(base_tokenizer, model.config)
+
+
+def random_backbone_config(backbone: str):
+    """The config of a backbone given as a model type (`gpt2`, `llama`), a folder or a Hub name."""
+    if backbone in CONFIG_MAPPING and not Path(backbone).exists():
+        return AutoConfig.for_model(backbone)
+    return AutoConfig.from_pretrained(backbone)
 
 
 def run_pretraining(
