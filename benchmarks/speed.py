@@ -1,0 +1,229 @@
+"""
+Speed of every CLLM4Rec stage on a prepared data set, and how prediction time grows with the catalogue.
+
+    python benchmarks/speed.py --data data/beauty --backbone gpt2 --random_init          # GPT-2-small shape
+    python benchmarks/speed.py --data data/beauty --backbone PATH_TO_SMOLLM2
+    python benchmarks/speed.py --data builtin --backbone builtin-tiny-gpt2 --sample 64   # CPU smoke test
+
+Stages, each one real optimizer steps (or, for prediction, real top-k) through the package's own documents,
+collator and model, timed after a warm-up:
+- content epoch: one document per training pair, `<user_u> writes the following review for <item_i>:` + the item's
+  text (the Beauty split has no reviews);
+- collaborative epoch: one document per user; fine-tuning epoch: one masked-history document per user;
+- prediction: the top 100 items for every user, training items excluded.
+With `--sample N` each stage runs N documents and its epoch time is extrapolated (stated in the JSON). The JSON
+in `benchmarks/results/` records the figures, the configuration, device, versions and git commit.
+"""
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from torch.utils.data import DataLoader
+
+from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction
+from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments
+from hf_cllm4rec.data.documents import ScheduledDocuments
+from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, build_pretraining_model, load_data
+from hf_cllm4rec.training.schedule import ScheduleBatchSampler
+
+# The authors' code on one H200 (GPT-2 small, batch 20, Beauty): seconds per epoch and users per second.
+AUTHORS_H200 = {"content_epoch_s": 230.0, "collaborative_epoch_s": 25.0, "finetuning_epoch_s": 19.0, "prediction_users_per_s": 1319.0}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/beauty", help="A prepared data set folder, or 'builtin'.")
+    parser.add_argument("--backbone", default="gpt2")
+    parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--random_init", action="store_true", help="Random backbone weights (speed only).")
+    parser.add_argument("--batch_size", type=int, default=256, help="Documents per training step.")
+    parser.add_argument("--eval_batch_size", type=int, default=1024, help="Users per prediction batch.")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16" if torch.cuda.is_available() else "float32")
+    parser.add_argument("--sample", type=int, default=None, help="Documents per stage (default: the full epoch).")
+    parser.add_argument("--num_workers", type=int, default=4 if torch.cuda.is_available() else 0)
+    parser.add_argument("--scaling_items", default="1000,10000,100000,1000000", help="Catalogue sizes for prediction.")
+    parser.add_argument("--scaling_users", type=int, default=256, help="Users scored per catalogue size.")
+    parser.add_argument("--output", default=None, help="JSON path; default benchmarks/results/speed-<name>.json.")
+    return parser.parse_args()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_training(model, source, batch_size, pad_token_id, args, device) -> dict:
+    """Optimizer steps over `source` (or a sample of it); seconds per epoch, extrapolated when sampled."""
+    size = len(source) if args.sample is None else min(args.sample, len(source))
+    sampler = ScheduleBatchSampler([len(source)], [(0,)], batch_size, seed=0)
+    batches = list(sampler)[: math.ceil(size / batch_size)]
+    loader = DataLoader(
+        ScheduledDocuments([source]),
+        batch_sampler=batches,
+        collate_fn=CLLM4RecDataCollator(pad_token_id=pad_token_id),
+        num_workers=args.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    model.train()
+    steps, warmup, start = 0, 2, None
+    documents = 0
+    for batch in loader:
+        if steps == warmup:
+            synchronize(device)
+            start, documents = time.perf_counter(), 0
+        document_type = batch.pop("document_type")
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        with autocast:
+            loss = model(**batch, document_type=document_type).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps += 1
+        documents += batch["input_ids"].shape[0]
+    synchronize(device)
+    if start is None or documents == 0:
+        raise ValueError("Too few batches to time: raise --sample.")
+    seconds = time.perf_counter() - start
+    return {
+        "documents_timed": documents,
+        "documents_per_epoch": len(source),
+        "seconds_timed": seconds,
+        "epoch_s": seconds * len(source) / documents,
+        "extrapolated": documents < len(source) - batch_size * warmup,
+    }
+
+
+@torch.no_grad()
+def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
+    """Top-k over all items for the users with training items (or a sample), training items excluded."""
+    histories = data.histories("train")
+    users = [user for user in range(data.num_users) if len(histories[user])]
+    if args.sample is not None:
+        users = users[: args.sample]
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    chunks = [users[start : start + args.eval_batch_size] for start in range(0, len(users), args.eval_batch_size)]
+    with autocast:
+        model.recommend(chunks[0], [histories[u] for u in chunks[0]], k=k, tokenizer=tokenizer)
+    synchronize(device)
+    start = time.perf_counter()
+    for chunk in chunks:
+        with autocast:
+            model.recommend(chunk, [histories[u] for u in chunk], k=k, tokenizer=tokenizer)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"users": len(users), "seconds": seconds, "users_per_s": len(users) / seconds}
+
+
+@torch.no_grad()
+def time_catalogue_scaling(config: CLLM4RecConfig, tokenizer_factory, args, device) -> list[dict]:
+    """Users per second of top-100 prediction for growing catalogues (random ID embeddings, same backbone)."""
+    results = []
+    for num_items in (int(n) for n in args.scaling_items.split(",")):
+        scaled = CLLM4RecConfig(**{**config.to_dict(), "num_items": num_items, "num_users": args.scaling_users})
+        model = CLLM4RecForItemPrediction(scaled).to(device).eval()
+        tokenizer = tokenizer_factory(scaled)
+        rng = np.random.default_rng(0)
+        histories = [rng.choice(num_items, size=10, replace=False) for _ in range(args.scaling_users)]
+        users = list(range(args.scaling_users))
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+        batch = min(args.eval_batch_size, args.scaling_users)
+        with autocast:
+            model.recommend(users[:batch], histories[:batch], k=100, tokenizer=tokenizer)
+            synchronize(device)
+            start = time.perf_counter()
+            for first in range(0, len(users), batch):
+                model.recommend(users[first : first + batch], histories[first : first + batch], k=100, tokenizer=tokenizer)
+            synchronize(device)
+        seconds = time.perf_counter() - start
+        results.append({"num_items": num_items, "users": len(users), "users_per_s": len(users) / seconds})
+        print(f"  {num_items:>9,} items: {len(users) / seconds:,.0f} users/s")
+        del model
+    return results
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = load_data(DataArguments(data=args.data))
+    model_args = ModelArguments(backbone=args.backbone, tokenizer=args.tokenizer, random_init=args.random_init)
+    pretraining_model, tokenizer = build_pretraining_model(model_args, data)
+    config = pretraining_model.config
+    pretraining_model.to(device)
+    model = CLLM4RecForItemPrediction(config)
+    model.model = pretraining_model.model  # the two heads share one backbone and one set of ID embeddings
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    max_length = min(getattr(config.text_config, "max_position_embeddings", 1024) or 1024, 1024)
+    histories = data.histories("train")
+
+    stages = {}
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}")
+    for name, stage_model, source in (
+        ("content", pretraining_model, ContentDocuments(data, tokenizer, max_length, ("user_item",))),
+        ("collaborative", pretraining_model, CollaborativeDocuments(histories, tokenizer, max_length)),
+        ("finetuning", model, RecommendationDocuments(histories, tokenizer, config.mask_ratio, max_length)),
+    ):
+        stages[name] = time_training(stage_model, source, args.batch_size, tokenizer.pad_token_id, args, device)
+        print(f"{name:>14} epoch: {stages[name]['epoch_s']:8.2f} s ({len(source):,} documents)")
+    stages["prediction"] = time_prediction(model, tokenizer, data, args, device)
+    print(f"{'prediction':>14}: {stages['prediction']['users_per_s']:,.0f} users/s")
+    peak_memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+    print("prediction vs catalogue size:")
+    tokenizer_factory = lambda scaled: type(tokenizer)(tokenizer.base_tokenizer, scaled)  # noqa: E731
+    scaling = time_catalogue_scaling(config, tokenizer_factory, args, device)
+
+    speedups = None
+    if device.type == "cuda":
+        speedups = {
+            "content_epoch": AUTHORS_H200["content_epoch_s"] / stages["content"]["epoch_s"],
+            "collaborative_epoch": AUTHORS_H200["collaborative_epoch_s"] / stages["collaborative"]["epoch_s"],
+            "finetuning_epoch": AUTHORS_H200["finetuning_epoch_s"] / stages["finetuning"]["epoch_s"],
+            "prediction": stages["prediction"]["users_per_s"] / AUTHORS_H200["prediction_users_per_s"],
+        }
+        print("speed-up over the authors' code on an H200: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedups.items()))
+    result = {
+        "benchmark": "speed",
+        "data": data.name,
+        "backbone": args.backbone,
+        "random_init": args.random_init,
+        "backbone_layers": getattr(config.text_config, "num_hidden_layers", None),
+        "hidden_size": config.hidden_size,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "sample": args.sample,
+        "stages": stages,
+        "peak_gpu_memory_gib": peak_memory,
+        "prediction_scaling": scaling,
+        "authors_h200": AUTHORS_H200,
+        "speedup_vs_authors_h200": speedups,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+        "git_commit": git_commit(),
+    }
+    output = Path(args.output or f"benchmarks/results/speed-{Path(args.backbone).name}-{device.type}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
