@@ -19,7 +19,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         content_warmup_epochs: content-only epochs before the first pretraining round (the paper: 10).
         alternation: `"epoch"` (the paper) or `"batch"` granularity of the alternation between document types.
         content_documents: which content documents to build: `"user_item"`, `"item"` or both, comma-separated.
-        content_steps: whether fine-tuning interleaves content epochs (the paper does).
+        content_steps: whether content epochs are interleaved (the paper does); without them pretraining is
+            collaborative only (no warm-up) and fine-tuning masked-history only.
 
     Documents and evaluation:
         max_length: longest document in tokens; longer histories lose items, longer texts their end.
@@ -42,7 +43,7 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         },
     )
     content_steps: bool = field(
-        default=True, metadata={"help": "Interleave content epochs in fine-tuning, as the paper does."}
+        default=True, metadata={"help": "Interleave content epochs, as the paper does (off: ID documents only)."}
     )
     max_length: int | None = field(
         default=None, metadata={"help": "Longest document in tokens; defaults to the backbone's context (at most 1024)."}

@@ -8,6 +8,8 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
 
 from ..configuration_cllm4rec import CLLM4RecConfig
 from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
+from ..hub import IdMappings, push_to_hub
+from ..modelcard import TEST_RESULTS_NAME, write_model_card
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments
@@ -135,18 +137,24 @@ def run_finetuning(
 
 
 def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, float]:
-    """Test metrics, then the model, tokenizer and metrics saved to `output_dir` (and pushed, if asked)."""
+    """
+    Test metrics, then the model, tokenizer, id mappings, metrics and model card saved to `output_dir`; with
+    `push_to_hub`, what `hub.save_for_hub` writes is uploaded to `hub_model_id`.
+    """
     args = trainer.args
     metrics = trainer.evaluate(eval_dataset="test", metric_key_prefix="test")
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
         data_files = Path(args.output_dir)
-        (data_files / "id_mappings.json").write_text(
-            json.dumps({"users": data.user_raw_ids, "items": data.item_raw_ids, "item_texts": data.item_texts()})
-        )
-        (data_files / "test_results.json").write_text(json.dumps(metrics, indent=2))
-    if args.push_to_hub:
-        trainer.push_to_hub()
+        IdMappings.from_data(data).save(data_files)
+        (data_files / TEST_RESULTS_NAME).write_text(json.dumps(metrics, indent=2))
+        (data_files / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+        card_inputs = {"data": data, "metrics": metrics, "training_args": args}
+        write_model_card(data_files, model_id=args.hub_model_id, **card_inputs)
+        if args.push_to_hub:
+            repo_id = args.hub_model_id or data_files.resolve().name
+            hub_options = {"token": args.hub_token, "private": args.hub_private_repo, "revision": args.hub_revision}
+            push_to_hub(trainer.model, trainer.processing_class, repo_id, **hub_options, **card_inputs)
     return metrics
 
 

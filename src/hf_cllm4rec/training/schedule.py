@@ -1,6 +1,5 @@
 """The order in which CLLM4Rec's document sources are traversed: epochs of one source, alternating between sources."""
 
-import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -15,9 +14,17 @@ class ScheduleBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
     `rounds` lists, for every round, the sources traversed in it (one epoch of each): `[(1,)] * 10 + [(0, 1)] * 100`
     is the paper's pretraining, ten content epochs, then a hundred rounds of one collaborative and one content epoch.
-    With `alternation="epoch"` a round runs its sources one after the other; with `"batch"` their batches are
+    With `alternation="epoch"` a round runs its sources one after the other; with `"batch"` their optimizer steps are
     interleaved evenly. Every epoch of a source is a new permutation and a new `draw`, drawn from `seed`, so the
     whole schedule is reproducible and can be resumed anywhere.
+
+    An optimizer step takes `micro_batches_per_step` consecutive batches (gradient accumulation steps x processes;
+    a data-parallel wrapper hands batch `i` to process `i % processes`). Each epoch of a source is cut into steps of
+    `batch_size * micro_batches_per_step` documents, and each step into `micro_batches_per_step` batches of
+    `batch_size` (an epoch's last step into batches as even as possible), so that every step holds documents of one
+    source, and the documents of a step depend on the global batch size alone: one process with batch 2B and two
+    with batch B, or accumulation over two batches of B, train on the same steps. A remainder too small to give every
+    batch of a step a document joins the epoch's last full step instead.
     """
 
     def __init__(
@@ -27,26 +34,44 @@ class ScheduleBatchSampler(Sampler[list[tuple[int, int, int]]]):
         batch_size: int,
         alternation: str = "epoch",
         seed: int = 0,
+        micro_batches_per_step: int = 1,
     ):
         if alternation not in ALTERNATIONS:
             raise ValueError(f"alternation must be one of {ALTERNATIONS}, got {alternation!r}.")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        if micro_batches_per_step <= 0:
+            raise ValueError(f"micro_batches_per_step must be positive, got {micro_batches_per_step}.")
         if not rounds:
             raise ValueError("The schedule needs at least one round.")
         for sources in rounds:
             for source in sources:
                 if not 0 <= source < len(source_sizes) or source_sizes[source] == 0:
                     raise ValueError(f"The schedule uses source {source}, which has no documents.")
+                if source_sizes[source] < micro_batches_per_step:
+                    raise ValueError(
+                        f"Source {source} has {source_sizes[source]} documents, fewer than the {micro_batches_per_step} "
+                        "batches of one optimizer step (gradient accumulation steps x processes)."
+                    )
         self.source_sizes = list(source_sizes)
         self.rounds = [tuple(sources) for sources in rounds]
-        self.batch_size = batch_size
+        # not `batch_size`: a data-parallel wrapper would take a short batch for the end of the sampler
+        self.per_device_batch_size = batch_size
+        self.micro_batches_per_step = micro_batches_per_step
         self.alternation = alternation
         self.seed = seed
 
+    def steps_per_epoch(self, source: int) -> int:
+        """Number of optimizer steps in one epoch of a source."""
+        size, step_size = self.source_sizes[source], self.per_device_batch_size * self.micro_batches_per_step
+        return size // step_size + int(size % step_size >= self.micro_batches_per_step)
+
     def round_lengths(self) -> list[int]:
-        """Number of batches in each round."""
-        return [sum(math.ceil(self.source_sizes[source] / self.batch_size) for source in sources) for sources in self.rounds]
+        """Number of batches in each round (`micro_batches_per_step` per optimizer step)."""
+        return [
+            sum(self.steps_per_epoch(source) for source in sources) * self.micro_batches_per_step
+            for sources in self.rounds
+        ]
 
     def __len__(self) -> int:
         return sum(self.round_lengths())
@@ -54,26 +79,36 @@ class ScheduleBatchSampler(Sampler[list[tuple[int, int, int]]]):
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         draws = [0] * len(self.source_sizes)
         for sources in self.rounds:
-            source_batches = []
+            source_steps = []
             for source in sources:
-                permutation = np.random.default_rng((self.seed, source, draws[source])).permutation(
-                    self.source_sizes[source]
-                )
-                keys = [(source, draws[source], int(index)) for index in permutation]
-                source_batches.append([keys[start : start + self.batch_size] for start in range(0, len(keys), self.batch_size)])
+                source_steps.append(self._epoch_steps(source, draws[source]))
                 draws[source] += 1
-            yield from self._order(source_batches)
+            for step in self._order(source_steps):
+                yield from step
 
-    def _order(self, source_batches: list[list[list]]) -> list[list]:
+    def _epoch_steps(self, source: int, draw: int) -> list[list[list[tuple[int, int, int]]]]:
+        """One epoch of a source: its optimizer steps, each a list of `micro_batches_per_step` batches."""
+        permutation = np.random.default_rng((self.seed, source, draw)).permutation(self.source_sizes[source])
+        keys = [(source, draw, int(index)) for index in permutation]
+        step_size, parts = self.per_device_batch_size * self.micro_batches_per_step, self.micro_batches_per_step
+        num_steps = self.steps_per_epoch(source)
+        bounds = [step * step_size for step in range(num_steps)] + [len(keys)]
+        steps = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            cuts = [start + part * (end - start) // parts for part in range(parts + 1)]
+            steps.append([keys[low:high] for low, high in zip(cuts[:-1], cuts[1:])])
+        return steps
+
+    def _order(self, source_steps: list[list]) -> list:
         if self.alternation == "epoch":
-            return [batch for batches in source_batches for batch in batches]
-        # interleave evenly: batch j of a source with n batches sits at relative position (j + 0.5) / n
+            return [step for steps in source_steps for step in steps]
+        # interleave evenly: step j of a source with n steps sits at relative position (j + 0.5) / n
         positioned = [
-            ((position + 0.5) / len(batches), order, batch)
-            for order, batches in enumerate(source_batches)
-            for position, batch in enumerate(batches)
+            ((position + 0.5) / len(steps), order, step)
+            for order, steps in enumerate(source_steps)
+            for position, step in enumerate(steps)
         ]
-        return [batch for _, _, batch in sorted(positioned, key=lambda entry: entry[:2])]
+        return [step for _, _, step in sorted(positioned, key=lambda entry: entry[:2])]
 
 
 __all__ = ["ScheduleBatchSampler", "ALTERNATIONS"]

@@ -60,8 +60,15 @@ class CLLM4RecTrainer(Trainer):
             getattr(model.config.text_config, "max_position_embeddings", 1024) or 1024, 1024
         )
         sources, rounds = build_schedule(model, data, processing_class, args, self.max_length)
+        # an optimizer step takes one batch per accumulation step on every process
+        micro_batches_per_step = args.gradient_accumulation_steps * args.world_size
         self.schedule = ScheduleBatchSampler(
-            [len(source) for source in sources], rounds, args.per_device_train_batch_size, args.alternation, args.seed
+            [len(source) for source in sources],
+            rounds,
+            args.per_device_train_batch_size,
+            args.alternation,
+            args.seed,
+            micro_batches_per_step=micro_batches_per_step,
         )
         self._check_eval_split(args)
         super().__init__(
@@ -76,7 +83,7 @@ class CLLM4RecTrainer(Trainer):
         # the models divide summed losses by the targets of the whole accumulated, all-process batch
         self.model_accepts_loss_kwargs = True
         self._component_sums = torch.zeros(2, len(LOSS_COMPONENTS), dtype=torch.float64)
-        self.add_callback(RoundEndCallback(self.schedule.round_lengths(), args.gradient_accumulation_steps))
+        self.add_callback(RoundEndCallback(self.schedule.round_lengths(), micro_batches_per_step))
 
     def _check_eval_split(self, args: CLLM4RecTrainingArguments) -> None:
         if args.eval_strategy == "no":
@@ -148,17 +155,22 @@ class CLLM4RecTrainer(Trainer):
             ndcg_ks=self.args.ndcg_ks,
         )
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
-        self.log(metrics)
+        self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
 
 class RoundEndCallback(TrainerCallback):
-    """Evaluates and saves at the end of every round when the strategy is `"epoch"`, and logs the round."""
+    """
+    Evaluates and saves at the end of every round when the strategy is `"epoch"`, and logs the round.
 
-    def __init__(self, round_lengths: list[int], gradient_accumulation_steps: int):
+    `round_lengths` counts the batches of each round, on all processes together, `micro_batches_per_step` to an
+    optimizer step (gradient accumulation steps x processes), as [`ScheduleBatchSampler`] lays them out.
+    """
+
+    def __init__(self, round_lengths: list[int], micro_batches_per_step: int):
         ends = np.cumsum(round_lengths)
-        self.round_end_steps = [math.ceil(end / gradient_accumulation_steps) for end in ends]
+        self.round_end_steps = [math.ceil(end / micro_batches_per_step) for end in ends]
 
     def current_round(self, global_step: int) -> int:
         return int(np.searchsorted(self.round_end_steps, global_step, side="left"))
@@ -197,8 +209,10 @@ def build_schedule(model, data, tokenizer, args, max_length: int):
     content = lambda: ContentDocuments(data, tokenizer, max_length, args.content_document_kinds)  # noqa: E731
     rounds = int(args.num_train_epochs)
     if isinstance(model, CLLM4RecForCollaborativeLM):
-        sources = [CollaborativeDocuments(histories, tokenizer, max_length, seed=args.seed), content()]
-        return sources, [(1,)] * args.content_warmup_epochs + [(0, 1)] * rounds
+        collaborative = CollaborativeDocuments(histories, tokenizer, max_length, seed=args.seed)
+        if not args.content_steps:
+            return [collaborative], [(0,)] * rounds
+        return [collaborative, content()], [(1,)] * args.content_warmup_epochs + [(0, 1)] * rounds
     if isinstance(model, CLLM4RecForItemPrediction):
         documents = RecommendationDocuments(histories, tokenizer, model.config.mask_ratio, max_length, seed=args.seed)
         if not args.content_steps:

@@ -1,0 +1,195 @@
+"""
+Recommendation quality of CLLM4Rec next to popularity, EASE and Multi-VAE, on one prepared data set.
+
+    python benchmarks/quality.py --data data/beauty --backbone PATH_TO_SMOLLM2 --name smollm2
+    python benchmarks/quality.py --data data/beauty --backbone gpt2 --paper --name gpt2-paper   # the paper's setup
+    python benchmarks/quality.py --data builtin --backbone builtin-tiny-gpt2 --name smoke \\
+        --warmup_epochs 0 --pretrain_rounds 1 --finetune_rounds 1 --baselines popularity           # seconds
+
+Runs the full pipeline (pretrain, fine-tune with the best round kept on validation, test) and the baselines on the
+same split with the same protocol (training items excluded from the ranking; Recall@20, Recall@40, NDCG@100 on
+test). Writes `benchmarks/results/quality-<name>.json` (metrics, configuration, wall time, device, versions, git
+commit) and a PNG of validation Recall@20 per fine-tuning round. `--paper` is the paper-faithful configuration;
+every other option is reported as what it is.
+"""
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.baselines import EASE, MultiVAERecommender, PopularityRecommender, evaluate_baseline, tune_ease  # noqa: E402
+from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
+from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, load_data, run_finetuning, run_pretraining  # noqa: E402
+
+PAPER = {
+    "warmup_epochs": 10,
+    "pretrain_rounds": 100,
+    "finetune_rounds": 150,
+    "batch_size": 20,
+    "pretrain_learning_rate": 1e-3,
+    "finetune_learning_rate": 1e-4,
+    "lambda_v": 1.0,
+    "content_documents": "user_item",
+    "backbone_training": "frozen",
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/beauty")
+    parser.add_argument("--backbone", default="gpt2")
+    parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--random_init", action="store_true")
+    parser.add_argument("--backbone_overrides", default=None)
+    parser.add_argument("--name", required=True, help="Names the run's JSON, PNG and output folders.")
+    parser.add_argument("--paper", action="store_true", help="The paper's schedule and hyperparameters.")
+    parser.add_argument("--warmup_epochs", type=int, default=2)
+    parser.add_argument("--pretrain_rounds", type=int, default=10)
+    parser.add_argument("--finetune_rounds", type=int, default=20)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--pretrain_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--lambda_v", type=float, default=1.0)
+    parser.add_argument("--content_documents", default="item")
+    parser.add_argument("--backbone_training", default="frozen", choices=["frozen", "full", "lora"])
+    parser.add_argument("--bf16", action="store_true", default=torch.cuda.is_available())
+    parser.add_argument("--baselines", default="popularity,ease,multivae")
+    parser.add_argument("--output_dir", default="runs/quality", help="Where the trained models go.")
+    parser.add_argument("--results_dir", default="benchmarks/results", help="Where the JSON and PNG go.")
+    args = parser.parse_args()
+    if args.paper:
+        for key, value in PAPER.items():
+            setattr(args, key, value)
+    return args
+
+
+def training_arguments(args, output_dir: Path, rounds: int, learning_rate: float, **extra) -> CLLM4RecTrainingArguments:
+    return CLLM4RecTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=rounds,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=512,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        content_documents=args.content_documents,
+        bf16=args.bf16,
+        logging_steps=100,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=4 if torch.cuda.is_available() else 0,
+        **extra,
+    )
+
+
+def run_cllm4rec(args) -> tuple[dict, list[dict], float]:
+    start = time.perf_counter()
+    data_args = DataArguments(data=args.data)
+    root = Path(args.output_dir) / args.name
+    model_args = ModelArguments(
+        backbone=args.backbone,
+        tokenizer=args.tokenizer,
+        random_init=args.random_init,
+        backbone_overrides=args.backbone_overrides,
+        lambda_v=args.lambda_v,
+        backbone_training="frozen" if args.backbone_training == "lora" else args.backbone_training,
+    )
+    run_pretraining(
+        model_args,
+        data_args,
+        training_arguments(
+            args, root / "pretrain", args.pretrain_rounds, args.pretrain_learning_rate,
+            content_warmup_epochs=args.warmup_epochs, save_strategy="no", eval_strategy="no",
+        ),
+    )
+    metrics = run_finetuning(
+        ModelArguments(pretrained=str(root / "pretrain"), backbone_training=args.backbone_training),
+        data_args,
+        training_arguments(
+            args, root / "finetune", args.finetune_rounds, args.finetune_learning_rate,
+            eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, save_total_limit=1,
+        ),
+    )
+    history = json.loads((root / "finetune" / "log_history.json").read_text())
+    validation = [entry for entry in history if "eval_recall@20" in entry]
+    test = {key.removeprefix("test_"): value for key, value in metrics.items()}
+    return test, validation, time.perf_counter() - start
+
+
+def run_baselines(args) -> dict:
+    data = load_data(DataArguments(data=args.data))
+    train, validation, test = (data.to_sparse(split) for split in ("train", "validation", "test"))
+    results = {}
+    for name in args.baselines.split(","):
+        start = time.perf_counter()
+        if name == "popularity":
+            results[name] = {"test": evaluate_baseline(PopularityRecommender().fit(train), train, test)}
+        elif name == "ease":
+            ease, validation_metrics = tune_ease(train, validation)
+            results[name] = {"l2": ease.l2, "test": evaluate_baseline(ease, train, test)}
+        elif name == "ease@100":
+            results[name] = {"test": evaluate_baseline(EASE(100.0).fit(train), train, test)}
+        elif name == "multivae":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            vae = MultiVAERecommender(device=device).fit(train, validation)
+            results[name] = {"test": evaluate_baseline(vae, train, test)}
+        else:
+            raise ValueError(f"unknown baseline {name!r}")
+        results[name]["wall_s"] = time.perf_counter() - start
+        print(f"{name}: {results[name]['test']}")
+    return results
+
+
+def plot(validation: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(range(1, len(validation) + 1), [entry["eval_recall@20"] for entry in validation], marker="o")
+    axis.set_xlabel("fine-tuning round")
+    axis.set_ylabel("validation Recall@20")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    args = parse_args()
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    test, validation, wall = run_cllm4rec(args)
+    print(f"CLLM4Rec ({args.name}): {test}  [{wall:.0f} s]")
+    baselines = run_baselines(args) if args.baselines else {}
+    plot(validation, results_dir / f"quality-{args.name}.png", f"CLLM4Rec {args.name}: validation Recall@20")
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    result = {
+        "benchmark": "quality",
+        "name": args.name,
+        "data": args.data,
+        "configuration": vars(args),
+        "cllm4rec": {"test": test, "validation_per_round": validation, "wall_s": wall},
+        "baselines": baselines,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+        "git_commit": commit,
+    }
+    (results_dir / f"quality-{args.name}.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {results_dir / f'quality-{args.name}.json'}")
+
+
+if __name__ == "__main__":
+    main()
