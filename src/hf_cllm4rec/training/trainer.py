@@ -83,7 +83,8 @@ class CLLM4RecTrainer(Trainer):
         # the models divide summed losses by the targets of the whole accumulated, all-process batch
         self.model_accepts_loss_kwargs = True
         self._component_sums = torch.zeros(2, len(LOSS_COMPONENTS), dtype=torch.float64)
-        self.add_callback(RoundEndCallback(self.schedule.round_lengths(), micro_batches_per_step))
+        self.round_end = RoundEndCallback(self.schedule.round_lengths(), micro_batches_per_step)
+        self.add_callback(self.round_end)
 
     def _check_eval_split(self, args: CLLM4RecTrainingArguments) -> None:
         if args.eval_strategy == "no":
@@ -133,6 +134,8 @@ class CLLM4RecTrainer(Trainer):
                 if sums[1, column] > 0:
                     logs[name] = round(float(sums[0, column] * micro_batches_per_step / sums[1, column]), 4)
             self._component_sums.zero_()
+        # here, not in a callback's `on_log`: callbacks see the logs after they are stored and printed
+        logs["round"] = self.round_end.current_round(self.state.global_step)
         super().log(logs, start_time)
 
     def _issue_warnings_after_load(self, load_result) -> None:
@@ -162,7 +165,7 @@ class CLLM4RecTrainer(Trainer):
 
 class RoundEndCallback(TrainerCallback):
     """
-    Evaluates and saves at the end of every round when the strategy is `"epoch"`, and logs the round.
+    Evaluates and saves at the end of every round when the strategy is `"epoch"`; `current_round` numbers the rounds.
 
     `round_lengths` counts the batches of each round, on all processes together, `micro_batches_per_step` to an
     optimizer step (gradient accumulation steps x processes), as [`ScheduleBatchSampler`] lays them out.
@@ -186,10 +189,6 @@ class RoundEndCallback(TrainerCallback):
         control.should_evaluate = control.should_evaluate and args.eval_strategy != "epoch"
         control.should_save = control.should_save and args.save_strategy != "epoch"
         return control
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None:
-            logs["round"] = self.current_round(state.global_step)
 
 
 def check_model_fits_data(model, data: RecommendationData) -> None:
