@@ -9,7 +9,7 @@ from transformers import Trainer, TrainerCallback
 
 from ..data.collators import CLLM4RecDataCollator
 from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
-from ..data.prepared import RecommendationData
+from ..data.prepared import SPLITS, RecommendationData
 from ..evaluation import RankingMetrics, model_selection_score
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
@@ -89,7 +89,7 @@ class CLLM4RecTrainer(Trainer):
     def _check_eval_split(self, args: CLLM4RecTrainingArguments) -> None:
         if args.eval_strategy == "no":
             return
-        if args.eval_split not in self.data.tables:
+        if args.eval_split not in SPLITS:
             raise ValueError(f"eval_split {args.eval_split!r} is not a split of the data set.")
         if self.data.tables[args.eval_split].num_rows == 0:
             raise ValueError(
