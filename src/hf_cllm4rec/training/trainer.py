@@ -54,6 +54,7 @@ class CLLM4RecTrainer(Trainer):
     ):
         if not isinstance(args, CLLM4RecTrainingArguments):
             raise TypeError("CLLM4RecTrainer needs CLLM4RecTrainingArguments.")
+        model.config.validate_values()  # a config edited after construction (lambda_v, mask_ratio) is checked here
         check_model_fits_data(model, data)
         self.data = data
         self.max_length = args.max_length or min(
