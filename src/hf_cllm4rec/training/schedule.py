@@ -94,9 +94,9 @@ class ScheduleBatchSampler(Sampler[list[tuple[int, int, int]]]):
         num_steps = self.steps_per_epoch(source)
         bounds = [step * step_size for step in range(num_steps)] + [len(keys)]
         steps = []
-        for start, end in zip(bounds[:-1], bounds[1:]):
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
             cuts = [start + part * (end - start) // parts for part in range(parts + 1)]
-            steps.append([keys[low:high] for low, high in zip(cuts[:-1], cuts[1:])])
+            steps.append([keys[low:high] for low, high in zip(cuts[:-1], cuts[1:], strict=True)])
         return steps
 
     def _order(self, source_steps: list[list]) -> list:
