@@ -1,0 +1,123 @@
+"""
+Data parallelism is exact: two CPU processes with per-device batch B train the same parameters as one process with
+batch 2B, in pretraining and in fine-tuning, through the example scripts and `accelerate launch`.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import set_seed
+
+from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
+from hf_cllm4rec.training.recipes import (
+    BUILTIN_BACKBONE,
+    BUILTIN_DATA,
+    DataArguments,
+    ModelArguments,
+    build_pretraining_model,
+    load_data,
+)
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+EXAMPLES = REPOSITORY / "examples"
+TWO_PROCESSES = EXAMPLES / "accelerate_configs" / "cpu_two_processes.yaml"
+PER_DEVICE_BATCH = 8
+SEED = 3
+NO_DROPOUT = '{"resid_pdrop": 0, "embd_pdrop": 0, "attn_pdrop": 0}'
+
+# One round on the built-in data set with the demo backbone: SGD at a constant rate, so parameters compare gradients.
+COMMON_ARGUMENTS = [
+    "--data", BUILTIN_DATA,
+    "--num_train_epochs", "1",
+    "--content_documents", "item",
+    "--optim", "sgd",
+    "--lr_scheduler_type", "constant",
+    "--learning_rate", "1.0",
+    "--save_strategy", "no",
+    "--eval_strategy", "no",
+    "--report_to", "none",
+    "--use_cpu", "true",
+    "--seed", str(SEED),
+]  # fmt: skip
+PRETRAINING_ARGUMENTS = [
+    "--backbone", BUILTIN_BACKBONE,
+    "--backbone_overrides", NO_DROPOUT,
+    "--content_warmup_epochs", "0",
+]  # fmt: skip
+
+
+def run_example(script: str, arguments: list[str], output_dir: Path, processes: int) -> None:
+    """Runs an example script on one process with batch 2B, or on two through `accelerate launch` with batch B."""
+    batch_size = PER_DEVICE_BATCH * (2 // processes)
+    command = [script, *arguments, "--output_dir", str(output_dir), "--per_device_train_batch_size", str(batch_size)]
+    if processes == 2:
+        command = ["-m", "accelerate.commands.launch", "--config_file", str(TWO_PROCESSES), *command]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, *command, "--log_level", "info"],
+        cwd=REPOSITORY,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"{script} on {processes} process(es) failed:\n{result.stdout}\n{result.stderr}"
+    # a launcher that quietly starts one process would train with half the global batch
+    global_batch = f"Total train batch size (w. parallel, distributed & accumulation) = {2 * PER_DEVICE_BATCH}"
+    assert global_batch in result.stdout + result.stderr, (
+        f"{script} did not train with the global batch {2 * PER_DEVICE_BATCH}: the launcher did not start "
+        f"{processes} process(es)"
+    )
+
+
+def initial_model() -> CLLM4RecForCollaborativeLM:
+    """The model the pretraining script starts from (same seed, same backbone)."""
+    set_seed(SEED)
+    model_args = ModelArguments(backbone=BUILTIN_BACKBONE, backbone_overrides=NO_DROPOUT)
+    return build_pretraining_model(model_args, load_data(DataArguments(data=BUILTIN_DATA)))[0]
+
+
+def id_tables(model) -> dict[str, torch.Tensor]:
+    tables = {}
+    for side in ("collaborative", "content"):
+        users, items = model.base_model.id_embedding_tables(side)
+        tables[f"{side}_user"], tables[f"{side}_item"] = users.weight.detach(), items.weight.detach()
+    return tables
+
+
+def assert_same_tables(one_process: dict, two_processes: dict, before: dict) -> None:
+    for name, table in one_process.items():
+        # item-text documents hold no user token: the content user table has nothing to learn from
+        assert torch.equal(table, before[name]) == (name == "content_user"), f"{name}: trained or not as expected?"
+        torch.testing.assert_close(
+            two_processes[name], table, rtol=0, atol=1e-5, msg=lambda text, name=name: f"{name}: {text}"
+        )
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_the_global_batch(tmp_path):
+    script = str(EXAMPLES / "pretrain.py")
+    arguments = COMMON_ARGUMENTS + PRETRAINING_ARGUMENTS
+    run_example(script, arguments, tmp_path / "pretrain-1", processes=1)
+    run_example(script, arguments, tmp_path / "pretrain-2", processes=2)
+
+    pretrained = id_tables(CLLM4RecForCollaborativeLM.from_pretrained(tmp_path / "pretrain-1"))
+    assert_same_tables(
+        pretrained,
+        id_tables(CLLM4RecForCollaborativeLM.from_pretrained(tmp_path / "pretrain-2")),
+        before=id_tables(initial_model()),
+    )
+
+    script = str(EXAMPLES / "finetune.py")
+    arguments = [*COMMON_ARGUMENTS, "--pretrained", str(tmp_path / "pretrain-1")]
+    run_example(script, arguments, tmp_path / "finetune-1", processes=1)
+    run_example(script, arguments, tmp_path / "finetune-2", processes=2)
+    assert_same_tables(
+        id_tables(CLLM4RecForItemPrediction.from_pretrained(tmp_path / "finetune-1")),
+        id_tables(CLLM4RecForItemPrediction.from_pretrained(tmp_path / "finetune-2")),
+        before=pretrained,
+    )
