@@ -1,0 +1,127 @@
+"""
+User and item embeddings of a CLLM4Rec model, for approximate-nearest-neighbour serving.
+
+A fine-tuned model scores item `j` for a prompt as `q @ z_j`, where `q` is the hidden state of the prompt's last
+token ([`user_query_vectors`]) and `z_j` the item's collaborative embedding: an ANN index over the exported
+`item_collaborative` vectors, queried with `q` by inner product, returns the model's own top items (before the
+user's history is removed).
+
+```python
+>>> from hf_cllm4rec.embeddings import export_embeddings, user_query_vectors
+>>> export_embeddings(model, "embeddings/", IdMappings.load("runs/beauty-finetune"))
+>>> queries = user_query_vectors(model, tokenizer, user_ids=[0, None], histories=[[3, 17], [5, 8]])
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .hub import IdMappings
+from .modeling_cllm4rec import pad_sequences
+
+EMBEDDINGS_NAME = "embeddings.safetensors"
+TABLES_NAME = "tables"
+SIDES = ("collaborative", "content")
+
+
+def id_embeddings(model) -> dict[str, torch.Tensor]:
+    """The four ID tables as float32 CPU tensors: `user_collaborative`, `user_content`, `item_collaborative`, ..."""
+    tables = {}
+    for side in SIDES:
+        users, items = model.base_model.id_embedding_tables(side)
+        tables[f"user_{side}"] = users.weight.detach().float().cpu().contiguous()
+        tables[f"item_{side}"] = items.weight.detach().float().cpu().contiguous()
+    return tables
+
+
+def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) -> Path:
+    """
+    Writes a model's collaborative and content user and item embeddings, with the data set's raw ids, to `folder`:
+
+    - `embeddings.safetensors`: tensors `user_collaborative`, `user_content` (`num_users x hidden`),
+      `item_collaborative`, `item_content` (`num_items x hidden`), row `i` being 0-based id `i`; the metadata holds
+      `user_raw_ids` and `item_raw_ids` (JSON lists in row order);
+    - `tables/`: a `DatasetDict` (`datasets.load_from_disk`) with a `users` table (`id`, `raw_id`, `collaborative`,
+      `content`) and an `items` table (the same and `text`), ready for `Dataset.add_faiss_index(column=...)`.
+
+    Returns the folder.
+    """
+    from datasets import Dataset, DatasetDict, Features, List, Value
+
+    config = model.config
+    if len(mappings.users) != config.num_users or len(mappings.items) != config.num_items:
+        raise ValueError(
+            f"The id mappings have {len(mappings.users)} users and {len(mappings.items)} items, the model "
+            f"{config.num_users} and {config.num_items}: they do not belong together."
+        )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = id_embeddings(model)
+    metadata = {
+        "format": "pt",
+        "hidden_size": str(config.hidden_size),
+        "user_raw_ids": json.dumps(mappings.users),
+        "item_raw_ids": json.dumps(mappings.items),
+    }
+    save_file(tables, folder / EMBEDDINGS_NAME, metadata=metadata)
+
+    vector = List(Value("float32"), length=config.hidden_size)
+    columns = {"id": Value("int64"), "raw_id": Value("string")}
+    users = Dataset.from_dict(
+        {"id": np.arange(config.num_users), "raw_id": mappings.users}
+        | {side: tables[f"user_{side}"].numpy() for side in SIDES},
+        features=Features(columns | {side: vector for side in SIDES}),
+    )
+    items = Dataset.from_dict(
+        {"id": np.arange(config.num_items), "raw_id": mappings.items, "text": mappings.item_texts}
+        | {side: tables[f"item_{side}"].numpy() for side in SIDES},
+        features=Features(columns | {"text": Value("string")} | {side: vector for side in SIDES}),
+    )
+    DatasetDict({"users": users, "items": items}).save_to_disk(str(folder / TABLES_NAME))
+    return folder
+
+
+@torch.no_grad()
+def user_query_vectors(
+    model,
+    tokenizer,
+    user_ids: list[int | None],
+    histories: list,
+    *,
+    max_length: int | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """
+    The query vector of each user: the hidden state of the last token of the prompt `model.recommend` uses (the
+    cold-start prompt for a `None` user id), float32 `(len(user_ids), hidden)` on the model's device.
+
+    `query @ item_collaborative.T` equals the model's item logits for that prompt.
+    """
+    if len(user_ids) != len(histories):
+        raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")
+    was_training = model.training
+    model.eval()
+    queries = []
+    for start in range(0, len(user_ids), batch_size):
+        prompts = [
+            model.prompt_ids(tokenizer, user, history, max_length)
+            for user, history in zip(
+                user_ids[start : start + batch_size], histories[start : start + batch_size], strict=True
+            )
+        ]
+        input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id, device=model.device)
+        hidden_states = model.base_model(input_ids, attention_mask, "collaborative").last_hidden_state
+        last_positions = attention_mask.sum(-1) - 1  # prompts are right-padded
+        queries.append(hidden_states[torch.arange(len(prompts), device=model.device), last_positions].float())
+    model.train(was_training)
+    return torch.cat(queries) if queries else torch.empty(0, model.config.hidden_size, device=model.device)
+
+
+__all__ = ["export_embeddings", "user_query_vectors", "id_embeddings", "EMBEDDINGS_NAME", "TABLES_NAME"]

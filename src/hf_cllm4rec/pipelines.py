@@ -1,0 +1,144 @@
+"""
+The `"item-recommendation"` pipeline: ranked items for users named by the data set's own ids.
+
+Importing `hf_cllm4rec` registers it, so that
+
+```python
+>>> import hf_cllm4rec
+>>> from transformers import pipeline
+>>> recommender = pipeline("item-recommendation", model="runs/beauty-finetune")
+>>> recommender("A3CIUOJXQ5VDQ2", top_k=3)  # a known user, prompted with the training history the checkpoint ships
+[{'item_id': 'B00016XJ4M', 'score': 14.2, 'text': '...'}, ...]
+>>> recommender({"history": ["B00016XJ4M", "B0009RF9DW"]})  # a new user (the cold-start prompt)
+>>> recommender({"user": "A3CIUOJXQ5VDQ2", "history": [...]})  # a known user with a history given explicitly
+>>> recommender(["A3CIUOJXQ5VDQ2", {"history": [...]}])  # several inputs: one list of items each
+```
+
+Items of a history that the model does not know are left out with a warning naming them; recommendations never
+repeat an item of the history.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from transformers import Pipeline
+
+from .hub import IdMappings
+from .tokenization_cllm4rec import CLLM4RecTokenizer
+
+TASK = "item-recommendation"
+
+
+class ItemRecommendationPipeline(Pipeline):
+    """
+    Top-k items of a [`CLLM4RecForItemPrediction`] model, in the data set's own ids, with their text and score.
+
+    The [`CLLM4RecTokenizer`] and the [`IdMappings`] (`id_mappings.json`) are loaded from the model's folder or Hub
+    repository unless given.
+
+    Args:
+        model: a [`CLLM4RecForItemPrediction`].
+        tokenizer (`CLLM4RecTokenizer` or `str`, *optional*): the model's tokenizer, or where to load it from.
+        id_mappings (`IdMappings`, *optional*): raw ids, item texts and training histories of the model's users.
+        top_k (`int`, *optional*, defaults to 10): how many items to return, also a call argument.
+        max_length (`int`, *optional*): longest prompt in tokens; longer histories lose their oldest items.
+
+    Inputs are a raw user id (prompted with the training history from the mappings), a dict with `"history"` (raw
+    item ids) and optionally `"user"`, or a list of those. Each input gives
+    `[{"item_id": raw id, "score": float, "text": str}, ...]`, best first.
+    """
+
+    _load_tokenizer = False
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, model, tokenizer=None, id_mappings: IdMappings | None = None, **kwargs):
+        source = getattr(model, "name_or_path", None)
+        if not isinstance(tokenizer, CLLM4RecTokenizer):
+            tokenizer_source = tokenizer or source
+            if not tokenizer_source:
+                raise ValueError("Pass the model's CLLM4RecTokenizer, or load the model from a folder or repository.")
+            tokenizer = CLLM4RecTokenizer.from_pretrained(tokenizer_source)
+        if id_mappings is None:
+            if not source:
+                raise ValueError("Pass `id_mappings`, or load the model from a folder or repository that has them.")
+            id_mappings = IdMappings.load(source)
+        if len(id_mappings.users) != model.config.num_users or len(id_mappings.items) != model.config.num_items:
+            raise ValueError(
+                f"The id mappings have {len(id_mappings.users)} users and {len(id_mappings.items)} items, the model "
+                f"{model.config.num_users} and {model.config.num_items}: they do not belong together."
+            )
+        self.id_mappings = id_mappings
+        super().__init__(model=model, tokenizer=tokenizer, **kwargs)
+
+    def _sanitize_parameters(self, top_k: int | None = None, max_length: int | None = None, **kwargs):
+        if kwargs:
+            raise TypeError(f"Unknown arguments of the item-recommendation pipeline: {', '.join(kwargs)}.")
+        forward = {}
+        if top_k is not None:
+            forward["top_k"] = top_k
+        if max_length is not None:
+            forward["max_length"] = max_length
+        return {}, forward, {}
+
+    def preprocess(self, inputs) -> dict:
+        """A user id (0-based, `None` for a new user) and a history (0-based item ids) from raw ids."""
+        mappings = self.id_mappings
+        if isinstance(inputs, dict):
+            unknown_keys = set(inputs) - {"user", "history"}
+            if unknown_keys or not inputs:
+                raise ValueError(f"An input dict holds 'user' and/or 'history', got keys {sorted(inputs)}.")
+            user = None if inputs.get("user") is None else mappings.user_index(inputs["user"])
+            raw_history = inputs.get("history")
+        elif isinstance(inputs, (str, int)):
+            user, raw_history = mappings.user_index(inputs), None
+        else:
+            raise TypeError(
+                f"An input is a raw user id or a dict with 'history' (and optionally 'user'), got {type(inputs).__name__}."
+            )
+        if raw_history is None:
+            history = mappings.history(user)
+        else:
+            if isinstance(raw_history, (str, int)):
+                raise TypeError("'history' is a list of raw item ids.")
+            history, unknown = mappings.item_indices(raw_history)
+            if history and unknown:
+                warnings.warn(f"Unknown item ids left out of the history: {', '.join(unknown)}.", stacklevel=2)
+        if not len(history):
+            unknown_ids = f" (unknown: {', '.join(unknown)})" if raw_history is not None and unknown else ""
+            raise ValueError(
+                f"The history holds no item the model knows{unknown_ids}: there is nothing to recommend from."
+            )
+        return {"user": user, "history": torch.as_tensor(history, dtype=torch.long)}
+
+    def _forward(self, model_inputs: dict, top_k: int = 10, max_length: int | None = None) -> dict:
+        output = self.model.recommend(
+            [model_inputs["user"]],
+            [model_inputs["history"].cpu().numpy()],
+            k=top_k,
+            tokenizer=self.tokenizer,
+            max_length=max_length,
+        )
+        return {"item_ids": output.item_ids, "scores": output.scores}
+
+    def postprocess(self, model_outputs: dict) -> list[dict]:
+        return self.id_mappings.ranked_items(model_outputs["item_ids"][0], model_outputs["scores"][0])
+
+
+def register_pipeline() -> None:
+    """Registers [`ItemRecommendationPipeline`] as the transformers task `"item-recommendation"`."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .modeling_cllm4rec import CLLM4RecForItemPrediction
+
+    if TASK not in PIPELINE_REGISTRY.supported_tasks:
+        PIPELINE_REGISTRY.register_pipeline(
+            TASK, pipeline_class=ItemRecommendationPipeline, pt_model=CLLM4RecForItemPrediction
+        )
+
+
+__all__ = ["ItemRecommendationPipeline", "register_pipeline", "TASK"]
