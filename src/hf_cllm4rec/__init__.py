@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_cllm4rec import CLLM4RecConfig
+from .hub import IdMappings, push_to_hub, save_for_hub
 from .modeling_cllm4rec import (
     CLLM4RecForCollaborativeLM,
     CLLM4RecForItemPrediction,
@@ -12,6 +13,7 @@ from .modeling_cllm4rec import (
     CLLM4RecPreTrainedModel,
     RecommendationOutput,
 )
+from .pipelines import ItemRecommendationPipeline, register_pipeline
 from .tokenization_cllm4rec import CLLM4RecTokenizer
 
 __version__ = "0.1.0"
@@ -19,6 +21,7 @@ __version__ = "0.1.0"
 AutoConfig.register(CLLM4RecConfig.model_type, CLLM4RecConfig, exist_ok=True)
 AutoModel.register(CLLM4RecConfig, CLLM4RecModel, exist_ok=True)
 AutoModelForCausalLM.register(CLLM4RecConfig, CLLM4RecForCollaborativeLM, exist_ok=True)
+register_pipeline()
 
 __all__ = [
     "CLLM4RecConfig",
@@ -30,4 +33,8 @@ __all__ = [
     "CLLM4RecLMOutput",
     "CLLM4RecItemPredictionOutput",
     "RecommendationOutput",
+    "IdMappings",
+    "ItemRecommendationPipeline",
+    "save_for_hub",
+    "push_to_hub",
 ]
