@@ -4,6 +4,12 @@ The `cllm4rec` command line.
 ```
 cllm4rec prepare --source amazon --reviews reviews_Beauty_5.json.gz --meta meta_Beauty.json.gz --out data/beauty
 cllm4rec prepare --source synthetic --out data/synthetic
+cllm4rec pretrain --data data/beauty --backbone gpt2 --output_dir runs/pretrain --num_train_epochs 100
+cllm4rec finetune --data data/beauty --pretrained runs/pretrain --output_dir runs/finetune --num_train_epochs 150
+cllm4rec evaluate --model runs/finetune --data data/beauty --split test
+cllm4rec recommend --model runs/finetune --users A3CIUOJXQ5VDQ2 --k 10
+cllm4rec recommend --model runs/finetune --histories new_users.csv --output recommendations.json
+cllm4rec export-embeddings --model runs/finetune --out runs/finetune-embeddings
 ```
 
 Each subcommand is an `add_<name>_command(subparsers)` function that declares its arguments and sets `handler` to the
@@ -13,11 +19,16 @@ function that runs it.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
+import torch
+from transformers import HfArgumentParser
+from transformers.utils import logging as transformers_logging
 
 from .data import (
     RecommendationData,
@@ -52,6 +63,10 @@ class _ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"cllm4rec: error: {message}\n")
+
+
+class _DataclassArgumentParser(_ArgumentParser, HfArgumentParser):
+    """`HfArgumentParser` with the one-line usage errors of `cllm4rec`."""
 
 
 def _optional_float(value: str) -> float | None:
@@ -165,17 +180,307 @@ def _stem(path: str) -> str:
     return Path(path).name.split(".")[0] or Path(path).resolve().name
 
 
+def add_pretrain_command(subparsers: argparse._SubParsersAction) -> None:
+    _add_training_command(
+        subparsers,
+        "pretrain",
+        "Pretrain the user and item embeddings of a backbone (collaborative and content language modelling).",
+        "run_pretraining",
+    )
+
+
+def add_finetune_command(subparsers: argparse._SubParsersAction) -> None:
+    _add_training_command(
+        subparsers,
+        "finetune",
+        "Fine-tune a pretraining checkpoint for item prediction (--pretrained), keeping the best round.",
+        "run_finetuning",
+    )
+
+
+def _add_training_command(subparsers: argparse._SubParsersAction, name: str, help: str, recipe: str) -> None:
+    # every argument, --help included, goes to the HfArgumentParser of the recipe's dataclasses
+    parser = subparsers.add_parser(name, add_help=False, help=help, description=help)
+    parser.set_defaults(handler=train, recipe=recipe, forwards_arguments=True)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Runs `cllm4rec pretrain` / `finetune`: the recipe of `training/recipes.py` on the forwarded arguments."""
+    from .training import CLLM4RecTrainingArguments, recipes
+
+    parser = _DataclassArgumentParser(
+        (recipes.ModelArguments, recipes.DataArguments, CLLM4RecTrainingArguments), prog=f"cllm4rec {args.command}"
+    )
+    model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
+        args=args.forwarded, return_remaining_strings=True
+    )
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    metrics = getattr(recipes, args.recipe)(model_args, data_args, training_args)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="Recall@K and NDCG@K of a model on a split of a prepared data set.",
+        description="Rank every item for every user with held-out items in --split, training items excluded (the "
+        "paper's protocol), and print Recall@K and NDCG@K.",
+    )
+    parser.add_argument("--model", required=True, help="Folder or Hub name of a CLLM4Rec checkpoint.")
+    parser.add_argument("--data", required=True, help="A folder written by `cllm4rec prepare`, or 'builtin'.")
+    parser.add_argument("--split", default="test", choices=["validation", "test"], help="Default: test.")
+    parser.add_argument("--recall-ks", type=int, nargs="+", default=[20, 40], help="Default: 20 40.")
+    parser.add_argument("--ndcg-ks", type=int, nargs="+", default=[100], help="Default: 100.")
+    parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
+    parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
+    parser.add_argument("--output", help="Also write the metrics to this JSON file.")
+    parser.set_defaults(handler=evaluate)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Runs `cllm4rec evaluate`: loads the checkpoint and the data set, prints the metrics."""
+    from .training.recipes import DataArguments, load_data
+    from .training.trainer import check_model_fits_data, evaluate_model
+
+    _check_positive(batch_size=args.batch_size, max_length=args.max_length, k=min(args.recall_ks + args.ndcg_ks))
+    model, tokenizer = _load_checkpoint(args.model)
+    data = load_data(DataArguments(data=args.data))
+    check_model_fits_data(model, data)
+    if data.tables[args.split].num_rows == 0:
+        raise _UsageError(f"the {args.split} split of {data.name!r} has no held-out items")
+    metrics = evaluate_model(
+        model,
+        tokenizer,
+        data,
+        args.split,
+        batch_size=args.batch_size,
+        max_length=args.max_length or _default_max_length(model.config),
+        recall_ks=args.recall_ks,
+        ndcg_ks=args.ndcg_ks,
+    )
+    print(f"{args.split} split of {data.name!r}: {int(metrics['num_users'])} users")
+    for name, value in metrics.items():
+        if name != "num_users":
+            print(f"  {name:<16}{value:.4f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps({f"{args.split}_{name}": value for name, value in metrics.items()}))
+    return 0
+
+
+def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "recommend",
+        help="Top-k items for known users (raw ids) or new users (histories of raw item ids).",
+        description="Top-k items, with their text and score, for users of the training data (by their raw ids, "
+        "prompted with the training history the checkpoint ships in id_mappings.json) or for new users given by a "
+        "history of raw item ids (the cold-start prompt). Items of a history the model does not know are reported "
+        "on stderr and left out.",
+    )
+    parser.add_argument("--model", required=True, help="Folder or Hub name of a fine-tuned CLLM4Rec checkpoint.")
+    users = parser.add_mutually_exclusive_group(required=True)
+    users.add_argument("--users", nargs="+", metavar="USER_ID", help="Raw ids of users of the training data.")
+    users.add_argument(
+        "--histories",
+        metavar="FILE",
+        help='New users\' histories: JSON ({"name": [item ids], ...} or [[item ids], ...]) or CSV with the '
+        "columns user,item (one row per interaction).",
+    )
+    parser.add_argument("--k", type=int, default=10, help="How many items per user (default: 10).")
+    parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
+    parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
+    parser.add_argument("--output", metavar="FILE", help="Write the recommendations to a .json or .csv file.")
+    parser.set_defaults(handler=recommend)
+
+
+def recommend(args: argparse.Namespace) -> int:
+    """Runs `cllm4rec recommend`: resolves raw ids, recommends in batches, prints or writes the top k."""
+    from .hub import IdMappings
+
+    _check_positive(k=args.k, batch_size=args.batch_size, max_length=args.max_length)
+    if args.output and Path(args.output).suffix not in (".json", ".csv"):
+        raise _UsageError(f"--output must be a .json or .csv file, got {args.output}")
+    model, tokenizer = _load_checkpoint(args.model)
+    mappings = IdMappings.load(args.model)
+    requests = _known_users(args.users, mappings) if args.users else _new_users(args.histories, mappings)
+    results = {}
+    for start in range(0, len(requests), args.batch_size):
+        batch = requests[start : start + args.batch_size]
+        output = model.recommend(
+            [user for _, user, _ in batch],
+            [history for _, _, history in batch],
+            k=args.k,
+            tokenizer=tokenizer,
+            max_length=args.max_length or _default_max_length(model.config),
+        )
+        for (label, _, _), items, scores in zip(batch, output.item_ids.cpu(), output.scores.cpu(), strict=True):
+            results[label] = mappings.ranked_items(items, scores)
+    if args.output:
+        _write_recommendations(results, Path(args.output))
+        print(f"Wrote {args.k} items for each of {len(results)} users to {args.output}")
+        return 0
+    for (label, user, history), ranked in zip(requests, results.values(), strict=True):
+        kind = "user" if user is not None else "new user"
+        print(f"{kind} {label} ({len(history)} items in the history)")
+        for rank, item in enumerate(ranked, start=1):
+            print(f"  {rank:>3}. {item['item_id']}  score {item['score']:.4f}  {item['text'][:100]}")
+    return 0
+
+
+def _known_users(raw_ids: list[str], mappings) -> list[tuple[str, int, list[int]]]:
+    requests = []
+    for raw_id in dict.fromkeys(raw_ids):
+        try:
+            user = mappings.user_index(raw_id)
+            history = mappings.history(user)
+        except KeyError as error:
+            raise _UsageError(error.args[0]) from None
+        if not history:
+            raise _UsageError(f"user {raw_id!r} has no training items: give their history with --histories")
+        requests.append((raw_id, user, history))
+    return requests
+
+
+def _new_users(path: str, mappings) -> list[tuple[str, None, list[int]]]:
+    histories = _read_histories(Path(path))
+    requests = []
+    for label, raw_history in histories.items():
+        history, unknown = mappings.item_indices(raw_history)
+        if not history:
+            unknown_ids = f" (unknown: {', '.join(unknown)})" if unknown else ""
+            raise _UsageError(f"history {label!r} in {path} holds no item the model knows{unknown_ids}")
+        if unknown:
+            print(
+                f"cllm4rec: warning: history {label!r}: unknown item ids left out: {', '.join(unknown)}",
+                file=sys.stderr,
+            )
+        requests.append((label, None, history))
+    return requests
+
+
+def _read_histories(path: Path) -> dict[str, list[str]]:
+    """New users' histories from a JSON or CSV file, by label, in raw item ids."""
+    if not path.is_file():
+        raise _UsageError(f"no histories file at {path}")
+    if path.suffix == ".json":
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise _UsageError(f"{path} is not valid JSON: {error}") from None
+        if isinstance(stored, list):
+            stored = {str(position): history for position, history in enumerate(stored)}
+        if not isinstance(stored, dict) or not all(isinstance(history, list) for history in stored.values()):
+            raise _UsageError(f"{path} must hold {{name: [item ids]}} or [[item ids], ...]")
+        histories = {str(label): [str(item) for item in history] for label, history in stored.items()}
+    elif path.suffix == ".csv":
+        with path.open(newline="") as file:
+            reader = csv.DictReader(file)
+            if not {"user", "item"} <= set(reader.fieldnames or ()):
+                raise _UsageError(f"{path} must have the columns user,item; found {reader.fieldnames}")
+            histories = {}
+            for row in reader:
+                histories.setdefault(row["user"], []).append(row["item"])
+    else:
+        raise _UsageError(f"--histories must be a .json or .csv file, got {path}")
+    if not histories:
+        raise _UsageError(f"{path} holds no history")
+    return histories
+
+
+def _write_recommendations(results: dict[str, list[dict]], path: Path) -> None:
+    if path.suffix == ".json":
+        path.write_text(json.dumps(results, indent=2))
+        return
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["user", "rank", "item_id", "score", "text"])
+        for label, ranked in results.items():
+            for rank, item in enumerate(ranked, start=1):
+                writer.writerow([label, rank, item["item_id"], item["score"], item["text"]])
+
+
+def add_export_embeddings_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export-embeddings",
+        help="Write the user and item embeddings with their raw ids (safetensors and a datasets table).",
+        description="Write a checkpoint's collaborative and content user and item embeddings, with the data set's "
+        "raw ids, as embeddings.safetensors and as a DatasetDict (tables/) for an approximate-nearest-neighbour "
+        "index. The item collaborative embeddings are the item head: a user's scores are the inner products of "
+        "the hidden state of their prompt with them.",
+    )
+    parser.add_argument("--model", required=True, help="Folder or Hub name of a CLLM4Rec checkpoint.")
+    parser.add_argument("--out", required=True, help="Directory to write to (new or empty, unless --overwrite).")
+    parser.add_argument("--overwrite", action="store_true", help="Write into --out even if it holds files.")
+    parser.set_defaults(handler=export_embeddings)
+
+
+def export_embeddings(args: argparse.Namespace) -> int:
+    """Runs `cllm4rec export-embeddings`."""
+    from . import embeddings
+    from .hub import IdMappings
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise _UsageError(f"{out} already exists and is not an empty directory; pass --overwrite to write into it")
+    model, _ = _load_checkpoint(args.model)
+    embeddings.export_embeddings(model, out, IdMappings.load(args.model))
+    config = model.config
+    print(f"Wrote {config.num_users} user and {config.num_items} item embeddings ({config.hidden_size} dims) to {out}")
+    return 0
+
+
+def _load_checkpoint(path: str):
+    """The model (by its saved architecture) and tokenizer of a checkpoint folder or Hub repository, for inference."""
+    from . import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
+
+    local = Path(path).expanduser()
+    if not local.exists() and (local.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1):
+        raise _UsageError(f"no model folder at {path}")
+    if local.exists() and not (local / "config.json").is_file():
+        raise _UsageError(f"{path} is not a model folder: it has no config.json")
+    config = CLLM4RecConfig.from_pretrained(path)
+    model_classes = {cls.__name__: cls for cls in (CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM)}
+    model_class = model_classes.get((config.architectures or [""])[0], CLLM4RecForItemPrediction)
+    model = model_class.from_pretrained(path).to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return model, CLLM4RecTokenizer.from_pretrained(path)
+
+
+def _default_max_length(config) -> int:
+    """The trainer's default longest document: the backbone's context, at most 1024 tokens."""
+    return min(getattr(config.text_config, "max_position_embeddings", 1024) or 1024, 1024)
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise _UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="cllm4rec", description="CLLM4Rec: collaborative LLMs for recommendation.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
-    add_prepare_command(subparsers)
+    for add_command in (
+        add_prepare_command,
+        add_pretrain_command,
+        add_finetune_command,
+        add_evaluate_command,
+        add_recommend_command,
+        add_export_embeddings_command,
+    ):
+        add_command(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `cllm4rec` console script; returns the exit code (2 for bad arguments or bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, forwarded = parser.parse_known_args(argv)
+    if forwarded and not getattr(args, "forwards_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(forwarded)}")
+    args.forwarded = forwarded
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     try:
         return args.handler(args)
     except (_UsageError, ValueError, OSError) as error:
