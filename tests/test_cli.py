@@ -1,0 +1,136 @@
+"""The `cllm4rec` training, evaluation, recommendation and export commands (`prepare` has its own tests)."""
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+from test_prepare_cli import assert_usage_error, run_cli
+from tiny_checkpoints import save_tiny_checkpoint
+
+from hf_cllm4rec import IdMappings
+from hf_cllm4rec.embeddings import EMBEDDINGS_NAME, TABLES_NAME
+from hf_cllm4rec.training import evaluate_model
+
+TINY_TRAINING = (
+    "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--content_documents", "item",
+    "--max_length", "64", "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none",
+    "--disable_tqdm", "true", "--use_cpu", "true", "--learning_rate", "0.01",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model, tokenizer, data = save_tiny_checkpoint(root / "checkpoint")
+    data.save(root / "data")
+    return root, model, tokenizer, data
+
+
+@pytest.mark.parametrize("command", ["prepare", "pretrain", "finetune", "evaluate", "recommend", "export-embeddings"])
+def test_every_command_has_help(command, capsys):
+    assert run_cli(command, "--help") == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("usage: cllm4rec " + command)
+    if command in ("pretrain", "finetune"):  # the recipe's arguments and the Trainer's
+        assert "--pretrained" in stdout and "--output_dir" in stdout and "--content_warmup_epochs" in stdout
+
+
+def test_pretrain_finetune_evaluate_chain(checkpoint, capsys):
+    root, _, _, data = checkpoint
+    pretrained, finetuned = root / "pretrained", root / "finetuned"
+    common = ("--data", str(root / "data"), *TINY_TRAINING)
+    pretrain = ("--backbone", "builtin-tiny-gpt2", "--content_warmup_epochs", "0")
+    assert run_cli("pretrain", *common, *pretrain, "--output_dir", str(pretrained)) == 0
+    assert run_cli("finetune", *common, "--pretrained", str(pretrained), "--output_dir", str(finetuned)) == 0
+    capsys.readouterr()
+    measured = json.loads((finetuned / "test_results.json").read_text())
+    assert ModelCard.load(finetuned / "README.md").data.eval_results[0].metric_value == measured["test_recall@20"]
+    assert "**pretraining** stage" in (pretrained / "README.md").read_text()
+
+    output = root / "metrics.json"
+    assert run_cli("evaluate", "--model", str(finetuned), "--data", str(root / "data"), "--output", str(output)) == 0
+    stdout = capsys.readouterr().out
+    assert f"test split of 'synthetic': {int(measured['test_num_users'])} users" in stdout
+    for name in ("recall@20", "recall@40", "ndcg@100"):
+        assert f"  {name:<16}{measured['test_' + name]:.4f}" in stdout
+    assert json.loads(output.read_text()) == pytest.approx(measured)
+
+
+def test_evaluate_is_the_trainers_evaluation(checkpoint, capsys):
+    root, model, tokenizer, data = checkpoint
+    args = ("evaluate", "--model", str(root / "checkpoint"), "--data", str(root / "data"), "--split", "validation")
+    assert run_cli(*args, "--recall-ks", "5", "10", "--ndcg-ks", "10") == 0
+    expected = evaluate_model(model, tokenizer, data, "validation", recall_ks=(5, 10), ndcg_ks=(10,))
+    stdout = capsys.readouterr().out
+    for name in ("recall@5", "recall@10", "ndcg@10"):
+        assert f"  {name:<16}{expected[name]:.4f}" in stdout
+
+
+def test_recommend_known_users_by_raw_id(checkpoint, capsys, tmp_path):
+    root, model, tokenizer, data = checkpoint
+    users = [data.user_raw_ids[0], data.user_raw_ids[9]]
+    histories = data.histories("train")
+    assert run_cli("recommend", "--model", str(root / "checkpoint"), "--users", *users, "--k", "3") == 0
+    stdout = capsys.readouterr().out
+    expected = model.recommend([0, 9], [histories[0], histories[9]], k=3, tokenizer=tokenizer)
+    mappings = IdMappings.from_data(data)
+    assert f"user {users[0]} ({len(histories[0])} items in the history)" in stdout
+    for rank, item in enumerate(mappings.ranked_items(expected.item_ids[1], expected.scores[1]), start=1):
+        assert f"{rank:>5}. {item['item_id']}  score {item['score']:.4f}  {item['text']}" in stdout
+
+    output = tmp_path / "top.json"
+    assert (
+        run_cli(
+            "recommend", "--model", str(root / "checkpoint"), "--users", *users, "--k", "3", "--output", str(output)
+        )
+        == 0
+    )
+    written = json.loads(output.read_text())
+    assert list(written) == users
+    assert [item["item_id"] for item in written[users[0]]] == [
+        data.item_raw_ids[i] for i in expected.item_ids[0].tolist()
+    ]
+    csv_output = tmp_path / "top.csv"
+    assert (
+        run_cli("recommend", "--model", str(root / "checkpoint"), "--users", users[0], "--output", str(csv_output))
+        == 0
+    )
+    lines = csv_output.read_text().splitlines()
+    assert lines[0] == "user,rank,item_id,score,text" and len(lines) == 11
+
+
+def test_export_embeddings(checkpoint, capsys, tmp_path):
+    root, model, _, data = checkpoint
+    out = tmp_path / "embeddings"
+    assert run_cli("export-embeddings", "--model", str(root / "checkpoint"), "--out", str(out)) == 0
+    assert (out / EMBEDDINGS_NAME).is_file() and (out / TABLES_NAME / "items").is_dir()
+    hidden_size = model.config.hidden_size
+    assert (
+        f"{data.num_users} user and {data.num_items} item embeddings ({hidden_size} dims)" in capsys.readouterr().out
+    )
+    assert_usage_error(
+        capsys, "export-embeddings", "--model", str(root / "checkpoint"), "--out", str(out), message="--overwrite"
+    )
+    assert run_cli("export-embeddings", "--model", str(root / "checkpoint"), "--out", str(out), "--overwrite") == 0
+
+
+def test_usage_errors(checkpoint, capsys, tmp_path):
+    root, _, _, data = checkpoint
+    model, data_dir = str(root / "checkpoint"), str(root / "data")
+    cases = [
+        (("recommend", "--model", model, "--users", "nobody"), "unknown user id 'nobody'"),
+        (("recommend", "--model", str(tmp_path / "missing"), "--users", "x"), "no model folder at"),
+        (("recommend", "--model", data_dir, "--users", "x"), "has no config.json"),
+        (("recommend", "--model", model, "--users", data.user_raw_ids[0], "--k", "0"), "--k must be positive"),
+        (("recommend", "--model", model, "--users", data.user_raw_ids[0], "--k", "1000"), "k must lie in"),
+        (("recommend", "--model", model), "one of the arguments --users --histories is required"),
+        (("recommend", "--model", model, "--users", "x", "--histories", "h.json"), "not allowed with argument"),
+        (("recommend", "--model", model, "--users", "x", "--output", "top.txt"), "--output must be a .json or .csv"),
+        (("evaluate", "--model", model, "--data", str(tmp_path / "nothing")), "no prepared data set at"),
+        (("evaluate", "--model", model, "--data", data_dir, "--unknown-option"), "unrecognized arguments"),
+        (("evaluate", "--model", model, "--data", "builtin"), "a checkpoint from another data set"),
+        (("finetune", "--data", data_dir, "--output_dir", str(tmp_path / "f")), "--pretrained"),
+        (("pretrain", "--no_such_argument", "1"), "unrecognized arguments"),
+    ]
+    for args, message in cases:
+        assert_usage_error(capsys, *args, message=message)

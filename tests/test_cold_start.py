@@ -1,0 +1,115 @@
+"""New users: recommendations from the cold-start prompt, which has no user token."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from benchmarks.cold_start import warm_and_cold_metrics
+from test_prepare_cli import assert_usage_error, run_cli
+from tiny_checkpoints import save_tiny_checkpoint
+
+from hf_cllm4rec.evaluation import evaluate_recommender
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cold_start") / "checkpoint"
+    model, tokenizer, data = save_tiny_checkpoint(folder)
+    return folder, model, tokenizer, data
+
+
+def test_the_cold_start_prompt_has_no_user_token(checkpoint):
+    _, model, tokenizer, _ = checkpoint
+    history = [4, 0, 9]
+    prompt = model.prompt_ids(tokenizer, None, history, None)
+    assert prompt == tokenizer.render("cold_start_prompt", history=history)
+    config = model.config
+    assert not [token for token in prompt if config.user_token_offset <= token < config.item_token_offset]
+    assert [token - config.item_token_offset for token in prompt if token >= config.item_token_offset] == history
+    assert tokenizer.decode(prompt).startswith("A new user has interacted with <item_4> <item_0> <item_9>")
+
+
+def test_new_users_are_ranked_every_item_but_their_history(checkpoint):
+    _, model, tokenizer, data = checkpoint
+    histories = [[0], [5, 2, 11, 7], list(range(0, data.num_items, 3))]
+    for history in histories:
+        k = data.num_items - len(history)  # everything that may be recommended
+        output = model.recommend([None], [history], k=k, tokenizer=tokenizer)
+        assert sorted(output.item_ids[0].tolist()) == sorted(set(range(data.num_items)) - set(history))
+        assert torch.isfinite(output.scores).all() and (output.scores[0].diff() <= 0).all()
+    # a batch of new users (padded) is the same as one at a time; a repeated item is still never recommended
+    batch = model.recommend([None, None], [[1], [5, 2, 5]], k=4, tokenizer=tokenizer)
+    alone = model.recommend([None], [[1]], k=4, tokenizer=tokenizer)
+    assert batch.item_ids[0].tolist() == alone.item_ids[0].tolist()
+    torch.testing.assert_close(batch.scores[0], alone.scores[0])
+    assert 1 not in batch.item_ids[0].tolist() and not {5, 2} & set(batch.item_ids[1].tolist())
+
+
+def test_the_user_token_changes_the_scores(checkpoint):
+    _, model, tokenizer, data = checkpoint
+    history = data.histories("train")[6]
+    scores = model.score_items([6, None, 7], [history] * 3, tokenizer=tokenizer)
+    assert not torch.allclose(scores[0], scores[1]) and not torch.allclose(scores[0], scores[2])
+
+
+def test_the_command_line_reports_unknown_items_of_new_users(checkpoint, capsys, tmp_path):
+    folder, model, tokenizer, data = checkpoint
+    items = data.item_raw_ids
+    histories = tmp_path / "new_users.csv"
+    rows = [("alice", items[3]), ("alice", "ghost"), ("alice", items[8]), ("bob", items[1]), ("bob", "phantom")]
+    histories.write_text("user,item\n" + "".join(f"{user},{item}\n" for user, item in rows))
+    output = tmp_path / "top.json"
+    assert run_cli("recommend", "--model", str(folder), "--histories", str(histories), "--output", str(output)) == 0
+    stderr = capsys.readouterr().err.splitlines()
+    assert stderr == [
+        "cllm4rec: warning: history 'alice': unknown item ids left out: ghost",
+        "cllm4rec: warning: history 'bob': unknown item ids left out: phantom",
+    ]
+    expected = model.recommend([None, None], [[3, 8], [1]], k=10, tokenizer=tokenizer)
+    written = json.loads(output.read_text())
+    for label, row in (("alice", 0), ("bob", 1)):
+        assert [item["item_id"] for item in written[label]] == [items[i] for i in expected.item_ids[row].tolist()]
+        np.testing.assert_allclose([item["score"] for item in written[label]], expected.scores[row], rtol=1e-6)
+
+    as_json = tmp_path / "new_users.json"
+    as_json.write_text(json.dumps([[items[3], items[8]]]))
+    assert run_cli("recommend", "--model", str(folder), "--histories", str(as_json), "--k", "2") == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("new user 0 (2 items in the history)\n") and items[expected.item_ids[0, 0]] in stdout
+
+    as_json.write_text(json.dumps({"carol": ["ghost", "phantom"]}))
+    assert_usage_error(
+        capsys,
+        "recommend",
+        "--model",
+        str(folder),
+        "--histories",
+        str(as_json),
+        message="holds no item the model knows",
+    )
+    as_json.write_text(json.dumps({"carol": "not a list"}))
+    assert_usage_error(capsys, "recommend", "--model", str(folder), "--histories", str(as_json), message="must hold")
+
+
+def test_warm_and_cold_benchmark(checkpoint):
+    _, model, tokenizer, data = checkpoint
+    results = warm_and_cold_metrics(model, tokenizer, data, "test", batch_size=8)
+    histories = data.histories("train")
+    train, test = data.to_sparse("train"), data.to_sparse("test")
+    for name, user_ids in (
+        ("warm", lambda users: [int(user) for user in users]),
+        ("cold", lambda users: [None] * len(users)),
+    ):
+        expected = evaluate_recommender(
+            lambda users, user_ids=user_ids: model.score_items(
+                user_ids(users), [histories[user] for user in users], tokenizer=tokenizer
+            ),
+            test,
+            exclude=train,
+        )
+        for metric in ("recall@20", "recall@40", "ndcg@100", "num_users"):
+            assert results[name][metric] == pytest.approx(expected[metric])
+    assert results["cold_over_warm"]["ndcg@100"] == pytest.approx(
+        results["cold"]["ndcg@100"] / results["warm"]["ndcg@100"]
+    )

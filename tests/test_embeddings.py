@@ -1,0 +1,82 @@
+"""Exported embeddings, and query vectors whose inner products with the exported items are the model's scores."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import load_from_disk
+from safetensors import safe_open
+from safetensors.torch import load_file
+from tiny_checkpoints import tiny_data, tiny_item_prediction_model
+
+from hf_cllm4rec import IdMappings
+from hf_cllm4rec.embeddings import EMBEDDINGS_NAME, TABLES_NAME, export_embeddings, user_query_vectors
+from hf_cllm4rec.modeling_cllm4rec import pad_sequences
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    data = tiny_data()
+    model, tokenizer = tiny_item_prediction_model(data)
+    folder = export_embeddings(model, tmp_path_factory.mktemp("embeddings"), IdMappings.from_data(data))
+    return folder, model, tokenizer, data
+
+
+def test_safetensors_hold_the_four_tables_with_raw_ids(exported):
+    folder, model, _, data = exported
+    tensors = load_file(folder / EMBEDDINGS_NAME)
+    assert set(tensors) == {"user_collaborative", "user_content", "item_collaborative", "item_content"}
+    for side in ("collaborative", "content"):
+        users, items = model.base_model.id_embedding_tables(side)
+        torch.testing.assert_close(tensors[f"user_{side}"], users.weight, rtol=0, atol=0)
+        torch.testing.assert_close(tensors[f"item_{side}"], items.weight, rtol=0, atol=0)
+    with safe_open(folder / EMBEDDINGS_NAME, "pt") as file:
+        metadata = file.metadata()
+    assert json.loads(metadata["user_raw_ids"]) == data.user_raw_ids
+    assert json.loads(metadata["item_raw_ids"]) == data.item_raw_ids
+
+
+def test_datasets_tables_hold_the_same_vectors_by_raw_id(exported):
+    folder, model, _, data = exported
+    tables = load_from_disk(str(folder / TABLES_NAME))
+    items = tables["items"].with_format("numpy")
+    assert list(items["raw_id"]) == data.item_raw_ids and list(items["text"]) == data.item_texts()
+    np.testing.assert_array_equal(
+        np.stack(items["collaborative"]), model.base_model.item_collaborative_embeddings.weight.detach().numpy()
+    )
+    users = tables["users"].with_format("numpy")
+    assert list(users["raw_id"]) == data.user_raw_ids
+    np.testing.assert_array_equal(
+        np.stack(users["content"]), model.base_model.user_content_embeddings.weight.detach().numpy()
+    )
+
+
+def test_query_vectors_times_exported_items_are_the_models_logits(exported):
+    folder, model, tokenizer, data = exported
+    histories = data.histories("train")
+    users = [0, 3, 7, None, None]
+    inputs = [histories[0], histories[3], histories[7], [1, 4], histories[7]]
+    queries = user_query_vectors(model, tokenizer, users, inputs, batch_size=2)
+    items = load_file(folder / EMBEDDINGS_NAME)["item_collaborative"]
+
+    prompts = [model.prompt_ids(tokenizer, user, history, None) for user, history in zip(users, inputs, strict=True)]
+    input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids, attention_mask).logits
+    torch.testing.assert_close(queries @ items.T, logits)
+    # the same ranking as `recommend` once the history is removed
+    top = model.recommend(users, inputs, k=5, tokenizer=tokenizer)
+    scores = queries @ items.T
+    for row, history in enumerate(inputs):
+        scores[row, torch.as_tensor(np.asarray(history))] = -torch.inf
+    assert torch.equal(scores.topk(5).indices, top.item_ids)
+
+
+def test_mappings_of_another_catalogue_are_refused(tmp_path):
+    data = tiny_data()
+    model, _ = tiny_item_prediction_model(data)
+    mappings = IdMappings.from_data(data)
+    mappings.items, mappings.item_texts = mappings.items[:-1], mappings.item_texts[:-1]
+    with pytest.raises(ValueError, match="do not belong together"):
+        export_embeddings(model, tmp_path, mappings)

@@ -1,0 +1,181 @@
+"""Model cards generated from real runs, and checkpoints written for the Hub (code, tokenizer, mappings, card)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from test_hub import HIDE_PACKAGE, run_python
+from tiny_checkpoints import save_tiny_checkpoint, tiny_data, tiny_item_prediction_model
+
+from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, IdMappings, hub
+from hf_cllm4rec.modelcard import CITATION, model_card
+from hf_cllm4rec.training import CLLM4RecTrainingArguments
+from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, run_finetuning
+
+HUB_FILES = {
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "configuration_cllm4rec.py",
+    "modeling_cllm4rec.py",
+    "tokenization_cllm4rec.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "id_mappings.json",
+}
+
+
+def tiny_finetuning_run(tmp_path):
+    """Fine-tunes a tiny (untrained) pretraining checkpoint for one round; returns the output folder and metrics."""
+    data = tiny_data()
+    data.save(tmp_path / "data")
+    model, tokenizer = tiny_item_prediction_model(data)
+    pretrained = CLLM4RecForCollaborativeLM(model.config)
+    pretrained.load_state_dict(model.state_dict())
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    tokenizer.save_pretrained(tmp_path / "pretrained")
+    training_args = CLLM4RecTrainingArguments(
+        output_dir=str(tmp_path / "finetuned"),
+        num_train_epochs=1,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        content_documents="item",
+        max_length=64,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    metrics = run_finetuning(
+        ModelArguments(pretrained=str(tmp_path / "pretrained")),
+        DataArguments(data=str(tmp_path / "data")),
+        training_args,
+    )
+    return tmp_path / "finetuned", metrics, data
+
+
+def test_fine_tuning_writes_a_card_of_the_measured_metrics(tmp_path):
+    folder, metrics, data = tiny_finetuning_run(tmp_path)
+    card = ModelCard.load(folder / "README.md")
+    assert json.loads((folder / "test_results.json").read_text()) == metrics
+
+    assert card.data.library_name == "hf_cllm4rec"
+    assert card.data.license == "apache-2.0"
+    assert card.data.datasets == ["synthetic"]
+    assert {"cllm4rec", "recommendation"} <= set(card.data.tags)
+    assert card.data.base_model is None  # a randomly built backbone has no Hub id
+    measured = {"recall@20": metrics["test_recall@20"], "recall@40": metrics["test_recall@40"]}
+    measured["ndcg@100"] = metrics["test_ndcg@100"]
+    results = {result.metric_name.lower(): result for result in card.data.eval_results}
+    assert {name: result.metric_value for name, result in results.items()} == measured
+    for name, result in results.items():
+        assert (result.task_type, result.dataset_name, result.dataset_split) == ("recommendation", "synthetic", "test")
+        assert result.metric_type == name.split("@")[0] and result.metric_args == {"k": int(name.split("@")[1])}
+
+    text = card.text
+    assert f"| Recall@20 | {metrics['test_recall@20']:.4f} |" in text
+    assert f"averaged over {int(metrics['test_num_users'])} users" in text
+    assert "| `num_train_epochs` | 1 |" in text and "| `per_device_train_batch_size` | 8 |" in text
+    assert f"{data.num_users} users, {data.num_items} items" in text and "- `k_core`: 0" in text
+    assert "trust_remote_code=True" in text and 'pipeline("item-recommendation", model="finetuned")' in text
+    assert f'recommender("{data.user_raw_ids[0]}", top_k=10)' in text
+    assert CITATION in text and "Zhu, Yaochen and Wu, Liang and Guo, Qi and Hong, Liangjie and Li, Jundong" in text
+    # what the run wrote is what serving reads
+    mappings = IdMappings.load(folder)
+    assert mappings.users == data.user_raw_ids and mappings.histories[3] == data.histories("train")[3].tolist()
+
+
+def test_card_metadata_follows_the_config():
+    config = CLLM4RecConfig(num_users=3, num_items=4, backbone_training="lora", lora_rank=4)
+    config.architectures = ["CLLM4RecForCollaborativeLM"]
+    config.base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M"
+    card = model_card(config, model_id="someone/cllm4rec-pretrained", license="mit", dataset_id="someone/beauty")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M"
+    assert (card.data.license, card.data.datasets, card.data.eval_results) == ("mit", ["someone/beauty"], None)
+    assert "**pretraining** stage" in card.text and "AutoModelForCausalLM.from_pretrained" in card.text
+    assert "LoRA rank 4" in card.text and "No test metrics were measured" in card.text
+
+    config.base_model_name_or_path = "/models/gpt2"  # a local folder is no Hub id
+    assert model_card(config, model_id="m").data.base_model is None
+
+
+@pytest.fixture
+def saved_for_hub(tmp_path):
+    metrics = {"test_recall@20": 0.5, "test_recall@40": 0.75, "test_ndcg@100": 0.25, "test_num_users": 24}
+    model, tokenizer, data = save_tiny_checkpoint(tmp_path / "checkpoint", metrics=metrics)
+    return tmp_path, model, tokenizer, data
+
+
+def test_save_for_hub_writes_code_tokenizer_mappings_and_card(saved_for_hub):
+    tmp_path, model, tokenizer, data = saved_for_hub
+    folder = tmp_path / "checkpoint"
+    assert {path.name for path in folder.iterdir()} == HUB_FILES
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_cllm4rec.CLLM4RecConfig",
+        "AutoModel": "modeling_cllm4rec.CLLM4RecForItemPrediction",
+    }
+    # the registration is undone: a plain save carries no code
+    assert CLLM4RecConfig._auto_class is None and CLLM4RecForItemPrediction._auto_class is None
+    model.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "modeling_cllm4rec.py").exists()
+    card = ModelCard.load(folder / "README.md")
+    assert [result.metric_value for result in card.data.eval_results] == [0.5, 0.75, 0.25]
+
+
+def test_checkpoint_recommends_the_same_where_the_package_is_not_installed(saved_for_hub):
+    tmp_path, model, tokenizer, data = saved_for_hub
+    histories = data.histories("train")
+    users, inputs = [0, 5, None], [histories[0].tolist(), histories[5].tolist(), [1, 2, 3]]
+    expected = model.recommend(users, inputs, k=5, tokenizer=tokenizer)
+    output = run_python(
+        HIDE_PACKAGE
+        + f"""
+import json
+
+from transformers import AutoModel
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+model = AutoModel.from_pretrained("checkpoint", trust_remote_code=True).eval()
+CLLM4RecTokenizer = get_class_from_dynamic_module("tokenization_cllm4rec.CLLM4RecTokenizer", "checkpoint")
+tokenizer = CLLM4RecTokenizer.from_pretrained("checkpoint", trust_remote_code=True)
+top = model.recommend({users!r}, {inputs!r}, k=5, tokenizer=tokenizer)
+assert not [module for module in sys.modules if module.startswith("hf_cllm4rec")]
+print(type(model).__name__, type(model).__module__.split(".")[0])
+print(json.dumps({{"item_ids": top.item_ids.tolist(), "scores": top.scores.tolist()}}))
+""",
+        tmp_path,
+    )
+    lines = output.splitlines()
+    assert lines[0] == "CLLM4RecForItemPrediction transformers_modules"
+    remote = json.loads(lines[1])
+    assert remote["item_ids"] == expected.item_ids.tolist()
+    torch.testing.assert_close(torch.tensor(remote["scores"]), expected.scores, rtol=0, atol=1e-5)
+
+
+def test_push_to_hub_uploads_what_save_for_hub_writes(monkeypatch, tmp_path):
+    uploaded = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            uploaded["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision):
+            uploaded.update(
+                repo_id=repo_id, files={path.name: path.read_bytes() for path in Path(folder_path).iterdir()}
+            )
+            return "commit"
+
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    data = tiny_data()
+    model, tokenizer = tiny_item_prediction_model(data)
+    assert hub.push_to_hub(model, tokenizer, "cllm4rec-tiny", token="secret", data=data) == "commit"
+    assert (uploaded["repo_id"], uploaded["token"]) == ("someone/cllm4rec-tiny", "secret")
+    assert set(uploaded["files"]) == HUB_FILES
+    assert b'model="someone/cllm4rec-tiny"' in uploaded["files"]["README.md"]

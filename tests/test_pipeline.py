@@ -1,0 +1,91 @@
+"""The "item-recommendation" pipeline over a tiny saved checkpoint."""
+
+import pytest
+import torch
+from tiny_checkpoints import save_tiny_checkpoint
+from transformers import pipeline
+
+from hf_cllm4rec import CLLM4RecTokenizer, IdMappings, ItemRecommendationPipeline
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline") / "checkpoint"
+    model, tokenizer, data = save_tiny_checkpoint(folder)
+    return folder, model, tokenizer, data
+
+
+@pytest.fixture(scope="module")
+def recommender(checkpoint):
+    return pipeline("item-recommendation", model=str(checkpoint[0]), device="cpu")
+
+
+def expected_items(model, tokenizer, data, user, history, k):
+    output = model.recommend([user], [history], k=k, tokenizer=tokenizer)
+    return [data.item_raw_ids[item] for item in output.item_ids[0].tolist()], output.scores[0]
+
+
+def test_loads_the_model_tokenizer_and_mappings_of_the_folder(recommender, checkpoint):
+    assert isinstance(recommender, ItemRecommendationPipeline)
+    assert isinstance(recommender.tokenizer, CLLM4RecTokenizer)
+    assert recommender.id_mappings == IdMappings.load(checkpoint[0])
+    assert type(recommender.model).__name__ == "CLLM4RecForItemPrediction"
+
+
+def test_a_known_user_by_raw_id_gets_the_models_top_items_with_text(recommender, checkpoint):
+    _, model, tokenizer, data = checkpoint
+    user = 4
+    history = data.histories("train")[user]
+    ranked = recommender(data.user_raw_ids[user], top_k=5)
+    items, scores = expected_items(model, tokenizer, data, user, history, k=5)
+    assert [entry["item_id"] for entry in ranked] == items
+    torch.testing.assert_close(torch.tensor([entry["score"] for entry in ranked]), scores)
+    texts = data.item_texts()
+    assert [entry["text"] for entry in ranked] == [texts[data.item_index(item)] for item in items]
+    assert all(isinstance(entry["score"], float) for entry in ranked)
+    assert len(recommender(data.user_raw_ids[user])) == 10  # default top_k
+
+
+def test_a_history_of_raw_item_ids_is_a_new_user(recommender, checkpoint):
+    _, model, tokenizer, data = checkpoint
+    raw_history = [data.item_raw_ids[item] for item in (3, 7, 1)]
+    ranked = recommender({"history": raw_history}, top_k=4)
+    items, _ = expected_items(model, tokenizer, data, None, [3, 7, 1], k=4)
+    assert [entry["item_id"] for entry in ranked] == items
+    assert not set(items) & set(raw_history)
+
+
+def test_a_known_user_with_an_explicit_history(recommender, checkpoint):
+    _, model, tokenizer, data = checkpoint
+    ranked = recommender({"user": data.user_raw_ids[2], "history": [data.item_raw_ids[5]]}, top_k=3)
+    items, _ = expected_items(model, tokenizer, data, 2, [5], k=3)
+    assert [entry["item_id"] for entry in ranked] == items
+
+
+def test_a_list_of_inputs_gives_one_ranking_each(recommender, checkpoint):
+    data = checkpoint[3]
+    inputs = [data.user_raw_ids[0], {"history": [data.item_raw_ids[0]]}, data.user_raw_ids[1]]
+    rankings = recommender(inputs, top_k=2)
+    assert len(rankings) == 3 and all(len(ranking) == 2 for ranking in rankings)
+    assert rankings[2] == recommender(data.user_raw_ids[1], top_k=2)
+
+
+def test_unknown_items_are_reported_and_left_out(recommender, checkpoint):
+    data = checkpoint[3]
+    with pytest.warns(UserWarning, match="Unknown item ids left out of the history: nope, gone"):
+        ranked = recommender({"history": ["nope", data.item_raw_ids[3], "gone"]}, top_k=3)
+    assert ranked == recommender({"history": [data.item_raw_ids[3]]}, top_k=3)
+
+
+def test_bad_inputs(recommender, checkpoint):
+    data = checkpoint[3]
+    with pytest.raises(KeyError, match="unknown user id 'nobody'"):
+        recommender("nobody")
+    with pytest.raises(ValueError, match=r"no item the model knows \(unknown: nope\)"):
+        recommender({"history": ["nope"]})
+    with pytest.raises(ValueError, match="'user' and/or 'history'"):
+        recommender({"items": [data.item_raw_ids[0]]})
+    with pytest.raises(ValueError, match="k="):
+        recommender(data.user_raw_ids[0], top_k=data.num_items)
+    with pytest.raises(TypeError, match="Unknown arguments"):
+        recommender(data.user_raw_ids[0], k=3)
