@@ -63,7 +63,7 @@ def synchronize(device: torch.device) -> None:
 def time_training(model, source, batch_size, pad_token_id, args, device) -> dict:
     """Optimizer steps over `source` (or a sample of it); seconds per epoch, extrapolated when sampled."""
     size = len(source) if args.sample is None else min(args.sample, len(source))
-    sampler = ScheduleBatchSampler([len(source)], [(0,)], batch_size, seed=0)
+    sampler = ScheduleBatchSampler([len(source)], [(0,)], batch_size, seed=0, lengths=[source.document_lengths()])
     batches = list(sampler)[: math.ceil(size / batch_size)]
     loader = DataLoader(
         ScheduledDocuments([source]),
@@ -110,6 +110,7 @@ def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
     users = [user for user in range(data.num_users) if len(histories[user])]
     if args.sample is not None:
         users = users[: args.sample]
+    users.sort(key=lambda user: len(histories[user]))  # similar lengths per batch: little padding
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     chunks = [users[start : start + args.eval_batch_size] for start in range(0, len(users), args.eval_batch_size)]

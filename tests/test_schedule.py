@@ -1,5 +1,6 @@
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from hf_cllm4rec.training import ScheduleBatchSampler
@@ -142,3 +143,27 @@ def test_no_batch_size_attribute_for_data_parallel_wrappers():
     interleaved = [batch for pair in zip(*shards, strict=True) for batch in pair]
     assert interleaved == batches_of(sampler)
     assert Counter(key for batch in interleaved for key in batch) == Counter(key for batch in sampler for key in batch)
+
+
+def test_grouping_by_length_pads_less_and_keeps_steps_fixed_by_the_global_batch():
+    rng = np.random.default_rng(0)
+    sizes = [2000]
+    lengths = [rng.integers(1, 300, size=2000)]
+    plain = batches_of(ScheduleBatchSampler(sizes, [(0,)], batch_size=16, seed=1))
+    grouped = batches_of(ScheduleBatchSampler(sizes, [(0,)], batch_size=16, seed=1, lengths=lengths))
+    split = batches_of(ScheduleBatchSampler(sizes, [(0,)], batch_size=8, seed=1, lengths=lengths, micro_batches_per_step=2))
+
+    def padded_tokens(batches):
+        return sum(len(batch) * max(lengths[0][index] for _, _, index in batch) for batch in batches)
+
+    assert sorted(epochs_of(grouped)[0, 0]) == list(range(2000))
+    assert padded_tokens(grouped) < 0.6 * padded_tokens(plain)
+    assert [first + second for first, second in zip(split[::2], split[1::2])] == grouped
+    # the step order is shuffled, not sorted: long and short steps alternate through the epoch
+    step_maxima = [max(lengths[0][index] for _, _, index in batch) for batch in grouped]
+    assert step_maxima != sorted(step_maxima) and step_maxima != sorted(step_maxima, reverse=True)
+
+
+def test_lengths_must_cover_every_document():
+    with pytest.raises(ValueError, match="one length per document"):
+        ScheduleBatchSampler([5, 3], [(0, 1)], batch_size=2, lengths=[[1] * 5, [1] * 2])

@@ -32,6 +32,10 @@ class DocumentSource(TorchDataset):
     def document(self, draw: int, index: int) -> dict:
         raise NotImplementedError
 
+    def document_lengths(self) -> np.ndarray:
+        """Approximate length in tokens of every document, for batching documents of similar length."""
+        raise NotImplementedError
+
 
 class CollaborativeDocuments(DocumentSource):
     """
@@ -51,6 +55,9 @@ class CollaborativeDocuments(DocumentSource):
 
     def __len__(self) -> int:
         return len(self.users)
+
+    def document_lengths(self) -> np.ndarray:
+        return np.array([len(self.histories[user]) for user in self.users]) + 8
 
     def document(self, draw: int, index: int) -> dict:
         user = int(self.users[index])
@@ -108,9 +115,11 @@ class ContentDocuments(DocumentSource):
                 f"The data set {data.name!r} has no review or item text: content documents ({list(kinds)}) "
                 "cannot be built. Prepare it with item text or reviews, or train without content steps."
             )
-        self.documents = Dataset.from_dict(pairs).map(
+        tokenized = Dataset.from_dict(pairs).map(
             self._tokenize, batched=True, remove_columns=["text"], desc="Tokenizing content documents"
         )
+        # plain lists: a row of an Arrow table costs far more to read than a list entry, once per document drawn
+        self.prompt_ids, self.main_ids = tokenized["prompt_ids"][:], tokenized["main_ids"][:]
 
     def _tokenize(self, batch: dict) -> dict:
         main_texts = self.tokenizer.encode_text([" " + text.strip() for text in batch["text"]])
@@ -123,11 +132,13 @@ class ContentDocuments(DocumentSource):
         return {"prompt_ids": prompts, "main_ids": main_texts}
 
     def __len__(self) -> int:
-        return self.documents.num_rows
+        return len(self.prompt_ids)
+
+    def document_lengths(self) -> np.ndarray:
+        return np.array([len(prompt) + len(main) for prompt, main in zip(self.prompt_ids, self.main_ids)])
 
     def document(self, draw: int, index: int) -> dict:
-        row = self.documents[index]
-        prompt, main = row["prompt_ids"], row["main_ids"]
+        prompt, main = self.prompt_ids[index], self.main_ids[index]
         input_ids = (prompt + main)[: self.max_length]
         labels = ([-100] * len(prompt) + main)[: self.max_length]
         return {"input_ids": input_ids, "labels": labels, "document_type": self.document_type}
@@ -161,6 +172,9 @@ class RecommendationDocuments(DocumentSource):
 
     def __len__(self) -> int:
         return len(self.users)
+
+    def document_lengths(self) -> np.ndarray:
+        return np.array([len(self.histories[user]) for user in self.users]) + 12
 
     def document(self, draw: int, index: int) -> dict:
         user = int(self.users[index])

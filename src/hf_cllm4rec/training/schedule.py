@@ -6,6 +6,8 @@ import numpy as np
 from torch.utils.data import Sampler
 
 ALTERNATIONS = ("epoch", "batch")
+# Steps whose documents are sorted by length together when grouping by length.
+LENGTH_GROUP_STEPS = 50
 
 
 class ScheduleBatchSampler(Sampler[list[tuple[int, int, int]]]):
@@ -25,6 +27,10 @@ class ScheduleBatchSampler(Sampler[list[tuple[int, int, int]]]):
     source, and the documents of a step depend on the global batch size alone: one process with batch 2B and two
     with batch B, or accumulation over two batches of B, train on the same steps. A remainder too small to give every
     batch of a step a document joins the epoch's last full step instead.
+
+    With `lengths` (one approximate length per document of each source), documents are grouped by length: every
+    window of `LENGTH_GROUP_STEPS` steps is sorted by length before it is cut into steps, and the steps are then
+    shuffled, so a batch pads little and the steps still depend on the global batch size alone.
     """
 
     def __init__(
@@ -35,6 +41,7 @@ class ScheduleBatchSampler(Sampler[list[tuple[int, int, int]]]):
         alternation: str = "epoch",
         seed: int = 0,
         micro_batches_per_step: int = 1,
+        lengths: Sequence[Sequence[int]] | None = None,
     ):
         if alternation not in ALTERNATIONS:
             raise ValueError(f"alternation must be one of {ALTERNATIONS}, got {alternation!r}.")
@@ -53,7 +60,10 @@ class ScheduleBatchSampler(Sampler[list[tuple[int, int, int]]]):
                         f"Source {source} has {source_sizes[source]} documents, fewer than the {micro_batches_per_step} "
                         "batches of one optimizer step (gradient accumulation steps x processes)."
                     )
+        if lengths is not None and [len(source) for source in lengths] != list(source_sizes):
+            raise ValueError("`lengths` must hold one length per document of every source.")
         self.source_sizes = list(source_sizes)
+        self.lengths = None if lengths is None else [np.asarray(source) for source in lengths]
         self.rounds = [tuple(sources) for sources in rounds]
         # not `batch_size`: a data-parallel wrapper would take a short batch for the end of the sampler
         self.per_device_batch_size = batch_size
@@ -88,15 +98,26 @@ class ScheduleBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
     def _epoch_steps(self, source: int, draw: int) -> list[list[list[tuple[int, int, int]]]]:
         """One epoch of a source: its optimizer steps, each a list of `micro_batches_per_step` batches."""
-        permutation = np.random.default_rng((self.seed, source, draw)).permutation(self.source_sizes[source])
-        keys = [(source, draw, int(index)) for index in permutation]
+        rng = np.random.default_rng((self.seed, source, draw))
+        permutation = rng.permutation(self.source_sizes[source])
         step_size, parts = self.per_device_batch_size * self.micro_batches_per_step, self.micro_batches_per_step
+        if self.lengths is not None:
+            window = step_size * LENGTH_GROUP_STEPS
+            permutation = np.concatenate(
+                [
+                    chunk[np.argsort(-self.lengths[source][chunk], kind="stable")]
+                    for chunk in np.split(permutation, range(window, len(permutation), window))
+                ]
+            )
+        keys = [(source, draw, int(index)) for index in permutation]
         num_steps = self.steps_per_epoch(source)
         bounds = [step * step_size for step in range(num_steps)] + [len(keys)]
         steps = []
         for start, end in zip(bounds[:-1], bounds[1:], strict=True):
             cuts = [start + part * (end - start) // parts for part in range(parts + 1)]
             steps.append([keys[low:high] for low, high in zip(cuts[:-1], cuts[1:], strict=True)])
+        if self.lengths is not None:
+            steps = [steps[index] for index in rng.permutation(len(steps))]
         return steps
 
     def _order(self, source_steps: list[list]) -> list:

@@ -70,6 +70,7 @@ class CLLM4RecTrainer(Trainer):
             args.alternation,
             args.seed,
             micro_batches_per_step=micro_batches_per_step,
+            lengths=[source.document_lengths() for source in sources] if args.group_by_length else None,
         )
         self._check_eval_split(args)
         super().__init__(
@@ -244,6 +245,8 @@ def evaluate_model(
     histories = data.histories("train")
     metrics = RankingMetrics(recall_ks=recall_ks, ndcg_ks=ndcg_ks)
     users = np.flatnonzero(np.diff(heldout.indptr))
+    # users with histories of similar length share a batch, so prompts pad little
+    users = users[np.argsort([len(histories[user]) for user in users], kind="stable")]
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]
         with_history = [user for user in chunk if len(histories[user])]
