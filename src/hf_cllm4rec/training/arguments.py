@@ -26,6 +26,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         max_length: longest document in tokens; longer histories lose items, longer texts their end.
         recall_ks / ndcg_ks: cut-offs of the reported Recall@K / NDCG@K.
         eval_split: split evaluated by `evaluate()` during training.
+        train_sampling_strategy: `"group_by_length"` (default: documents of similar length share a step, drawn
+            from windows of a random permutation) or `"random"`.
     """
 
     content_warmup_epochs: int = field(
@@ -51,6 +53,13 @@ class CLLM4RecTrainingArguments(TrainingArguments):
     recall_ks: list[int] = field(default_factory=lambda: [20, 40], metadata={"help": "Cut-offs of Recall@K."})
     ndcg_ks: list[int] = field(default_factory=lambda: [100], metadata={"help": "Cut-offs of NDCG@K."})
     eval_split: str = field(default="validation", metadata={"help": "Split evaluated during training."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "'group_by_length' (documents of similar length share a step: little padding) or 'random'.",
+            "choices": ["group_by_length", "random"],
+        },
+    )
     metric_for_best_model: str | None = field(
         default="selection_score",
         metadata={"help": "The paper's model selection: Recall@20 + Recall@40 + NDCG@100 on validation."},
@@ -74,12 +83,20 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"content_documents must name some of {CONTENT_DOCUMENT_KINDS}, got {self.content_documents!r}."
             )
+        if self.train_sampling_strategy not in ("group_by_length", "random"):
+            raise ValueError(
+                f"train_sampling_strategy must be 'group_by_length' or 'random', got {self.train_sampling_strategy!r}."
+            )
         if self.max_length is not None and self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}.")
         if any(k <= 0 for k in [*self.recall_ks, *self.ndcg_ks]):
             raise ValueError("recall_ks and ndcg_ks must be positive.")
         if self.num_train_epochs != int(self.num_train_epochs) or self.num_train_epochs < 0:
             raise ValueError(f"num_train_epochs counts rounds and must be a whole number, got {self.num_train_epochs}.")
+
+    @property
+    def groups_by_length(self) -> bool:
+        return self.train_sampling_strategy == "group_by_length"
 
     @property
     def content_document_kinds(self) -> list[str]:

@@ -70,7 +70,7 @@ class CLLM4RecTrainer(Trainer):
             args.alternation,
             args.seed,
             micro_batches_per_step=micro_batches_per_step,
-            lengths=[source.document_lengths() for source in sources] if args.group_by_length else None,
+            lengths=[source.document_lengths() for source in sources] if args.groups_by_length else None,
         )
         self._check_eval_split(args)
         super().__init__(
