@@ -72,7 +72,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def training_arguments(args, output_dir: Path, rounds: int, learning_rate: float, **extra) -> CLLM4RecTrainingArguments:
+def training_arguments(
+    args, output_dir: Path, rounds: int, learning_rate: float, **extra
+) -> CLLM4RecTrainingArguments:
     return CLLM4RecTrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=rounds,
@@ -106,16 +108,27 @@ def run_cllm4rec(args) -> tuple[dict, list[dict], float]:
         model_args,
         data_args,
         training_arguments(
-            args, root / "pretrain", args.pretrain_rounds, args.pretrain_learning_rate,
-            content_warmup_epochs=args.warmup_epochs, save_strategy="no", eval_strategy="no",
+            args,
+            root / "pretrain",
+            args.pretrain_rounds,
+            args.pretrain_learning_rate,
+            content_warmup_epochs=args.warmup_epochs,
+            save_strategy="no",
+            eval_strategy="no",
         ),
     )
     metrics = run_finetuning(
         ModelArguments(pretrained=str(root / "pretrain"), backbone_training=args.backbone_training),
         data_args,
         training_arguments(
-            args, root / "finetune", args.finetune_rounds, args.finetune_learning_rate,
-            eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, save_total_limit=1,
+            args,
+            root / "finetune",
+            args.finetune_rounds,
+            args.finetune_learning_rate,
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            load_best_model_at_end=True,
+            save_total_limit=1,
         ),
     )
     history = json.loads((root / "finetune" / "log_history.json").read_text())
@@ -183,8 +196,14 @@ def main() -> None:
         "configuration": vars(args),
         "cllm4rec": {"test": test, "validation_per_round": validation, "wall_s": wall},
         "baselines": baselines,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
         "git_commit": commit,
     }
     (results_dir / f"quality-{args.name}.json").write_text(json.dumps(result, indent=2, default=str))

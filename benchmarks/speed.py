@@ -35,7 +35,12 @@ from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, build_pr
 from hf_cllm4rec.training.schedule import ScheduleBatchSampler
 
 # The authors' code on one H200 (GPT-2 small, batch 20, Beauty): seconds per epoch and users per second.
-AUTHORS_H200 = {"content_epoch_s": 230.0, "collaborative_epoch_s": 25.0, "finetuning_epoch_s": 19.0, "prediction_users_per_s": 1319.0}
+AUTHORS_H200 = {
+    "content_epoch_s": 230.0,
+    "collaborative_epoch_s": 25.0,
+    "finetuning_epoch_s": 19.0,
+    "prediction_users_per_s": 1319.0,
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,7 +51,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--random_init", action="store_true", help="Random backbone weights (speed only).")
     parser.add_argument("--batch_size", type=int, default=256, help="Documents per training step.")
     parser.add_argument("--eval_batch_size", type=int, default=1024, help="Users per prediction batch.")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16" if torch.cuda.is_available() else "float32")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="bfloat16" if torch.cuda.is_available() else "float32"
+    )
     parser.add_argument("--sample", type=int, default=None, help="Documents per stage (default: the full epoch).")
     parser.add_argument("--num_workers", type=int, default=4 if torch.cuda.is_available() else 0)
     parser.add_argument("--scaling_items", default="1000,10000,100000,1000000", help="Catalogue sizes for prediction.")
@@ -144,7 +151,9 @@ def time_catalogue_scaling(config: CLLM4RecConfig, tokenizer_factory, args, devi
             synchronize(device)
             start = time.perf_counter()
             for first in range(0, len(users), batch):
-                model.recommend(users[first : first + batch], histories[first : first + batch], k=100, tokenizer=tokenizer)
+                model.recommend(
+                    users[first : first + batch], histories[first : first + batch], k=100, tokenizer=tokenizer
+                )
             synchronize(device)
         seconds = time.perf_counter() - start
         results.append({"num_items": num_items, "users": len(users), "users_per_s": len(users) / seconds})
@@ -216,8 +225,14 @@ def main() -> None:
         "prediction_scaling": scaling,
         "authors_h200": AUTHORS_H200,
         "speedup_vs_authors_h200": speedups,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
         "git_commit": git_commit(),
     }
     output = Path(args.output or f"benchmarks/results/speed-{Path(args.backbone).name}-{device.type}.json")

@@ -18,7 +18,14 @@ import torch
 from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer
 from hf_cllm4rec.evaluation import evaluate_recommender
 from hf_cllm4rec.training import CLLM4RecTrainingArguments
-from hf_cllm4rec.training.recipes import BUILTIN_BACKBONE, DataArguments, ModelArguments, load_data, run_finetuning, run_pretraining
+from hf_cllm4rec.training.recipes import (
+    BUILTIN_BACKBONE,
+    DataArguments,
+    ModelArguments,
+    load_data,
+    run_finetuning,
+    run_pretraining,
+)
 
 
 def training_arguments(output_dir: Path, rounds: int, **overrides) -> CLLM4RecTrainingArguments:
@@ -58,7 +65,12 @@ def main() -> None:
         ModelArguments(pretrained=str(pretrained)),
         data_args,
         training_arguments(
-            finetuned, rounds=10, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, save_total_limit=1
+            finetuned,
+            rounds=10,
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            load_best_model_at_end=True,
+            save_total_limit=1,
         ),
     )
 
@@ -76,8 +88,10 @@ def main() -> None:
     users = [0, 1, 2]
     recommendations = model.recommend(users, [histories[user] for user in users], k=3, tokenizer=tokenizer)
     texts = data.item_texts()
-    for user, items in zip(users, recommendations.item_ids.tolist()):
-        print(f"\nuser {data.user_raw_ids[user]} has interacted with: {'; '.join(texts[i] for i in histories[user][:3])} ...")
+    for user, items in zip(users, recommendations.item_ids.tolist(), strict=True):
+        print(
+            f"\nuser {data.user_raw_ids[user]} has interacted with: {'; '.join(texts[i] for i in histories[user][:3])} ..."
+        )
         for item in items:
             print(f"  recommended {data.item_raw_ids[item]}: {texts[item]}")
 

@@ -32,9 +32,9 @@ def main() -> None:
     histories = data.histories("train")
     output = model.recommend(users, [histories[user] for user in users], k=args.k, tokenizer=tokenizer)
     texts = data.item_texts()
-    for user, items, scores in zip(users, output.item_ids.tolist(), output.scores.tolist()):
+    for user, items, scores in zip(users, output.item_ids.tolist(), output.scores.tolist(), strict=True):
         print(f"user {data.user_raw_ids[user]} ({len(histories[user])} training items)")
-        for rank, (item, score) in enumerate(zip(items, scores), start=1):
+        for rank, (item, score) in enumerate(zip(items, scores, strict=True), start=1):
             print(f"  {rank:>3}. {data.item_raw_ids[item]}  score {score:.3f}  {texts[item][:100]}")
 
 

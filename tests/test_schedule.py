@@ -151,14 +151,16 @@ def test_grouping_by_length_pads_less_and_keeps_steps_fixed_by_the_global_batch(
     lengths = [rng.integers(1, 300, size=2000)]
     plain = batches_of(ScheduleBatchSampler(sizes, [(0,)], batch_size=16, seed=1))
     grouped = batches_of(ScheduleBatchSampler(sizes, [(0,)], batch_size=16, seed=1, lengths=lengths))
-    split = batches_of(ScheduleBatchSampler(sizes, [(0,)], batch_size=8, seed=1, lengths=lengths, micro_batches_per_step=2))
+    split = batches_of(
+        ScheduleBatchSampler(sizes, [(0,)], batch_size=8, seed=1, lengths=lengths, micro_batches_per_step=2)
+    )
 
     def padded_tokens(batches):
         return sum(len(batch) * max(lengths[0][index] for _, _, index in batch) for batch in batches)
 
     assert sorted(epochs_of(grouped)[0, 0]) == list(range(2000))
     assert padded_tokens(grouped) < 0.6 * padded_tokens(plain)
-    assert [first + second for first, second in zip(split[::2], split[1::2])] == grouped
+    assert [first + second for first, second in zip(split[::2], split[1::2], strict=True)] == grouped
     # the step order is shuffled, not sorted: long and short steps alternate through the epoch
     step_maxima = [max(lengths[0][index] for _, _, index in batch) for batch in grouped]
     assert step_maxima != sorted(step_maxima) and step_maxima != sorted(step_maxima, reverse=True)

@@ -242,7 +242,7 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     """Runs `cllm4rec evaluate`: loads the checkpoint and the data set, prints the metrics."""
     from .training.recipes import DataArguments, load_data
-    from .training.trainer import check_model_fits_data, evaluate_model
+    from .training.trainer import check_model_fits_data, default_max_length, evaluate_model
 
     _check_positive(batch_size=args.batch_size, max_length=args.max_length, k=min(args.recall_ks + args.ndcg_ks))
     model, tokenizer = _load_checkpoint(args.model)
@@ -256,7 +256,7 @@ def evaluate(args: argparse.Namespace) -> int:
         data,
         args.split,
         batch_size=args.batch_size,
-        max_length=args.max_length or _default_max_length(model.config),
+        max_length=args.max_length or default_max_length(model.config),
         recall_ks=args.recall_ks,
         ndcg_ks=args.ndcg_ks,
     )
@@ -297,6 +297,7 @@ def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
 def recommend(args: argparse.Namespace) -> int:
     """Runs `cllm4rec recommend`: resolves raw ids, recommends in batches, prints or writes the top k."""
     from .hub import IdMappings
+    from .training.trainer import default_max_length
 
     _check_positive(k=args.k, batch_size=args.batch_size, max_length=args.max_length)
     if args.output and Path(args.output).suffix not in (".json", ".csv"):
@@ -312,7 +313,7 @@ def recommend(args: argparse.Namespace) -> int:
             [history for _, _, history in batch],
             k=args.k,
             tokenizer=tokenizer,
-            max_length=args.max_length or _default_max_length(model.config),
+            max_length=args.max_length or default_max_length(model.config),
         )
         for (label, _, _), items, scores in zip(batch, output.item_ids.cpu(), output.scores.cpu(), strict=True):
             results[label] = mappings.ranked_items(items, scores)
@@ -444,11 +445,6 @@ def _load_checkpoint(path: str):
     model_class = model_classes.get((config.architectures or [""])[0], CLLM4RecForItemPrediction)
     model = model_class.from_pretrained(path).to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, CLLM4RecTokenizer.from_pretrained(path)
-
-
-def _default_max_length(config) -> int:
-    """The trainer's default longest document: the backbone's context, at most 1024 tokens."""
-    return min(getattr(config.text_config, "max_position_embeddings", 1024) or 1024, 1024)
 
 
 def _check_positive(**values: int | None) -> None:

@@ -117,9 +117,7 @@ def user_query_vectors(
             )
         ]
         input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id, device=model.device)
-        hidden_states = model.base_model(input_ids, attention_mask, "collaborative").last_hidden_state
-        last_positions = attention_mask.sum(-1) - 1  # prompts are right-padded
-        queries.append(hidden_states[torch.arange(len(prompts), device=model.device), last_positions].float())
+        queries.append(model.base_model.last_token_hidden_states(input_ids, attention_mask).float())
     model.train(was_training)
     return torch.cat(queries) if queries else torch.empty(0, model.config.hidden_size, device=model.device)
 

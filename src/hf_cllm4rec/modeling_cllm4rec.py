@@ -187,7 +187,10 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         config = self.config
         target_modules = config.lora_target_modules or LORA_TARGET_MODULES.get(config.text_config.model_type)
         lora_config = LoraConfig(
-            r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=target_modules
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=target_modules,
         )
         inject_adapter_in_model(lora_config, self.language_model)
         # peft has initialized the adapters (B = 0, so training starts from the backbone): keep post_init off them
@@ -195,7 +198,9 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
             if "lora_" in name:
                 module._is_hf_initialized = True
 
-    def enable_lora(self, rank: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None):
+    def enable_lora(
+        self, rank: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None
+    ):
         """Adds LoRA adapters to the (frozen) backbone of a loaded model; saved checkpoints keep them."""
         if self.config.backbone_training == "lora":
             raise ValueError("This model already has LoRA adapters.")
@@ -265,15 +270,20 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         """Scores over the word vocabulary: the backbone's LM head (tied to its word embeddings where it ties)."""
         return self.language_model.get_output_embeddings()(hidden_states)
 
-    def last_token_item_logits(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Item scores `(batch, num_items)` read at each sequence's last real token (left or right padding)."""
+    def last_token_hidden_states(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Hidden state `(batch, hidden)` of each sequence's last real token (left or right padding)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden_states = self(input_ids, attention_mask, "collaborative").last_hidden_state
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         last_positions = (attention_mask.bool() * positions).argmax(-1)
-        last_hidden = hidden_states[torch.arange(input_ids.shape[0], device=input_ids.device), last_positions]
-        return self.item_logits(last_hidden)
+        return hidden_states[torch.arange(input_ids.shape[0], device=input_ids.device), last_positions]
+
+    def last_token_item_logits(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Item scores `(batch, num_items)` read at each sequence's last real token."""
+        return self.item_logits(self.last_token_hidden_states(input_ids, attention_mask))
 
     def language_modeling(
         self,
@@ -350,7 +360,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         other_side = "content" if side == "collaborative" else "collaborative"
         squared_distance = input_ids.new_zeros((), dtype=torch.float32)
         for table, other_table, ids in zip(
-            self.id_embedding_tables(side), self.id_embedding_tables(other_side), (user_ids, item_ids)
+            self.id_embedding_tables(side), self.id_embedding_tables(other_side), (user_ids, item_ids), strict=True
         ):
             difference = table(ids).float() - other_table(ids).detach().float()
             squared_distance = squared_distance + difference.pow(2).sum()
@@ -370,7 +380,10 @@ class ItemScoringMixin:
         """Scores `(len(user_ids), num_items)` of every item for each user, from one batched forward pass."""
         if len(user_ids) != len(histories):
             raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")
-        prompts = [self.prompt_ids(tokenizer, user, history, max_length) for user, history in zip(user_ids, histories)]
+        prompts = [
+            self.prompt_ids(tokenizer, user, history, max_length)
+            for user, history in zip(user_ids, histories, strict=True)
+        ]
         input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id, device=self.device)
         return self.model.last_token_item_logits(input_ids, attention_mask).float()
 
@@ -450,7 +463,9 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
     def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None) -> list[int]:
         """A collaborative document's prompt and history: the next item it predicts is the recommendation."""
         if user is None:
-            raise ValueError("The collaborative LM needs a user id; new users are served by CLLM4RecForItemPrediction.")
+            raise ValueError(
+                "The collaborative LM needs a user id; new users are served by CLLM4RecForItemPrediction."
+            )
         prompt = tokenizer.render("collaborative_prompt", user=user)
         items = tokenizer.item_token_ids(history).tolist()
         if max_length is not None:
@@ -513,7 +528,9 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         target_log_probabilities = log_probabilities.gather(1, labels.clamp(min=0)) * is_target
         recommendation_loss = -target_log_probabilities.sum() / normalizer
         regularization_loss = (
-            self.model.mutual_regularization(input_ids, attention_mask, "collaborative", extra_item_ids=labels[is_target])
+            self.model.mutual_regularization(
+                input_ids, attention_mask, "collaborative", extra_item_ids=labels[is_target]
+            )
             / normalizer
         )
         return CLLM4RecItemPredictionOutput(

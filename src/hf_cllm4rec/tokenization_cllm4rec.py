@@ -75,7 +75,9 @@ class CLLM4RecTokenizer:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= count):
             bad = int(ids[(ids < 0) | (ids >= count)][0])
-            raise ValueError(f"{kind} id {bad} is out of range: this model has {count} {kind}s (ids 0 to {count - 1}).")
+            raise ValueError(
+                f"{kind} id {bad} is out of range: this model has {count} {kind}s (ids 0 to {count - 1})."
+            )
         return ids + offset
 
     def token_kind(self, token_id: int) -> tuple[str, int]:

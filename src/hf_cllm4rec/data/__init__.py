@@ -1,3 +1,5 @@
+from .collators import CLLM4RecDataCollator
+from .documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
 from .prepared import DataFormatError, RecommendationData
 from .protocol import apply_protocol, deduplicate_pairs, filter_k_core
 from .sources import (
@@ -7,8 +9,6 @@ from .sources import (
     read_interaction_table,
     read_movielens,
 )
-from .collators import CLLM4RecDataCollator
-from .documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
 from .synthetic import make_synthetic_data, make_synthetic_tokenizer
 
 __all__ = [

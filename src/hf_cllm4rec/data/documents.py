@@ -46,7 +46,9 @@ class CollaborativeDocuments(DocumentSource):
 
     document_type = "collaborative"
 
-    def __init__(self, histories: Sequence[np.ndarray], tokenizer: CLLM4RecTokenizer, max_length: int | None, seed: int = 0):
+    def __init__(
+        self, histories: Sequence[np.ndarray], tokenizer: CLLM4RecTokenizer, max_length: int | None, seed: int = 0
+    ):
         self.users = np.array([user for user, items in enumerate(histories) if len(items)], dtype=np.int64)
         self.histories = histories
         self.tokenizer = tokenizer
@@ -95,10 +97,12 @@ class ContentDocuments(DocumentSource):
         if "user_item" in kinds:
             reviews = {
                 (user, item): text
-                for user, item, text in zip(*(data.tables["reviews"][column] for column in ("user_id", "item_id", "text")))
+                for user, item, text in zip(
+                    *(data.tables["reviews"][column] for column in ("user_id", "item_id", "text")), strict=True
+                )
             }
             train = data.tables["train"]
-            for user, item in zip(train["user_id"], train["item_id"]):
+            for user, item in zip(train["user_id"], train["item_id"], strict=True):
                 text = reviews.get((user, item)) or item_texts[item]
                 if text:
                     pairs["user_id"].append(user)
@@ -127,7 +131,7 @@ class ContentDocuments(DocumentSource):
             self.tokenizer.render("item_text_prompt", item=item)
             if user < 0
             else self.tokenizer.render("review_prompt", user=user, item=item)
-            for user, item in zip(batch["user_id"], batch["item_id"])
+            for user, item in zip(batch["user_id"], batch["item_id"], strict=True)
         ]
         return {"prompt_ids": prompts, "main_ids": main_texts}
 
@@ -135,7 +139,7 @@ class ContentDocuments(DocumentSource):
         return len(self.prompt_ids)
 
     def document_lengths(self) -> np.ndarray:
-        return np.array([len(prompt) + len(main) for prompt, main in zip(self.prompt_ids, self.main_ids)])
+        return np.array([len(prompt) + len(main) for prompt, main in zip(self.prompt_ids, self.main_ids, strict=True)])
 
     def document(self, draw: int, index: int) -> dict:
         prompt, main = self.prompt_ids[index], self.main_ids[index]

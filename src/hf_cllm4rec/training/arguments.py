@@ -48,7 +48,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Interleave content epochs, as the paper does (off: ID documents only)."}
     )
     max_length: int | None = field(
-        default=None, metadata={"help": "Longest document in tokens; defaults to the backbone's context (at most 1024)."}
+        default=None,
+        metadata={"help": "Longest document in tokens; defaults to the backbone's context (at most 1024)."},
     )
     recall_ks: list[int] = field(default_factory=lambda: [20, 40], metadata={"help": "Cut-offs of Recall@K."})
     ndcg_ks: list[int] = field(default_factory=lambda: [100], metadata={"help": "Cut-offs of NDCG@K."})
@@ -92,7 +93,9 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         if any(k <= 0 for k in [*self.recall_ks, *self.ndcg_ks]):
             raise ValueError("recall_ks and ndcg_ks must be positive.")
         if self.num_train_epochs != int(self.num_train_epochs) or self.num_train_epochs < 0:
-            raise ValueError(f"num_train_epochs counts rounds and must be a whole number, got {self.num_train_epochs}.")
+            raise ValueError(
+                f"num_train_epochs counts rounds and must be a whole number, got {self.num_train_epochs}."
+            )
 
     @property
     def groups_by_length(self) -> bool:

@@ -13,7 +13,7 @@ from ..modelcard import TEST_RESULTS_NAME, write_model_card
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments
-from .trainer import CLLM4RecTrainer, evaluate_model
+from .trainer import CLLM4RecTrainer
 
 BUILTIN_DATA = "builtin"
 # The demo backbone: a two-layer GPT-2 over the built-in data set's word-level vocabulary.
@@ -45,7 +45,9 @@ class ModelArguments:
     pretrained: str | None = field(
         default=None, metadata={"help": "Fine-tuning: the CLLM4RecForCollaborativeLM checkpoint to start from."}
     )
-    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder or Hub name; default: the backbone's."})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub name; default: the backbone's."}
+    )
     random_init: bool = field(
         default=False,
         metadata={
@@ -54,12 +56,14 @@ class ModelArguments:
         },
     )
     backbone_overrides: str | None = field(
-        default=None, metadata={"help": 'JSON overrides of the backbone config with --random_init, e.g. {"n_layer": 4}.'}
+        default=None,
+        metadata={"help": 'JSON overrides of the backbone config with --random_init, e.g. {"n_layer": 4}.'},
     )
     lambda_v: float = field(default=1.0, metadata={"help": "Weight of the mutual regularization."})
     mask_ratio: float = field(default=0.2, metadata={"help": "Share of a history held out in fine-tuning."})
     backbone_training: str = field(
-        default="frozen", metadata={"help": "'frozen' (the paper), 'full' or 'lora'.", "choices": ["frozen", "full", "lora"]}
+        default="frozen",
+        metadata={"help": "'frozen' (the paper), 'full' or 'lora'.", "choices": ["frozen", "full", "lora"]},
     )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank with backbone_training='lora'."})
 
@@ -82,7 +86,8 @@ def build_pretraining_model(
     }
     if model_args.backbone == BUILTIN_BACKBONE:
         base_tokenizer = make_synthetic_tokenizer(data)
-        text_config = AutoConfig.for_model(**BUILTIN_BACKBONE_CONFIG, vocab_size=len(base_tokenizer))
+        special_ids = {"bos_token_id": base_tokenizer.eos_token_id, "eos_token_id": base_tokenizer.eos_token_id}
+        text_config = AutoConfig.for_model(**BUILTIN_BACKBONE_CONFIG, vocab_size=len(base_tokenizer), **special_ids)
     else:
         base_tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer or model_args.backbone)
         text_config = random_backbone_config(model_args.backbone) if model_args.random_init else None

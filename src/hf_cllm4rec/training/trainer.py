@@ -1,6 +1,7 @@
 """The CLLM4Rec trainer: mutual-regularized pretraining and recommendation-oriented fine-tuning."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,9 +58,7 @@ class CLLM4RecTrainer(Trainer):
         model.config.validate_values()  # a config edited after construction (lambda_v, mask_ratio) is checked here
         check_model_fits_data(model, data)
         self.data = data
-        self.max_length = args.max_length or min(
-            getattr(model.config.text_config, "max_position_embeddings", 1024) or 1024, 1024
-        )
+        self.max_length = args.max_length or default_max_length(model.config)
         sources, rounds = build_schedule(model, data, processing_class, args, self.max_length)
         # an optimizer step takes one batch per accumulation step on every process
         micro_batches_per_step = args.gradient_accumulation_steps * args.world_size
@@ -140,6 +139,22 @@ class CLLM4RecTrainer(Trainer):
         logs["round"] = self.round_end.current_round(self.state.global_step)
         super().log(logs, start_time)
 
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None, **kwargs):
+        """Uploads what `hub.save_for_hub` writes: weights, code files, tokenizer, id mappings and the model card."""
+        from ..hub import push_to_hub
+
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
+        return push_to_hub(
+            self.model,
+            self.processing_class,
+            repo_id,
+            token=token or self.args.hub_token,
+            private=self.args.hub_private_repo,
+            commit_message=commit_message or "Upload CLLM4Rec model",
+            data=self.data,
+            training_args=self.args,
+        )
+
     def _issue_warnings_after_load(self, load_result) -> None:
         # tied weights (the backbone's LM head) are stored once, so they are "missing" from every checkpoint
         tied = set(getattr(self.model, "all_tied_weights_keys", None) or {})
@@ -191,6 +206,11 @@ class RoundEndCallback(TrainerCallback):
         control.should_evaluate = control.should_evaluate and args.eval_strategy != "epoch"
         control.should_save = control.should_save and args.save_strategy != "epoch"
         return control
+
+
+def default_max_length(config) -> int:
+    """The default longest document: the backbone's context, at most 1024 tokens."""
+    return min(getattr(config.text_config, "max_position_embeddings", 1024) or 1024, 1024)
 
 
 def check_model_fits_data(model, data: RecommendationData) -> None:
