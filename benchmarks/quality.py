@@ -92,7 +92,9 @@ def training_arguments(
     )
 
 
-def run_cllm4rec(args) -> tuple[dict, list[dict], float]:
+def run_cllm4rec(args) -> tuple[dict, dict, list[dict], float]:
+    """Test metrics of the fine-tuned model and of the pretrained one (next item after the history), validation
+    metrics per fine-tuning round, wall time."""
     start = time.perf_counter()
     data_args = DataArguments(data=args.data)
     root = Path(args.output_dir) / args.name
@@ -104,7 +106,7 @@ def run_cllm4rec(args) -> tuple[dict, list[dict], float]:
         lambda_v=args.lambda_v,
         backbone_training="frozen" if args.backbone_training == "lora" else args.backbone_training,
     )
-    run_pretraining(
+    pretrained = run_pretraining(
         model_args,
         data_args,
         training_arguments(
@@ -134,7 +136,8 @@ def run_cllm4rec(args) -> tuple[dict, list[dict], float]:
     history = json.loads((root / "finetune" / "log_history.json").read_text())
     validation = [entry for entry in history if "eval_recall@20" in entry]
     test = {key.removeprefix("test_"): value for key, value in metrics.items()}
-    return test, validation, time.perf_counter() - start
+    pretrained_test = {key.removeprefix("test_"): value for key, value in pretrained.items()}
+    return test, pretrained_test, validation, time.perf_counter() - start
 
 
 def run_baselines(args) -> dict:
@@ -181,7 +184,7 @@ def main() -> None:
     args = parse_args()
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    test, validation, wall = run_cllm4rec(args)
+    test, pretrained_test, validation, wall = run_cllm4rec(args)
     print(f"CLLM4Rec ({args.name}): {test}  [{wall:.0f} s]")
     baselines = run_baselines(args) if args.baselines else {}
     plot(validation, results_dir / f"quality-{args.name}.png", f"CLLM4Rec {args.name}: validation Recall@20")
@@ -195,6 +198,7 @@ def main() -> None:
         "data": args.data,
         "configuration": vars(args),
         "cllm4rec": {"test": test, "validation_per_round": validation, "wall_s": wall},
+        "cllm4rec_pretrained": {"test": pretrained_test},
         "baselines": baselines,
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()

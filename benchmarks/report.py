@@ -18,6 +18,8 @@ METRICS = ("recall@20", "recall@40", "ndcg@100")
 def quality_rows(result: dict) -> list[str]:
     rows = []
     methods = {f"CLLM4Rec ({result['name']})": result["cllm4rec"]["test"]}
+    if "cllm4rec_pretrained" in result:
+        methods[f"CLLM4Rec ({result['name']}), pretraining only"] = result["cllm4rec_pretrained"]["test"]
     methods.update({name: baseline["test"] for name, baseline in result.get("baselines", {}).items()})
     for method, test in methods.items():
         figures = " | ".join(f"{test[metric]:.4f}" for metric in METRICS)

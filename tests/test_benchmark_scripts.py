@@ -1,0 +1,52 @@
+"""The benchmark scripts run end to end on the built-in data set and a tiny backbone (a smoke test, not a timing)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*arguments: str, cwd: Path = ROOT) -> str:
+    result = subprocess.run([sys.executable, *arguments], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_quality_speed_and_report_scripts(tmp_path):
+    results = tmp_path / "results"
+    run(
+        "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "smoke",
+        "--warmup_epochs", "0", "--pretrain_rounds", "1", "--finetune_rounds", "2", "--baselines", "popularity,ease",
+        "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
+    )  # fmt: skip
+    quality = json.loads((results / "quality-smoke.json").read_text())
+    assert len(quality["cllm4rec"]["validation_per_round"]) == 2
+    assert set(quality["baselines"]) == {"popularity", "ease"}
+    for test in (quality["cllm4rec"]["test"], quality["cllm4rec_pretrained"]["test"]):
+        assert 0 < test["recall@20"] <= test["recall@40"] <= 1
+    assert (results / "quality-smoke.png").stat().st_size > 0
+
+    run(
+        "benchmarks/speed.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--sample", "64",
+        "--batch_size", "16", "--scaling_items", "500,1000", "--scaling_users", "16",
+        "--output", str(results / "speed-smoke.json"),
+    )  # fmt: skip
+    speed = json.loads((results / "speed-smoke.json").read_text())
+    assert {"content", "collaborative", "finetuning", "prediction"} <= set(speed["stages"])
+    assert [entry["num_items"] for entry in speed["prediction_scaling"]] == [500, 1000]
+    assert speed["stages"]["content"]["extrapolated"]
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nstale\n<!-- results:end -->\nend\n")
+    run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme))
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    ease_row = next(line for line in text.splitlines() if "| ease |" in line)
+    assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_row
+    assert "speed-smoke.json" in text
+    run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme), "--check")
