@@ -202,11 +202,10 @@ def write_model_card(
 
 
 def hub_base_model(config: CLLM4RecConfig) -> str | None:
-    """The backbone's Hub id for the `base_model` metadata; `None` for local folders and randomly built backbones."""
-    from .training.recipes import BUILTIN_BACKBONE
-
+    """The backbone's Hub id for the `base_model` metadata; `None` for local folders and randomly built backbones
+    (which have no `base_model_name_or_path`)."""
     name = getattr(config, "base_model_name_or_path", None)
-    if not name or name == BUILTIN_BACKBONE or os.path.isabs(name) or name.startswith(".") or Path(name).exists():
+    if not name or os.path.isabs(name) or name.startswith(".") or Path(name).exists():
         return None
     return name
 

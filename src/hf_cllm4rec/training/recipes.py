@@ -95,8 +95,7 @@ def build_pretraining_model(
         for key, value in json.loads(model_args.backbone_overrides or "{}").items():
             setattr(text_config, key, value)
         config = CLLM4RecConfig(text_config=text_config, num_users=data.num_users, num_items=data.num_items, **options)
-        config.base_model_name_or_path = model_args.backbone
-        model = CLLM4RecForCollaborativeLM(config)
+        model = CLLM4RecForCollaborativeLM(config)  # random backbone weights: no `base_model_name_or_path`
     else:
         model = CLLM4RecForCollaborativeLM.from_backbone(
             model_args.backbone, num_users=data.num_users, num_items=data.num_items, **options
