@@ -843,3 +843,24 @@ def test_attention_mask_of_another_shape_raises(model_class):
     model = tiny_model(model_class)
     with pytest.raises(ValueError, match="attention_mask"):
         model(COLLABORATIVE_IDS, COLLABORATIVE_MASK[:, :-1])
+
+
+def test_batched_prompts_of_warm_and_cold_users_equal_the_prompts_one_by_one():
+    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=40)
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    generator = torch.Generator().manual_seed(1)
+    histories = random_histories(generator, 12, max_length=15, num_items=40)
+    user_ids = [None if row % 3 == 0 else row for row in range(12)]
+    input_ids, attention_mask = model.prompt_batch(tokenizer, user_ids, histories, max_length=12)
+    for row, (user, history) in enumerate(zip(user_ids, histories, strict=True)):
+        length = int(attention_mask[row].sum())
+        assert input_ids[row, :length].tolist() == model.prompt_ids(tokenizer, user, history, 12)
+        assert not attention_mask[row, length:].any()
+    model.eval()
+    one_by_one = torch.cat(
+        [
+            model.score_items([user], [history], tokenizer=tokenizer)
+            for user, history in zip(user_ids, histories, strict=True)
+        ]
+    )
+    torch.testing.assert_close(model.score_items(user_ids, histories, tokenizer=tokenizer), one_by_one)

@@ -209,3 +209,35 @@ def test_tokenizer_bigger_than_the_backbone_vocabulary_is_rejected(base_tokenize
         CLLM4RecTokenizer(base_tokenizer, config)
     # a backbone vocabulary padded beyond the tokenizer (as GPT-2 checkpoints often are) is fine
     assert len(CLLM4RecTokenizer(base_tokenizer, tiny_cllm4rec_config(backbone, vocab_size=50304))) == 50304 + 5 + 7
+
+
+@pytest.mark.parametrize("max_length", [None, 14, 20])
+def test_render_batch_equals_the_prompts_written_out(tokenizer, max_length):
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, NUM_USERS, size=40)
+    histories = [rng.integers(0, NUM_ITEMS, size=rng.integers(1, 12)) for _ in range(40)]
+    batch = tokenizer.render_batch("recommendation_prompt", users=users, histories=histories, max_length=max_length)
+    assert batch["input_ids"].shape[0] == 40
+    for row, (user, history) in enumerate(zip(users, histories, strict=True)):
+        length = int(batch["attention_mask"][row].sum())
+        assert batch["attention_mask"][row, :length].all() and not batch["attention_mask"][row, length:].any()
+        assert (batch["input_ids"][row, length:] == tokenizer.pad_token_id).all()
+        if max_length is not None:
+            assert length <= max_length
+        kept = [int(item) for item in history]
+        text_of = lambda items: (  # noqa: E731
+            f"<user_{user}> has interacted with {' '.join(f'<item_{item}>' for item in items)}, "
+            f"<user_{user}> will interact with"
+        )
+        while max_length is not None and len(tokenizer.encode(text_of(kept))) > max_length:
+            kept = kept[1:]
+        assert batch["input_ids"][row, :length].tolist() == tokenizer.encode(text_of(kept))
+
+
+def test_render_batch_rejects_mismatched_and_empty_inputs(tokenizer):
+    with pytest.raises(ValueError, match="one per row"):
+        tokenizer.render_batch("recommendation_prompt", users=[0, 1], histories=[[1]])
+    with pytest.raises(ValueError, match="non-empty history"):
+        tokenizer.render_batch("recommendation_prompt", users=[0, 1], histories=[[1], []])
+    with pytest.raises(ValueError, match="needs `history`"):
+        tokenizer.render_batch("recommendation_prompt", users=[0])

@@ -24,7 +24,6 @@ import torch
 from safetensors.torch import save_file
 
 from .hub import IdMappings
-from .modeling_cllm4rec import pad_sequences
 
 EMBEDDINGS_NAME = "embeddings.safetensors"
 TABLES_NAME = "tables"
@@ -110,13 +109,12 @@ def user_query_vectors(
     model.eval()
     queries = []
     for start in range(0, len(user_ids), batch_size):
-        prompts = [
-            model.prompt_ids(tokenizer, user, history, max_length)
-            for user, history in zip(
-                user_ids[start : start + batch_size], histories[start : start + batch_size], strict=True
-            )
-        ]
-        input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id, device=model.device)
+        input_ids, attention_mask = model.prompt_batch(
+            tokenizer,
+            list(user_ids[start : start + batch_size]),
+            list(histories[start : start + batch_size]),
+            max_length,
+        )
         queries.append(model.base_model.last_token_hidden_states(input_ids, attention_mask).float())
     model.train(was_training)
     return torch.cat(queries) if queries else torch.empty(0, model.config.hidden_size, device=model.device)

@@ -373,6 +373,16 @@ class ItemScoringMixin:
     def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None) -> list[int]:
         raise NotImplementedError
 
+    def prompt_batch(
+        self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Right-padded `(input_ids, attention_mask)` of the users' prompts, on the model's device."""
+        prompts = [
+            self.prompt_ids(tokenizer, user, history, max_length)
+            for user, history in zip(user_ids, histories, strict=True)
+        ]
+        return pad_sequences(prompts, tokenizer.pad_token_id, device=self.device)
+
     @torch.no_grad()
     def score_items(
         self, user_ids: list[int | None], histories: list, *, tokenizer, max_length: int | None = None
@@ -380,11 +390,7 @@ class ItemScoringMixin:
         """Scores `(len(user_ids), num_items)` of every item for each user, from one batched forward pass."""
         if len(user_ids) != len(histories):
             raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")
-        prompts = [
-            self.prompt_ids(tokenizer, user, history, max_length)
-            for user, history in zip(user_ids, histories, strict=True)
-        ]
-        input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id, device=self.device)
+        input_ids, attention_mask = self.prompt_batch(tokenizer, list(user_ids), list(histories), max_length)
         return self.model.last_token_item_logits(input_ids, attention_mask).float()
 
     @torch.no_grad()
@@ -545,6 +551,31 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         if user is None:
             return tokenizer.render("cold_start_prompt", history=history, max_length=max_length)
         return tokenizer.render("recommendation_prompt", user=user, history=history, max_length=max_length)
+
+    def prompt_batch(
+        self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """All prompts rendered at once (warm and cold rows separately), without a Python loop over tokens."""
+        warm = [row for row, user in enumerate(user_ids) if user is not None]
+        cold = [row for row, user in enumerate(user_ids) if user is None]
+        parts = []
+        if warm:
+            warm_users = [user_ids[row] for row in warm]
+            parts.append((warm, tokenizer.render_batch(
+                "recommendation_prompt", users=warm_users, histories=[histories[row] for row in warm], max_length=max_length
+            )))  # fmt: skip
+        if cold:
+            parts.append((cold, tokenizer.render_batch(
+                "cold_start_prompt", histories=[histories[row] for row in cold], max_length=max_length
+            )))  # fmt: skip
+        width = max(encoding["input_ids"].shape[1] for _, encoding in parts)
+        input_ids = torch.full((len(user_ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(user_ids), width), dtype=torch.long)
+        for rows, encoding in parts:
+            length = encoding["input_ids"].shape[1]
+            input_ids[rows, :length] = torch.from_numpy(encoding["input_ids"])
+            attention_mask[rows, :length] = torch.from_numpy(encoding["attention_mask"])
+        return input_ids.to(self.device), attention_mask.to(self.device)
 
 
 def pad_sequences(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from functools import cached_property
 
 import numpy as np
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
 from .configuration_cllm4rec import CLLM4RecConfig, template_placeholders
 
@@ -159,32 +159,76 @@ class CLLM4RecTokenizer:
         `user`, `item` and `history` are 0-based ids. When the rendered prompt would exceed `max_length`, items are
         dropped from the start of the history, so that the end of the prompt always survives.
         """
+        batch = self.render_batch(
+            template,
+            users=None if user is None else [user],
+            items=None if item is None else [item],
+            histories=None if history is None else [history],
+            max_length=max_length,
+        )
+        return batch.input_ids[0, : int(batch.attention_mask[0].sum())].tolist()
+
+    def render_batch(
+        self,
+        template: str,
+        users: Sequence[int] | None = None,
+        items: Sequence[int] | None = None,
+        histories: Sequence[Sequence[int] | np.ndarray] | None = None,
+        max_length: int | None = None,
+    ) -> BatchEncoding:
+        """
+        A template rendered for a batch at once, right-padded: `input_ids` and `attention_mask` as numpy arrays.
+
+        The same as [`render`] row by row, without a Python loop over tokens: the serving path of large batches.
+        """
         pieces = self._template_pieces(template)
-        needed = {piece for piece in pieces if isinstance(piece, tuple)}
-        values = {"user": user, "item": item, "history": history}
-        for (name,) in needed:
+        values = {"user": users, "item": items, "history": histories}
+        sizes = {
+            len(values[name])
+            for (name,) in (piece for piece in pieces if isinstance(piece, tuple))
+            if values[name] is not None
+        }
+        for (name,) in (piece for piece in pieces if isinstance(piece, tuple)):
             if values[name] is None:
                 raise ValueError(f"Template `{template}` needs `{name}`.")
-        history_tokens = self.item_token_ids(history) if ("history",) in needed else None
-        if history_tokens is not None and not len(history_tokens):
-            raise ValueError(f"Template `{template}` needs a non-empty history.")
-        if max_length is not None and history_tokens is not None:
-            fixed = sum(len(piece) if isinstance(piece, list) else 1 for piece in pieces if piece != ("history",))
-            budget = max_length - fixed
-            if budget < 1:
-                raise ValueError(f"max_length={max_length} leaves no room for the history in `{template}`.")
-            history_tokens = history_tokens[-budget:]
-        token_ids: list[int] = []
+        if len(sizes) > 1:
+            raise ValueError(f"Template `{template}` got {sorted(sizes)} values for its placeholders: one per row.")
+        size = sizes.pop() if sizes else 1
+        fixed = sum(len(piece) if isinstance(piece, list) else 1 for piece in pieces if piece != ("history",))
+        history_lengths = np.zeros(size, dtype=np.int64)
+        history_tokens = None
+        if ("history",) in pieces:
+            history_lengths = np.array([len(history) for history in histories], dtype=np.int64)
+            if not history_lengths.all():
+                raise ValueError(f"Template `{template}` needs a non-empty history.")
+            history_tokens = self.item_token_ids(np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]))
+            if max_length is not None:
+                budget = max_length - fixed
+                if budget < 1:
+                    raise ValueError(f"max_length={max_length} leaves no room for the history in `{template}`.")
+                # keep each history's last `budget` items
+                ends = np.cumsum(history_lengths)
+                kept = np.minimum(history_lengths, budget)
+                positions = np.arange(len(history_tokens)) - np.repeat(ends - kept, history_lengths)
+                history_tokens = history_tokens[(positions >= 0)]
+                history_lengths = kept
+        lengths = fixed + history_lengths
+        input_ids = np.full((size, int(lengths.max())), self.pad_token_id, dtype=np.int64)
+        rows, offsets = np.arange(size), np.zeros(size, dtype=np.int64)
         for piece in pieces:
             if isinstance(piece, list):
-                token_ids.extend(piece)
+                input_ids[rows[:, None], offsets[:, None] + np.arange(len(piece))] = piece
+                offsets += len(piece)
             elif piece == ("history",):
-                token_ids.extend(history_tokens.tolist())
-            elif piece == ("user",):
-                token_ids.append(int(self.user_token_ids([user])[0]))
+                starts = np.repeat(offsets - np.concatenate([[0], np.cumsum(history_lengths)[:-1]]), history_lengths)
+                input_ids[np.repeat(rows, history_lengths), starts + np.arange(len(history_tokens))] = history_tokens
+                offsets += history_lengths
             else:
-                token_ids.append(int(self.item_token_ids([item])[0]))
-        return token_ids
+                ids_of = self.user_token_ids if piece == ("user",) else self.item_token_ids
+                input_ids[rows, offsets] = ids_of(values[piece[0]])
+                offsets += 1
+        attention_mask = (np.arange(input_ids.shape[1]) < lengths[:, None]).astype(np.int64)
+        return BatchEncoding({"input_ids": input_ids, "attention_mask": attention_mask})
 
     def _template_pieces(self, template: str) -> list:
         """The template split into pre-tokenized text (lists of ids) and placeholders (1-tuples), cached."""
