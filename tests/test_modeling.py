@@ -851,10 +851,10 @@ def test_batched_prompts_of_warm_and_cold_users_equal_the_prompts_one_by_one():
     generator = torch.Generator().manual_seed(1)
     histories = random_histories(generator, 12, max_length=15, num_items=40)
     user_ids = [None if row % 3 == 0 else row for row in range(12)]
-    input_ids, attention_mask = model.prompt_batch(tokenizer, user_ids, histories, max_length=12)
+    input_ids, attention_mask = model.prompt_batch(tokenizer, user_ids, histories, max_length=20)
     for row, (user, history) in enumerate(zip(user_ids, histories, strict=True)):
         length = int(attention_mask[row].sum())
-        assert input_ids[row, :length].tolist() == model.prompt_ids(tokenizer, user, history, 12)
+        assert input_ids[row, :length].tolist() == model.prompt_ids(tokenizer, user, history, 20)
         assert not attention_mask[row, length:].any()
     model.eval()
     one_by_one = torch.cat(

@@ -225,7 +225,7 @@ def test_render_batch_equals_the_prompts_written_out(tokenizer, max_length):
         if max_length is not None:
             assert length <= max_length
         kept = [int(item) for item in history]
-        text_of = lambda items: (  # noqa: E731
+        text_of = lambda items, user=user: (  # noqa: E731
             f"<user_{user}> has interacted with {' '.join(f'<item_{item}>' for item in items)}, "
             f"<user_{user}> will interact with"
         )
