@@ -126,7 +126,7 @@ def test_pretraining_then_fine_tuning(tmp_path, data, base_tokenizer):
     )
     trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
     trainer.train()
-    # one evaluation at the end of each round of the schedule: the content warm-up epoch, then two rounds
+    # one evaluation at the end of each round of the schedule: the content warm-up (one round), then two rounds
     evaluations = evaluation_logs(trainer)
     assert len(trainer.schedule.rounds) == 3
     assert [log["round"] for log in evaluations] == [0, 1, 2]
@@ -353,3 +353,17 @@ def test_evaluate_model_excludes_training_items(data, base_tokenizer, monkeypatc
     metrics = evaluate_model(model, tokenizer, data, "validation", batch_size=6, recall_ks=(1, 20), ndcg_ks=(20,))
     assert metrics["recall@1"] == metrics["recall@20"] == metrics["ndcg@20"] == 1.0
     assert fewest_held_out >= 1 and math.isclose(metrics["num_users"], (validation.sum(1) > 0).sum())
+
+
+@pytest.mark.parametrize(
+    "overrides, rounds",
+    [
+        (dict(content_warmup_epochs=3, num_train_epochs=2), [(1, 1, 1), (0, 1), (0, 1)]),
+        (dict(content_warmup_epochs=0, num_train_epochs=2), [(0, 1), (0, 1)]),
+        (dict(content_steps=False, num_train_epochs=2), [(0,), (0,)]),
+    ],
+)
+def test_pretraining_schedule_has_the_warm_up_as_one_round(tmp_path, data, base_tokenizer, overrides, rounds):
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path, **overrides), data, tokenizer)
+    assert trainer.schedule.rounds == rounds

@@ -233,7 +233,9 @@ def build_schedule(model, data, tokenizer, args, max_length: int):
         collaborative = CollaborativeDocuments(histories, tokenizer, max_length, seed=args.seed)
         if not args.content_steps:
             return [collaborative], [(0,)] * rounds
-        return [collaborative, content()], [(1,)] * args.content_warmup_epochs + [(0, 1)] * rounds
+        # the whole warm-up is one round, so it is evaluated (and saved) once, at its end
+        warmup = [(1,) * args.content_warmup_epochs] if args.content_warmup_epochs else []
+        return [collaborative, content()], warmup + [(0, 1)] * rounds
     if isinstance(model, CLLM4RecForItemPrediction):
         documents = RecommendationDocuments(histories, tokenizer, model.config.mask_ratio, max_length, seed=args.seed)
         if not args.content_steps:
