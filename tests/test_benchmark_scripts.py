@@ -50,3 +50,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_row
     assert "speed-smoke.json" in text
     run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme), "--check")
+
+
+def test_readme_results_are_those_of_the_result_files():
+    run("benchmarks/report.py", "--check")
