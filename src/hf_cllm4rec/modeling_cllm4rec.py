@@ -228,7 +228,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         """Embeddings of extended-vocabulary ids: words from the backbone, IDs from the tables of `side`."""
         config = self.config
         user_table, item_table = self.id_embedding_tables(side)
-        low, high = int(input_ids.min()), int(input_ids.max())
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # the one host sync of the lookup
         if low < 0 or high >= config.extended_vocab_size:
             bad = low if low < 0 else high
             raise ValueError(
@@ -237,12 +237,12 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
             )
         is_user = (input_ids >= config.user_token_offset) & (input_ids < config.item_token_offset)
         is_item = input_ids >= config.item_token_offset
-        word_ids = input_ids.masked_fill(is_user | is_item, 0)
-        embeddings = self.get_input_embeddings()(word_ids)
-        user_embeddings = user_table(input_ids[is_user] - config.user_token_offset).to(embeddings.dtype)
-        item_embeddings = item_table(input_ids[is_item] - config.item_token_offset).to(embeddings.dtype)
-        embeddings = embeddings.index_put((is_user,), user_embeddings).index_put((is_item,), item_embeddings)
-        return embeddings
+        embeddings = self.get_input_embeddings()(input_ids.masked_fill(is_user | is_item, 0))
+        # every position looks up all three tables (clamped) and keeps its own: no data-dependent shapes, no syncs
+        user_embeddings = user_table((input_ids - config.user_token_offset).clamp(0, config.num_users - 1))
+        item_embeddings = item_table((input_ids - config.item_token_offset).clamp(0, config.num_items - 1))
+        embeddings = torch.where(is_item[..., None], item_embeddings.to(embeddings.dtype), embeddings)
+        return torch.where(is_user[..., None], user_embeddings.to(embeddings.dtype), embeddings)
 
     def forward(
         self,
@@ -346,24 +346,36 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         The losses divide it by the number of prediction targets, like the likelihood term, so the objective is the
         paper's MAP objective per target: independent of batch size and document length, and exact under gradient
         accumulation and data parallelism. `extra_item_ids` are 0-based item ids that take part without appearing in
-        `input_ids` (prediction targets).
+        `input_ids` (prediction targets); negative entries are padding.
         """
         config = self.config
-        token_ids = input_ids if attention_mask is None else input_ids[attention_mask.bool()]
-        user_ids = token_ids[(token_ids >= config.user_token_offset) & (token_ids < config.item_token_offset)]
-        item_ids = token_ids[token_ids >= config.item_token_offset] - config.item_token_offset
-        if extra_item_ids is not None:
-            item_ids = torch.cat([item_ids, extra_item_ids.reshape(-1)])
-        user_ids = user_ids - config.user_token_offset
-        if config.lambda_v == 0 or user_ids.numel() + item_ids.numel() == 0:
+        if config.lambda_v == 0:
             return input_ids.new_zeros((), dtype=torch.float32)
-        other_side = "content" if side == "collaborative" else "collaborative"
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        user_tables, item_tables = zip(
+            self.id_embedding_tables(side),
+            self.id_embedding_tables("content" if side == "collaborative" else "collaborative"),
+            strict=True,
+        )
+        # every position is looked up (clamped) and counted where it holds an ID: no data-dependent shapes
+        occurrences = [
+            (
+                user_tables,
+                (input_ids - config.user_token_offset).clamp(0, config.num_users - 1),
+                real & (input_ids >= config.user_token_offset) & (input_ids < config.item_token_offset),
+            ),
+            (
+                item_tables,
+                (input_ids - config.item_token_offset).clamp(0, config.num_items - 1),
+                real & (input_ids >= config.item_token_offset),
+            ),
+        ]
+        if extra_item_ids is not None:
+            occurrences.append((item_tables, extra_item_ids.clamp(min=0), extra_item_ids >= 0))
         squared_distance = input_ids.new_zeros((), dtype=torch.float32)
-        for table, other_table, ids in zip(
-            self.id_embedding_tables(side), self.id_embedding_tables(other_side), (user_ids, item_ids), strict=True
-        ):
+        for (table, other_table), ids, present in occurrences:
             difference = table(ids).float() - other_table(ids).detach().float()
-            squared_distance = squared_distance + difference.pow(2).sum()
+            squared_distance = squared_distance + (difference.pow(2).sum(-1) * present).sum()
         return config.lambda_v / 2 * squared_distance
 
 
@@ -534,9 +546,7 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         target_log_probabilities = log_probabilities.gather(1, labels.clamp(min=0)) * is_target
         recommendation_loss = -target_log_probabilities.sum() / normalizer
         regularization_loss = (
-            self.model.mutual_regularization(
-                input_ids, attention_mask, "collaborative", extra_item_ids=labels[is_target]
-            )
+            self.model.mutual_regularization(input_ids, attention_mask, "collaborative", extra_item_ids=labels)
             / normalizer
         )
         return CLLM4RecItemPredictionOutput(
