@@ -61,6 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lambda_v", type=float, default=1.0)
     parser.add_argument("--content_documents", default="item")
     parser.add_argument("--backbone_training", default="frozen", choices=["frozen", "full", "lora"])
+    parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
     parser.add_argument("--bf16", action="store_true", default=torch.cuda.is_available())
     parser.add_argument("--baselines", default="popularity,ease,multivae")
     parser.add_argument("--output_dir", default="runs/quality", help="Where the trained models go.")
@@ -120,7 +121,11 @@ def run_cllm4rec(args) -> tuple[dict, dict, list[dict], float]:
         ),
     )
     metrics = run_finetuning(
-        ModelArguments(pretrained=str(root / "pretrain"), backbone_training=args.backbone_training),
+        ModelArguments(
+            pretrained=str(root / "pretrain"),
+            backbone_training=args.backbone_training,
+            recommendation_prompt=args.recommendation_prompt,
+        ),
         data_args,
         training_arguments(
             args,

@@ -367,3 +367,34 @@ def test_pretraining_schedule_has_the_warm_up_as_one_round(tmp_path, data, base_
     model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
     trainer = CLLM4RecTrainer(model, training_arguments(tmp_path, **overrides), data, tokenizer)
     assert trainer.schedule.rounds == rounds
+
+
+def test_fine_tuning_with_another_recommendation_prompt(tmp_path):
+    from hf_cllm4rec.training.recipes import (
+        BUILTIN_BACKBONE,
+        DataArguments,
+        ModelArguments,
+        run_finetuning,
+        run_pretraining,
+    )
+
+    quick = dict(content_steps=False, num_train_epochs=1, per_device_eval_batch_size=64)
+    run_pretraining(
+        ModelArguments(backbone=BUILTIN_BACKBONE), DataArguments(), training_arguments(tmp_path / "pre", **quick)
+    )
+    prompt = "{user} has interacted with {history}"
+    run_finetuning(
+        ModelArguments(pretrained=str(tmp_path / "pre"), recommendation_prompt=prompt),
+        DataArguments(),
+        training_arguments(tmp_path / "fine", **quick),
+    )
+    model = CLLM4RecForItemPrediction.from_pretrained(tmp_path / "fine")
+    tokenizer = CLLM4RecTokenizer.from_pretrained(tmp_path / "fine")
+    assert model.config.recommendation_prompt == tokenizer.config.recommendation_prompt == prompt
+    assert tokenizer.decode(tokenizer.render("recommendation_prompt", user=3, history=[1, 2])).endswith("<item_2>")
+    with pytest.raises(ValueError, match="recommendation_prompt"):
+        run_finetuning(
+            ModelArguments(pretrained=str(tmp_path / "pre"), recommendation_prompt="{history} only"),
+            DataArguments(),
+            training_arguments(tmp_path / "bad", **quick),
+        )

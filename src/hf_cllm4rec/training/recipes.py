@@ -66,6 +66,13 @@ class ModelArguments:
         metadata={"help": "'frozen' (the paper), 'full' or 'lora'.", "choices": ["frozen", "full", "lora"]},
     )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank with backbone_training='lora'."})
+    recommendation_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tuning: another recommendation prompt than the checkpoint's, e.g. '{user} has interacted "
+            "with {history}' (the pretraining read-out: the next item after the history)."
+        },
+    )
 
 
 def load_data(data_args: DataArguments) -> RecommendationData:
@@ -133,8 +140,12 @@ def run_finetuning(
     model = CLLM4RecForItemPrediction.from_pretrained(model_args.pretrained)
     if model_args.backbone_training == "lora" and model.config.backbone_training != "lora":
         model.model.enable_lora(rank=model_args.lora_rank)
-    tokenizer = CLLM4RecTokenizer.from_pretrained(model_args.pretrained)
-    tokenizer.config = model.config
+    if model_args.recommendation_prompt is not None:
+        model.config.recommendation_prompt = model_args.recommendation_prompt
+        model.config.validate_values()
+    tokenizer = CLLM4RecTokenizer(
+        CLLM4RecTokenizer.from_pretrained(model_args.pretrained).base_tokenizer, model.config
+    )
     trainer = CLLM4RecTrainer(model, training_args, data, tokenizer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     return _finish(trainer, data)
