@@ -122,7 +122,9 @@ class CLLM4RecTrainer(Trainer):
         document_type = inputs["document_type"]
         for column, (component_type, field) in enumerate(LOSS_COMPONENTS.values()):
             if component_type == document_type and outputs.get(field) is not None:
-                self._component_sums[0, column] += float(outputs[field].detach())
+                # summed on the device: reading a loss value back every step would stall the GPU
+                self._component_sums = self._component_sums.to(loss.device)
+                self._component_sums[0, column] += outputs[field].detach().double()
                 self._component_sums[1, column] += 1
         return (loss, outputs) if return_outputs else loss
 
