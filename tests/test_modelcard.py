@@ -179,3 +179,31 @@ def test_push_to_hub_uploads_what_save_for_hub_writes(monkeypatch, tmp_path):
     assert (uploaded["repo_id"], uploaded["token"]) == ("someone/cllm4rec-tiny", "secret")
     assert set(uploaded["files"]) == HUB_FILES
     assert b'model="someone/cllm4rec-tiny"' in uploaded["files"]["README.md"]
+
+
+def test_trainer_push_to_hub_uploads_the_same_files(monkeypatch, tmp_path):
+    from hf_cllm4rec.training import CLLM4RecTrainer
+
+    uploaded = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision):
+            uploaded.update(repo_id=repo_id, files={path.name for path in Path(folder_path).iterdir()})
+            return "commit"
+
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    data = tiny_data()
+    model, tokenizer = tiny_item_prediction_model(data)
+    arguments = CLLM4RecTrainingArguments(
+        output_dir=str(tmp_path / "cllm4rec-run"), report_to="none", use_cpu=True, eval_strategy="no"
+    )
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+    assert trainer.push_to_hub() == "commit"
+    assert uploaded["repo_id"] == "someone/cllm4rec-run"
+    assert uploaded["files"] == HUB_FILES

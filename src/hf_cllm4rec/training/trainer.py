@@ -141,7 +141,7 @@ class CLLM4RecTrainer(Trainer):
         logs["round"] = self.round_end.current_round(self.state.global_step)
         super().log(logs, start_time)
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None, **kwargs):
+    def push_to_hub(self, commit_message: str | None = "End of training", token: str | None = None, **kwargs):
         """Uploads what `hub.save_for_hub` writes: weights, code files, tokenizer, id mappings and the model card."""
         from ..hub import push_to_hub
 
