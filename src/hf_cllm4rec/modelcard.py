@@ -211,11 +211,14 @@ def hub_base_model(config: CLLM4RecConfig) -> str | None:
 
 
 def backbone_description(config: CLLM4RecConfig) -> str:
-    """`` `gpt2` backbone (gpt2, 12 layers, hidden size 768)``; without the name for backbones from local folders."""
+    """`` `gpt2` backbone (gpt2, 12 layers, hidden size 768)``; without the name for backbones from local folders,
+    and said to be randomly initialized where no pretrained backbone was named."""
     text_config = config.text_config
     shape = f"{text_config.model_type}, {text_config.num_hidden_layers} layers, hidden size {config.hidden_size}"
     name = getattr(config, "base_model_name_or_path", None)
-    if name and not os.path.isabs(name) and not name.startswith("."):
+    if not name:
+        return f"randomly initialized backbone ({shape})"
+    if not os.path.isabs(name) and not name.startswith("."):
         return f"`{name}` backbone ({shape})"
     return f"backbone ({shape})"
 
