@@ -6,7 +6,8 @@ Speed of every CLLM4Rec stage on a prepared data set, and how prediction time gr
     python benchmarks/speed.py --data builtin --backbone builtin-tiny-gpt2 --sample 64   # CPU smoke test
 
 Stages, each one real optimizer steps (or, for prediction, real top-k) through the package's own documents,
-collator and model, timed after a warm-up:
+collator and model, timed after a warm-up, with documents grouped by length (`--train_sampling_strategy
+group_by_length` in training; the default, random batching, pads more):
 - content epoch: one document per training pair, `<user_u> writes the following review for <item_i>:` + the item's
   text (the Beauty split has no reviews);
 - collaborative epoch: one document per user; fine-tuning epoch: one masked-history document per user;

@@ -26,8 +26,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         max_length: longest document in tokens; longer histories lose items, longer texts their end.
         recall_ks / ndcg_ks: cut-offs of the reported Recall@K / NDCG@K.
         eval_split: split evaluated by `evaluate()` during training.
-        train_sampling_strategy: `"group_by_length"` (default: documents of similar length share a step, drawn
-            from windows of a random permutation) or `"random"`.
+        train_sampling_strategy: `"random"` (default) or `"group_by_length"` (documents of similar length share a
+            step, drawn from windows of a random permutation: faster, at some cost in quality).
     """
 
     content_warmup_epochs: int = field(
@@ -55,9 +55,11 @@ class CLLM4RecTrainingArguments(TrainingArguments):
     ndcg_ks: list[int] = field(default_factory=lambda: [100], metadata={"help": "Cut-offs of NDCG@K."})
     eval_split: str = field(default="validation", metadata={"help": "Split evaluated during training."})
     train_sampling_strategy: str = field(
-        default="group_by_length",
+        default="random",
         metadata={
-            "help": "'group_by_length' (documents of similar length share a step: little padding) or 'random'.",
+            "help": "'random' (the paper) or 'group_by_length' (documents of similar length share a step: less "
+            "padding, faster, but measured to cost quality: validation Recall@20 0.127 instead of 0.141 after five "
+            "collaborative rounds on Amazon-Beauty).",
             "choices": ["group_by_length", "random"],
         },
     )
