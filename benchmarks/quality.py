@@ -60,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
     parser.add_argument("--lambda_v", type=float, default=1.0)
     parser.add_argument("--content_documents", default="item")
+    parser.add_argument(
+        "--no_content_steps", action="store_true", help="ID documents only (no content epochs): a reduced schedule."
+    )
     parser.add_argument("--backbone_training", default="frozen", choices=["frozen", "full", "lora"])
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
     parser.add_argument("--bf16", action="store_true", default=torch.cuda.is_available())
@@ -84,6 +87,7 @@ def training_arguments(
         learning_rate=learning_rate,
         lr_scheduler_type="constant",
         content_documents=args.content_documents,
+        content_steps=not args.no_content_steps,
         bf16=args.bf16,
         logging_steps=100,
         report_to="none",
