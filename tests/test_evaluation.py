@@ -143,8 +143,17 @@ def test_sparse_rows_and_dense_masks_agree():
     assert ranking_metrics(scores, heldout.numpy(), exclude.float()) == dense
 
     by_user = evaluate_recommender(lambda users: scores[users], heldout_matrix, exclude_matrix, batch_size=8)
+    reordered = evaluate_recommender(
+        lambda users: scores[users],
+        heldout_matrix,
+        exclude_matrix,
+        batch_size=8,
+        user_order=np.random.default_rng(0).permutation(heldout_matrix.shape[0]),
+    )
     for name in dense:
         assert by_user[name] == pytest.approx(dense[name])
+        assert reordered[name] == pytest.approx(dense[name])
+    assert reordered["num_users"] == by_user["num_users"]
 
 
 def test_items_to_mask():

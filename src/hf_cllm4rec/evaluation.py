@@ -221,6 +221,7 @@ def evaluate_recommender(
     batch_size: int = 1024,
     recall_ks: Iterable[int] = DEFAULT_RECALL_KS,
     ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS,
+    user_order: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Ranking metrics of a recommender over every user with held-out items, scored `batch_size` users at a time.
 
@@ -233,6 +234,9 @@ def evaluate_recommender(
             Interactions removed from the ranking, typically the training matrix.
         batch_size (`int`, *optional*, defaults to 1024):
             Users scored at a time.
+        user_order (`np.ndarray`, *optional*):
+            The order in which the users with held-out items are scored (e.g. by history length, so that batches
+            pad little); defaults to ascending user id. The metrics do not depend on it.
     """
     if batch_size <= 0:
         raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
@@ -242,6 +246,8 @@ def evaluate_recommender(
         raise ValueError(f"`exclude` has shape {exclude.shape} but `heldout` has shape {heldout.shape}.")
     metrics = RankingMetrics(recall_ks=recall_ks, ndcg_ks=ndcg_ks)
     users_with_heldout = np.flatnonzero(np.diff(heldout.indptr))
+    if user_order is not None:
+        users_with_heldout = np.asarray(user_order)[np.isin(user_order, users_with_heldout)]
     for start in range(0, len(users_with_heldout), batch_size):
         users = users_with_heldout[start : start + batch_size]
         metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])

@@ -11,7 +11,7 @@ from transformers import Trainer, TrainerCallback
 from ..data.collators import CLLM4RecDataCollator
 from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
 from ..data.prepared import SPLITS, RecommendationData
-from ..evaluation import RankingMetrics, model_selection_score
+from ..evaluation import evaluate_recommender, model_selection_score
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments
@@ -61,7 +61,7 @@ class CLLM4RecTrainer(Trainer):
         self.max_length = args.max_length or default_max_length(model.config)
         sources, rounds = build_schedule(model, data, processing_class, args, self.max_length)
         # an optimizer step takes one batch per accumulation step on every process
-        micro_batches_per_step = args.gradient_accumulation_steps * args.world_size
+        self.micro_batches_per_step = micro_batches_per_step = args.gradient_accumulation_steps * args.world_size
         self.schedule = ScheduleBatchSampler(
             [len(source) for source in sources],
             rounds,
@@ -132,10 +132,9 @@ class CLLM4RecTrainer(Trainer):
         if "loss" in logs:  # a training log: every process is here, so the components can be reduced
             # each micro-batch holds its share of its step's loss: sum the shares, divide by the steps they fill
             sums = self.accelerator.reduce(self._component_sums.to(self.args.device), reduction="sum").cpu()
-            micro_batches_per_step = self.args.gradient_accumulation_steps * self.accelerator.num_processes
             for column, name in enumerate(LOSS_COMPONENTS):
                 if sums[1, column] > 0:
-                    logs[name] = round(float(sums[0, column] * micro_batches_per_step / sums[1, column]), 4)
+                    logs[name] = round(float(sums[0, column] * self.micro_batches_per_step / sums[1, column]), 4)
             self._component_sums.zero_()
         # here, not in a callback's `on_log`: callbacks see the logs after they are stored and printed
         logs["round"] = self.round_end.current_round(self.state.global_step)
@@ -262,30 +261,33 @@ def evaluate_model(
     is prompted with the whole training history, all items are ranked, training items excluded. Users without
     training items get no prompt and a flat score (they still count).
     """
-    was_training = model.training
-    model.eval()
-    train = data.to_sparse("train")
-    heldout = data.to_sparse(split)
     histories = data.histories("train")
-    metrics = RankingMetrics(recall_ks=recall_ks, ndcg_ks=ndcg_ks)
-    users = np.flatnonzero(np.diff(heldout.indptr))
-    # users with histories of similar length share a batch, so prompts pad little
-    users = users[np.argsort([len(histories[user]) for user in users], kind="stable")]
-    for start in range(0, len(users), batch_size):
-        chunk = users[start : start + batch_size]
-        with_history = [user for user in chunk if len(histories[user])]
-        scores = torch.zeros(len(chunk), data.num_items, device=model.device)
-        if with_history:
-            rows = torch.tensor([position for position, user in enumerate(chunk) if len(histories[user])])
-            scores[rows.to(model.device)] = model.score_items(
-                [int(user) for user in with_history],
-                [histories[user] for user in with_history],
+
+    def score_users(users: np.ndarray) -> torch.Tensor:
+        scores = torch.zeros(len(users), data.num_items, device=model.device)
+        rows = [position for position, user in enumerate(users) if len(histories[user])]
+        if rows:
+            scores[torch.tensor(rows, device=model.device)] = model.score_items(
+                [int(users[row]) for row in rows],
+                [histories[users[row]] for row in rows],
                 tokenizer=tokenizer,
                 max_length=max_length,
             )
-        metrics.update(scores, heldout[chunk], train[chunk])
+        return scores
+
+    was_training = model.training
+    model.eval()
+    results = evaluate_recommender(
+        score_users,
+        data.to_sparse(split),
+        exclude=data.to_sparse("train"),
+        batch_size=batch_size,
+        recall_ks=recall_ks,
+        ndcg_ks=ndcg_ks,
+        # users with histories of similar length share a batch, so prompts pad little
+        user_order=np.argsort([len(history) for history in histories], kind="stable"),
+    )
     model.train(was_training)
-    results = metrics.compute()
     if all(name in results for name in ("recall@20", "recall@40", "ndcg@100")):
         results["selection_score"] = model_selection_score(results)
     return results
