@@ -66,6 +66,20 @@ def test_evaluate_is_the_trainers_evaluation(checkpoint, capsys):
         assert f"  {name:<16}{expected[name]:.4f}" in stdout
 
 
+def test_evaluate_over_several_history_orders(checkpoint, capsys):
+    root, model, tokenizer, data = checkpoint
+    args = ("evaluate", "--model", str(root / "checkpoint"), "--data", str(root / "data"), "--split", "validation")
+    assert run_cli(*args, "--history-permutations", "3") == 0
+    model.config.history_permutations = 3
+    try:
+        expected = evaluate_model(model, tokenizer, data, "validation")
+    finally:
+        model.config.history_permutations = 1
+    stdout = capsys.readouterr().out
+    for name in ("recall@20", "recall@40", "ndcg@100"):
+        assert f"  {name:<16}{expected[name]:.4f}" in stdout
+
+
 def test_recommend_known_users_by_raw_id(checkpoint, capsys, tmp_path):
     root, model, tokenizer, data = checkpoint
     users = [data.user_raw_ids[0], data.user_raw_ids[9]]
@@ -129,6 +143,7 @@ def test_usage_errors(checkpoint, capsys, tmp_path):
         (("evaluate", "--model", model, "--data", str(tmp_path / "nothing")), "no prepared data set at"),
         (("evaluate", "--model", model, "--data", data_dir, "--unknown-option"), "unrecognized arguments"),
         (("evaluate", "--model", model, "--data", "builtin"), "a checkpoint from another data set"),
+        (("evaluate", "--model", model, "--data", data_dir, "--history-permutations", "0"), "must be positive"),
         (("finetune", "--data", data_dir, "--output_dir", str(tmp_path / "f")), "--pretrained"),
         (("pretrain", "--no_such_argument", "1"), "unrecognized arguments"),
     ]

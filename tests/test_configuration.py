@@ -96,6 +96,7 @@ def test_save_load_round_trip_keeps_the_sub_config(backbone, tmp_path):
         ({"mask_ratio": 1.0}, "mask_ratio"),
         ({"mask_ratio": 1.5}, "mask_ratio"),
         ({"mask_ratio": -0.2}, "mask_ratio"),
+        ({"history_permutations": 0}, "history_permutations"),
         ({"initializer_range": 0.0}, "initializer_range"),
         ({"backbone_training": "partial"}, "backbone_training"),
         ({"lora_rank": 0}, "lora_rank"),

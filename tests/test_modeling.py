@@ -864,3 +864,49 @@ def test_batched_prompts_of_warm_and_cold_users_equal_the_prompts_one_by_one():
         ]
     )
     torch.testing.assert_close(model.score_items(user_ids, histories, tokenizer=tokenizer), one_by_one)
+
+
+# Scoring over several history orders
+
+
+def test_history_permutations_average_the_probabilities_of_the_orders():
+    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=40).eval()
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    # a one-item history has one order: the average is that order's probabilities
+    single = model.score_items([3], [[7]], tokenizer=tokenizer, history_permutations=5)
+    torch.testing.assert_close(single, model.score_items([3], [[7]], tokenizer=tokenizer).log_softmax(-1))
+    # a two-item history has two orders: the average is a mixture of both with a weight k / 16
+    mixed = model.score_items([3], [[7, 9]], tokenizer=tokenizer, history_permutations=16).exp()
+    forward, backward = (
+        model.score_items([3], [order], tokenizer=tokenizer).softmax(-1) for order in ([7, 9], [9, 7])
+    )
+    assert not torch.allclose(forward, backward)
+    mixtures = [(k * forward + (16 - k) * backward) / 16 for k in range(17)]
+    errors = [float((mixture - mixed).abs().max()) for mixture in mixtures]
+    assert min(errors) < 1e-6
+    assert 0 < errors.index(min(errors)) < 16  # both orders were drawn
+    torch.testing.assert_close(mixed.sum(-1), torch.ones(1))
+
+
+def test_history_permutations_come_from_the_config_and_do_not_depend_on_the_batch():
+    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=40).eval()
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    generator = torch.Generator().manual_seed(2)
+    histories = random_histories(generator, 6, max_length=10, num_items=40)
+    user_ids = [0, 5, None, 8, 9, None]
+    model.config.history_permutations = 4
+    batched = model.score_items(user_ids, histories, tokenizer=tokenizer)
+    torch.testing.assert_close(batched, model.score_items(user_ids, histories, tokenizer=tokenizer))
+    one_by_one = torch.cat(
+        [
+            model.score_items([user], [history], tokenizer=tokenizer)
+            for user, history in zip(user_ids, histories, strict=True)
+        ]
+    )
+    torch.testing.assert_close(batched, one_by_one)
+    in_given_order = model.score_items(user_ids, histories, tokenizer=tokenizer, history_permutations=1)
+    assert not torch.allclose(batched, in_given_order)
+    output = model.recommend(user_ids, histories, k=5, tokenizer=tokenizer)
+    torch.testing.assert_close(output.scores, batched.gather(1, output.item_ids))
+    with pytest.raises(ValueError, match="history_permutations"):
+        model.score_items(user_ids, histories, tokenizer=tokenizer, history_permutations=0)

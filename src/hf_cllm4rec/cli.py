@@ -235,6 +235,11 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ndcg-ks", type=int, nargs="+", default=[100], help="Default: 100.")
     parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
     parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
+    parser.add_argument(
+        "--history-permutations",
+        type=int,
+        help="Average the scores over this many random orders of each history (default: the checkpoint's).",
+    )
     parser.add_argument("--output", help="Also write the metrics to this JSON file.")
     parser.set_defaults(handler=evaluate)
 
@@ -244,8 +249,13 @@ def evaluate(args: argparse.Namespace) -> int:
     from .training.recipes import DataArguments, load_data
     from .training.trainer import check_model_fits_data, default_max_length, evaluate_model
 
-    _check_positive(batch_size=args.batch_size, max_length=args.max_length, k=min(args.recall_ks + args.ndcg_ks))
-    model, tokenizer = _load_checkpoint(args.model)
+    _check_positive(
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        k=min(args.recall_ks + args.ndcg_ks),
+        history_permutations=args.history_permutations,
+    )
+    model, tokenizer = _load_checkpoint(args.model, args.history_permutations)
     data = load_data(DataArguments(data=args.data))
     check_model_fits_data(model, data)
     if data.tables[args.split].num_rows == 0:
@@ -290,6 +300,11 @@ def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--k", type=int, default=10, help="How many items per user (default: 10).")
     parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
     parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
+    parser.add_argument(
+        "--history-permutations",
+        type=int,
+        help="Average the scores over this many random orders of each history (default: the checkpoint's).",
+    )
     parser.add_argument("--output", metavar="FILE", help="Write the recommendations to a .json or .csv file.")
     parser.set_defaults(handler=recommend)
 
@@ -299,10 +314,15 @@ def recommend(args: argparse.Namespace) -> int:
     from .hub import IdMappings
     from .training.trainer import default_max_length
 
-    _check_positive(k=args.k, batch_size=args.batch_size, max_length=args.max_length)
+    _check_positive(
+        k=args.k,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        history_permutations=args.history_permutations,
+    )
     if args.output and Path(args.output).suffix not in (".json", ".csv"):
         raise _UsageError(f"--output must be a .json or .csv file, got {args.output}")
-    model, tokenizer = _load_checkpoint(args.model)
+    model, tokenizer = _load_checkpoint(args.model, args.history_permutations)
     mappings = IdMappings.load(args.model)
     requests = _known_users(args.users, mappings) if args.users else _new_users(args.histories, mappings)
     results = {}
@@ -431,8 +451,11 @@ def export_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_checkpoint(path: str):
-    """The model (by its saved architecture) and tokenizer of a checkpoint folder or Hub repository, for inference."""
+def _load_checkpoint(path: str, history_permutations: int | None = None):
+    """
+    The model (by its saved architecture) and tokenizer of a checkpoint folder or Hub repository, for inference;
+    `history_permutations` overrides the checkpoint's.
+    """
     from . import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
 
     local = Path(path).expanduser()
@@ -444,6 +467,8 @@ def _load_checkpoint(path: str):
     model_classes = {cls.__name__: cls for cls in (CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM)}
     model_class = model_classes.get((config.architectures or [""])[0], CLLM4RecForItemPrediction)
     model = model_class.from_pretrained(path).to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    if history_permutations is not None:
+        model.config.history_permutations = history_permutations
     return model, CLLM4RecTokenizer.from_pretrained(path)
 
 

@@ -1,6 +1,7 @@
 """CLLM4Rec models: a causal-LM backbone with collaborative and content embeddings for user and item tokens."""
 
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -397,13 +398,42 @@ class ItemScoringMixin:
 
     @torch.no_grad()
     def score_items(
-        self, user_ids: list[int | None], histories: list, *, tokenizer, max_length: int | None = None
+        self,
+        user_ids: list[int | None],
+        histories: list,
+        *,
+        tokenizer,
+        max_length: int | None = None,
+        history_permutations: int | None = None,
     ) -> torch.Tensor:
-        """Scores `(len(user_ids), num_items)` of every item for each user, from one batched forward pass."""
+        """
+        Scores `(len(user_ids), num_items)` of every item for each user, from one batched forward pass per history
+        order: the item logits for the history as given, or, with `history_permutations` (default: the config's)
+        above 1, the log of the item probabilities averaged over that many random orders of each history. The
+        orders are drawn per user and history, so a user's scores do not depend on the rest of the batch.
+        """
         if len(user_ids) != len(histories):
             raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")
-        input_ids, attention_mask = self.prompt_batch(tokenizer, list(user_ids), list(histories), max_length)
-        return self.model.last_token_item_logits(input_ids, attention_mask).float()
+        permutations = self.config.history_permutations if history_permutations is None else history_permutations
+        if permutations < 1:
+            raise ValueError(f"`history_permutations` must be a positive integer, got {permutations}.")
+        user_ids, histories = list(user_ids), [np.asarray(history) for history in histories]
+        if permutations == 1:
+            input_ids, attention_mask = self.prompt_batch(tokenizer, user_ids, histories, max_length)
+            return self.model.last_token_item_logits(input_ids, attention_mask).float()
+        generators = [
+            np.random.default_rng([0 if user is None else user + 1, zlib.crc32(history.astype(np.int64).tobytes())])
+            for user, history in zip(user_ids, histories, strict=True)
+        ]
+        probabilities = 0
+        for _ in range(permutations):
+            shuffled = [
+                generator.permutation(history) for generator, history in zip(generators, histories, strict=True)
+            ]
+            input_ids, attention_mask = self.prompt_batch(tokenizer, user_ids, shuffled, max_length)
+            logits = self.model.last_token_item_logits(input_ids, attention_mask).float()
+            probabilities = probabilities + logits.softmax(-1)
+        return (probabilities / permutations).log()
 
     @torch.no_grad()
     def recommend(

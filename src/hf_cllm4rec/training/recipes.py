@@ -66,6 +66,13 @@ class ModelArguments:
         metadata={"help": "'frozen' (the paper), 'full' or 'lora'.", "choices": ["frozen", "full", "lora"]},
     )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank with backbone_training='lora'."})
+    history_permutations: int | None = field(
+        default=None,
+        metadata={
+            "help": "Random orders of each history whose item probabilities are averaged when scoring (validation, "
+            "test and the saved model's recommendations); default: the checkpoint's, 1 for a new model."
+        },
+    )
     recommendation_prompt: str | None = field(
         default=None,
         metadata={
@@ -91,6 +98,8 @@ def build_pretraining_model(
         "backbone_training": model_args.backbone_training,
         "lora_rank": model_args.lora_rank,
     }
+    if model_args.history_permutations is not None:
+        options["history_permutations"] = model_args.history_permutations
     if model_args.backbone == BUILTIN_BACKBONE:
         base_tokenizer = make_synthetic_tokenizer(data)
         special_ids = {"bos_token_id": base_tokenizer.eos_token_id, "eos_token_id": base_tokenizer.eos_token_id}
@@ -142,7 +151,9 @@ def run_finetuning(
         model.model.enable_lora(rank=model_args.lora_rank)
     if model_args.recommendation_prompt is not None:
         model.config.recommendation_prompt = model_args.recommendation_prompt
-        model.config.validate_values()
+    if model_args.history_permutations is not None:
+        model.config.history_permutations = model_args.history_permutations
+    model.config.validate_values()
     tokenizer = CLLM4RecTokenizer(
         CLLM4RecTokenizer.from_pretrained(model_args.pretrained).base_tokenizer, model.config
     )
