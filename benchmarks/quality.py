@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--paper", action="store_true", help="The paper's schedule and hyperparameters.")
     parser.add_argument("--warmup_epochs", type=int, default=2)
     parser.add_argument("--pretrain_rounds", type=int, default=10)
-    parser.add_argument("--finetune_rounds", type=int, default=20)
+    parser.add_argument("--finetune_rounds", type=int, default=20, help="0: no fine-tuning.")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--pretrain_learning_rate", type=float, default=1e-3)
     parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
@@ -65,6 +65,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--backbone_training", default="frozen", choices=["frozen", "full", "lora"])
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
+    parser.add_argument(
+        "--history_permutations",
+        type=int,
+        default=1,
+        help="Random history orders averaged when scoring, in validation and test (1: the paper's single pass).",
+    )
     parser.add_argument("--bf16", action="store_true", default=torch.cuda.is_available())
     parser.add_argument("--baselines", default="popularity,ease,multivae")
     parser.add_argument("--output_dir", default="runs/quality", help="Where the trained models go.")
@@ -97,12 +103,18 @@ def training_arguments(
     )
 
 
-def run_cllm4rec(args) -> tuple[dict, dict, list[dict], float]:
-    """Test metrics of the fine-tuned model and of the pretrained one (next item after the history), validation
-    metrics per fine-tuning round, wall time."""
+def run_cllm4rec(args) -> tuple[dict | None, dict, dict[str, list[dict]], float]:
+    """Test metrics of the fine-tuned model (None without fine-tuning) and of the pretrained one (next item after
+    the history), validation metrics per round of each stage, wall time."""
     start = time.perf_counter()
     data_args = DataArguments(data=args.data)
     root = Path(args.output_dir) / args.name
+    select_best_round = {
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "load_best_model_at_end": True,
+        "save_total_limit": 1,
+    }
     model_args = ModelArguments(
         backbone=args.backbone,
         tokenizer=args.tokenizer,
@@ -110,6 +122,7 @@ def run_cllm4rec(args) -> tuple[dict, dict, list[dict], float]:
         backbone_overrides=args.backbone_overrides,
         lambda_v=args.lambda_v,
         backbone_training="frozen" if args.backbone_training == "lora" else args.backbone_training,
+        history_permutations=args.history_permutations,
     )
     pretrained = run_pretraining(
         model_args,
@@ -120,33 +133,33 @@ def run_cllm4rec(args) -> tuple[dict, dict, list[dict], float]:
             args.pretrain_rounds,
             args.pretrain_learning_rate,
             content_warmup_epochs=args.warmup_epochs,
-            save_strategy="no",
-            eval_strategy="no",
+            **select_best_round,
         ),
     )
+    validation = {"pretraining": validation_per_round(root / "pretrain")}
+    pretrained_test = {key.removeprefix("test_"): value for key, value in pretrained.items()}
+    if not args.finetune_rounds:
+        return None, pretrained_test, validation, time.perf_counter() - start
     metrics = run_finetuning(
         ModelArguments(
             pretrained=str(root / "pretrain"),
             backbone_training=args.backbone_training,
             recommendation_prompt=args.recommendation_prompt,
+            history_permutations=args.history_permutations,
         ),
         data_args,
         training_arguments(
-            args,
-            root / "finetune",
-            args.finetune_rounds,
-            args.finetune_learning_rate,
-            eval_strategy="epoch",
-            save_strategy="epoch",
-            load_best_model_at_end=True,
-            save_total_limit=1,
+            args, root / "finetune", args.finetune_rounds, args.finetune_learning_rate, **select_best_round
         ),
     )
-    history = json.loads((root / "finetune" / "log_history.json").read_text())
-    validation = [entry for entry in history if "eval_recall@20" in entry]
+    validation["finetuning"] = validation_per_round(root / "finetune")
     test = {key.removeprefix("test_"): value for key, value in metrics.items()}
-    pretrained_test = {key.removeprefix("test_"): value for key, value in pretrained.items()}
     return test, pretrained_test, validation, time.perf_counter() - start
+
+
+def validation_per_round(output_dir: Path) -> list[dict]:
+    history = json.loads((output_dir / "log_history.json").read_text())
+    return [entry for entry in history if "eval_recall@20" in entry]
 
 
 def run_baselines(args) -> dict:
@@ -173,17 +186,20 @@ def run_baselines(args) -> dict:
     return results
 
 
-def plot(validation: list[dict], path: Path, title: str) -> None:
+def plot(validation: dict[str, list[dict]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(range(1, len(validation) + 1), [entry["eval_recall@20"] for entry in validation], marker="o")
-    axis.set_xlabel("fine-tuning round")
+    for stage, entries in validation.items():
+        recalls = [entry["eval_recall@20"] for entry in entries]
+        axis.plot(range(1, len(recalls) + 1), recalls, marker="o", label=stage)
+    axis.set_xlabel("round")
     axis.set_ylabel("validation Recall@20")
     axis.set_title(title)
+    axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -194,7 +210,7 @@ def main() -> None:
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     test, pretrained_test, validation, wall = run_cllm4rec(args)
-    print(f"CLLM4Rec ({args.name}): {test}  [{wall:.0f} s]")
+    print(f"CLLM4Rec ({args.name}): fine-tuned {test}, pretraining only {pretrained_test}  [{wall:.0f} s]")
     baselines = run_baselines(args) if args.baselines else {}
     plot(validation, results_dir / f"quality-{args.name}.png", f"CLLM4Rec {args.name}: validation Recall@20")
     try:
@@ -206,8 +222,8 @@ def main() -> None:
         "name": args.name,
         "data": args.data,
         "configuration": vars(args),
-        "cllm4rec": {"test": test, "validation_per_round": validation, "wall_s": wall},
-        "cllm4rec_pretrained": {"test": pretrained_test},
+        "cllm4rec": {"test": test, "validation_per_round": validation.get("finetuning", []), "wall_s": wall},
+        "cllm4rec_pretrained": {"test": pretrained_test, "validation_per_round": validation["pretraining"]},
         "baselines": baselines,
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()

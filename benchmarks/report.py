@@ -17,7 +17,9 @@ METRICS = ("recall@20", "recall@40", "ndcg@100")
 
 def quality_rows(result: dict) -> list[str]:
     rows = []
-    methods = {f"CLLM4Rec ({result['name']})": result["cllm4rec"]["test"]}
+    methods = {}
+    if result["cllm4rec"]["test"] is not None:  # None: a run without fine-tuning
+        methods[f"CLLM4Rec ({result['name']})"] = result["cllm4rec"]["test"]
     if "cllm4rec_pretrained" in result:
         methods[f"CLLM4Rec ({result['name']}), pretraining only"] = result["cllm4rec_pretrained"]["test"]
     methods.update({name: baseline["test"] for name, baseline in result.get("baselines", {}).items()})

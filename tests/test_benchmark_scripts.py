@@ -29,7 +29,19 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert set(quality["baselines"]) == {"popularity", "ease"}
     for test in (quality["cllm4rec"]["test"], quality["cllm4rec_pretrained"]["test"]):
         assert 0 < test["recall@20"] <= test["recall@40"] <= 1
+    assert len(quality["cllm4rec_pretrained"]["validation_per_round"]) == 1
     assert (results / "quality-smoke.png").stat().st_size > 0
+
+    run(
+        "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "pretrain-only",
+        "--warmup_epochs", "0", "--pretrain_rounds", "2", "--finetune_rounds", "0", "--history_permutations", "2",
+        "--baselines", "", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
+    )  # fmt: skip
+    pretrain_only = json.loads((results / "quality-pretrain-only.json").read_text())
+    assert pretrain_only["cllm4rec"]["test"] is None
+    assert len(pretrain_only["cllm4rec_pretrained"]["validation_per_round"]) == 2
+    saved = json.loads((tmp_path / "runs" / "pretrain-only" / "pretrain" / "config.json").read_text())
+    assert saved["history_permutations"] == 2
 
     run(
         "benchmarks/speed.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--sample", "64",
@@ -49,6 +61,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     ease_row = next(line for line in text.splitlines() if "| ease |" in line)
     assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_row
     assert "speed-smoke.json" in text
+    assert "CLLM4Rec (pretrain-only), pretraining only" in text and "CLLM4Rec (pretrain-only) |" not in text
     run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme), "--check")
 
 
