@@ -40,6 +40,9 @@ PAPER = {
     "lambda_v": 1.0,
     "content_documents": "user_item",
     "backbone_training": "frozen",
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "history_permutations": 1,
 }
 
 
@@ -58,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--pretrain_learning_rate", type=float, default=1e-3)
     parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--lr_scheduler_type", default="constant", help="Over the whole schedule, e.g. 'linear'.")
+    parser.add_argument("--warmup_steps", type=float, default=0, help="Steps, or a share of all steps when < 1.")
     parser.add_argument("--lambda_v", type=float, default=1.0)
     parser.add_argument("--content_documents", default="item")
     parser.add_argument(
@@ -91,7 +96,8 @@ def training_arguments(
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=512,
         learning_rate=learning_rate,
-        lr_scheduler_type="constant",
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_steps,
         content_documents=args.content_documents,
         content_steps=not args.no_content_steps,
         bf16=args.bf16,
