@@ -27,8 +27,10 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import EASE, MultiVAERecommender, PopularityRecommender, evaluate_baseline, tune_ease  # noqa: E402
+from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, load_data, run_finetuning, run_pretraining  # noqa: E402
+from hf_cllm4rec.training.trainer import default_max_length, evaluate_model  # noqa: E402
 
 PAPER = {
     "warmup_epochs": 10,
@@ -74,7 +76,7 @@ def parse_args() -> argparse.Namespace:
         "--history_permutations",
         type=int,
         default=1,
-        help="Random history orders averaged when scoring, in validation and test (1: the paper's single pass).",
+        help="Also test each stage's selected model with its scores averaged over this many random history orders.",
     )
     parser.add_argument("--bf16", action="store_true", default=torch.cuda.is_available())
     parser.add_argument("--baselines", default="popularity,ease,multivae")
@@ -109,9 +111,13 @@ def training_arguments(
     )
 
 
-def run_cllm4rec(args) -> tuple[dict | None, dict, dict[str, list[dict]], float]:
-    """Test metrics of the fine-tuned model (None without fine-tuning) and of the pretrained one (next item after
-    the history), validation metrics per round of each stage, wall time."""
+def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
+    """
+    Per stage run ("pretraining", and "finetuning" unless `--finetune_rounds 0`): test metrics of the model of the
+    best validation round (the pretrained model recommends the next item after the history), the same model's test
+    metrics averaged over `--history_permutations` history orders where that is above 1, and the validation metrics
+    per round. Rounds are selected with one pass per user. Also returns the wall time.
+    """
     start = time.perf_counter()
     data_args = DataArguments(data=args.data)
     root = Path(args.output_dir) / args.name
@@ -128,44 +134,50 @@ def run_cllm4rec(args) -> tuple[dict | None, dict, dict[str, list[dict]], float]
         backbone_overrides=args.backbone_overrides,
         lambda_v=args.lambda_v,
         backbone_training="frozen" if args.backbone_training == "lora" else args.backbone_training,
-        history_permutations=args.history_permutations,
     )
-    pretrained = run_pretraining(
-        model_args,
-        data_args,
-        training_arguments(
-            args,
-            root / "pretrain",
-            args.pretrain_rounds,
-            args.pretrain_learning_rate,
-            content_warmup_epochs=args.warmup_epochs,
-            **select_best_round,
-        ),
+    pretraining_args = training_arguments(
+        args,
+        root / "pretrain",
+        args.pretrain_rounds,
+        args.pretrain_learning_rate,
+        content_warmup_epochs=args.warmup_epochs,
+        **select_best_round,
     )
-    validation = {"pretraining": validation_per_round(root / "pretrain")}
-    pretrained_test = {key.removeprefix("test_"): value for key, value in pretrained.items()}
-    if not args.finetune_rounds:
-        return None, pretrained_test, validation, time.perf_counter() - start
-    metrics = run_finetuning(
-        ModelArguments(
+    stages = {
+        "pretraining": stage_results(run_pretraining(model_args, data_args, pretraining_args), root / "pretrain", args)
+    }
+    if args.finetune_rounds:
+        model_args = ModelArguments(
             pretrained=str(root / "pretrain"),
             backbone_training=args.backbone_training,
             recommendation_prompt=args.recommendation_prompt,
-            history_permutations=args.history_permutations,
-        ),
-        data_args,
-        training_arguments(
+        )
+        finetuning_args = training_arguments(
             args, root / "finetune", args.finetune_rounds, args.finetune_learning_rate, **select_best_round
-        ),
-    )
-    validation["finetuning"] = validation_per_round(root / "finetune")
-    test = {key.removeprefix("test_"): value for key, value in metrics.items()}
-    return test, pretrained_test, validation, time.perf_counter() - start
+        )
+        metrics = run_finetuning(model_args, data_args, finetuning_args)
+        stages["finetuning"] = stage_results(metrics, root / "finetune", args)
+    return stages, time.perf_counter() - start
 
 
-def validation_per_round(output_dir: Path) -> list[dict]:
+def stage_results(test_metrics: dict, output_dir: Path, args) -> dict:
     history = json.loads((output_dir / "log_history.json").read_text())
-    return [entry for entry in history if "eval_recall@20" in entry]
+    results = {
+        "test": {key.removeprefix("test_"): value for key, value in test_metrics.items()},
+        "validation_per_round": [entry for entry in history if "eval_recall@20" in entry],
+    }
+    if args.history_permutations > 1:
+        model = CLLM4RecForItemPrediction.from_pretrained(output_dir, history_permutations=args.history_permutations)
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        results["test_over_history_orders"] = evaluate_model(
+            model,
+            CLLM4RecTokenizer.from_pretrained(output_dir),
+            load_data(DataArguments(data=args.data)),
+            "test",
+            batch_size=512,
+            max_length=default_max_length(model.config),
+        )
+    return results
 
 
 def run_baselines(args) -> dict:
@@ -215,9 +227,14 @@ def main() -> None:
     args = parse_args()
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    test, pretrained_test, validation, wall = run_cllm4rec(args)
-    print(f"CLLM4Rec ({args.name}): fine-tuned {test}, pretraining only {pretrained_test}  [{wall:.0f} s]")
+    stages, wall = run_cllm4rec(args)
+    for stage, results in stages.items():
+        print(f"CLLM4Rec ({args.name}), {stage}: {results['test']}")
+        if "test_over_history_orders" in results:
+            print(f"  over {args.history_permutations} history orders: {results['test_over_history_orders']}")
+    print(f"[{wall:.0f} s]")
     baselines = run_baselines(args) if args.baselines else {}
+    validation = {stage: results["validation_per_round"] for stage, results in stages.items()}
     plot(validation, results_dir / f"quality-{args.name}.png", f"CLLM4Rec {args.name}: validation Recall@20")
     try:
         commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
@@ -228,8 +245,8 @@ def main() -> None:
         "name": args.name,
         "data": args.data,
         "configuration": vars(args),
-        "cllm4rec": {"test": test, "validation_per_round": validation.get("finetuning", []), "wall_s": wall},
-        "cllm4rec_pretrained": {"test": pretrained_test, "validation_per_round": validation["pretraining"]},
+        "cllm4rec": {**stages.get("finetuning", {"test": None}), "wall_s": wall},
+        "cllm4rec_pretrained": stages["pretraining"],
         "baselines": baselines,
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()

@@ -18,10 +18,16 @@ METRICS = ("recall@20", "recall@40", "ndcg@100")
 def quality_rows(result: dict) -> list[str]:
     rows = []
     methods = {}
-    if result["cllm4rec"]["test"] is not None:  # None: a run without fine-tuning
-        methods[f"CLLM4Rec ({result['name']})"] = result["cllm4rec"]["test"]
-    if "cllm4rec_pretrained" in result:
-        methods[f"CLLM4Rec ({result['name']}), pretraining only"] = result["cllm4rec_pretrained"]["test"]
+    orders = result["configuration"].get("history_permutations", 1)
+    stages = {
+        f"CLLM4Rec ({result['name']})": result.get("cllm4rec", {}),
+        f"CLLM4Rec ({result['name']}), pretraining only": result.get("cllm4rec_pretrained", {}),
+    }
+    for label, stage in stages.items():
+        if stage.get("test") is not None:  # None: a run without fine-tuning
+            methods[label] = stage["test"]
+        if "test_over_history_orders" in stage:
+            methods[f"{label}, {orders} history orders averaged"] = stage["test_over_history_orders"]
     methods.update({name: baseline["test"] for name, baseline in result.get("baselines", {}).items()})
     for method, test in methods.items():
         figures = " | ".join(f"{test[metric]:.4f}" for metric in METRICS)

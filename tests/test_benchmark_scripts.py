@@ -40,8 +40,9 @@ def test_quality_speed_and_report_scripts(tmp_path):
     pretrain_only = json.loads((results / "quality-pretrain-only.json").read_text())
     assert pretrain_only["cllm4rec"]["test"] is None
     assert len(pretrain_only["cllm4rec_pretrained"]["validation_per_round"]) == 2
-    saved = json.loads((tmp_path / "runs" / "pretrain-only" / "pretrain" / "config.json").read_text())
-    assert saved["history_permutations"] == 2
+    over_orders = pretrain_only["cllm4rec_pretrained"]["test_over_history_orders"]
+    assert 0 < over_orders["recall@20"] <= over_orders["recall@40"] <= 1
+    assert over_orders != pretrain_only["cllm4rec_pretrained"]["test"]
 
     run(
         "benchmarks/speed.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--sample", "64",
@@ -61,7 +62,9 @@ def test_quality_speed_and_report_scripts(tmp_path):
     ease_row = next(line for line in text.splitlines() if "| ease |" in line)
     assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_row
     assert "speed-smoke.json" in text
-    assert "CLLM4Rec (pretrain-only), pretraining only" in text and "CLLM4Rec (pretrain-only) |" not in text
+    assert "CLLM4Rec (pretrain-only), pretraining only |" in text and "CLLM4Rec (pretrain-only) |" not in text
+    orders_row = next(line for line in text.splitlines() if "pretraining only, 2 history orders averaged" in line)
+    assert f"{over_orders['ndcg@100']:.4f}" in orders_row
     run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme), "--check")
 
 
