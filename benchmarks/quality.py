@@ -27,7 +27,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import EASE, MultiVAERecommender, PopularityRecommender, evaluate_baseline, tune_ease  # noqa: E402
-from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
+from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, load_data, run_finetuning, run_pretraining  # noqa: E402
 from hf_cllm4rec.training.trainer import default_max_length, evaluate_model  # noqa: E402
@@ -143,9 +143,8 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         content_warmup_epochs=args.warmup_epochs,
         **select_best_round,
     )
-    stages = {
-        "pretraining": stage_results(run_pretraining(model_args, data_args, pretraining_args), root / "pretrain", args)
-    }
+    pretrained = run_pretraining(model_args, data_args, pretraining_args)
+    stages = {"pretraining": stage_results(pretrained, root / "pretrain", CLLM4RecForCollaborativeLM, args)}
     if args.finetune_rounds:
         model_args = ModelArguments(
             pretrained=str(root / "pretrain"),
@@ -156,18 +155,18 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
             args, root / "finetune", args.finetune_rounds, args.finetune_learning_rate, **select_best_round
         )
         metrics = run_finetuning(model_args, data_args, finetuning_args)
-        stages["finetuning"] = stage_results(metrics, root / "finetune", args)
+        stages["finetuning"] = stage_results(metrics, root / "finetune", CLLM4RecForItemPrediction, args)
     return stages, time.perf_counter() - start
 
 
-def stage_results(test_metrics: dict, output_dir: Path, args) -> dict:
+def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args) -> dict:
     history = json.loads((output_dir / "log_history.json").read_text())
     results = {
         "test": {key.removeprefix("test_"): value for key, value in test_metrics.items()},
         "validation_per_round": [entry for entry in history if "eval_recall@20" in entry],
     }
     if args.history_permutations > 1:
-        model = CLLM4RecForItemPrediction.from_pretrained(output_dir, history_permutations=args.history_permutations)
+        model = model_class.from_pretrained(output_dir, history_permutations=args.history_permutations)
         model.to("cuda" if torch.cuda.is_available() else "cpu")
         results["test_over_history_orders"] = evaluate_model(
             model,
