@@ -221,6 +221,17 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that scores items for users: batch size, prompt length, history orders."""
+    parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
+    parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
+    parser.add_argument(
+        "--history-permutations",
+        type=int,
+        help="Average the scores over this many random orders of each history (default: the checkpoint's).",
+    )
+
+
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -233,13 +244,7 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", choices=["validation", "test"], help="Default: test.")
     parser.add_argument("--recall-ks", type=int, nargs="+", default=[20, 40], help="Default: 20 40.")
     parser.add_argument("--ndcg-ks", type=int, nargs="+", default=[100], help="Default: 100.")
-    parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
-    parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
-    parser.add_argument(
-        "--history-permutations",
-        type=int,
-        help="Average the scores over this many random orders of each history (default: the checkpoint's).",
-    )
+    add_scoring_arguments(parser)
     parser.add_argument("--output", help="Also write the metrics to this JSON file.")
     parser.set_defaults(handler=evaluate)
 
@@ -298,13 +303,7 @@ def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
         "columns user,item (one row per interaction).",
     )
     parser.add_argument("--k", type=int, default=10, help="How many items per user (default: 10).")
-    parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
-    parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
-    parser.add_argument(
-        "--history-permutations",
-        type=int,
-        help="Average the scores over this many random orders of each history (default: the checkpoint's).",
-    )
+    add_scoring_arguments(parser)
     parser.add_argument("--output", metavar="FILE", help="Write the recommendations to a .json or .csv file.")
     parser.set_defaults(handler=recommend)
 
