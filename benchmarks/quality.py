@@ -45,6 +45,7 @@ PAPER = {
     "lr_scheduler_type": "constant",
     "warmup_steps": 0,
     "history_permutations": 1,
+    "weight_average_decay": None,
 }
 
 
@@ -65,6 +66,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
     parser.add_argument("--lr_scheduler_type", default="constant", help="Over the whole schedule, e.g. 'linear'.")
     parser.add_argument("--warmup_steps", type=float, default=0, help="Steps, or a share of all steps when < 1.")
+    parser.add_argument(
+        "--weight_average_decay",
+        type=float,
+        default=None,
+        help="Evaluate, select and test an exponential moving average of the weights with this decay per step.",
+    )
     parser.add_argument("--lambda_v", type=float, default=1.0)
     parser.add_argument("--content_documents", default="item")
     parser.add_argument(
@@ -100,6 +107,7 @@ def training_arguments(
         learning_rate=learning_rate,
         lr_scheduler_type=args.lr_scheduler_type,
         warmup_steps=args.warmup_steps,
+        weight_average_decay=args.weight_average_decay,
         content_documents=args.content_documents,
         content_steps=not args.no_content_steps,
         bf16=args.bf16,

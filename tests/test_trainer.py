@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 from datasets import DatasetDict
+from safetensors.torch import load_file
 from tiny_models import tiny_cllm4rec_config, tiny_model
+from transformers import TrainerCallback
 
 from hf_cllm4rec import (
     CLLM4RecConfig,
@@ -15,6 +17,7 @@ from hf_cllm4rec import (
 from hf_cllm4rec.data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
 from hf_cllm4rec.training import CLLM4RecTrainer, CLLM4RecTrainingArguments, evaluate_model
 from hf_cllm4rec.training.trainer import LOSS_COMPONENTS
+from hf_cllm4rec.training.weight_averaging import TRAINING_WEIGHTS_NAME
 
 # 20 users, 30 items: 20 collaborative or masked-history documents and 30 item-text documents a round.
 NUM_USERS, NUM_ITEMS = 20, 30
@@ -250,6 +253,90 @@ def test_resuming_from_a_checkpoint_ends_like_an_uninterrupted_run(tmp_path, dat
     assert_same_parameters(uninterrupted, trainable_parameters(model), before, atol=1e-6, untrained={CONTENT_USERS})
 
 
+# Weight averaging
+
+
+class RecordWeights(TrainerCallback):
+    """The raw trainable weights after every optimizer step, keyed by step (0: before training)."""
+
+    def __init__(self):
+        self.weights = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights.setdefault(state.global_step, trainable_parameters(model))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = trainable_parameters(model)
+
+
+def expected_average(weights: dict[int, dict], decay: float, last_step: int) -> dict[str, torch.Tensor]:
+    average = {name: value.clone() for name, value in weights[0].items()}
+    for step in range(1, last_step + 1):
+        step_decay = min(decay, (1 + step) / (10 + step))
+        average = {name: step_decay * average[name] + (1 - step_decay) * weights[step][name] for name in average}
+    return average
+
+
+@pytest.mark.parametrize("model_class", [CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction])
+def test_weight_averaging(tmp_path, data, base_tokenizer, model_class):
+    """Training follows the raw weights; evaluation, checkpoints and the final model hold their average."""
+    arguments = dict(num_train_epochs=2, optim="adamw_torch", learning_rate=1e-2, save_strategy="epoch")
+    model, tokenizer = make_model(model_class, data, base_tokenizer)
+    plain = CLLM4RecTrainer(model, training_arguments(tmp_path / "plain", **arguments), data, tokenizer)
+    plain.train()
+    raw_final = trainable_parameters(model)
+
+    model, tokenizer = make_model(model_class, data, base_tokenizer)
+    recorder = RecordWeights()
+    trainer = CLLM4RecTrainer(
+        model,
+        training_arguments(tmp_path / "averaged", weight_average_decay=0.9, eval_strategy="epoch", **arguments),
+        data,
+        tokenizer,
+        callbacks=[recorder],
+    )
+    trainer.train()
+    steps = trainer.state.global_step
+    # the averaging leaves the optimization as it was
+    for name, value in raw_final.items():
+        torch.testing.assert_close(recorder.weights[steps][name], value, rtol=0, atol=1e-6)
+    final_average = expected_average(recorder.weights, 0.9, steps)
+    for name, value in trainable_parameters(model).items():
+        torch.testing.assert_close(value, final_average[name], rtol=0, atol=1e-5)
+        if name != CONTENT_USERS:
+            assert not torch.allclose(value, raw_final[name], atol=1e-4), f"{name} holds the raw weights"
+    # the last round was evaluated with the average, the final model's weights
+    last_evaluation = evaluation_logs(trainer)[-1]
+    assert last_evaluation["step"] == steps
+    assert trainer.evaluate()["eval_selection_score"] == pytest.approx(last_evaluation["eval_selection_score"])
+    # a checkpoint holds the average as the model and the raw weights beside it
+    first_round_end = trainer.schedule.round_lengths()[0]
+    checkpoint = tmp_path / "averaged" / f"checkpoint-{first_round_end}"
+    saved = model_class.from_pretrained(checkpoint)
+    raw = load_file(checkpoint / TRAINING_WEIGHTS_NAME)
+    average = expected_average(recorder.weights, 0.9, first_round_end)
+    for name, value in trainable_parameters(saved).items():
+        torch.testing.assert_close(value, average[name], rtol=0, atol=1e-5)
+        torch.testing.assert_close(raw[name], recorder.weights[first_round_end][name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_class", [CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction])
+def test_resuming_with_weight_averaging_ends_like_an_uninterrupted_run(tmp_path, data, base_tokenizer, model_class):
+    arguments = dict(
+        num_train_epochs=2, save_strategy="steps", save_steps=3, optim="adamw_torch", weight_average_decay=0.8
+    )
+    model, tokenizer = make_model(model_class, data, base_tokenizer)
+    before = trainable_parameters(model)
+    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "run", **arguments), data, tokenizer)
+    trainer.train()
+    uninterrupted = trainable_parameters(model)
+
+    model, tokenizer = make_model(model_class, data, base_tokenizer)
+    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "resumed", **arguments), data, tokenizer)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-9"))
+    assert_same_parameters(uninterrupted, trainable_parameters(model), before, atol=1e-6, untrained={CONTENT_USERS})
+
+
 # Bad input, refused before any training
 
 
@@ -314,6 +401,8 @@ def test_a_negative_regularization_weight_is_refused(tmp_path, data, base_tokeni
         (dict(max_length=4), "max_length"),
         (dict(recall_ks=[0]), "recall_ks"),
         (dict(num_train_epochs=1.5), "whole number"),
+        (dict(weight_average_decay=1.0), "weight_average_decay"),
+        (dict(weight_average_decay=0.0), "weight_average_decay"),
     ],
 )
 def test_bad_training_arguments(tmp_path, overrides, message):

@@ -28,6 +28,11 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         eval_split: split evaluated by `evaluate()` during training.
         train_sampling_strategy: `"random"` (default) or `"group_by_length"` (documents of similar length share a
             step, drawn from windows of a random permutation: faster, at some cost in quality).
+
+    Weights:
+        weight_average_decay: keep an exponential moving average of the trainable weights with this decay per
+            optimizer step (e.g. 0.999); evaluation, checkpoints and the final model use the average. Off (the paper)
+            by default.
     """
 
     content_warmup_epochs: int = field(
@@ -63,6 +68,13 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             "choices": ["group_by_length", "random"],
         },
     )
+    weight_average_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Decay of an exponential moving average of the trainable weights (e.g. 0.999), which evaluation, "
+            "checkpoints and the final model use; off by default, as in the paper."
+        },
+    )
     metric_for_best_model: str | None = field(
         default="selection_score",
         metadata={"help": "The paper's model selection: Recall@20 + Recall@40 + NDCG@100 on validation."},
@@ -94,6 +106,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}.")
         if any(k <= 0 for k in [*self.recall_ks, *self.ndcg_ks]):
             raise ValueError("recall_ks and ndcg_ks must be positive.")
+        if self.weight_average_decay is not None and not 0 < self.weight_average_decay < 1:
+            raise ValueError(f"weight_average_decay must lie in (0, 1), got {self.weight_average_decay}.")
         if self.num_train_epochs != int(self.num_train_epochs) or self.num_train_epochs < 0:
             raise ValueError(
                 f"num_train_epochs counts rounds and must be a whole number, got {self.num_train_epochs}."

@@ -1,12 +1,15 @@
 """The CLLM4Rec trainer: mutual-regularized pretraining and recommendation-oriented fine-tuning."""
 
 import math
+import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.collators import CLLM4RecDataCollator
 from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
@@ -16,6 +19,7 @@ from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPredi
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments
 from .schedule import ScheduleBatchSampler
+from .weight_averaging import WeightAverage
 
 # Loss components logged separately, keyed by the batch's document type and the output field.
 LOSS_COMPONENTS = {
@@ -36,7 +40,8 @@ class CLLM4RecTrainer(Trainer):
     `num_train_epochs` rounds of a collaborative and a content epoch. With a [`CLLM4RecForItemPrediction`] it
     fine-tunes: rounds of a masked-history epoch and (with `content_steps`) a content epoch. Each step carries the
     mutual regularization toward the other side's embeddings. `evaluate()` ranks all items for the users of
-    `args.eval_split` with the paper's protocol and reports Recall@K, NDCG@K and their `selection_score`.
+    `args.eval_split` with the paper's protocol and reports Recall@K, NDCG@K and their `selection_score`. With
+    `args.weight_average_decay`, evaluation, checkpoints and the final model use the averaged weights.
 
     Args:
         model: a CLLM4Rec model whose user and item counts match `data`.
@@ -86,6 +91,12 @@ class CLLM4RecTrainer(Trainer):
         self._component_sums = torch.zeros(2, len(LOSS_COMPONENTS), dtype=torch.float64)
         self.round_end = RoundEndCallback(self.schedule.round_lengths(), micro_batches_per_step)
         self.add_callback(self.round_end)
+        self.weight_average = None
+        if args.weight_average_decay is not None:
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                raise ValueError("weight_average_decay needs unsharded weights: train on one process or with DDP.")
+            self.weight_average = WeightAverage(args.weight_average_decay)
+            self.add_callback(self.weight_average)
 
     def _check_eval_split(self, args: CLLM4RecTrainingArguments) -> None:
         if args.eval_strategy == "no":
@@ -140,6 +151,25 @@ class CLLM4RecTrainer(Trainer):
         logs["round"] = self.round_end.current_round(self.state.global_step)
         super().log(logs, start_time)
 
+    def averaged_weights(self):
+        """A context in which the model holds the averaged weights (without weight averaging: as it is)."""
+        return self.weight_average.applied(self.model) if self.weight_average else nullcontext()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with self.averaged_weights():
+            super().save_model(output_dir, _internal_call)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.weight_average is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.weight_average.save_training_weights(self.model, folder)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.weight_average is not None:
+            self.weight_average.resume(model or self.model, resume_from_checkpoint)
+
     def push_to_hub(self, commit_message: str | None = "End of training", token: str | None = None, **kwargs):
         """Uploads what `hub.save_for_hub` writes: weights, code files, tokenizer, id mappings and the model card."""
         from ..hub import push_to_hub
@@ -165,16 +195,17 @@ class CLLM4RecTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Ranks all items for the users of a split (`eval_dataset` names it; default `args.eval_split`)."""
         split = eval_dataset if isinstance(eval_dataset, str) else self.args.eval_split
-        metrics = evaluate_model(
-            self.model,
-            self.processing_class,
-            self.data,
-            split,
-            batch_size=self.args.per_device_eval_batch_size,
-            max_length=self.max_length,
-            recall_ks=self.args.recall_ks,
-            ndcg_ks=self.args.ndcg_ks,
-        )
+        with self.averaged_weights():
+            metrics = evaluate_model(
+                self.model,
+                self.processing_class,
+                self.data,
+                split,
+                batch_size=self.args.per_device_eval_batch_size,
+                max_length=self.max_length,
+                recall_ks=self.args.recall_ks,
+                ndcg_ks=self.args.ndcg_ks,
+            )
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
         self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
