@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
-import transformers
 
+from benchmarks.provenance import device_name, git_commit, versions
 from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer
 from hf_cllm4rec.training.recipes import DataArguments, load_data
 from hf_cllm4rec.training.trainer import check_model_fits_data, evaluate_model
@@ -77,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    commit = git_commit()
     model = CLLM4RecForItemPrediction.from_pretrained(args.model).to(device).eval()
     tokenizer = CLLM4RecTokenizer.from_pretrained(args.model)
     data = load_data(DataArguments(data=args.data))
@@ -86,11 +86,7 @@ def main() -> None:
         "data": data.name,
         "split": args.split,
         **results,
-        "environment": {
-            "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "environment": {"device": device_name(), **versions(), "git_commit": commit},
     }
     Path(args.output_file).write_text(json.dumps(report, indent=2) + "\n")
     label = f"{args.split}, {results['warm']['num_users']} users"

@@ -15,18 +15,16 @@ every other option is reported as what it is.
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import EASE, MultiVAERecommender, PopularityRecommender, evaluate_baseline, tune_ease  # noqa: E402
+from benchmarks.provenance import device_name, git_commit, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, load_data, run_finetuning, run_pretraining  # noqa: E402
@@ -232,6 +230,7 @@ def plot(validation: dict[str, list[dict]], path: Path, title: str) -> None:
 
 def main() -> None:
     args = parse_args()
+    commit = git_commit()
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     stages, wall = run_cllm4rec(args)
@@ -243,10 +242,6 @@ def main() -> None:
     baselines = run_baselines(args) if args.baselines else {}
     validation = {stage: results["validation_per_round"] for stage, results in stages.items()}
     plot(validation, results_dir / f"quality-{args.name}.png", f"CLLM4Rec {args.name}: validation Recall@20")
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     result = {
         "benchmark": "quality",
         "name": args.name,
@@ -255,14 +250,8 @@ def main() -> None:
         "cllm4rec": {**stages.get("finetuning", {"test": None}), "wall_s": wall},
         "cllm4rec_pretrained": stages["pretraining"],
         "baselines": baselines,
-        "device": torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else f"cpu ({torch.get_num_threads()} threads)",
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
+        "device": device_name(),
+        "versions": versions(),
         "git_commit": commit,
     }
     (results_dir / f"quality-{args.name}.json").write_text(json.dumps(result, indent=2, default=str))

@@ -19,21 +19,22 @@ in `benchmarks/results/` records the figures, the configuration, device, version
 import argparse
 import json
 import math
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 from torch.utils.data import DataLoader
 
-from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction
-from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments
-from hf_cllm4rec.data.documents import ScheduledDocuments
-from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, build_pretraining_model, load_data
-from hf_cllm4rec.training.schedule import ScheduleBatchSampler
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.provenance import device_name, git_commit, versions  # noqa: E402
+from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction  # noqa: E402
+from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments  # noqa: E402
+from hf_cllm4rec.data.documents import ScheduledDocuments  # noqa: E402
+from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, build_pretraining_model, load_data  # noqa: E402
+from hf_cllm4rec.training.schedule import ScheduleBatchSampler  # noqa: E402
 
 # The authors' code on one H200 (GPT-2 small, batch 20, Beauty): seconds per epoch and users per second.
 AUTHORS_H200 = {
@@ -163,15 +164,9 @@ def time_catalogue_scaling(config: CLLM4RecConfig, tokenizer_factory, args, devi
     return results
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     args = parse_args()
+    commit = git_commit()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_data(DataArguments(data=args.data))
     model_args = ModelArguments(backbone=args.backbone, tokenizer=args.tokenizer, random_init=args.random_init)
@@ -186,7 +181,7 @@ def main() -> None:
     histories = data.histories("train")
 
     stages = {}
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}")
+    print(f"device: {device_name()}")
     for name, stage_model, source in (
         ("content", pretraining_model, ContentDocuments(data, tokenizer, max_length, ("user_item",))),
         ("collaborative", pretraining_model, CollaborativeDocuments(histories, tokenizer, max_length)),
@@ -226,15 +221,9 @@ def main() -> None:
         "prediction_scaling": scaling,
         "authors_h200": AUTHORS_H200,
         "speedup_vs_authors_h200": speedups,
-        "device": torch.cuda.get_device_name()
-        if device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)",
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
-        "git_commit": git_commit(),
+        "device": device_name(),
+        "versions": versions(),
+        "git_commit": commit,
     }
     output = Path(args.output or f"benchmarks/results/speed-{Path(args.backbone).name}-{device.type}.json")
     output.parent.mkdir(parents=True, exist_ok=True)

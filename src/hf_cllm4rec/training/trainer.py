@@ -162,7 +162,9 @@ class CLLM4RecTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
         if self.weight_average is not None and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             self.weight_average.save_training_weights(self.model, folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
