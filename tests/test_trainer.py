@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from hf_cllm4rec import (
 from hf_cllm4rec.data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
 from hf_cllm4rec.training import CLLM4RecTrainer, CLLM4RecTrainingArguments, evaluate_model
 from hf_cllm4rec.training.trainer import LOSS_COMPONENTS
-from hf_cllm4rec.training.weight_averaging import TRAINING_WEIGHTS_NAME
+from hf_cllm4rec.training.weight_averaging import TRAINING_WEIGHTS_NAME, WeightAverage
 
 # 20 users, 30 items: 20 collaborative or masked-history documents and 30 item-text documents a round.
 NUM_USERS, NUM_ITEMS = 20, 30
@@ -335,6 +336,22 @@ def test_resuming_with_weight_averaging_ends_like_an_uninterrupted_run(tmp_path,
     trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "resumed", **arguments), data, tokenizer)
     trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-9"))
     assert_same_parameters(uninterrupted, trainable_parameters(model), before, atol=1e-6, untrained={CONTENT_USERS})
+
+
+def test_the_weight_average_of_bfloat16_weights_is_kept_in_float32():
+    """Steps of 0.001 toward the weights are below bfloat16's resolution: an average in bfloat16 would not move."""
+    model = torch.nn.Linear(4, 4).to(torch.bfloat16)
+    start = model.weight.detach().float().clone()
+    average = WeightAverage(0.999)
+    average.start_from(model)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    target = model.weight.detach().float()
+    for step in range(10**6, 10**6 + 10):  # past the warm-up of the decay
+        average.on_step_end(None, SimpleNamespace(global_step=step), None, model=model)
+    expected = start + (1 - 0.999**10) * (target - start)
+    assert average.average["weight"].dtype == torch.float32
+    torch.testing.assert_close(average.average["weight"], expected, rtol=0, atol=1e-6)
 
 
 # Bad input, refused before any training

@@ -15,7 +15,7 @@ class WeightAverage(TrainerCallback):
     """
     Keeps `average = d * average + (1 - d) * weights` of the trainable parameters after every optimizer step, with
     `d = min(decay, (1 + step) / (10 + step))` so that the first steps do not leave the initial weights in the
-    average for long. [`CLLM4RecTrainer`] evaluates and saves with the average swapped in and ends training with
+    average for long. The average is kept in float32, whatever the weights' dtype. [`CLLM4RecTrainer`] evaluates and saves with the average swapped in and ends training with
     the average (or the best checkpoint's average) as the model's weights.
     """
 
@@ -29,7 +29,7 @@ class WeightAverage(TrainerCallback):
 
     def start_from(self, model) -> None:
         """Starts the average at the model's current weights."""
-        self.average = {name: parameter.detach().clone() for name, parameter in self.trainable(model).items()}
+        self.average = {name: parameter.detach().float().clone() for name, parameter in self.trainable(model).items()}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.average is None:  # a resumed run has restored its average from the checkpoint
@@ -40,7 +40,8 @@ class WeightAverage(TrainerCallback):
         decay = min(self.decay, (1 + state.global_step) / (10 + state.global_step))
         parameters = self.trainable(model)
         names = list(self.average)
-        torch._foreach_lerp_([self.average[name] for name in names], [parameters[name] for name in names], 1 - decay)
+        weights = [parameters[name].float() for name in names]  # the parameter itself when it is float32
+        torch._foreach_lerp_([self.average[name] for name in names], weights, 1 - decay)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         # a best checkpoint loaded at the end already holds its average; otherwise the model takes the last one
