@@ -83,6 +83,7 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="Also test each stage's selected model with its scores averaged over this many random history orders.",
     )
+    parser.add_argument("--seed", type=int, default=42, help="Seeds initialization and the order of documents.")
     parser.add_argument("--bf16", action="store_true", default=torch.cuda.is_available())
     parser.add_argument("--baselines", default="popularity,ease,multivae")
     parser.add_argument("--output_dir", default="runs/quality", help="Where the trained models go.")
@@ -106,6 +107,7 @@ def training_arguments(
         lr_scheduler_type=args.lr_scheduler_type,
         warmup_steps=args.warmup_steps,
         weight_average_decay=args.weight_average_decay,
+        seed=args.seed,
         content_documents=args.content_documents,
         content_steps=not args.no_content_steps,
         bf16=args.bf16,
