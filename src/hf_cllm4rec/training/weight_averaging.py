@@ -15,8 +15,9 @@ class WeightAverage(TrainerCallback):
     """
     Keeps `average = d * average + (1 - d) * weights` of the trainable parameters after every optimizer step, with
     `d = min(decay, (1 + step) / (10 + step))` so that the first steps do not leave the initial weights in the
-    average for long. The average is kept in float32, whatever the weights' dtype. [`CLLM4RecTrainer`] evaluates and saves with the average swapped in and ends training with
-    the average (or the best checkpoint's average) as the model's weights.
+    average for long. The average is kept in float32, whatever the weights' dtype. [`CLLM4RecTrainer`] evaluates
+    and saves with the average swapped in and ends training with the average (or the best checkpoint's average) as
+    the model's weights.
     """
 
     def __init__(self, decay: float):
@@ -46,13 +47,15 @@ class WeightAverage(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         # a best checkpoint loaded at the end already holds its average; otherwise the model takes the last one
         if not (args.load_best_model_at_end and state.best_model_checkpoint is not None):
-            self.copy_average_into(model)
+            self.copy_into(model, self.average)
         self.average = None
 
+    @classmethod
     @torch.no_grad()
-    def copy_average_into(self, model) -> None:
-        for name, parameter in self.trainable(model).items():
-            parameter.copy_(self.average[name])
+    def copy_into(cls, model, weights: dict[str, torch.Tensor]) -> None:
+        """Copies `weights` (by name) into the model's trainable parameters."""
+        for name, parameter in cls.trainable(model).items():
+            parameter.copy_(weights[name])
 
     @contextmanager
     def applied(self, model):
@@ -61,20 +64,17 @@ class WeightAverage(TrainerCallback):
             yield
             return
         raw = {name: parameter.detach().clone() for name, parameter in self.trainable(model).items()}
-        self.copy_average_into(model)
+        self.copy_into(model, self.average)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, parameter in self.trainable(model).items():
-                    parameter.copy_(raw[name])
+            self.copy_into(model, raw)
 
     def save_training_weights(self, model, folder: str | os.PathLike) -> None:
         """Writes the raw trainable weights beside a checkpoint whose model weights are the average."""
         weights = {name: parameter.detach().contiguous().cpu() for name, parameter in self.trainable(model).items()}
         save_file(weights, os.path.join(folder, TRAINING_WEIGHTS_NAME), metadata={"format": "pt"})
 
-    @torch.no_grad()
     def resume(self, model, folder: str | os.PathLike) -> None:
         """
         After the model has loaded a checkpoint's (averaged) weights: the average continues from them and the model
@@ -92,8 +92,7 @@ class WeightAverage(TrainerCallback):
                 f"(missing {sorted(parameters.keys() - weights.keys())[:3]}, unexpected "
                 f"{sorted(weights.keys() - parameters.keys())[:3]})."
             )
-        for name, parameter in parameters.items():
-            parameter.copy_(weights[name])
+        self.copy_into(model, weights)
 
 
 __all__ = ["WeightAverage", "TRAINING_WEIGHTS_NAME"]
