@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import DatasetDict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tiny_models import tiny_cllm4rec_config, tiny_model
 from transformers import TrainerCallback
 
@@ -336,6 +336,19 @@ def test_resuming_with_weight_averaging_ends_like_an_uninterrupted_run(tmp_path,
     trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "resumed", **arguments), data, tokenizer)
     trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-9"))
     assert_same_parameters(uninterrupted, trainable_parameters(model), before, atol=1e-6, untrained={CONTENT_USERS})
+
+
+def test_resuming_from_raw_weights_of_another_model_is_refused(tmp_path, data, base_tokenizer):
+    arguments = dict(save_strategy="steps", save_steps=3, weight_average_decay=0.8)
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    CLLM4RecTrainer(model, training_arguments(tmp_path / "run", **arguments), data, tokenizer).train()
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    raw = load_file(checkpoint / TRAINING_WEIGHTS_NAME)
+    save_file({name: value for name, value in raw.items() if "item" not in name}, checkpoint / TRAINING_WEIGHTS_NAME)
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "resumed", **arguments), data, tokenizer)
+    with pytest.raises(ValueError, match="other trainable weights than the model's"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
 
 
 def test_the_weight_average_of_bfloat16_weights_is_kept_in_float32():
