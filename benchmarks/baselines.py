@@ -5,10 +5,11 @@ of such a matrix) over all items as a `(num_users, num_items)` torch tensor. Ent
 feedback: every stored entry is one interaction. All are evaluated with the paper's full-ranking protocol
 (`hf_cllm4rec.evaluation`): the input is the training history, training items are excluded from the ranking.
 
-Run all three on a split saved as `train_matrix.npz`, `val_matrix.npz`, `test_matrix.npz`:
+Run all three on a prepared data set (`cllm4rec prepare`), writing `benchmarks/results/baselines-<name>.json` with the
+device, versions and git commit (`benchmarks/quality.py` runs the same baselines beside CLLM4Rec):
 
 ```bash
-python -m benchmarks.baselines --data_dir ../shared/data/amazon-beauty --output_file baselines.json
+python -m benchmarks.baselines --data data/beauty --name beauty
 ```
 """
 
@@ -27,7 +28,9 @@ import scipy.sparse
 import torch
 from torch import nn
 
+from benchmarks.provenance import device_name, git_commit, versions
 from hf_cllm4rec.evaluation import evaluate_recommender, model_selection_score
+from hf_cllm4rec.training.recipes import DataArguments, load_data
 
 logger = logging.getLogger(__name__)
 
@@ -231,45 +234,77 @@ class MultiVAERecommender:
         return logits
 
 
-def load_split(data_dir: str | Path) -> tuple[scipy.sparse.csr_matrix, ...]:
-    """The `(train, validation, test)` CSR matrices saved as `{train,val,test}_matrix.npz` in `data_dir`."""
-    return tuple(
-        scipy.sparse.csr_matrix(scipy.sparse.load_npz(Path(data_dir) / f"{split}_matrix.npz"))
-        for split in ("train", "val", "test")
-    )
+BASELINES = ("popularity", "ease", "multivae")
+
+
+def run_baselines(
+    names: list[str],
+    train: scipy.sparse.csr_matrix,
+    validation: scipy.sparse.csr_matrix,
+    test: scipy.sparse.csr_matrix,
+    device: torch.device | str = "cpu",
+    vae_epochs: int = 200,
+) -> dict[str, dict]:
+    """Fits each named baseline on `train` (choosing EASE's L2 weight and Multi-VAE's epoch on `validation`) and
+    returns, per name, its test metrics, what was chosen and the wall time."""
+    unknown = sorted(set(names) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"Unknown baselines {unknown}; choose from {list(BASELINES)}.")
+    results = {}
+    for name in names:
+        start = time.perf_counter()
+        if name == "popularity":
+            results[name] = {"test": evaluate_baseline(PopularityRecommender().fit(train), train, test)}
+        elif name == "ease":
+            ease, validation_metrics = tune_ease(train, validation)
+            results[name] = {
+                "l2": ease.l2,
+                "validation": validation_metrics[ease.l2],
+                "test": evaluate_baseline(ease, train, test),
+            }
+        else:
+            vae = MultiVAERecommender(num_epochs=vae_epochs, device=device).fit(train, validation)
+            best_epoch = max(vae.history, key=lambda record: record["ndcg@100"])
+            results[name] = {
+                "best_epoch": best_epoch["epoch"],
+                "epochs": vae_epochs,
+                "validation": {key: value for key, value in best_epoch.items() if key not in ("epoch", "loss")},
+                "validation_per_epoch": vae.history,
+                "test": evaluate_baseline(vae, train, test),
+            }
+        results[name]["wall_s"] = time.perf_counter() - start
+        logger.info("%s: %s", name, results[name]["test"])
+    return results
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data_dir", required=True, help="Folder with train_matrix.npz, val_matrix.npz, test_matrix.npz."
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="A folder written by `cllm4rec prepare`, or 'builtin'.")
+    parser.add_argument("--name", required=True, help="Names the JSON: `<results_dir>/baselines-<name>.json`.")
+    parser.add_argument("--baselines", default=",".join(BASELINES))
     parser.add_argument("--vae_epochs", type=int, default=200, help="Multi-VAE training epochs.")
-    parser.add_argument("--output_file", help="Also write the results as JSON here.")
+    parser.add_argument("--results_dir", default="benchmarks/results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train, validation, test = load_split(args.data_dir)
-
-    results = {"popularity": {"test": evaluate_baseline(PopularityRecommender().fit(train), train, test)}}
-    ease, ease_validation = tune_ease(train, validation)
-    results["ease"] = {
-        "l2": ease.l2,
-        "validation": ease_validation[ease.l2],
-        "test": evaluate_baseline(ease, train, test),
+    commit = git_commit()
+    data = load_data(DataArguments(data=args.data))
+    train, validation, test = (data.to_sparse(split) for split in ("train", "validation", "test"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    baselines = run_baselines(args.baselines.split(","), train, validation, test, device, args.vae_epochs)
+    result = {
+        "benchmark": "baselines",
+        "name": args.name,
+        "data": args.data,
+        "configuration": vars(args),
+        "baselines": baselines,
+        "device": device_name(),
+        "versions": versions(),
+        "git_commit": commit,
     }
-    start = time.perf_counter()
-    vae = MultiVAERecommender(num_epochs=args.vae_epochs).fit(train, validation)
-    fit_seconds = time.perf_counter() - start
-    best_epoch = max(vae.history, key=lambda record: record["ndcg@100"])
-    results["multi_vae"] = {
-        "best_epoch": best_epoch["epoch"],
-        "fit_seconds": round(fit_seconds, 1),
-        "validation": {name: value for name, value in best_epoch.items() if name not in ("epoch", "loss")},
-        "test": evaluate_baseline(vae, train, test),
-    }
-    print(json.dumps(results, indent=2))
-    if args.output_file:
-        Path(args.output_file).write_text(json.dumps(results, indent=2))
+    output = Path(args.results_dir) / f"baselines-{args.name}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.baselines import EASE, MultiVAERecommender, PopularityRecommender, evaluate_baseline, tune_ease  # noqa: E402
+from benchmarks.baselines import run_baselines  # noqa: E402
 from benchmarks.provenance import device_name, git_commit, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
@@ -187,27 +187,13 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
     return results
 
 
-def run_baselines(args) -> dict:
+def baselines_of(args) -> dict:
     data = load_data(DataArguments(data=args.data))
     train, validation, test = (data.to_sparse(split) for split in ("train", "validation", "test"))
-    results = {}
-    for name in args.baselines.split(","):
-        start = time.perf_counter()
-        if name == "popularity":
-            results[name] = {"test": evaluate_baseline(PopularityRecommender().fit(train), train, test)}
-        elif name == "ease":
-            ease, validation_metrics = tune_ease(train, validation)
-            results[name] = {"l2": ease.l2, "test": evaluate_baseline(ease, train, test)}
-        elif name == "ease@100":
-            results[name] = {"test": evaluate_baseline(EASE(100.0).fit(train), train, test)}
-        elif name == "multivae":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            vae = MultiVAERecommender(device=device).fit(train, validation)
-            results[name] = {"test": evaluate_baseline(vae, train, test)}
-        else:
-            raise ValueError(f"unknown baseline {name!r}")
-        results[name]["wall_s"] = time.perf_counter() - start
-        print(f"{name}: {results[name]['test']}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = run_baselines(args.baselines.split(","), train, validation, test, device)
+    for name, result in results.items():
+        print(f"{name}: {result['test']}")
     return results
 
 
@@ -241,7 +227,7 @@ def main() -> None:
         if "test_over_history_orders" in results:
             print(f"  over {args.history_permutations} history orders: {results['test_over_history_orders']}")
     print(f"[{wall:.0f} s]")
-    baselines = run_baselines(args) if args.baselines else {}
+    baselines = baselines_of(args) if args.baselines else {}
     validation = {stage: results["validation_per_round"] for stage, results in stages.items()}
     plot(validation, results_dir / f"quality-{args.name}.png", f"CLLM4Rec {args.name}: validation Recall@20")
     result = {

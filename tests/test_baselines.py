@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +13,14 @@ from benchmarks.baselines import (
     MultiVAERecommender,
     PopularityRecommender,
     evaluate_baseline,
-    load_split,
+    run_baselines,
     tune_ease,
 )
 
 from hf_cllm4rec.evaluation import evaluate_recommender, model_selection_score
 
-BEAUTY_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty"
+ROOT = Path(__file__).resolve().parents[1]
+BEAUTY_DIR = ROOT.parent / "shared" / "data" / "amazon-beauty"
 
 
 def clustered_split(num_users=240, num_items=60, num_clusters=4, seed=0):
@@ -105,7 +109,7 @@ def test_multi_vae_trains_and_beats_random():
 @pytest.mark.skipif(not BEAUTY_DIR.is_dir(), reason=f"the CLLM4Rec Beauty split is not available at {BEAUTY_DIR}")
 def test_reference_numbers_on_beauty():
     # Reference figures of the paper's protocol on the authors' Beauty split (test set, training items excluded).
-    train, _, test = load_split(BEAUTY_DIR)
+    train, test = (scipy.sparse.load_npz(BEAUTY_DIR / f"{split}_matrix.npz").tocsr() for split in ("train", "test"))
     assert train.shape == test.shape == (10553, 6086)
 
     popularity = evaluate_baseline(PopularityRecommender().fit(train), train, test)
@@ -118,3 +122,28 @@ def test_reference_numbers_on_beauty():
     assert ease["recall@20"] == pytest.approx(0.1768, abs=5e-4)
     assert ease["recall@40"] == pytest.approx(0.2252, abs=5e-4)
     assert ease["ndcg@100"] == pytest.approx(0.1153, abs=5e-4)
+
+
+def test_run_baselines_reports_what_each_chose():
+    train, heldout = clustered_split()
+    results = run_baselines(["popularity", "ease", "multivae"], train, heldout, heldout, vae_epochs=3)
+    assert list(results) == ["popularity", "ease", "multivae"]
+    assert results["ease"]["l2"] in (1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
+    assert len(results["multivae"]["validation_per_epoch"]) == 3
+    best = max(results["multivae"]["validation_per_epoch"], key=lambda record: record["ndcg@100"])
+    assert results["multivae"]["best_epoch"] == best["epoch"]
+    assert results["multivae"]["test"]["ndcg@100"] == pytest.approx(best["ndcg@100"])  # test split = validation here
+    with pytest.raises(ValueError, match="Unknown baselines \\['knn'\\]"):
+        run_baselines(["popularity", "knn"], train, heldout, heldout)
+
+
+def test_baselines_script_writes_a_result_file(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.baselines", "--data", "builtin", "--name", "smoke"]
+    command += ["--baselines", "popularity,multivae", "--vae_epochs", "2", "--results_dir", str(tmp_path)]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    result = json.loads((tmp_path / "baselines-smoke.json").read_text())
+    assert result["benchmark"] == "baselines" and result["data"] == "builtin"
+    assert set(result["baselines"]) == {"popularity", "multivae"}
+    assert 0 < result["baselines"]["multivae"]["test"]["recall@20"] <= 1
+    assert result["git_commit"] and result["versions"]["torch"]
