@@ -15,8 +15,8 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 METRICS = ("recall@20", "recall@40", "ndcg@100")
 
 
-def quality_rows(result: dict) -> list[str]:
-    rows = []
+def cllm4rec_methods(result: dict) -> dict[str, dict]:
+    """Test metrics of a quality run's CLLM4Rec stages, by the label of their row."""
     methods = {}
     orders = result["configuration"].get("history_permutations", 1)
     stages = {
@@ -28,11 +28,46 @@ def quality_rows(result: dict) -> list[str]:
             methods[label] = stage["test"]
         if "test_over_history_orders" in stage:
             methods[f"{label}, {orders} history orders averaged"] = stage["test_over_history_orders"]
-    methods.update({name: baseline["test"] for name, baseline in result.get("baselines", {}).items()})
-    for method, test in methods.items():
+    return methods
+
+
+def baseline_label(name: str, baseline: dict) -> str:
+    if name == "ease" and "l2" in baseline:
+        return f"EASE (L2 {baseline['l2']:g}, chosen on validation)"
+    if name == "multivae" and "best_epoch" in baseline:
+        return f"Multi-VAE (epoch {baseline['best_epoch']} of {baseline['epochs']}, chosen on validation)"
+    return name
+
+
+def quality_rows(results: list[dict]) -> list[str]:
+    """Every CLLM4Rec stage of every quality run, then each distinct baseline result once per data set."""
+    rows, seen = [], set()
+
+    def row(result: dict, method: str, test: dict) -> str:
         figures = " | ".join(f"{test[metric]:.4f}" for metric in METRICS)
-        rows.append(f"| {result['data']} | {method} | {figures} | {result['device']} |")
+        return f"| {result['data']} | {method} | {figures} | {result['device']} | `{Path(result['_file']).name}` |"
+
+    for data in sorted({result["data"] for result in results}):
+        of_data = [result for result in results if result["data"] == data]
+        for result in of_data:
+            if result["benchmark"] == "quality":
+                rows += [row(result, method, test) for method, test in cllm4rec_methods(result).items()]
+        for result in of_data:
+            for name, baseline in result.get("baselines", {}).items():
+                label = baseline_label(name, baseline)
+                key = (data, label, tuple(round(baseline["test"][metric], 4) for metric in METRICS))
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(row(result, label, baseline["test"]))
     return rows
+
+
+def speed_label(result: dict) -> str:
+    overrides = json.loads(result.get("backbone_overrides") or "{}")
+    shape = "".join(f", {key} {value}" for key, value in overrides.items())
+    backbone = result["backbone"] + (f" (random weights{shape})" if result["random_init"] else "")
+    sample = f", {result['sample']:,} documents per stage, extrapolated" if result.get("sample") else ""
+    return f"{backbone}, batch {result['batch_size']}, {result['dtype']}{sample}"
 
 
 def speed_rows(result: dict) -> list[str]:
@@ -46,12 +81,24 @@ def speed_rows(result: dict) -> list[str]:
     collaborative = cell(f"{stages['collaborative']['epoch_s']:.1f} s", "collaborative_epoch")
     finetuning = cell(f"{stages['finetuning']['epoch_s']:.1f} s", "finetuning_epoch")
     prediction = cell(f"{stages['prediction']['users_per_s']:,.0f}", "prediction")
-    backbone = result["backbone"] + (" (random weights)" if result["random_init"] else "")
+    memory = "-" if result["peak_gpu_memory_gib"] is None else f"{result['peak_gpu_memory_gib']:.1f} GiB"
     return [
-        f"| {backbone}, batch {result['batch_size']}, {result['dtype']} | {result['device']} | {content} | "
-        f"{collaborative} | {finetuning} | {prediction} | {result['peak_gpu_memory_gib'] or 0:.1f} GiB | "
-        f"`{Path(result['_file']).name}` |"
+        f"| {speed_label(result)} | {result['device']} | {content} | {collaborative} | {finetuning} | {prediction} | "
+        f"{memory} | `{Path(result['_file']).name}` |"
     ]
+
+
+def scaling_rows(results: list[dict]) -> list[str]:
+    """Users per second of top-100 prediction per catalogue size, one row per speed file."""
+    sizes = sorted({entry["num_items"] for result in results for entry in result["prediction_scaling"]})
+    header = ["| backbone | device | " + " | ".join(f"{size:,} items" for size in sizes) + " | file |"]
+    header.append("|---|---|" + "---|" * len(sizes) + "---|")
+    rows = []
+    for result in results:
+        speeds = {entry["num_items"]: f"{entry['users_per_s']:,.0f}" for entry in result["prediction_scaling"]}
+        cells = " | ".join(speeds.get(size, "-") for size in sizes)
+        rows.append(f"| {speed_label(result)} | {result['device']} | {cells} | `{Path(result['_file']).name}` |")
+    return header + rows
 
 
 def render(results_dir: Path) -> str:
@@ -60,15 +107,17 @@ def render(results_dir: Path) -> str:
         result = json.loads(path.read_text())
         result["_file"] = str(path)
         results.append(result)
-    quality = [row for result in results if result.get("benchmark") == "quality" for row in quality_rows(result)]
-    speed = [row for result in results if result.get("benchmark") == "speed" for row in speed_rows(result)]
+    quality = quality_rows([result for result in results if result.get("benchmark") in ("quality", "baselines")])
+    speed_results = [result for result in results if result.get("benchmark") == "speed"]
+    speed = [row for result in speed_results for row in speed_rows(result)]
     lines = [START, "", "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`.", ""]
     if quality:
         lines += [
-            "Test split, all items ranked, training items excluded (`benchmarks/quality.py`):",
+            "Test split, all items ranked, training items excluded (`benchmarks/quality.py`, baselines also from "
+            "`benchmarks/baselines.py`; a baseline result that several files share is listed once):",
             "",
-            "| data | method | Recall@20 | Recall@40 | NDCG@100 | device |",
-            "|---|---|---|---|---|---|",
+            "| data | method | Recall@20 | Recall@40 | NDCG@100 | device | file |",
+            "|---|---|---|---|---|---|---|",
             *quality,
             "",
         ]
@@ -82,6 +131,10 @@ def render(results_dir: Path) -> str:
             "| peak memory | file |",
             "|---|---|---|---|---|---|---|---|",
             *speed,
+            "",
+            "Users per second of top-100 prediction as the catalogue grows (random ID embeddings, same backbone):",
+            "",
+            *scaling_rows(speed_results),
             "",
         ]
     return "\n".join([*lines, END])

@@ -4,6 +4,8 @@ Speed of every CLLM4Rec stage on a prepared data set, and how prediction time gr
     python benchmarks/speed.py --data data/beauty --backbone gpt2 --random_init          # GPT-2-small shape
     python benchmarks/speed.py --data data/beauty --backbone PATH_TO_SMOLLM2
     python benchmarks/speed.py --data builtin --backbone builtin-tiny-gpt2 --sample 64   # CPU smoke test
+    python benchmarks/speed.py --data data/beauty --backbone gpt2 --random_init \
+        --backbone_overrides '{"n_layer": 2, "n_embd": 256, "n_head": 4}'              # the CPU quality runs' shape
 
 Stages, each one real optimizer steps (or, for prediction, real top-k) through the package's own documents,
 collator and model, timed after a warm-up, with documents grouped by length (`--train_sampling_strategy
@@ -51,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backbone", default="gpt2")
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--random_init", action="store_true", help="Random backbone weights (speed only).")
+    parser.add_argument("--backbone_overrides", default=None, help="JSON of backbone config fields (random init).")
     parser.add_argument("--batch_size", type=int, default=256, help="Documents per training step.")
     parser.add_argument("--eval_batch_size", type=int, default=1024, help="Users per prediction batch.")
     parser.add_argument(
@@ -169,7 +172,12 @@ def main() -> None:
     commit = git_commit()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_data(DataArguments(data=args.data))
-    model_args = ModelArguments(backbone=args.backbone, tokenizer=args.tokenizer, random_init=args.random_init)
+    model_args = ModelArguments(
+        backbone=args.backbone,
+        tokenizer=args.tokenizer,
+        random_init=args.random_init,
+        backbone_overrides=args.backbone_overrides,
+    )
     pretraining_model, tokenizer = build_pretraining_model(model_args, data)
     config = pretraining_model.config
     pretraining_model.to(device)
@@ -211,6 +219,7 @@ def main() -> None:
         "data": data.name,
         "backbone": args.backbone,
         "random_init": args.random_init,
+        "backbone_overrides": args.backbone_overrides,
         "backbone_layers": getattr(config.text_config, "num_hidden_layers", None),
         "hidden_size": config.hidden_size,
         "batch_size": args.batch_size,
