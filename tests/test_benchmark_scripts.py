@@ -35,7 +35,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run(
         "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "pretrain-only",
         "--warmup_epochs", "0", "--pretrain_rounds", "2", "--finetune_rounds", "0", "--history_permutations", "2",
-        "--baselines", "", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
+        "--baselines", "popularity", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
     pretrain_only = json.loads((results / "quality-pretrain-only.json").read_text())
     assert pretrain_only["cllm4rec"]["test"] is None
@@ -59,8 +59,12 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme))
     text = readme.read_text()
     assert "stale" not in text and text.startswith("intro\n") and text.endswith("end\n")
-    ease_row = next(line for line in text.splitlines() if "| ease |" in line)
-    assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_row
+    ease_l2 = quality["baselines"]["ease"]["l2"]
+    ease_rows = [line for line in text.splitlines() if f"| EASE (L2 {ease_l2:g}, chosen on validation) |" in line]
+    assert len(ease_rows) == 1 and "quality-smoke.json" in ease_rows[0]
+    assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_rows[0]
+    popularity_rows = [line for line in text.splitlines() if "| popularity |" in line]
+    assert len(popularity_rows) == 1  # two runs with the same popularity figures: listed once
     assert "speed-smoke.json" in text
     assert "CLLM4Rec (pretrain-only), pretraining only |" in text and "CLLM4Rec (pretrain-only) |" not in text
     orders_row = next(line for line in text.splitlines() if "pretraining only, 2 history orders averaged" in line)
