@@ -3,6 +3,7 @@ Recommendation quality of CLLM4Rec next to popularity, EASE and Multi-VAE, on on
 
     python benchmarks/quality.py --data data/beauty --backbone PATH_TO_SMOLLM2 --name smollm2
     python benchmarks/quality.py --data data/beauty --backbone gpt2 --paper --name gpt2-paper   # the paper's setup
+    python benchmarks/quality.py ... --paper --pretrain_rounds 20 --finetune_rounds 20       # ... on a shorter schedule
     python benchmarks/quality.py --data builtin --backbone builtin-tiny-gpt2 --name smoke \\
         --warmup_epochs 0 --pretrain_rounds 1 --finetune_rounds 1 --baselines popularity           # seconds
 
@@ -47,7 +48,7 @@ PAPER = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/beauty")
     parser.add_argument("--backbone", default="gpt2")
@@ -55,7 +56,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--random_init", action="store_true")
     parser.add_argument("--backbone_overrides", default=None)
     parser.add_argument("--name", required=True, help="Names the run's JSON, PNG and output folders.")
-    parser.add_argument("--paper", action="store_true", help="The paper's schedule and hyperparameters.")
+    parser.add_argument(
+        "--paper",
+        action="store_true",
+        help="The paper's schedule and hyperparameters as defaults; options given explicitly still win.",
+    )
     parser.add_argument("--warmup_epochs", type=int, default=2)
     parser.add_argument("--pretrain_rounds", type=int, default=10)
     parser.add_argument("--finetune_rounds", type=int, default=20, help="0: no fine-tuning.")
@@ -88,10 +93,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baselines", default="popularity,ease,multivae")
     parser.add_argument("--output_dir", default="runs/quality", help="Where the trained models go.")
     parser.add_argument("--results_dir", default="benchmarks/results", help="Where the JSON and PNG go.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.paper:
-        for key, value in PAPER.items():
-            setattr(args, key, value)
+        parser.set_defaults(**PAPER)
+        args = parser.parse_args(argv)
     return args
 
 

@@ -72,5 +72,18 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme), "--check")
 
 
+def test_paper_flag_sets_the_paper_configuration_and_explicit_options_win():
+    from benchmarks.quality import PAPER, parse_args
+
+    paper = vars(parse_args(["--name", "paper", "--paper"]))
+    assert {key: paper[key] for key in PAPER} == PAPER
+    shorter = vars(parse_args(["--name", "short", "--paper", "--pretrain_rounds", "3", "--finetune_rounds", "2"]))
+    assert (shorter["pretrain_rounds"], shorter["finetune_rounds"]) == (3, 2)
+    assert {key: shorter[key] for key in PAPER if "rounds" not in key} == {
+        key: value for key, value in PAPER.items() if "rounds" not in key
+    }
+    assert vars(parse_args(["--name", "ours"]))["batch_size"] != PAPER["batch_size"]
+
+
 def test_readme_results_are_those_of_the_result_files():
     run("benchmarks/report.py", "--check")
