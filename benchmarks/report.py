@@ -62,12 +62,15 @@ def quality_rows(results: list[dict]) -> list[str]:
     return rows
 
 
-def speed_label(result: dict) -> str:
+def backbone_label(result: dict) -> str:
     overrides = json.loads(result.get("backbone_overrides") or "{}")
     shape = "".join(f", {key} {value}" for key, value in overrides.items())
-    backbone = result["backbone"] + (f" (random weights{shape})" if result["random_init"] else "")
+    return result["backbone"] + (f" (random weights{shape})" if result["random_init"] else "") + f", {result['dtype']}"
+
+
+def speed_label(result: dict) -> str:
     sample = f", {result['sample']:,} documents per stage, extrapolated" if result.get("sample") else ""
-    return f"{backbone}, batch {result['batch_size']}, {result['dtype']}{sample}"
+    return f"{backbone_label(result)}, batch {result['batch_size']}{sample}"
 
 
 def speed_rows(result: dict) -> list[str]:
@@ -97,7 +100,7 @@ def scaling_rows(results: list[dict]) -> list[str]:
     for result in results:
         speeds = {entry["num_items"]: f"{entry['users_per_s']:,.0f}" for entry in result["prediction_scaling"]}
         cells = " | ".join(speeds.get(size, "-") for size in sizes)
-        rows.append(f"| {speed_label(result)} | {result['device']} | {cells} | `{Path(result['_file']).name}` |")
+        rows.append(f"| {backbone_label(result)} | {result['device']} | {cells} | `{Path(result['_file']).name}` |")
     return header + rows
 
 

@@ -223,6 +223,7 @@ def main() -> None:
         "backbone_layers": getattr(config.text_config, "num_hidden_layers", None),
         "hidden_size": config.hidden_size,
         "batch_size": args.batch_size,
+        "eval_batch_size": args.eval_batch_size,
         "dtype": args.dtype,
         "sample": args.sample,
         "stages": stages,
