@@ -70,7 +70,8 @@ def backbone_label(result: dict) -> str:
 
 def speed_label(result: dict) -> str:
     sample = f", {result['sample']:,} documents per stage, extrapolated" if result.get("sample") else ""
-    return f"{backbone_label(result)}, batch {result['batch_size']}{sample}"
+    prediction_batch = f", prediction batch {result['eval_batch_size']}" if "eval_batch_size" in result else ""
+    return f"{backbone_label(result)}, batch {result['batch_size']}{prediction_batch}{sample}"
 
 
 def speed_rows(result: dict) -> list[str]:
