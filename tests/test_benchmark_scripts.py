@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +84,14 @@ def test_paper_flag_sets_the_paper_configuration_and_explicit_options_win():
         key: value for key, value in PAPER.items() if "rounds" not in key
     }
     assert vars(parse_args(["--name", "ours"]))["batch_size"] != PAPER["batch_size"]
+
+
+def test_bf16_runs_where_the_machine_has_no_gpu(tmp_path):
+    from benchmarks.quality import parse_args, training_arguments
+
+    args = parse_args(["--name", "bf16", "--bf16"])
+    arguments = training_arguments(args, tmp_path, rounds=1, learning_rate=1e-3)
+    assert arguments.bf16 and arguments.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_readme_results_are_those_of_the_result_files():
