@@ -277,6 +277,15 @@ def run_baselines(
     return results
 
 
+def run_baselines_on_data(data: str, names: list[str], vae_epochs: int = 200) -> dict[str, dict]:
+    """[`run_baselines`] on the splits of a prepared data set (a `cllm4rec prepare` folder, or 'builtin'), on the
+    GPU where there is one."""
+    prepared = load_data(DataArguments(data=data))
+    train, validation, test = (prepared.to_sparse(split) for split in ("train", "validation", "test"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return run_baselines(names, train, validation, test, device, vae_epochs)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="A folder written by `cllm4rec prepare`, or 'builtin'.")
@@ -287,10 +296,7 @@ def main():
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     commit = git_commit()
-    data = load_data(DataArguments(data=args.data))
-    train, validation, test = (data.to_sparse(split) for split in ("train", "validation", "test"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    baselines = run_baselines(args.baselines.split(","), train, validation, test, device, args.vae_epochs)
+    baselines = run_baselines_on_data(args.data, args.baselines.split(","), args.vae_epochs)
     result = {
         "benchmark": "baselines",
         "name": args.name,

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.baselines import run_baselines  # noqa: E402
+from benchmarks.baselines import run_baselines_on_data  # noqa: E402
 from benchmarks.provenance import device_name, git_commit, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
@@ -198,16 +198,6 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
     return results
 
 
-def baselines_of(args) -> dict:
-    data = load_data(DataArguments(data=args.data))
-    train, validation, test = (data.to_sparse(split) for split in ("train", "validation", "test"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = run_baselines(args.baselines.split(","), train, validation, test, device)
-    for name, result in results.items():
-        print(f"{name}: {result['test']}")
-    return results
-
-
 def plot(validation: dict[str, list[dict]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -238,7 +228,9 @@ def main() -> None:
         if "test_over_history_orders" in results:
             print(f"  over {args.history_permutations} history orders: {results['test_over_history_orders']}")
     print(f"[{wall:.0f} s]")
-    baselines = baselines_of(args) if args.baselines else {}
+    baselines = run_baselines_on_data(args.data, args.baselines.split(",")) if args.baselines else {}
+    for name, baseline in baselines.items():
+        print(f"{name}: {baseline['test']}")
     validation = {stage: results["validation_per_round"] for stage, results in stages.items()}
     plot(validation, results_dir / f"quality-{args.name}.png", f"CLLM4Rec {args.name}: validation Recall@20")
     result = {
