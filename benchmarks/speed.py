@@ -61,7 +61,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--sample", type=int, default=None, help="Documents per stage (default: the full epoch).")
     parser.add_argument("--num_workers", type=int, default=4 if torch.cuda.is_available() else 0)
-    parser.add_argument("--scaling_items", default="1000,10000,100000,1000000", help="Catalogue sizes for prediction.")
+    parser.add_argument(
+        "--scaling_items", default="1000,10000,100000,1000000", help="Catalogue sizes for prediction ('': none)."
+    )
     parser.add_argument("--scaling_users", type=int, default=256, help="Users scored per catalogue size.")
     parser.add_argument("--output", default=None, help="JSON path; default benchmarks/results/speed-<name>.json.")
     return parser.parse_args()
@@ -142,7 +144,7 @@ def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
 def time_catalogue_scaling(config: CLLM4RecConfig, tokenizer_factory, args, device) -> list[dict]:
     """Users per second of top-100 prediction for growing catalogues (random ID embeddings, same backbone)."""
     results = []
-    for num_items in (int(n) for n in args.scaling_items.split(",")):
+    for num_items in (int(n) for n in args.scaling_items.split(",") if n.strip()):
         scaled = CLLM4RecConfig(**{**config.to_dict(), "num_items": num_items, "num_users": args.scaling_users})
         model = CLLM4RecForItemPrediction(scaled).to(device).eval()
         tokenizer = tokenizer_factory(scaled)
