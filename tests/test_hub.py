@@ -197,7 +197,7 @@ def test_fresh_interpreter_registers_on_import_and_resolves_a_repository_from_th
                 logits = model(reference["input_ids"], reference["attention_mask"]).logits
             torch.testing.assert_close(logits, reference["expected"], rtol=0, atol=1e-6)
             print(type(model).__name__)
-        assert not any(parameter.requires_grad for parameter in model.model.language_model.parameters())
+        assert not any(parameter.requires_grad for parameter in model.model.backbone.parameters())
         predictor = CLLM4RecForItemPrediction.from_pretrained("org/cllm4rec-beauty")
         print(type(predictor).__name__, predictor.config.num_items)
         tokenizer = CLLM4RecTokenizer.from_pretrained("org/cllm4rec-beauty")

@@ -99,8 +99,8 @@ def assert_same_outputs(first: dict, second: dict):
 
 
 def input_output_embeddings(model):
-    language_model = model.base_model.language_model
-    return language_model.get_input_embeddings().weight, language_model.get_output_embeddings().weight
+    backbone = model.base_model.backbone
+    return backbone.get_input_embeddings().weight, backbone.get_output_embeddings().weight
 
 
 # Save and load
@@ -152,11 +152,11 @@ def test_untied_lm_head_is_stored_and_stays_separate(tmp_path):
     model.save_pretrained(tmp_path)
     with safe_open(tmp_path / "model.safetensors", "pt") as stored:
         names = set(stored.keys())
-    assert "model.language_model.lm_head.weight" in names
+    assert "model.backbone.lm_head.weight" in names
     loaded = CLLM4RecForCollaborativeLM.from_pretrained(tmp_path)
     word_embeddings, lm_head = input_output_embeddings(loaded)
     assert word_embeddings.data_ptr() != lm_head.data_ptr()
-    assert torch.equal(lm_head, model.model.language_model.lm_head.weight)
+    assert torch.equal(lm_head, model.model.backbone.lm_head.weight)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -170,13 +170,32 @@ def test_item_prediction_loads_a_collaborative_lm_checkpoint(backbone, tmp_path)
             model.model.id_embedding_tables(side), loaded.model.id_embedding_tables(side), strict=True
         ):
             assert torch.equal(table.weight, loaded_table.weight)
-    for name, parameter in model.model.language_model.state_dict().items():
-        assert torch.equal(parameter, loaded.model.language_model.state_dict()[name]), name
+    for name, parameter in model.model.backbone.state_dict().items():
+        assert torch.equal(parameter, loaded.model.backbone.state_dict()[name]), name
     # the item head reads the collaborative item table: the collaborative LM's next-item logits at the prompt's end
     input_ids, attention_mask = right_pad(RECOMMENDATION_PROMPTS[:1])
     with torch.no_grad():
         expected = model(input_ids, attention_mask).logits[:, -1]
         torch.testing.assert_close(loaded.eval()(input_ids, attention_mask).logits, expected)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_checkpoint_keys_survive_loading_and_saving_again(backbone, tmp_path):
+    # The Trainer restores the best round with a raw `load_state_dict` of the saved file, so a re-saved checkpoint
+    # must hold the model's own parameter names: no renaming on load that is reverted on save.
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0)
+    model.save_pretrained(tmp_path / "pretrained")
+    loaded = CLLM4RecForItemPrediction.from_pretrained(tmp_path / "pretrained")
+    loaded.save_pretrained(tmp_path / "again")
+    with safe_open(tmp_path / "again" / "model.safetensors", "pt") as stored:
+        stored_names = set(stored.keys())
+        stored_state = {name: stored.get_tensor(name) for name in stored_names}
+    assert stored_names <= set(loaded.state_dict()), sorted(stored_names - set(loaded.state_dict()))
+    fresh = CLLM4RecForItemPrediction(loaded.config)
+    result = fresh.load_state_dict(stored_state, strict=False)
+    assert not result.unexpected_keys
+    for name, parameter in loaded.state_dict().items():
+        assert torch.equal(parameter, fresh.state_dict()[name]), name
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
@@ -279,7 +298,7 @@ def test_id_embeddings_are_initialized_with_initializer_range(initializer_range)
 
 
 def expected_trainable(name: str, backbone_training: str) -> bool:
-    if "_embeddings." in name and not name.startswith("model.language_model."):
+    if "_embeddings." in name and not name.startswith("model.backbone."):
         return True  # the four ID tables
     return backbone_training == "full" or (backbone_training == "lora" and "lora_" in name)
 
@@ -407,9 +426,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(backbone):
         }
 
     layer = (
-        model.model.language_model.base_model.h[0]
+        model.model.backbone.base_model.h[0]
         if backbone == "gpt2"
-        else model.model.language_model.model.layers[0]
+        else model.model.backbone.model.layers[0]
     )
     calls = []
     # the checkpointed function is the layer's forward: hooks on a module inside it see the recomputation

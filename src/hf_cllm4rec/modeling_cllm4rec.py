@@ -104,17 +104,17 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
         """
         config_fields = set(CLLM4RecConfig.__dataclass_fields__) - {"text_config"}
         config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
-        language_model = AutoModelForCausalLM.from_pretrained(backbone_name_or_path, **kwargs)
+        backbone = AutoModelForCausalLM.from_pretrained(backbone_name_or_path, **kwargs)
         config = CLLM4RecConfig(
-            text_config=language_model.config,
+            text_config=backbone.config,
             num_users=num_users,
             num_items=num_items,
             # the config's constructor sets the attention implementation on its sub-config: keep the backbone's
-            attn_implementation=language_model.config._attn_implementation,
+            attn_implementation=backbone.config._attn_implementation,
             **config_kwargs,
         )
         config.base_model_name_or_path = str(backbone_name_or_path)
-        return cls(config, language_model=language_model)
+        return cls(config, backbone=backbone)
 
 
 def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
@@ -158,9 +158,9 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
     `num_items` item tokens, each looked up in the collaborative or the content table, by document type.
     """
 
-    def __init__(self, config: CLLM4RecConfig, language_model: PreTrainedModel | None = None):
+    def __init__(self, config: CLLM4RecConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
-        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        self.backbone = backbone or AutoModelForCausalLM.from_config(config.text_config)
         hidden_size = config.hidden_size
         self.user_collaborative_embeddings = nn.Embedding(config.num_users, hidden_size)
         self.item_collaborative_embeddings = nn.Embedding(config.num_items, hidden_size)
@@ -175,7 +175,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         """Makes the ID tables trainable, and the backbone (`"full"`), its LoRA adapters (`"lora"`) or nothing else."""
         backbone_training = self.config.backbone_training
         for name, parameter in self.named_parameters():
-            if name.startswith("language_model."):
+            if name.startswith("backbone."):
                 parameter.requires_grad_(
                     backbone_training == "full" or (backbone_training == "lora" and "lora_" in name)
                 )
@@ -193,9 +193,9 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
             lora_dropout=config.lora_dropout,
             target_modules=target_modules,
         )
-        inject_adapter_in_model(lora_config, self.language_model)
+        inject_adapter_in_model(lora_config, self.backbone)
         # peft has initialized the adapters (B = 0, so training starts from the backbone): keep post_init off them
-        for name, module in self.language_model.named_modules():
+        for name, module in self.backbone.named_modules():
             if "lora_" in name:
                 module._is_hf_initialized = True
 
@@ -212,10 +212,10 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self.apply_backbone_training()
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
+        return self.backbone.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module):
-        self.language_model.set_input_embeddings(value)
+        self.backbone.set_input_embeddings(value)
 
     def id_embedding_tables(self, side: str) -> tuple[nn.Embedding, nn.Embedding]:
         """The (user, item) embedding tables of `side`, `"collaborative"` or `"content"`."""
@@ -260,7 +260,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
                     f"{tuple(input_ids.shape)}."
                 )
         inputs_embeds = self.embed_tokens(input_ids, document_type)
-        return self.language_model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return self.backbone.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
     def item_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Scores over all items: the item head tied to the collaborative item embeddings."""
@@ -269,7 +269,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
 
     def word_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Scores over the word vocabulary: the backbone's LM head (tied to its word embeddings where it ties)."""
-        return self.language_model.get_output_embeddings()(hidden_states)
+        return self.backbone.get_output_embeddings()(hidden_states)
 
     def last_token_hidden_states(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
@@ -482,9 +482,9 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
     shifted inside, so the first main-text token is predicted from the prompt's last token.
     """
 
-    def __init__(self, config: CLLM4RecConfig, language_model: PreTrainedModel | None = None):
+    def __init__(self, config: CLLM4RecConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
-        self.model = CLLM4RecModel(config, language_model=language_model)
+        self.model = CLLM4RecModel(config, backbone=backbone)
         self.post_init()
 
     def forward(
@@ -527,9 +527,9 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
     collaborative item embedding; training maximizes the multinomial likelihood of the held-out items.
     """
 
-    def __init__(self, config: CLLM4RecConfig, language_model: PreTrainedModel | None = None):
+    def __init__(self, config: CLLM4RecConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
-        self.model = CLLM4RecModel(config, language_model=language_model)
+        self.model = CLLM4RecModel(config, backbone=backbone)
         self.post_init()
 
     def forward(
