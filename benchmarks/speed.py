@@ -35,6 +35,7 @@ from benchmarks.provenance import device_name, git_commit, versions  # noqa: E40
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction  # noqa: E402
 from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments  # noqa: E402
 from hf_cllm4rec.data.documents import ScheduledDocuments  # noqa: E402
+from hf_cllm4rec.modeling_cllm4rec import ATTENTION_BACKENDS  # noqa: E402
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, build_pretraining_model, load_data  # noqa: E402
 from hf_cllm4rec.training.schedule import ScheduleBatchSampler  # noqa: E402
 
@@ -54,7 +55,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--random_init", action="store_true", help="Random backbone weights (speed only).")
     parser.add_argument("--backbone_overrides", default=None, help="JSON of backbone config fields (random init).")
-    parser.add_argument("--batch_size", type=int, default=256, help="Documents per training step.")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=1024 if torch.cuda.is_available() else 256,
+        help="Documents per training step.",
+    )
     parser.add_argument("--eval_batch_size", type=int, default=1024, help="Users per prediction batch.")
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="bfloat16" if torch.cuda.is_available() else "float32"
@@ -72,6 +78,17 @@ def parse_args() -> argparse.Namespace:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def reset_memory(device: torch.device) -> None:
+    """Starts a stage with an empty allocator cache and a fresh peak, as in a process of its own."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
 
 def time_training(model, source, batch_size, pad_token_id, args, device) -> dict:
@@ -185,8 +202,6 @@ def main() -> None:
     pretraining_model.to(device)
     model = CLLM4RecForItemPrediction(config)
     model.model = pretraining_model.model  # the two heads share one backbone and one set of ID embeddings
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     max_length = min(getattr(config.text_config, "max_position_embeddings", 1024) or 1024, 1024)
     histories = data.histories("train")
 
@@ -197,11 +212,18 @@ def main() -> None:
         ("collaborative", pretraining_model, CollaborativeDocuments(histories, tokenizer, max_length)),
         ("finetuning", model, RecommendationDocuments(histories, tokenizer, config.mask_ratio, max_length)),
     ):
+        reset_memory(device)
         stages[name] = time_training(stage_model, source, args.batch_size, tokenizer.pad_token_id, args, device)
+        stages[name]["peak_gpu_memory_gib"] = peak_memory_gib(device)
         print(f"{name:>14} epoch: {stages[name]['epoch_s']:8.2f} s ({len(source):,} documents)")
+    reset_memory(device)
     stages["prediction"] = time_prediction(model, tokenizer, data, args, device)
+    stages["prediction"]["peak_gpu_memory_gib"] = peak_memory_gib(device)
     print(f"{'prediction':>14}: {stages['prediction']['users_per_s']:,.0f} users/s")
-    peak_memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    peak_memory = None
+    if device.type == "cuda":
+        peak_memory = max(stage["peak_gpu_memory_gib"] for stage in stages.values())
+        print("peak GPU memory (GiB): " + ", ".join(f"{k} {v['peak_gpu_memory_gib']:.1f}" for k, v in stages.items()))
 
     print("prediction vs catalogue size:")
     tokenizer_factory = lambda scaled: type(tokenizer)(tokenizer.base_tokenizer, scaled)  # noqa: E731
@@ -227,6 +249,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "eval_batch_size": args.eval_batch_size,
         "dtype": args.dtype,
+        "attention_backends": [backend.name for backend in ATTENTION_BACKENDS],
         "sample": args.sample,
         "stages": stages,
         "peak_gpu_memory_gib": peak_memory,

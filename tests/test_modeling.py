@@ -10,6 +10,7 @@ from tiny_models import (
     tiny_text_config,
     tiny_word_tokenizer,
 )
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM
 
 from hf_cllm4rec import (
@@ -17,6 +18,7 @@ from hf_cllm4rec import (
     CLLM4RecForItemPrediction,
     CLLM4RecModel,
     CLLM4RecTokenizer,
+    modeling_cllm4rec,
 )
 
 MODEL_CLASSES = (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction)
@@ -425,11 +427,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(backbone):
             name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None
         }
 
-    layer = (
-        model.model.backbone.base_model.h[0]
-        if backbone == "gpt2"
-        else model.model.backbone.model.layers[0]
-    )
+    layer = model.model.backbone.base_model.h[0] if backbone == "gpt2" else model.model.backbone.model.layers[0]
     calls = []
     # the checkpointed function is the layer's forward: hooks on a module inside it see the recomputation
     layer.mlp.register_forward_pre_hook(lambda *args: calls.append(1))
@@ -929,3 +927,45 @@ def test_history_permutations_come_from_the_config_and_do_not_depend_on_the_batc
     torch.testing.assert_close(output.scores, batched.gather(1, output.item_ids))
     with pytest.raises(ValueError, match="history_permutations"):
         model.score_items(user_ids, histories, tokenizer=tokenizer, history_permutations=0)
+
+
+@pytest.mark.parametrize("document_type", ["collaborative", "content"])
+def test_losses_scored_in_chunks_equal_the_whole_batch(document_type, monkeypatch):
+    model = tiny_model(CLLM4RecForCollaborativeLM, "gpt2", id_std=1.0, backbone_training="full")
+    input_ids, attention_mask, labels = {
+        "collaborative": (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS),
+        "content": (CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS),
+    }[document_type]
+
+    def loss_and_gradients():
+        model.zero_grad()
+        output = model(input_ids, attention_mask, labels=labels, document_type=document_type)
+        output.lm_loss.backward()
+        return output.lm_loss.detach(), {
+            name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
+        }
+
+    whole_loss, whole_gradients = loss_and_gradients()
+    monkeypatch.setattr(modeling_cllm4rec, "LOSS_CHUNK_SIZE", 2)  # fewer than the batch's targets: several chunks
+    calls = []
+    monkeypatch.setattr(
+        modeling_cllm4rec, "checkpoint", lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs)
+    )
+    chunked_loss, chunked_gradients = loss_and_gradients()
+    assert len(calls) > 1
+    torch.testing.assert_close(chunked_loss, whole_loss)
+    assert chunked_gradients.keys() == whole_gradients.keys()
+    for name, gradient in whole_gradients.items():
+        torch.testing.assert_close(chunked_gradients[name], gradient, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_backbone_attention_leaves_out_cudnn():
+    model = tiny_model(CLLM4RecForCollaborativeLM, "llama")
+    seen = []
+    model.model.backbone.base_model.register_forward_hook(
+        lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+    )
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    model(COLLABORATIVE_IDS, COLLABORATIVE_MASK)
+    assert seen == [False]
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the forward pass
