@@ -65,13 +65,18 @@ def quality_rows(results: list[dict]) -> list[str]:
 def backbone_label(result: dict) -> str:
     overrides = json.loads(result.get("backbone_overrides") or "{}")
     shape = "".join(f", {key} {value}" for key, value in overrides.items())
-    return result["backbone"] + (f" (random weights{shape})" if result["random_init"] else "") + f", {result['dtype']}"
+    name = Path(result["backbone"]).name
+    return name + (f" (random weights{shape})" if result["random_init"] else "") + f", {result['dtype']}"
 
 
 def speed_label(result: dict) -> str:
     sample = f", {result['sample']:,} documents per stage, extrapolated" if result.get("sample") else ""
     prediction_batch = f", prediction batch {result['eval_batch_size']}" if "eval_batch_size" in result else ""
-    return f"{backbone_label(result)}, batch {result['batch_size']}{prediction_batch}{sample}"
+    attention = ""
+    if result.get("peak_gpu_memory_gib") is not None:
+        cudnn = "CUDNN_ATTENTION" in result.get("attention_backends", ["CUDNN_ATTENTION"])
+        attention = ", cuDNN attention on" if cudnn else ", cuDNN attention off"
+    return f"{backbone_label(result)}, batch {result['batch_size']}{prediction_batch}{attention}{sample}"
 
 
 def speed_rows(result: dict) -> list[str]:
@@ -98,7 +103,7 @@ def scaling_rows(results: list[dict]) -> list[str]:
     header = ["| backbone | device | " + " | ".join(f"{size:,} items" for size in sizes) + " | file |"]
     header.append("|---|---|" + "---|" * len(sizes) + "---|")
     rows = []
-    for result in results:
+    for result in (result for result in results if result["prediction_scaling"]):
         speeds = {entry["num_items"]: f"{entry['users_per_s']:,.0f}" for entry in result["prediction_scaling"]}
         cells = " | ".join(speeds.get(size, "-") for size in sizes)
         rows.append(f"| {backbone_label(result)} | {result['device']} | {cells} | `{Path(result['_file']).name}` |")
