@@ -13,7 +13,7 @@ group_by_length` in training; the default, random batching, pads more):
 - content epoch: one document per training pair, `<user_u> writes the following review for <item_i>:` + the item's
   text (the Beauty split has no reviews);
 - collaborative epoch: one document per user; fine-tuning epoch: one masked-history document per user;
-- prediction: the top 100 items for every user, training items excluded.
+- prediction: the top 100 items for every user, training items excluded, users batched by prompt length.
 With `--sample N` each stage runs N documents and its epoch time is extrapolated (stated in the JSON). The JSON
 in `benchmarks/results/` records the figures, the configuration, device, versions and git commit.
 """
@@ -35,6 +35,7 @@ from benchmarks.provenance import device_name, git_commit, versions  # noqa: E40
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction  # noqa: E402
 from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments  # noqa: E402
 from hf_cllm4rec.data.documents import ScheduledDocuments  # noqa: E402
+from hf_cllm4rec.evaluation import length_grouped_batches  # noqa: E402
 from hf_cllm4rec.modeling_cllm4rec import ATTENTION_BACKENDS  # noqa: E402
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, build_pretraining_model, load_data  # noqa: E402
 from hf_cllm4rec.training.schedule import ScheduleBatchSampler  # noqa: E402
@@ -61,7 +62,10 @@ def parse_args() -> argparse.Namespace:
         default=1024 if torch.cuda.is_available() else 256,
         help="Documents per training step.",
     )
-    parser.add_argument("--eval_batch_size", type=int, default=1024, help="Users per prediction batch.")
+    parser.add_argument("--eval_batch_size", type=int, default=1024, help="Users per prediction batch, at most.")
+    parser.add_argument(
+        "--eval_max_tokens", type=int, default=None, help="Padded prompt tokens per prediction batch, at most."
+    )
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="bfloat16" if torch.cuda.is_available() else "float32"
     )
@@ -87,8 +91,15 @@ def reset_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def peak_memory_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+def memory_figures(device: torch.device) -> dict:
+    """The stage's peak GPU memory, and how often the allocator had to free its cache and retry (a slow path)."""
+    if device.type != "cuda":
+        return {"peak_gpu_memory_gib": None}
+    stats = torch.cuda.memory_stats()
+    return {
+        "peak_gpu_memory_gib": stats["allocated_bytes.all.peak"] / 2**30,
+        "alloc_retries": stats["num_alloc_retries"],
+    }
 
 
 def time_training(model, source, batch_size, pad_token_id, args, device) -> dict:
@@ -136,25 +147,38 @@ def time_training(model, source, batch_size, pad_token_id, args, device) -> dict
 
 @torch.no_grad()
 def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
-    """Top-k over all items for the users with training items (or a sample), training items excluded."""
+    """
+    Top-k over all items for the users with training items (or a sample), training items excluded, in batches of
+    similar prompt length (`--eval_batch_size` users and `--eval_max_tokens` padded tokens at most), each timed.
+    """
     histories = data.histories("train")
-    users = [user for user in range(data.num_users) if len(histories[user])]
-    if args.sample is not None:
-        users = users[: args.sample]
-    users.sort(key=lambda user: len(histories[user]))  # similar lengths per batch: little padding
+    users = np.array([user for user in range(data.num_users) if len(histories[user])][: args.sample])
+    lengths = model.prompt_lengths(tokenizer, users.tolist(), [histories[user] for user in users], None)
+    batches = length_grouped_batches(lengths, args.eval_batch_size, args.eval_max_tokens)
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    chunks = [users[start : start + args.eval_batch_size] for start in range(0, len(users), args.eval_batch_size)]
     with autocast:
-        model.recommend(chunks[0], [histories[u] for u in chunks[0]], k=k, tokenizer=tokenizer)
+        model.recommend(
+            users[batches[0]].tolist(), [histories[u] for u in users[batches[0]]], k=k, tokenizer=tokenizer
+        )
     synchronize(device)
-    start = time.perf_counter()
-    for chunk in chunks:
+    timed = []
+    for batch in batches:
+        start = time.perf_counter()
         with autocast:
-            model.recommend(chunk, [histories[u] for u in chunk], k=k, tokenizer=tokenizer)
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"users": len(users), "seconds": seconds, "users_per_s": len(users) / seconds}
+            model.recommend(users[batch].tolist(), [histories[u] for u in users[batch]], k=k, tokenizer=tokenizer)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        timed.append({"users": len(batch), "width": int(lengths[batch].max()), "seconds": seconds})
+    seconds = sum(batch["seconds"] for batch in timed)
+    return {
+        "users": len(users),
+        "seconds": seconds,
+        "users_per_s": len(users) / seconds,
+        "prompt_tokens": int(lengths.sum()),
+        "padded_tokens": sum(batch["users"] * batch["width"] for batch in timed),
+        "batches": timed,
+    }
 
 
 @torch.no_grad()
@@ -214,12 +238,16 @@ def main() -> None:
     ):
         reset_memory(device)
         stages[name] = time_training(stage_model, source, args.batch_size, tokenizer.pad_token_id, args, device)
-        stages[name]["peak_gpu_memory_gib"] = peak_memory_gib(device)
+        stages[name].update(memory_figures(device))
         print(f"{name:>14} epoch: {stages[name]['epoch_s']:8.2f} s ({len(source):,} documents)")
     reset_memory(device)
     stages["prediction"] = time_prediction(model, tokenizer, data, args, device)
-    stages["prediction"]["peak_gpu_memory_gib"] = peak_memory_gib(device)
-    print(f"{'prediction':>14}: {stages['prediction']['users_per_s']:,.0f} users/s")
+    stages["prediction"].update(memory_figures(device))
+    prediction = stages["prediction"]
+    print(
+        f"{'prediction':>14}: {prediction['users_per_s']:,.0f} users/s ({len(prediction['batches'])} batches, "
+        f"{prediction['padded_tokens']:,} padded tokens for {prediction['prompt_tokens']:,})"
+    )
     peak_memory = None
     if device.type == "cuda":
         peak_memory = max(stage["peak_gpu_memory_gib"] for stage in stages.values())
@@ -248,6 +276,7 @@ def main() -> None:
         "hidden_size": config.hidden_size,
         "batch_size": args.batch_size,
         "eval_batch_size": args.eval_batch_size,
+        "eval_max_tokens": args.eval_max_tokens,
         "dtype": args.dtype,
         "attention_backends": [backend.name for backend in ATTENTION_BACKENDS],
         "sample": args.sample,

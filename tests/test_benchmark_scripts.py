@@ -48,10 +48,15 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run(
         "benchmarks/speed.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--sample", "64",
         "--batch_size", "16", "--scaling_items", "500,1000", "--scaling_users", "16",
+        "--eval_batch_size", "32", "--eval_max_tokens", "300",
         "--output", str(results / "speed-smoke.json"),
     )  # fmt: skip
     speed = json.loads((results / "speed-smoke.json").read_text())
     assert {"content", "collaborative", "finetuning", "prediction"} <= set(speed["stages"])
+    prediction = speed["stages"]["prediction"]
+    assert sum(batch["users"] for batch in prediction["batches"]) == prediction["users"] == 64
+    assert all(batch["users"] <= 32 and batch["users"] * batch["width"] <= 300 for batch in prediction["batches"])
+    assert prediction["prompt_tokens"] <= prediction["padded_tokens"]
     assert [entry["num_items"] for entry in speed["prediction_scaling"]] == [500, 1000]
     assert speed["stages"]["content"]["extrapolated"]
 

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import evaluate
@@ -10,6 +11,7 @@ from hf_cllm4rec.evaluation import (
     RankingMetrics,
     evaluate_recommender,
     items_to_mask,
+    length_grouped_batches,
     model_selection_score,
     ranking_metrics,
     rows_to_mask,
@@ -143,17 +145,54 @@ def test_sparse_rows_and_dense_masks_agree():
     assert ranking_metrics(scores, heldout.numpy(), exclude.float()) == dense
 
     by_user = evaluate_recommender(lambda users: scores[users], heldout_matrix, exclude_matrix, batch_size=8)
+    shuffled = np.random.default_rng(0).permutation(heldout_matrix.shape[0])
     reordered = evaluate_recommender(
-        lambda users: scores[users],
-        heldout_matrix,
-        exclude_matrix,
-        batch_size=8,
-        user_order=np.random.default_rng(0).permutation(heldout_matrix.shape[0]),
+        lambda users: scores[users], heldout_matrix, exclude_matrix, user_batches=np.array_split(shuffled, 5)
     )
     for name in dense:
         assert by_user[name] == pytest.approx(dense[name])
         assert reordered[name] == pytest.approx(dense[name])
     assert reordered["num_users"] == by_user["num_users"]
+
+
+def test_user_batches_must_hold_every_user_with_heldout_items_once():
+    scores, heldout, exclude = random_case()
+    heldout_matrix = scipy.sparse.csr_matrix(heldout.numpy().astype(np.float32))
+    users = np.arange(heldout_matrix.shape[0])
+    with_heldout = np.flatnonzero(heldout.any(1).numpy())
+
+    def evaluate(batches):
+        return evaluate_recommender(lambda batch: scores[batch], heldout_matrix, user_batches=batches)
+
+    with pytest.raises(ValueError, match=f"leaves out 1 users with held-out items, e.g. user {with_heldout[-1]}"):
+        evaluate([users[users != with_heldout[-1]]])
+    with pytest.raises(ValueError, match="user 3 more than once"):
+        evaluate([users, [3]])
+    with pytest.raises(ValueError, match="outside"):
+        evaluate([users, [len(users)]])
+
+
+def test_length_grouped_batches():
+    lengths = np.random.default_rng(0).integers(1, 60, size=500)
+    for max_batch_size, max_tokens in [(64, None), (1000, 1000), (16, 300), (1000, 30)]:
+        batches = length_grouped_batches(lengths, max_batch_size, max_tokens)
+        assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(len(lengths)))
+        assert np.all(np.diff(lengths[np.concatenate(batches)]) >= 0), "ascending lengths"
+        for batch in batches:
+            assert 1 <= len(batch) <= max_batch_size
+            padded = len(batch) * lengths[batch].max()
+            assert max_tokens is None or padded <= max_tokens or len(batch) == 1
+        # greedy: each batch stops only where the next prompt would break a limit
+        for batch, following in itertools.pairwise(batches):
+            grown = len(batch) + 1
+            assert grown > max_batch_size or (max_tokens is not None and grown * lengths[following[0]] > max_tokens)
+    assert [len(batch) for batch in length_grouped_batches([5, 1, 50, 2], 10, 20)] == [3, 1]
+    assert [list(batch) for batch in length_grouped_batches([5, 1, 2], 2)] == [[1, 2], [0]]
+    assert length_grouped_batches([], 4, 10) == []
+    with pytest.raises(ValueError, match="max_batch_size"):
+        length_grouped_batches([1], 0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        length_grouped_batches([1], 1, 0)
 
 
 def test_items_to_mask():

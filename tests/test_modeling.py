@@ -758,6 +758,8 @@ def test_recommend_with_k_beyond_the_unseen_items_fails(model_class):
     with pytest.raises(ValueError, match=r"k=5.*4"):
         model.recommend([0, 1], histories, k=5, tokenizer=tokenizer)
     assert model.recommend([0, 1], histories, k=4, tokenizer=tokenizer).item_ids.shape == (2, 4)
+    # an item repeated in a history is one seen item
+    assert model.recommend([0], [[0, 0, 1, 1, 2, 2]], k=4, tokenizer=tokenizer).item_ids.shape == (1, 4)
 
 
 def test_recommend_for_a_cold_start_user():

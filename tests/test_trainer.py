@@ -433,6 +433,7 @@ def test_a_negative_regularization_weight_is_refused(tmp_path, data, base_tokeni
         (dict(num_train_epochs=1.5), "whole number"),
         (dict(weight_average_decay=1.0), "weight_average_decay"),
         (dict(weight_average_decay=0.0), "weight_average_decay"),
+        (dict(eval_max_tokens=0), "eval_max_tokens"),
     ],
 )
 def test_bad_training_arguments(tmp_path, overrides, message):
@@ -452,6 +453,28 @@ def test_evaluate_model_metrics_lie_in_the_unit_interval(data, base_tokenizer):
         assert {"recall@5", "recall@10", "ndcg@10"} <= metrics.keys()
         assert all(0.0 <= metrics[name] <= 1.0 for name in ("recall@5", "recall@10", "ndcg@10"))
         assert metrics["num_users"] == len(np.unique(data.tables["validation"]["user_id"]))
+
+
+def test_evaluate_model_batches_by_prompt_tokens(data, base_tokenizer, monkeypatch):
+    """A token limit changes how users are batched (short prompts in larger batches), not the metrics."""
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    score_items, batches = model.score_items, []
+
+    def recording_score_items(user_ids, user_histories, **kwargs):
+        input_ids, _ = model.prompt_batch(tokenizer, user_ids, user_histories, kwargs.get("max_length"))
+        batches.append(input_ids.shape)
+        return score_items(user_ids, user_histories, **kwargs)
+
+    monkeypatch.setattr(model, "score_items", recording_score_items)
+    by_users = evaluate_model(model, tokenizer, data, "validation", batch_size=4)
+    users_batches, batches[:] = list(batches), []
+    by_tokens = evaluate_model(model, tokenizer, data, "validation", batch_size=1000, max_tokens=150)
+    assert by_tokens == pytest.approx(by_users)
+    assert all(rows <= 4 for rows, _ in users_batches)
+    assert all(rows * width <= 150 or rows == 1 for rows, width in batches)
+    assert sum(rows for rows, _ in batches) == sum(rows for rows, _ in users_batches)
+    assert batches[0][0] > 4 and len(batches) < len(users_batches), "short prompts share larger batches"
+    assert [width for _, width in batches] == sorted(width for _, width in batches), "shortest prompts first"
 
 
 def test_evaluate_model_excludes_training_items(data, base_tokenizer, monkeypatch):

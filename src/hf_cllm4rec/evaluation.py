@@ -221,7 +221,7 @@ def evaluate_recommender(
     batch_size: int = 1024,
     recall_ks: Iterable[int] = DEFAULT_RECALL_KS,
     ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS,
-    user_order: np.ndarray | None = None,
+    user_batches: Iterable[Sequence[int] | np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Ranking metrics of a recommender over every user with held-out items, scored `batch_size` users at a time.
 
@@ -233,10 +233,11 @@ def evaluate_recommender(
         exclude (scipy sparse matrix of shape `(num_users, num_items)`, *optional*):
             Interactions removed from the ranking, typically the training matrix.
         batch_size (`int`, *optional*, defaults to 1024):
-            Users scored at a time.
-        user_order (`np.ndarray`, *optional*):
-            The order in which the users with held-out items are scored (e.g. by history length, so that batches
-            pad little); defaults to ascending user id. The metrics do not depend on it.
+            Users scored at a time, in ascending id order.
+        user_batches (`Iterable` of user id arrays, *optional*):
+            The batches to score instead, e.g. from [`length_grouped_batches`] so that prompts of similar length
+            share a batch. Together they must hold every user with held-out items exactly once; users without
+            held-out items are dropped from them. The metrics do not depend on the batching.
     """
     if batch_size <= 0:
         raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
@@ -245,13 +246,60 @@ def evaluate_recommender(
     if exclude is not None and exclude.shape != heldout.shape:
         raise ValueError(f"`exclude` has shape {exclude.shape} but `heldout` has shape {heldout.shape}.")
     metrics = RankingMetrics(recall_ks=recall_ks, ndcg_ks=ndcg_ks)
-    users_with_heldout = np.flatnonzero(np.diff(heldout.indptr))
-    if user_order is not None:
-        users_with_heldout = np.asarray(user_order)[np.isin(user_order, users_with_heldout)]
-    for start in range(0, len(users_with_heldout), batch_size):
-        users = users_with_heldout[start : start + batch_size]
-        metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])
+    has_heldout = np.diff(heldout.indptr) > 0
+    if user_batches is None:
+        users_with_heldout = np.flatnonzero(has_heldout)
+        starts = range(0, len(users_with_heldout), batch_size)
+        user_batches = [users_with_heldout[start : start + batch_size] for start in starts]
+    else:
+        user_batches = [np.asarray(users, dtype=np.int64).reshape(-1) for users in user_batches]
+        _check_user_batches(user_batches, has_heldout)
+        user_batches = [users[has_heldout[users]] for users in user_batches]
+    for users in user_batches:
+        if len(users):
+            metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])
     return metrics.compute()
+
+
+def _check_user_batches(user_batches: list[np.ndarray], has_heldout: np.ndarray) -> None:
+    users = np.concatenate(user_batches) if user_batches else np.zeros(0, dtype=np.int64)
+    if len(users) and not 0 <= users.min() <= users.max() < len(has_heldout):
+        raise ValueError(f"`user_batches` holds user ids outside [0, {len(has_heldout)}).")
+    counts = np.bincount(users, minlength=len(has_heldout))
+    if (counts > 1).any():
+        raise ValueError(f"`user_batches` holds user {int(np.argmax(counts > 1))} more than once.")
+    missing = np.flatnonzero(has_heldout & (counts == 0))
+    if len(missing):
+        raise ValueError(
+            f"`user_batches` leaves out {len(missing)} users with held-out items, e.g. user {missing[0]}."
+        )
+
+
+def length_grouped_batches(
+    lengths: Sequence[int] | np.ndarray, max_batch_size: int, max_tokens: int | None = None
+) -> list[np.ndarray]:
+    """
+    Positions of `lengths` in ascending length order, cut into batches of at most `max_batch_size` and, with
+    `max_tokens`, at most that many padded tokens (batch size x its longest length): prompts of similar length share
+    a batch, so they pad little, and short prompts go in larger batches than long ones. A single length above
+    `max_tokens` gets a batch of its own.
+    """
+    if max_batch_size <= 0:
+        raise ValueError(f"`max_batch_size` must be positive, got {max_batch_size}.")
+    if max_tokens is not None and max_tokens <= 0:
+        raise ValueError(f"`max_tokens` must be positive, got {max_tokens}.")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        end = min(start + max_batch_size, len(order))
+        if max_tokens is not None:
+            # ascending lengths: a batch [start, stop) pads to lengths[order[stop - 1]]
+            padded = np.arange(1, end - start + 1) * lengths[order[start:end]]
+            end = start + max(1, int(np.searchsorted(padded > max_tokens, True)))
+        batches.append(order[start:end])
+        start = end
+    return batches
 
 
 def model_selection_score(metrics: dict[str, float]) -> float:

@@ -406,6 +406,14 @@ class ItemScoringMixin:
         ]
         return pad_sequences(prompts, tokenizer.pad_token_id, device=self.device)
 
+    def prompt_lengths(
+        self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
+    ) -> np.ndarray:
+        """Tokens in each user's prompt: what a batch of them pads to (see [`length_grouped_batches`])."""
+        if not len(user_ids):
+            return np.zeros(0, dtype=np.int64)
+        return self.prompt_batch(tokenizer, list(user_ids), histories, max_length)[1].sum(-1).cpu().numpy()
+
     @torch.no_grad()
     def score_items(
         self,
@@ -464,10 +472,12 @@ class ItemScoringMixin:
         """
         if not 0 < k <= self.config.num_items:
             raise ValueError(f"k must lie in [1, {self.config.num_items}], got {k}.")
-        fewest_unseen = min(
-            (self.config.num_items - len(set(np.asarray(history).reshape(-1).tolist())) for history in histories),
-            default=self.config.num_items,
-        )
+        histories = [np.asarray(history).reshape(-1) for history in histories]
+        longest = max((len(history) for history in histories), default=0)
+        # distinct items are counted only where the longest history could leave fewer than k unseen
+        fewest_unseen = self.config.num_items - longest
+        if k > fewest_unseen:
+            fewest_unseen = min(self.config.num_items - len(np.unique(history)) for history in histories)
         if k > fewest_unseen:
             raise ValueError(
                 f"k={k}, but a user has only {fewest_unseen} items outside their history, and recommendations never "

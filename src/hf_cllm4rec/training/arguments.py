@@ -59,6 +59,13 @@ class CLLM4RecTrainingArguments(TrainingArguments):
     recall_ks: list[int] = field(default_factory=lambda: [20, 40], metadata={"help": "Cut-offs of Recall@K."})
     ndcg_ks: list[int] = field(default_factory=lambda: [100], metadata={"help": "Cut-offs of NDCG@K."})
     eval_split: str = field(default="validation", metadata={"help": "Split evaluated during training."})
+    eval_max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Padded prompt tokens per evaluation batch at most; batches of short prompts then hold up to "
+            "per_device_eval_batch_size users, those of long prompts fewer. Default: no token limit."
+        },
+    )
     train_sampling_strategy: str = field(
         default="random",
         metadata={
@@ -104,6 +111,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             )
         if self.max_length is not None and self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}.")
+        if self.eval_max_tokens is not None and self.eval_max_tokens <= 0:
+            raise ValueError(f"eval_max_tokens must be positive, got {self.eval_max_tokens}.")
         if any(k <= 0 for k in [*self.recall_ks, *self.ndcg_ks]):
             raise ValueError("recall_ks and ndcg_ks must be positive.")
         if self.weight_average_decay is not None and not 0 < self.weight_average_decay < 1:

@@ -14,7 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data.collators import CLLM4RecDataCollator
 from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
 from ..data.prepared import SPLITS, RecommendationData
-from ..evaluation import evaluate_recommender, model_selection_score
+from ..evaluation import evaluate_recommender, length_grouped_batches, model_selection_score
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments
@@ -204,6 +204,7 @@ class CLLM4RecTrainer(Trainer):
                 self.data,
                 split,
                 batch_size=self.args.per_device_eval_batch_size,
+                max_tokens=self.args.eval_max_tokens,
                 max_length=self.max_length,
                 recall_ks=self.args.recall_ks,
                 ndcg_ks=self.args.ndcg_ks,
@@ -288,13 +289,28 @@ def evaluate_model(
     max_length: int | None = None,
     recall_ks=(20, 40),
     ndcg_ks=(100,),
+    max_tokens: int | None = None,
 ) -> dict[str, float]:
     """
     Recall@K and NDCG@K of a CLLM4Rec model on a split, with the paper's protocol: every user with held-out items
     is prompted with the whole training history, all items are ranked, training items excluded. Users without
     training items get no prompt and a flat score (they still count).
+
+    Users are scored in batches of similar prompt length, at most `batch_size` users and, with `max_tokens`, at most
+    that many padded prompt tokens each.
     """
     histories = data.histories("train")
+    heldout = data.to_sparse(split)
+    users = np.flatnonzero(np.diff(heldout.indptr))
+    if max_tokens is None:  # prompts grow with the history: its length orders them alike, without rendering them
+        lengths = np.array([len(histories[user]) for user in users], dtype=np.int64)
+    else:
+        lengths = np.zeros(len(users), dtype=np.int64)
+        prompted = np.flatnonzero([len(histories[user]) for user in users])
+        lengths[prompted] = model.prompt_lengths(
+            tokenizer, users[prompted].tolist(), [histories[user] for user in users[prompted]], max_length
+        )
+    user_batches = [users[batch] for batch in length_grouped_batches(lengths, batch_size, max_tokens)]
 
     def score_users(users: np.ndarray) -> torch.Tensor:
         scores = torch.zeros(len(users), data.num_items, device=model.device)
@@ -312,13 +328,11 @@ def evaluate_model(
     model.eval()
     results = evaluate_recommender(
         score_users,
-        data.to_sparse(split),
+        heldout,
         exclude=data.to_sparse("train"),
-        batch_size=batch_size,
         recall_ks=recall_ks,
         ndcg_ks=ndcg_ks,
-        # users with histories of similar length share a batch, so prompts pad little
-        user_order=np.argsort([len(history) for history in histories], kind="stable"),
+        user_batches=user_batches,
     )
     model.train(was_training)
     if all(name in results for name in ("recall@20", "recall@40", "ndcg@100")):
