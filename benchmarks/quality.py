@@ -80,7 +80,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no_content_steps", action="store_true", help="ID documents only (no content epochs): a reduced schedule."
     )
-    parser.add_argument("--backbone_training", default="frozen", choices=["frozen", "full", "lora"])
+    parser.add_argument(
+        "--backbone_training",
+        default="frozen",
+        choices=["frozen", "full", "lora"],
+        help="What of the backbone trains: in fine-tuning, and with 'full' also in pretraining.",
+    )
+    parser.add_argument(
+        "--pretrain_backbone_training",
+        default=None,
+        choices=["frozen", "full", "lora"],
+        help="What of the backbone trains in pretraining; default: as --backbone_training, but frozen for 'lora'. "
+        "LoRA adapters added in pretraining stay for fine-tuning (then --backbone_training lora).",
+    )
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
     parser.add_argument(
         "--history_permutations",
@@ -102,6 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.paper:
         parser.set_defaults(**PAPER)
         args = parser.parse_args(argv)
+    if args.pretrain_backbone_training is None:
+        args.pretrain_backbone_training = "frozen" if args.backbone_training == "lora" else args.backbone_training
+    if args.pretrain_backbone_training == "lora" and args.finetune_rounds and args.backbone_training != "lora":
+        parser.error("LoRA adapters added in pretraining stay in fine-tuning: pass --backbone_training lora too.")
     return args
 
 
@@ -152,7 +168,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         random_init=args.random_init,
         backbone_overrides=args.backbone_overrides,
         lambda_v=args.lambda_v,
-        backbone_training="frozen" if args.backbone_training == "lora" else args.backbone_training,
+        backbone_training=args.pretrain_backbone_training,
     )
     pretraining_args = training_arguments(
         args,

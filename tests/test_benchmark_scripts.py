@@ -36,9 +36,12 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run(
         "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "pretrain-only",
         "--warmup_epochs", "0", "--pretrain_rounds", "2", "--finetune_rounds", "0", "--history_permutations", "2",
+        "--pretrain_backbone_training", "lora",
         "--baselines", "popularity", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
     pretrain_only = json.loads((results / "quality-pretrain-only.json").read_text())
+    saved_config = json.loads((tmp_path / "runs" / "pretrain-only" / "pretrain" / "config.json").read_text())
+    assert saved_config["backbone_training"] == "lora"
     assert pretrain_only["cllm4rec"]["test"] is None
     assert len(pretrain_only["cllm4rec_pretrained"]["validation_per_round"]) == 2
     over_orders = pretrain_only["cllm4rec_pretrained"]["test_over_history_orders"]
@@ -89,6 +92,31 @@ def test_paper_flag_sets_the_paper_configuration_and_explicit_options_win():
         key: value for key, value in PAPER.items() if "rounds" not in key
     }
     assert vars(parse_args(["--name", "ours"]))["batch_size"] != PAPER["batch_size"]
+
+
+@pytest.mark.parametrize(
+    "options, stages",
+    [
+        ([], ("frozen", "frozen")),
+        (["--backbone_training", "full"], ("full", "full")),
+        (["--backbone_training", "lora"], ("frozen", "lora")),
+        (["--backbone_training", "lora", "--pretrain_backbone_training", "lora"], ("lora", "lora")),
+        (["--pretrain_backbone_training", "lora", "--finetune_rounds", "0"], ("lora", "frozen")),
+    ],
+)
+def test_backbone_training_per_stage(options, stages):
+    from benchmarks.quality import parse_args
+
+    args = parse_args(["--name", "stages", *options])
+    assert (args.pretrain_backbone_training, args.backbone_training) == stages
+
+
+def test_lora_from_pretraining_must_stay_in_finetuning(capsys):
+    from benchmarks.quality import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "mixed", "--pretrain_backbone_training", "lora"])
+    assert "--backbone_training lora" in capsys.readouterr().err
 
 
 def test_bf16_runs_where_the_machine_has_no_gpu(tmp_path):
