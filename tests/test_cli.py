@@ -61,11 +61,12 @@ def test_pretrain_finetune_evaluate_chain(checkpoint, capsys):
 def test_evaluate_is_the_trainers_evaluation(checkpoint, capsys):
     root, model, tokenizer, data = checkpoint
     args = ("evaluate", "--model", str(root / "checkpoint"), "--data", str(root / "data"), "--split", "validation")
-    assert run_cli(*args, "--recall-ks", "5", "10", "--ndcg-ks", "10") == 0
     expected = evaluate_model(model, tokenizer, data, "validation", recall_ks=(5, 10), ndcg_ks=(10,))
-    stdout = capsys.readouterr().out
-    for name in ("recall@5", "recall@10", "ndcg@10"):
-        assert f"  {name:<16}{expected[name]:.4f}" in stdout
+    for batching in ([], ["--batch-size", "1000", "--max-tokens", "100"]):
+        assert run_cli(*args, "--recall-ks", "5", "10", "--ndcg-ks", "10", *batching) == 0
+        stdout = capsys.readouterr().out
+        for name in ("recall@5", "recall@10", "ndcg@10"):
+            assert f"  {name:<16}{expected[name]:.4f}" in stdout
 
 
 def test_evaluate_over_several_history_orders(checkpoint, capsys):
@@ -146,6 +147,7 @@ def test_usage_errors(checkpoint, capsys, tmp_path):
         (("evaluate", "--model", model, "--data", data_dir, "--unknown-option"), "unrecognized arguments"),
         (("evaluate", "--model", model, "--data", "builtin"), "a checkpoint from another data set"),
         (("evaluate", "--model", model, "--data", data_dir, "--history-permutations", "0"), "must be positive"),
+        (("evaluate", "--model", model, "--data", data_dir, "--max-tokens", "0"), "--max-tokens must be positive"),
         (("finetune", "--data", data_dir, "--output_dir", str(tmp_path / "f")), "--pretrained"),
         (("pretrain", "--no_such_argument", "1"), "unrecognized arguments"),
     ]

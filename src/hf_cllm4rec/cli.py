@@ -245,6 +245,12 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--recall-ks", type=int, nargs="+", default=[20, 40], help="Default: 20 40.")
     parser.add_argument("--ndcg-ks", type=int, nargs="+", default=[100], help="Default: 100.")
     add_scoring_arguments(parser)
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help="Padded prompt tokens per forward pass at most; users with short prompts then share larger batches, "
+        "up to --batch-size (default: no token limit).",
+    )
     parser.add_argument("--output", help="Also write the metrics to this JSON file.")
     parser.set_defaults(handler=evaluate)
 
@@ -257,6 +263,7 @@ def evaluate(args: argparse.Namespace) -> int:
     _check_positive(
         batch_size=args.batch_size,
         max_length=args.max_length,
+        max_tokens=args.max_tokens,
         k=min(args.recall_ks + args.ndcg_ks),
         history_permutations=args.history_permutations,
     )
@@ -274,6 +281,7 @@ def evaluate(args: argparse.Namespace) -> int:
         max_length=args.max_length or default_max_length(model.config),
         recall_ks=args.recall_ks,
         ndcg_ks=args.ndcg_ks,
+        max_tokens=args.max_tokens,
     )
     print(f"{args.split} split of {data.name!r}: {int(metrics['num_users'])} users")
     for name, value in metrics.items():
