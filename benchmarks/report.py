@@ -72,6 +72,8 @@ def backbone_label(result: dict) -> str:
 def speed_label(result: dict) -> str:
     sample = f", {result['sample']:,} documents per stage, extrapolated" if result.get("sample") else ""
     prediction_batch = f", prediction batch {result['eval_batch_size']}" if "eval_batch_size" in result else ""
+    if result.get("eval_max_tokens"):
+        prediction_batch += f" and {result['eval_max_tokens']:,} tokens at most"
     attention = ""
     if result.get("peak_gpu_memory_gib") is not None:
         cudnn = "CUDNN_ATTENTION" in result.get("attention_backends", ["CUDNN_ATTENTION"])

@@ -74,7 +74,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_rows[0]
     popularity_rows = [line for line in text.splitlines() if "| popularity |" in line]
     assert len(popularity_rows) == 1  # two runs with the same popularity figures: listed once
-    assert "speed-smoke.json" in text
+    assert "speed-smoke.json" in text and "prediction batch 32 and 300 tokens at most" in text
     assert "CLLM4Rec (pretrain-only), pretraining only |" in text and "CLLM4Rec (pretrain-only) |" not in text
     orders_row = next(line for line in text.splitlines() if "pretraining only, 2 history orders averaged" in line)
     assert f"{over_orders['ndcg@100']:.4f}" in orders_row
