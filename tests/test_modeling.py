@@ -749,6 +749,22 @@ def test_recommend_never_returns_history_items(backbone, model_class):
         assert not set(truncated.item_ids[row].tolist()) & set(history)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_bfloat16_weights_serve_like_float32(backbone, tmp_path):
+    """A checkpoint loaded with `dtype=torch.bfloat16`, as for serving, scores and recommends as in float32."""
+    model = tiny_model(CLLM4RecForItemPrediction, backbone, id_std=1.0)
+    model.save_pretrained(tmp_path)
+    served = CLLM4RecForItemPrediction.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {parameter.dtype for parameter in served.parameters()} == {torch.bfloat16}
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    users, histories = [0, 1, 2], [[0, 1], [3], [2, 4, 5]]
+    scores = served.score_items(users, histories, tokenizer=tokenizer)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, model.score_items(users, histories, tokenizer=tokenizer), atol=0.2, rtol=0.02)
+    expected = model.recommend(users, histories, k=3, tokenizer=tokenizer).item_ids
+    assert torch.equal(served.recommend(users, histories, k=3, tokenizer=tokenizer).item_ids, expected)
+
+
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
 def test_recommend_with_k_beyond_the_unseen_items_fails(model_class):
     model = tiny_model(model_class, id_std=1.0)
