@@ -23,6 +23,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,19 +86,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def reset_memory(device: torch.device) -> None:
-    """Starts a stage with an empty allocator cache and a fresh peak, as in a process of its own."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def memory_figures(device: torch.device) -> dict:
-    """The stage's peak GPU memory, and how often the allocator had to free its cache and retry (a slow path)."""
+def measure_stage(device: torch.device, time_stage: Callable[[], dict]) -> dict:
+    """
+    Times a stage from an empty allocator cache and a fresh peak, as in a process of its own, and adds its peak GPU
+    memory and how often the allocator had to free its cache and retry (a slow path).
+    """
     if device.type != "cuda":
-        return {"peak_gpu_memory_gib": None}
+        return {**time_stage(), "peak_gpu_memory_gib": None}
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    figures = time_stage()
     stats = torch.cuda.memory_stats()
     return {
+        **figures,
         "peak_gpu_memory_gib": stats["allocated_bytes.all.peak"] / 2**30,
         "alloc_retries": stats["num_alloc_retries"],
     }
@@ -157,17 +159,17 @@ def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
     batches = length_grouped_batches(lengths, args.eval_batch_size, args.eval_max_tokens)
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    with autocast:
-        model.recommend(
-            users[batches[0]].tolist(), [histories[u] for u in users[batches[0]]], k=k, tokenizer=tokenizer
-        )
-    synchronize(device)
-    timed = []
-    for batch in batches:
-        start = time.perf_counter()
+
+    def recommend(batch: np.ndarray) -> None:
         with autocast:
             model.recommend(users[batch].tolist(), [histories[u] for u in users[batch]], k=k, tokenizer=tokenizer)
         synchronize(device)
+
+    recommend(batches[0])  # warm-up
+    timed = []
+    for batch in batches:
+        start = time.perf_counter()
+        recommend(batch)
         seconds = time.perf_counter() - start
         timed.append({"users": len(batch), "width": int(lengths[batch].max()), "seconds": seconds})
     seconds = sum(batch["seconds"] for batch in timed)
@@ -236,13 +238,10 @@ def main() -> None:
         ("collaborative", pretraining_model, CollaborativeDocuments(histories, tokenizer, max_length)),
         ("finetuning", model, RecommendationDocuments(histories, tokenizer, config.mask_ratio, max_length)),
     ):
-        reset_memory(device)
-        stages[name] = time_training(stage_model, source, args.batch_size, tokenizer.pad_token_id, args, device)
-        stages[name].update(memory_figures(device))
+        timing = partial(time_training, stage_model, source, args.batch_size, tokenizer.pad_token_id, args, device)
+        stages[name] = measure_stage(device, timing)
         print(f"{name:>14} epoch: {stages[name]['epoch_s']:8.2f} s ({len(source):,} documents)")
-    reset_memory(device)
-    stages["prediction"] = time_prediction(model, tokenizer, data, args, device)
-    stages["prediction"].update(memory_figures(device))
+    stages["prediction"] = measure_stage(device, partial(time_prediction, model, tokenizer, data, args, device))
     prediction = stages["prediction"]
     print(
         f"{'prediction':>14}: {prediction['users_per_s']:,.0f} users/s ({len(prediction['batches'])} batches, "

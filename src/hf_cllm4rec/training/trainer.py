@@ -302,11 +302,9 @@ def evaluate_model(
     histories = data.histories("train")
     heldout = data.to_sparse(split)
     users = np.flatnonzero(np.diff(heldout.indptr))
-    if max_tokens is None:  # prompts grow with the history: its length orders them alike, without rendering them
-        lengths = np.array([len(histories[user]) for user in users], dtype=np.int64)
-    else:
-        lengths = np.zeros(len(users), dtype=np.int64)
-        prompted = np.flatnonzero([len(histories[user]) for user in users])
+    lengths = np.array([len(histories[user]) for user in users], dtype=np.int64)
+    if max_tokens is not None:  # without a token limit, history lengths order the prompts alike, unrendered
+        prompted = np.flatnonzero(lengths)
         lengths[prompted] = model.prompt_lengths(
             tokenizer, users[prompted].tolist(), [histories[user] for user in users[prompted]], max_length
         )
