@@ -1,6 +1,8 @@
 """The `cllm4rec` training, evaluation, recommendation and export commands (`prepare` has its own tests)."""
 
+import csv
 import json
+import shutil
 
 import pytest
 from huggingface_hub import ModelCard
@@ -8,6 +10,7 @@ from test_prepare_cli import assert_usage_error, run_cli
 from tiny_checkpoints import save_tiny_checkpoint
 
 from hf_cllm4rec import IdMappings
+from hf_cllm4rec.cli import _replacing
 from hf_cllm4rec.embeddings import EMBEDDINGS_NAME, TABLES_NAME
 from hf_cllm4rec.training import evaluate_model
 
@@ -116,6 +119,48 @@ def test_recommend_known_users_by_raw_id(checkpoint, capsys, tmp_path):
     assert lines[0] == "user,rank,item_id,score,text" and len(lines) == 11
 
 
+def test_recommend_all_users_in_batches_by_prompt_length(checkpoint, capsys, tmp_path):
+    root, model, tokenizer, data = checkpoint
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(root / "checkpoint", folder)
+    mappings = IdMappings.load(folder)
+    mappings.histories[5] = []  # a user without training items gets no list
+    mappings.save(folder)
+    users = [user for user, history in enumerate(mappings.histories) if history]
+    expected = model.recommend(users, [mappings.histories[user] for user in users], k=3, tokenizer=tokenizer)
+
+    output = tmp_path / "all.csv"
+    args = ("recommend", "--model", str(folder), "--all-users", "--k", "3", "--output", str(output))
+    assert run_cli(*args, "--batch-size", "5", "--max-tokens", "40") == 0
+    assert "1 users without training items left out" in capsys.readouterr().err
+    written = {}
+    for row in csv.DictReader(output.open()):
+        written.setdefault(row["user"], []).append(row["item_id"])
+    assert written == {
+        data.user_raw_ids[user]: [data.item_raw_ids[item] for item in items]
+        for user, items in zip(users, expected.item_ids.tolist(), strict=True)
+    }
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["all.csv", "checkpoint"]
+
+    mappings.histories = []
+    mappings.save(folder)
+    assert_usage_error(
+        capsys, "recommend", "--model", str(folder), "--all-users", message="holds no training histories"
+    )
+
+
+def test_outputs_replace_a_file_only_once_fully_written(tmp_path):
+    path = tmp_path / "top.json"
+    path.write_text("earlier")
+    with pytest.raises(RuntimeError), _replacing(path) as file:
+        file.write("half")
+        raise RuntimeError("interrupted")
+    assert path.read_text() == "earlier" and list(tmp_path.iterdir()) == [path]
+    with _replacing(path) as file:
+        file.write("new")
+    assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]
+
+
 def test_export_embeddings(checkpoint, capsys, tmp_path):
     root, model, _, data = checkpoint
     out = tmp_path / "embeddings"
@@ -140,7 +185,7 @@ def test_usage_errors(checkpoint, capsys, tmp_path):
         (("recommend", "--model", data_dir, "--users", "x"), "has no config.json"),
         (("recommend", "--model", model, "--users", data.user_raw_ids[0], "--k", "0"), "--k must be positive"),
         (("recommend", "--model", model, "--users", data.user_raw_ids[0], "--k", "1000"), "k must lie in"),
-        (("recommend", "--model", model), "one of the arguments --users --histories is required"),
+        (("recommend", "--model", model), "one of the arguments --users --all-users --histories is required"),
         (("recommend", "--model", model, "--users", "x", "--histories", "h.json"), "not allowed with argument"),
         (("recommend", "--model", model, "--users", "x", "--output", "top.txt"), "--output must be a .json or .csv"),
         (("evaluate", "--model", model, "--data", str(tmp_path / "nothing")), "no prepared data set at"),
@@ -148,6 +193,7 @@ def test_usage_errors(checkpoint, capsys, tmp_path):
         (("evaluate", "--model", model, "--data", "builtin"), "a checkpoint from another data set"),
         (("evaluate", "--model", model, "--data", data_dir, "--history-permutations", "0"), "must be positive"),
         (("evaluate", "--model", model, "--data", data_dir, "--max-tokens", "0"), "--max-tokens must be positive"),
+        (("recommend", "--model", model, "--all-users", "--max-tokens", "-1"), "--max-tokens must be positive"),
         (("finetune", "--data", data_dir, "--output_dir", str(tmp_path / "f")), "--pretrained"),
         (("pretrain", "--no_such_argument", "1"), "unrecognized arguments"),
     ]

@@ -172,6 +172,17 @@ def test_user_batches_must_hold_every_user_with_heldout_items_once():
         evaluate([users, [len(users)]])
 
 
+def test_progress_bar_counts_the_users_with_heldout_items(capsys):
+    scores, heldout, _ = random_case()
+    heldout_matrix = scipy.sparse.csr_matrix(heldout.numpy().astype(np.float32))
+    with_heldout = int(heldout.any(1).sum())
+    evaluate_recommender(lambda users: scores[users], heldout_matrix, batch_size=7, disable_tqdm=False)
+    progress = capsys.readouterr().err
+    assert "Ranking: 100%" in progress and f"| {with_heldout}/{with_heldout} [" in progress
+    evaluate_recommender(lambda users: scores[users], heldout_matrix, batch_size=7, disable_tqdm=True)
+    assert capsys.readouterr().err == ""
+
+
 def test_length_grouped_batches():
     lengths = np.random.default_rng(0).integers(1, 60, size=500)
     for max_batch_size, max_tokens in [(64, None), (1000, 1000), (16, 300), (1000, 30)]:

@@ -9,6 +9,7 @@ cllm4rec finetune --data data/beauty --pretrained runs/pretrain --output_dir run
 cllm4rec evaluate --model runs/finetune --data data/beauty --split test
 cllm4rec recommend --model runs/finetune --users A3CIUOJXQ5VDQ2 --k 10
 cllm4rec recommend --model runs/finetune --histories new_users.csv --output recommendations.json
+cllm4rec recommend --model runs/finetune --all-users --k 100 --batch-size 1024 --output recommendations.csv
 cllm4rec export-embeddings --model runs/finetune --out runs/finetune-embeddings
 ```
 
@@ -21,12 +22,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 import torch
+from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 from transformers.utils import logging as transformers_logging
 
@@ -230,6 +234,12 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="Average the scores over this many random orders of each history (default: the checkpoint's).",
     )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help="Padded prompt tokens per forward pass at most; users with short prompts then share larger batches, "
+        "up to --batch-size (default: no token limit).",
+    )
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
@@ -245,12 +255,6 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--recall-ks", type=int, nargs="+", default=[20, 40], help="Default: 20 40.")
     parser.add_argument("--ndcg-ks", type=int, nargs="+", default=[100], help="Default: 100.")
     add_scoring_arguments(parser)
-    parser.add_argument(
-        "--max-tokens",
-        type=int,
-        help="Padded prompt tokens per forward pass at most; users with short prompts then share larger batches, "
-        "up to --batch-size (default: no token limit).",
-    )
     parser.add_argument("--output", help="Also write the metrics to this JSON file.")
     parser.set_defaults(handler=evaluate)
 
@@ -288,7 +292,8 @@ def evaluate(args: argparse.Namespace) -> int:
         if name != "num_users":
             print(f"  {name:<16}{value:.4f}")
     if args.output:
-        Path(args.output).write_text(json.dumps({f"{args.split}_{name}": value for name, value in metrics.items()}))
+        with _replacing(Path(args.output)) as file:
+            json.dump({f"{args.split}_{name}": value for name, value in metrics.items()}, file)
     return 0
 
 
@@ -305,6 +310,11 @@ def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
     users = parser.add_mutually_exclusive_group(required=True)
     users.add_argument("--users", nargs="+", metavar="USER_ID", help="Raw ids of users of the training data.")
     users.add_argument(
+        "--all-users",
+        action="store_true",
+        help="Every user of the training data with training items, e.g. to precompute lists with --output.",
+    )
+    users.add_argument(
         "--histories",
         metavar="FILE",
         help='New users\' histories: JSON ({"name": [item ids], ...} or [[item ids], ...]) or CSV with the '
@@ -317,7 +327,8 @@ def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def recommend(args: argparse.Namespace) -> int:
-    """Runs `cllm4rec recommend`: resolves raw ids, recommends in batches, prints or writes the top k."""
+    """Runs `cllm4rec recommend`: resolves raw ids, recommends in batches by prompt length, prints or writes the top k."""
+    from .evaluation import prompt_length_batches
     from .hub import IdMappings
     from .training.trainer import default_max_length
 
@@ -325,25 +336,36 @@ def recommend(args: argparse.Namespace) -> int:
         k=args.k,
         batch_size=args.batch_size,
         max_length=args.max_length,
+        max_tokens=args.max_tokens,
         history_permutations=args.history_permutations,
     )
     if args.output and Path(args.output).suffix not in (".json", ".csv"):
         raise _UsageError(f"--output must be a .json or .csv file, got {args.output}")
     model, tokenizer = _load_checkpoint(args.model, args.history_permutations)
     mappings = IdMappings.load(args.model)
-    requests = _known_users(args.users, mappings) if args.users else _new_users(args.histories, mappings)
-    results = {}
-    for start in range(0, len(requests), args.batch_size):
-        batch = requests[start : start + args.batch_size]
-        output = model.recommend(
-            [user for _, user, _ in batch],
-            [history for _, _, history in batch],
-            k=args.k,
-            tokenizer=tokenizer,
-            max_length=args.max_length or default_max_length(model.config),
-        )
-        for (label, _, _), items, scores in zip(batch, output.item_ids.cpu(), output.scores.cpu(), strict=True):
-            results[label] = mappings.ranked_items(items, scores)
+    if args.histories:
+        requests = _new_users(args.histories, mappings)
+    else:
+        requests = _known_users(args.users, mappings) if args.users else _all_users(mappings)
+    user_ids, histories = [user for _, user, _ in requests], [history for _, _, history in requests]
+    max_length = args.max_length or default_max_length(model.config)
+    batches = prompt_length_batches(
+        model, tokenizer, user_ids, histories, args.batch_size, max_length, args.max_tokens
+    )
+    ranked_by_row = [None] * len(requests)
+    with tqdm(total=len(requests), desc="Recommending", unit=" users", disable=None) as progress:
+        for batch in batches:
+            output = model.recommend(
+                [user_ids[row] for row in batch],
+                [histories[row] for row in batch],
+                k=args.k,
+                tokenizer=tokenizer,
+                max_length=max_length,
+            )
+            for row, items, scores in zip(batch, output.item_ids.cpu(), output.scores.cpu(), strict=True):
+                ranked_by_row[row] = mappings.ranked_items(items, scores)
+            progress.update(len(batch))
+    results = {label: ranked for (label, _, _), ranked in zip(requests, ranked_by_row, strict=True)}
     if args.output:
         _write_recommendations(results, Path(args.output))
         print(f"Wrote {args.k} items for each of {len(results)} users to {args.output}")
@@ -368,6 +390,19 @@ def _known_users(raw_ids: list[str], mappings) -> list[tuple[str, int, list[int]
             raise _UsageError(f"user {raw_id!r} has no training items: give their history with --histories")
         requests.append((raw_id, user, history))
     return requests
+
+
+def _all_users(mappings) -> list[tuple[str, int, list[int]]]:
+    if not mappings.histories:
+        raise _UsageError("the checkpoint's id_mappings.json holds no training histories: give them with --histories")
+    requests = [
+        (raw_id, user, history)
+        for user, (raw_id, history) in enumerate(zip(mappings.users, mappings.histories, strict=True))
+    ]
+    without_history = sum(not history for _, _, history in requests)
+    if without_history:
+        print(f"cllm4rec: warning: {without_history} users without training items left out", file=sys.stderr)
+    return [request for request in requests if request[2]]
 
 
 def _new_users(path: str, mappings) -> list[tuple[str, None, list[int]]]:
@@ -417,15 +452,27 @@ def _read_histories(path: Path) -> dict[str, list[str]]:
 
 
 def _write_recommendations(results: dict[str, list[dict]], path: Path) -> None:
-    if path.suffix == ".json":
-        path.write_text(json.dumps(results, indent=2))
-        return
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["user", "rank", "item_id", "score", "text"])
-        for label, ranked in results.items():
-            for rank, item in enumerate(ranked, start=1):
-                writer.writerow([label, rank, item["item_id"], item["score"], item["text"]])
+    with _replacing(path) as file:
+        if path.suffix == ".json":
+            json.dump(results, file, indent=2)
+        else:
+            writer = csv.writer(file)
+            writer.writerow(["user", "rank", "item_id", "score", "text"])
+            for label, ranked in results.items():
+                for rank, item in enumerate(ranked, start=1):
+                    writer.writerow([label, rank, item["item_id"], item["score"], item["text"]])
+
+
+@contextmanager
+def _replacing(path: Path):
+    """A text file that takes the place of `path` once fully written: a failure leaves `path` as it was."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("w", newline="") as file:
+            yield file
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def add_export_embeddings_command(subparsers: argparse._SubParsersAction) -> None:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import scipy.sparse
 import torch
+from tqdm.auto import tqdm
 
 DEFAULT_RECALL_KS = (20, 40)
 DEFAULT_NDCG_KS = (100,)
@@ -222,6 +223,7 @@ def evaluate_recommender(
     recall_ks: Iterable[int] = DEFAULT_RECALL_KS,
     ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS,
     user_batches: Iterable[Sequence[int] | np.ndarray] | None = None,
+    disable_tqdm: bool | None = None,
 ) -> dict[str, float]:
     """Ranking metrics of a recommender over every user with held-out items, scored `batch_size` users at a time.
 
@@ -238,6 +240,8 @@ def evaluate_recommender(
             The batches to score instead, e.g. from [`length_grouped_batches`] so that prompts of similar length
             share a batch. Together they must hold every user with held-out items exactly once; users without
             held-out items are dropped from them. The metrics do not depend on the batching.
+        disable_tqdm (`bool`, *optional*):
+            Hides the progress bar over the users; by default it shows only on a terminal.
     """
     if batch_size <= 0:
         raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
@@ -255,9 +259,11 @@ def evaluate_recommender(
         user_batches = [np.asarray(users, dtype=np.int64).reshape(-1) for users in user_batches]
         _check_user_batches(user_batches, has_heldout)
         user_batches = [users[has_heldout[users]] for users in user_batches]
-    for users in user_batches:
-        if len(users):
-            metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])
+    with tqdm(total=int(has_heldout.sum()), desc="Ranking", unit=" users", disable=disable_tqdm) as progress:
+        for users in user_batches:
+            if len(users):
+                metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])
+                progress.update(len(users))
     return metrics.compute()
 
 
@@ -300,6 +306,29 @@ def length_grouped_batches(
         batches.append(order[start:end])
         start = end
     return batches
+
+
+def prompt_length_batches(
+    model,
+    tokenizer,
+    user_ids: Sequence[int | None],
+    histories: Sequence,
+    max_batch_size: int,
+    max_length: int | None = None,
+    max_tokens: int | None = None,
+) -> list[np.ndarray]:
+    """
+    Positions of the users' prompts batched with [`length_grouped_batches`]. History lengths order the prompts as
+    their token counts do, so they are only rendered (once, through `model.prompt_lengths`) when `max_tokens` needs
+    the counts themselves. Users with an empty history count as length 0.
+    """
+    lengths = np.array([len(history) for history in histories], dtype=np.int64)
+    if max_tokens is not None:
+        prompted = np.flatnonzero(lengths)
+        lengths[prompted] = model.prompt_lengths(
+            tokenizer, [user_ids[row] for row in prompted], [histories[row] for row in prompted], max_length
+        )
+    return length_grouped_batches(lengths, max_batch_size, max_tokens)
 
 
 def model_selection_score(metrics: dict[str, float]) -> float:

@@ -14,7 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data.collators import CLLM4RecDataCollator
 from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
 from ..data.prepared import SPLITS, RecommendationData
-from ..evaluation import evaluate_recommender, length_grouped_batches, model_selection_score
+from ..evaluation import evaluate_recommender, model_selection_score, prompt_length_batches
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments
@@ -115,7 +115,7 @@ class CLLM4RecTrainer(Trainer):
             batch_sampler=self.schedule,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
+            pin_memory=self.args.dataloader_pin_memory and torch.accelerator.is_available(),
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
         )
         return self.accelerator.prepare(dataloader)
@@ -208,6 +208,7 @@ class CLLM4RecTrainer(Trainer):
                 max_length=self.max_length,
                 recall_ks=self.args.recall_ks,
                 ndcg_ks=self.args.ndcg_ks,
+                disable_tqdm=self.args.disable_tqdm or not self.is_local_process_zero(),
             )
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
         self.log(dict(metrics))
@@ -290,6 +291,7 @@ def evaluate_model(
     recall_ks=(20, 40),
     ndcg_ks=(100,),
     max_tokens: int | None = None,
+    disable_tqdm: bool | None = None,
 ) -> dict[str, float]:
     """
     Recall@K and NDCG@K of a CLLM4Rec model on a split, with the paper's protocol: every user with held-out items
@@ -297,18 +299,15 @@ def evaluate_model(
     training items get no prompt and a flat score (they still count).
 
     Users are scored in batches of similar prompt length, at most `batch_size` users and, with `max_tokens`, at most
-    that many padded prompt tokens each.
+    that many padded prompt tokens each. A progress bar counts the users (`disable_tqdm=None`: only on a terminal).
     """
     histories = data.histories("train")
     heldout = data.to_sparse(split)
     users = np.flatnonzero(np.diff(heldout.indptr))
-    lengths = np.array([len(histories[user]) for user in users], dtype=np.int64)
-    if max_tokens is not None:  # without a token limit, history lengths order the prompts alike, unrendered
-        prompted = np.flatnonzero(lengths)
-        lengths[prompted] = model.prompt_lengths(
-            tokenizer, users[prompted].tolist(), [histories[user] for user in users[prompted]], max_length
-        )
-    user_batches = [users[batch] for batch in length_grouped_batches(lengths, batch_size, max_tokens)]
+    batches = prompt_length_batches(
+        model, tokenizer, users.tolist(), [histories[user] for user in users], batch_size, max_length, max_tokens
+    )
+    user_batches = [users[batch] for batch in batches]
 
     def score_users(users: np.ndarray) -> torch.Tensor:
         scores = torch.zeros(len(users), data.num_items, device=model.device)
@@ -331,6 +330,7 @@ def evaluate_model(
         recall_ks=recall_ks,
         ndcg_ks=ndcg_ks,
         user_batches=user_batches,
+        disable_tqdm=disable_tqdm,
     )
     model.train(was_training)
     if all(name in results for name in ("recall@20", "recall@40", "ndcg@100")):
