@@ -12,7 +12,6 @@ from tiny_checkpoints import tiny_data, tiny_item_prediction_model
 
 from hf_cllm4rec import IdMappings
 from hf_cllm4rec.embeddings import EMBEDDINGS_NAME, TABLES_NAME, export_embeddings, user_query_vectors
-from hf_cllm4rec.modeling_cllm4rec import pad_sequences
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +59,7 @@ def test_query_vectors_times_exported_items_are_the_models_logits(exported):
     queries = user_query_vectors(model, tokenizer, users, inputs, batch_size=2)
     items = load_file(folder / EMBEDDINGS_NAME)["item_collaborative"]
 
-    prompts = [model.prompt_ids(tokenizer, user, history, None) for user, history in zip(users, inputs, strict=True)]
-    input_ids, attention_mask = pad_sequences(prompts, tokenizer.pad_token_id)
+    input_ids, attention_mask = model.prompt_batch(tokenizer, users, inputs, None)
     with torch.no_grad():
         logits = model(input_ids, attention_mask).logits
     torch.testing.assert_close(queries @ items.T, logits)

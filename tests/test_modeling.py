@@ -880,6 +880,24 @@ def test_attention_mask_of_another_shape_raises(model_class):
         model(COLLABORATIVE_IDS, COLLABORATIVE_MASK[:, :-1])
 
 
+def test_collaborative_lm_prompts_are_collaborative_documents_cut_before_the_next_item():
+    model = tiny_model(CLLM4RecForCollaborativeLM, num_users=30, num_items=40)
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    histories = random_histories(torch.Generator().manual_seed(2), 12, max_length=15, num_items=40)
+    input_ids, attention_mask = model.prompt_batch(tokenizer, list(range(12)), histories, max_length=12)
+    for user, history in enumerate(histories):
+        prompt = tokenizer.render("collaborative_prompt", user=user)
+        kept = list(history)[-(12 - len(prompt)) :]
+        expected = prompt + tokenizer.item_token_ids(kept).tolist()
+        length = int(attention_mask[user].sum())
+        assert input_ids[user, :length].tolist() == expected == model.prompt_ids(tokenizer, user, history, 12)
+        assert not attention_mask[user, length:].any()
+    with pytest.raises(ValueError, match="needs a user id"):
+        model.prompt_batch(tokenizer, [0, None], histories[:2], max_length=None)
+    with pytest.raises(ValueError, match="already holds the history"):
+        tokenizer.render_batch("recommendation_prompt", users=[0], histories=[[1]], followed_by_history=True)
+
+
 def test_batched_prompts_of_warm_and_cold_users_equal_the_prompts_one_by_one():
     model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=40)
     tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
@@ -889,7 +907,12 @@ def test_batched_prompts_of_warm_and_cold_users_equal_the_prompts_one_by_one():
     input_ids, attention_mask = model.prompt_batch(tokenizer, user_ids, histories, max_length=20)
     for row, (user, history) in enumerate(zip(user_ids, histories, strict=True)):
         length = int(attention_mask[row].sum())
-        assert input_ids[row, :length].tolist() == model.prompt_ids(tokenizer, user, history, 20)
+        expected = (
+            tokenizer.render("cold_start_prompt", history=history, max_length=20)
+            if user is None
+            else tokenizer.render("recommendation_prompt", user=user, history=history, max_length=20)
+        )
+        assert input_ids[row, :length].tolist() == expected == model.prompt_ids(tokenizer, user, history, 20)
         assert not attention_mask[row, length:].any()
     model.eval()
     one_by_one = torch.cat(

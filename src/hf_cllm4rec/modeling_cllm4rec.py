@@ -393,18 +393,16 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
 class ItemScoringMixin:
     """Scores all items for users given by id and history, and recommends the best ones, in batched passes."""
 
-    def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None) -> list[int]:
-        raise NotImplementedError
-
     def prompt_batch(
         self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
     ) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Right-padded `(input_ids, attention_mask)` of the users' prompts, on the model's device."""
-        prompts = [
-            self.prompt_ids(tokenizer, user, history, max_length)
-            for user, history in zip(user_ids, histories, strict=True)
-        ]
-        return pad_sequences(prompts, tokenizer.pad_token_id, device=self.device)
+        raise NotImplementedError
+
+    def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None = None) -> list[int]:
+        """One user's prompt: the token ids [`prompt_batch`] gives its row."""
+        input_ids, attention_mask = self.prompt_batch(tokenizer, [user], [history], max_length)
+        return input_ids[0, : int(attention_mask[0].sum())].tolist()
 
     def prompt_lengths(
         self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
@@ -528,17 +526,26 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
             input_ids, attention_mask, labels, document_type, num_items_in_batch, **kwargs
         )
 
-    def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None) -> list[int]:
-        """A collaborative document's prompt and history: the next item it predicts is the recommendation."""
-        if user is None:
+    def prompt_batch(
+        self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Collaborative documents' prompts and histories, all at once: the next item they predict is the
+        recommendation."""
+        if any(user is None for user in user_ids):
             raise ValueError(
                 "The collaborative LM needs a user id; new users are served by CLLM4RecForItemPrediction."
             )
-        prompt = tokenizer.render("collaborative_prompt", user=user)
-        items = tokenizer.item_token_ids(history).tolist()
-        if max_length is not None:
-            items = items[len(items) - max(max_length - len(prompt), 1) :]
-        return prompt + items
+        encoding = tokenizer.render_batch(
+            "collaborative_prompt",
+            users=user_ids,
+            histories=histories,
+            max_length=max_length,
+            followed_by_history=True,
+        )
+        return (
+            torch.from_numpy(encoding["input_ids"]).to(self.device),
+            torch.from_numpy(encoding["attention_mask"]).to(self.device),
+        )
 
 
 class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
@@ -606,16 +613,10 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
             logits=logits,
         )
 
-    def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None) -> list[int]:
-        """The recommendation prompt, or the cold-start prompt for a user without a user token."""
-        if user is None:
-            return tokenizer.render("cold_start_prompt", history=history, max_length=max_length)
-        return tokenizer.render("recommendation_prompt", user=user, history=history, max_length=max_length)
-
     def prompt_batch(
         self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
     ) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """All prompts rendered at once (warm and cold rows separately), without a Python loop over tokens."""
+        """Recommendation prompts, or cold-start prompts for users without a user token (`None`), all at once."""
         warm = [row for row, user in enumerate(user_ids) if user is not None]
         cold = [row for row, user in enumerate(user_ids) if user is None]
         parts = []

@@ -175,13 +175,20 @@ class CLLM4RecTokenizer:
         items: Sequence[int] | None = None,
         histories: Sequence[Sequence[int] | np.ndarray] | None = None,
         max_length: int | None = None,
+        followed_by_history: bool = False,
     ) -> BatchEncoding:
         """
         A template rendered for a batch at once, right-padded: `input_ids` and `attention_mask` as numpy arrays.
 
         The same as [`render`] row by row, without a Python loop over tokens: the serving path of large batches.
+        `followed_by_history` appends each history's item tokens to a template without `{history}`, as a
+        collaborative document's items follow its prompt.
         """
         pieces = self._template_pieces(template)
+        if followed_by_history:
+            if ("history",) in pieces:
+                raise ValueError(f"Template `{template}` already holds the history.")
+            pieces = [*pieces, ("history",)]
         values = {"user": users, "item": items, "history": histories}
         sizes = {
             len(values[name])
