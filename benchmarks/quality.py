@@ -203,14 +203,15 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
     if args.history_permutations > 1:
         model = model_class.from_pretrained(output_dir, history_permutations=args.history_permutations)
         model.to("cuda" if torch.cuda.is_available() else "cpu")
-        results["test_over_history_orders"] = evaluate_model(
-            model,
-            CLLM4RecTokenizer.from_pretrained(output_dir),
-            load_data(DataArguments(data=args.data)),
-            "test",
-            batch_size=512,
-            max_length=default_max_length(model.config),
-        )
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):  # as the Trainer evaluates
+            results["test_over_history_orders"] = evaluate_model(
+                model,
+                CLLM4RecTokenizer.from_pretrained(output_dir),
+                load_data(DataArguments(data=args.data)),
+                "test",
+                batch_size=512,
+                max_length=default_max_length(model.config),
+            )
     return results
 
 

@@ -5,11 +5,12 @@ import json
 import shutil
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 from test_prepare_cli import assert_usage_error, run_cli
 from tiny_checkpoints import save_tiny_checkpoint
 
-from hf_cllm4rec import IdMappings
+from hf_cllm4rec import CLLM4RecForItemPrediction, IdMappings
 from hf_cllm4rec.cli import _replacing
 from hf_cllm4rec.embeddings import EMBEDDINGS_NAME, TABLES_NAME
 from hf_cllm4rec.training import evaluate_model
@@ -117,6 +118,22 @@ def test_recommend_known_users_by_raw_id(checkpoint, capsys, tmp_path):
     )
     lines = csv_output.read_text().splitlines()
     assert lines[0] == "user,rank,item_id,score,text" and len(lines) == 11
+
+
+def test_scoring_in_bfloat16(checkpoint, capsys):
+    root, model, tokenizer, data = checkpoint
+    served = CLLM4RecForItemPrediction.from_pretrained(root / "checkpoint", dtype=torch.bfloat16)
+    history = data.histories("train")[4]
+    expected = served.recommend([4], [history], k=5, tokenizer=tokenizer)
+    in_float32 = model.recommend([4], [history], k=5, tokenizer=tokenizer)
+    assert not torch.equal(expected.scores.float(), in_float32.scores), "bfloat16 should round the scores"
+    args = ("recommend", "--model", str(root / "checkpoint"), "--users", data.user_raw_ids[4], "--k", "5")
+    assert run_cli(*args, "--dtype", "bfloat16") == 0
+    stdout = capsys.readouterr().out
+    for rank, item in enumerate(
+        IdMappings.from_data(data).ranked_items(expected.item_ids[0], expected.scores[0].float()), 1
+    ):
+        assert f"{rank:>5}. {item['item_id']}  score {item['score']:.4f}" in stdout
 
 
 def test_recommend_all_users_in_batches_by_prompt_length(checkpoint, capsys, tmp_path):

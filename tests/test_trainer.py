@@ -444,6 +444,21 @@ def test_bad_training_arguments(tmp_path, overrides, message):
 # Evaluation
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_evaluation_runs_in_the_trainings_mixed_precision(tmp_path, data, base_tokenizer, bf16):
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path, bf16=bf16), data, tokenizer)
+    dtypes = set()
+    projection = model.base_model.backbone.base_model.h[0].mlp.c_fc
+    hook = projection.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+    try:
+        metrics = trainer.evaluate()
+    finally:
+        hook.remove()
+    assert dtypes == {torch.bfloat16 if bf16 else torch.float32}
+    assert 0 <= metrics["eval_recall@20"] <= 1
+
+
 def test_evaluate_model_metrics_lie_in_the_unit_interval(data, base_tokenizer):
     for model_class in (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction):
         model, tokenizer = make_model(model_class, data, base_tokenizer)

@@ -240,6 +240,12 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         help="Padded prompt tokens per forward pass at most; users with short prompts then share larger batches, "
         "up to --batch-size (default: no token limit).",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="The weights' dtype: bfloat16 halves their memory and is faster on GPUs (default: float32).",
+    )
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
@@ -271,7 +277,7 @@ def evaluate(args: argparse.Namespace) -> int:
         k=min(args.recall_ks + args.ndcg_ks),
         history_permutations=args.history_permutations,
     )
-    model, tokenizer = _load_checkpoint(args.model, args.history_permutations)
+    model, tokenizer = _load_checkpoint(args.model, args.history_permutations, args.dtype)
     data = load_data(DataArguments(data=args.data))
     check_model_fits_data(model, data)
     if data.tables[args.split].num_rows == 0:
@@ -341,7 +347,7 @@ def recommend(args: argparse.Namespace) -> int:
     )
     if args.output and Path(args.output).suffix not in (".json", ".csv"):
         raise _UsageError(f"--output must be a .json or .csv file, got {args.output}")
-    model, tokenizer = _load_checkpoint(args.model, args.history_permutations)
+    model, tokenizer = _load_checkpoint(args.model, args.history_permutations, args.dtype)
     mappings = IdMappings.load(args.model)
     if args.histories:
         requests = _new_users(args.histories, mappings)
@@ -505,10 +511,10 @@ def export_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_checkpoint(path: str, history_permutations: int | None = None):
+def _load_checkpoint(path: str, history_permutations: int | None = None, dtype: str = "float32"):
     """
-    The model (by its saved architecture) and tokenizer of a checkpoint folder or Hub repository, for inference;
-    `history_permutations` overrides the checkpoint's.
+    The model (by its saved architecture, in `dtype`) and tokenizer of a checkpoint folder or Hub repository, for
+    inference; `history_permutations` overrides the checkpoint's.
     """
     from . import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
 
@@ -520,7 +526,8 @@ def _load_checkpoint(path: str, history_permutations: int | None = None):
     config = CLLM4RecConfig.from_pretrained(path)
     model_classes = {cls.__name__: cls for cls in (CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM)}
     model_class = model_classes.get((config.architectures or [""])[0], CLLM4RecForItemPrediction)
-    model = model_class.from_pretrained(path).to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model = model_class.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     if history_permutations is not None:
         model.config.history_permutations = history_permutations
     return model, CLLM4RecTokenizer.from_pretrained(path)

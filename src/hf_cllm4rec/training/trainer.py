@@ -195,9 +195,12 @@ class CLLM4RecTrainer(Trainer):
         super()._issue_warnings_after_load(load_result)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Ranks all items for the users of a split (`eval_dataset` names it; default `args.eval_split`)."""
+        """
+        Ranks all items for the users of a split (`eval_dataset` names it; default `args.eval_split`), with the
+        averaged weights where they are kept, in the training's mixed precision.
+        """
         split = eval_dataset if isinstance(eval_dataset, str) else self.args.eval_split
-        with self.averaged_weights():
+        with self.averaged_weights(), self.accelerator.autocast():
             metrics = evaluate_model(
                 self.model,
                 self.processing_class,
