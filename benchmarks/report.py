@@ -74,6 +74,8 @@ def speed_label(result: dict) -> str:
     prediction_batch = f", prediction batch {result['eval_batch_size']}" if "eval_batch_size" in result else ""
     if result.get("eval_max_tokens"):
         prediction_batch += f" and {result['eval_max_tokens']:,} tokens at most"
+    if result.get("prediction_weights") == "bfloat16":
+        prediction_batch += " from bfloat16 weights"
     attention = ""
     if result.get("peak_gpu_memory_gib") is not None:
         cudnn = "CUDNN_ATTENTION" in result.get("attention_backends", ["CUDNN_ATTENTION"])

@@ -13,17 +13,20 @@ group_by_length` in training; the default, random batching, pads more):
 - content epoch: one document per training pair, `<user_u> writes the following review for <item_i>:` + the item's
   text (the Beauty split has no reviews);
 - collaborative epoch: one document per user; fine-tuning epoch: one masked-history document per user;
-- prediction: the top 100 items for every user, training items excluded, users batched by prompt length.
+- prediction: the top 100 items for every user, training items excluded, users batched by prompt length, under
+  autocast or (`--prediction_weights bfloat16`) from bfloat16 weights.
 With `--sample N` each stage runs N documents and its epoch time is extrapolated (stated in the JSON). The JSON
 in `benchmarks/results/` records the figures, the configuration, device, versions and git commit.
 """
 
 import argparse
+import copy
 import json
 import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -70,6 +73,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="bfloat16" if torch.cuda.is_available() else "float32"
+    )
+    parser.add_argument(
+        "--prediction_weights",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="Predict from float32 weights (under autocast with --dtype bfloat16, as the Trainer evaluates) or from "
+        "a bfloat16 copy without autocast (as `cllm4rec recommend --dtype bfloat16` serves).",
     )
     parser.add_argument("--sample", type=int, default=None, help="Documents per stage (default: the full epoch).")
     parser.add_argument("--num_workers", type=int, default=4 if torch.cuda.is_available() else 0)
@@ -157,8 +167,10 @@ def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
     users = np.array([user for user in range(data.num_users) if len(histories[user])][: args.sample])
     lengths = model.prompt_lengths(tokenizer, users.tolist(), [histories[user] for user in users], None)
     batches = length_grouped_batches(lengths, args.eval_batch_size, args.eval_max_tokens)
-    model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    if args.prediction_weights == "bfloat16":
+        model, autocast = copy.deepcopy(model).to(torch.bfloat16), nullcontext()
+    model.eval()
 
     def recommend(batch: np.ndarray) -> None:
         with autocast:
@@ -277,6 +289,7 @@ def main() -> None:
         "eval_batch_size": args.eval_batch_size,
         "eval_max_tokens": args.eval_max_tokens,
         "dtype": args.dtype,
+        "prediction_weights": args.prediction_weights,
         "attention_backends": [backend.name for backend in ATTENTION_BACKENDS],
         "sample": args.sample,
         "stages": stages,

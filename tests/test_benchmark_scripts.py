@@ -51,7 +51,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run(
         "benchmarks/speed.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--sample", "64",
         "--batch_size", "16", "--scaling_items", "500,1000", "--scaling_users", "16",
-        "--eval_batch_size", "32", "--eval_max_tokens", "300",
+        "--eval_batch_size", "32", "--eval_max_tokens", "300", "--dtype", "bfloat16", "--prediction_weights", "bfloat16",
         "--output", str(results / "speed-smoke.json"),
     )  # fmt: skip
     speed = json.loads((results / "speed-smoke.json").read_text())
@@ -74,7 +74,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_rows[0]
     popularity_rows = [line for line in text.splitlines() if "| popularity |" in line]
     assert len(popularity_rows) == 1  # two runs with the same popularity figures: listed once
-    assert "speed-smoke.json" in text and "prediction batch 32 and 300 tokens at most" in text
+    assert "speed-smoke.json" in text and "prediction batch 32 and 300 tokens at most from bfloat16 weights" in text
     assert "CLLM4Rec (pretrain-only), pretraining only |" in text and "CLLM4Rec (pretrain-only) |" not in text
     orders_row = next(line for line in text.splitlines() if "pretraining only, 2 history orders averaged" in line)
     assert f"{over_orders['ndcg@100']:.4f}" in orders_row
