@@ -90,14 +90,15 @@ def speed_rows(result: dict) -> list[str]:
     def cell(value: str, key: str) -> str:
         return f"{value} ({speedups[key]:.1f}x)" if key in speedups else value
 
-    content = cell(f"{stages['content']['epoch_s']:.1f} s", "content_epoch")
-    collaborative = cell(f"{stages['collaborative']['epoch_s']:.1f} s", "collaborative_epoch")
-    finetuning = cell(f"{stages['finetuning']['epoch_s']:.1f} s", "finetuning_epoch")
-    prediction = cell(f"{stages['prediction']['users_per_s']:,.0f}", "prediction")
+    epochs = [
+        cell(f"{stages[name]['epoch_s']:.1f} s", f"{name}_epoch") if name in stages else "-"
+        for name in ("content", "collaborative", "finetuning")
+    ]
+    prediction = cell(f"{stages['prediction']['users_per_s']:,.0f}", "prediction") if "prediction" in stages else "-"
     memory = "-" if result["peak_gpu_memory_gib"] is None else f"{result['peak_gpu_memory_gib']:.1f} GiB"
     return [
-        f"| {speed_label(result)} | {result['device']} | {content} | {collaborative} | {finetuning} | {prediction} | "
-        f"{memory} | `{Path(result['_file']).name}` |"
+        f"| {speed_label(result)} | {result['device']} | {' | '.join(epochs)} | {prediction} | {memory} | "
+        f"`{Path(result['_file']).name}` |"
     ]
 
 

@@ -45,6 +45,7 @@ from hf_cllm4rec.modeling_cllm4rec import ATTENTION_BACKENDS  # noqa: E402
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, build_pretraining_model, load_data  # noqa: E402
 from hf_cllm4rec.training.schedule import ScheduleBatchSampler  # noqa: E402
 
+STAGES = ("content", "collaborative", "finetuning", "prediction")
 # The authors' code on one H200 (GPT-2 small, batch 20, Beauty): seconds per epoch and users per second.
 AUTHORS_H200 = {
     "content_epoch_s": 230.0,
@@ -81,6 +82,11 @@ def parse_args() -> argparse.Namespace:
         help="Predict from float32 weights (under autocast with --dtype bfloat16, as the Trainer evaluates) or from "
         "a bfloat16 copy without autocast (as `cllm4rec recommend --dtype bfloat16` serves).",
     )
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"The stages to time, comma-separated (default: all of {','.join(STAGES)}).",
+    )
     parser.add_argument("--sample", type=int, default=None, help="Documents per stage (default: the full epoch).")
     parser.add_argument("--num_workers", type=int, default=4 if torch.cuda.is_available() else 0)
     parser.add_argument(
@@ -88,7 +94,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--scaling_users", type=int, default=256, help="Users scored per catalogue size.")
     parser.add_argument("--output", default=None, help="JSON path; default benchmarks/results/speed-<name>.json.")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    unknown = sorted(set(args.stages) - set(STAGES))
+    if unknown or not args.stages:
+        parser.error(f"--stages takes some of {','.join(STAGES)}; got {unknown or 'none'}")
+    return args
 
 
 def synchronize(device: torch.device) -> None:
@@ -246,19 +257,24 @@ def main() -> None:
     stages = {}
     print(f"device: {device_name()}")
     for name, stage_model, source in (
-        ("content", pretraining_model, ContentDocuments(data, tokenizer, max_length, ("user_item",))),
-        ("collaborative", pretraining_model, CollaborativeDocuments(histories, tokenizer, max_length)),
-        ("finetuning", model, RecommendationDocuments(histories, tokenizer, config.mask_ratio, max_length)),
+        ("content", pretraining_model, partial(ContentDocuments, data, tokenizer, max_length, ("user_item",))),
+        ("collaborative", pretraining_model, partial(CollaborativeDocuments, histories, tokenizer, max_length)),
+        ("finetuning", model, partial(RecommendationDocuments, histories, tokenizer, config.mask_ratio, max_length)),
     ):
-        timing = partial(time_training, stage_model, source, args.batch_size, tokenizer.pad_token_id, args, device)
+        if name not in args.stages:
+            continue
+        timing = partial(time_training, stage_model, source(), args.batch_size, tokenizer.pad_token_id, args, device)
         stages[name] = measure_stage(device, timing)
-        print(f"{name:>14} epoch: {stages[name]['epoch_s']:8.2f} s ({len(source):,} documents)")
-    stages["prediction"] = measure_stage(device, partial(time_prediction, model, tokenizer, data, args, device))
-    prediction = stages["prediction"]
-    print(
-        f"{'prediction':>14}: {prediction['users_per_s']:,.0f} users/s ({len(prediction['batches'])} batches, "
-        f"{prediction['padded_tokens']:,} padded tokens for {prediction['prompt_tokens']:,})"
-    )
+        print(
+            f"{name:>14} epoch: {stages[name]['epoch_s']:8.2f} s ({stages[name]['documents_per_epoch']:,} documents)"
+        )
+    if "prediction" in args.stages:
+        stages["prediction"] = measure_stage(device, partial(time_prediction, model, tokenizer, data, args, device))
+        prediction = stages["prediction"]
+        print(
+            f"{'prediction':>14}: {prediction['users_per_s']:,.0f} users/s ({len(prediction['batches'])} batches, "
+            f"{prediction['padded_tokens']:,} padded tokens for {prediction['prompt_tokens']:,})"
+        )
     peak_memory = None
     if device.type == "cuda":
         peak_memory = max(stage["peak_gpu_memory_gib"] for stage in stages.values())
@@ -271,11 +287,12 @@ def main() -> None:
     speedups = None
     if device.type == "cuda":
         speedups = {
-            "content_epoch": AUTHORS_H200["content_epoch_s"] / stages["content"]["epoch_s"],
-            "collaborative_epoch": AUTHORS_H200["collaborative_epoch_s"] / stages["collaborative"]["epoch_s"],
-            "finetuning_epoch": AUTHORS_H200["finetuning_epoch_s"] / stages["finetuning"]["epoch_s"],
-            "prediction": stages["prediction"]["users_per_s"] / AUTHORS_H200["prediction_users_per_s"],
+            f"{name}_epoch": AUTHORS_H200[f"{name}_epoch_s"] / stages[name]["epoch_s"]
+            for name in ("content", "collaborative", "finetuning")
+            if name in stages
         }
+        if "prediction" in stages:
+            speedups["prediction"] = stages["prediction"]["users_per_s"] / AUTHORS_H200["prediction_users_per_s"]
         print("speed-up over the authors' code on an H200: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedups.items()))
     result = {
         "benchmark": "speed",

@@ -63,6 +63,13 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert [entry["num_items"] for entry in speed["prediction_scaling"]] == [500, 1000]
     assert speed["stages"]["content"]["extrapolated"]
 
+    run(
+        "benchmarks/speed.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--sample", "64",
+        "--stages", "collaborative,prediction", "--batch_size", "16", "--scaling_items", "", "--output", str(results / "speed-two-stages.json"),
+    )  # fmt: skip
+    two_stages = json.loads((results / "speed-two-stages.json").read_text())
+    assert set(two_stages["stages"]) == {"collaborative", "prediction"} and two_stages["prediction_scaling"] == []
+
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:start -->\nstale\n<!-- results:end -->\nend\n")
     run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme))
@@ -75,6 +82,12 @@ def test_quality_speed_and_report_scripts(tmp_path):
     popularity_rows = [line for line in text.splitlines() if "| popularity |" in line]
     assert len(popularity_rows) == 1  # two runs with the same popularity figures: listed once
     assert "speed-smoke.json" in text and "prediction batch 32 and 300 tokens at most from bfloat16 weights" in text
+    two_stages_row = next(line for line in text.splitlines() if "speed-two-stages.json" in line)
+    collaborative_s = two_stages["stages"]["collaborative"]["epoch_s"]
+    assert (
+        f"| - | {collaborative_s:.1f} s | - | {two_stages['stages']['prediction']['users_per_s']:,.0f} |"
+        in two_stages_row
+    )
     assert "CLLM4Rec (pretrain-only), pretraining only |" in text and "CLLM4Rec (pretrain-only) |" not in text
     orders_row = next(line for line in text.splitlines() if "pretraining only, 2 history orders averaged" in line)
     assert f"{over_orders['ndcg@100']:.4f}" in orders_row
