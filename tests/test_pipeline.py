@@ -70,6 +70,29 @@ def test_a_list_of_inputs_gives_one_ranking_each(recommender, checkpoint):
     assert rankings[2] == recommender(data.user_raw_ids[1], top_k=2)
 
 
+def test_batch_size_scores_several_inputs_per_forward_pass(recommender, checkpoint, monkeypatch):
+    data = checkpoint[3]
+    inputs = [*data.user_raw_ids[:6], {"history": [data.item_raw_ids[0], data.item_raw_ids[9]]}]
+    one_by_one = recommender(inputs, top_k=3)
+    batch_sizes = []
+    recommend = recommender.model.recommend
+
+    def counting_recommend(user_ids, histories, *args, **kwargs):
+        batch_sizes.append(len(user_ids))
+        return recommend(user_ids, histories, *args, **kwargs)
+
+    monkeypatch.setattr(recommender.model, "recommend", counting_recommend)
+    batched = recommender(inputs, top_k=3, batch_size=4)
+    assert batch_sizes == [4, 3]
+    assert [[entry["item_id"] for entry in ranking] for ranking in batched] == [
+        [entry["item_id"] for entry in ranking] for ranking in one_by_one
+    ]
+    for ranking, expected in zip(batched, one_by_one, strict=True):
+        assert [entry["score"] for entry in ranking] == pytest.approx([entry["score"] for entry in expected], abs=1e-5)
+    streamed = list(recommender((value for value in inputs), top_k=3, batch_size=4))  # an iterable of inputs
+    assert [ranking[0]["item_id"] for ranking in streamed] == [ranking[0]["item_id"] for ranking in one_by_one]
+
+
 def test_unknown_items_are_reported_and_left_out(recommender, checkpoint):
     data = checkpoint[3]
     with pytest.warns(UserWarning, match="Unknown item ids left out of the history: nope, gone"):

@@ -12,6 +12,7 @@ Importing `hf_cllm4rec` registers it, so that
 >>> recommender({"history": ["B00016XJ4M", "B0009RF9DW"]})  # a new user (the cold-start prompt)
 >>> recommender({"user": "A3CIUOJXQ5VDQ2", "history": [...]})  # a known user with a history given explicitly
 >>> recommender(["A3CIUOJXQ5VDQ2", {"history": [...]}])  # several inputs: one list of items each
+>>> recommender(raw_user_ids, batch_size=256)  # 256 users per forward pass
 ```
 
 Items of a history that the model does not know are left out with a warning naming them; recommendations never
@@ -21,9 +22,12 @@ repeat an item of the history.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sized
 
-import torch
+import numpy as np
+from torch.utils.data import DataLoader
 from transformers import Pipeline
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .hub import IdMappings
 from .tokenization_cllm4rec import CLLM4RecTokenizer
@@ -47,7 +51,8 @@ class ItemRecommendationPipeline(Pipeline):
 
     Inputs are a raw user id (prompted with the training history from the mappings), a dict with `"history"` (raw
     item ids) and optionally `"user"`, or a list of those. Each input gives
-    `[{"item_id": raw id, "score": float, "text": str}, ...]`, best first.
+    `[{"item_id": raw id, "score": float, "text": str}, ...]`, best first. With `batch_size`, that many inputs share
+    a forward pass.
     """
 
     _load_tokenizer = False
@@ -85,8 +90,18 @@ class ItemRecommendationPipeline(Pipeline):
             forward["max_length"] = max_length
         return {}, forward, {}
 
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        """As `Pipeline.get_iterator`, with batches collated by joining their inputs' user and history lists."""
+        if isinstance(inputs, Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:
+            dataset, num_workers = PipelineIterator(inputs, self.preprocess, preprocess_params), min(num_workers, 1)
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=_join_inputs)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
     def preprocess(self, inputs) -> dict:
-        """A user id (0-based, `None` for a new user) and a history (0-based item ids) from raw ids."""
+        """User ids (0-based, `None` for a new user) and histories (0-based item ids) from raw ids: one of each."""
         mappings = self.id_mappings
         if isinstance(inputs, dict):
             unknown_keys = set(inputs) - {"user", "history"}
@@ -113,20 +128,20 @@ class ItemRecommendationPipeline(Pipeline):
             raise ValueError(
                 f"The history holds no item the model knows{unknown_ids}: there is nothing to recommend from."
             )
-        return {"user": user, "history": torch.as_tensor(history, dtype=torch.long)}
+        return {"users": [user], "histories": [np.asarray(history, dtype=np.int64)]}
 
     def _forward(self, model_inputs: dict, top_k: int = 10, max_length: int | None = None) -> dict:
         output = self.model.recommend(
-            [model_inputs["user"]],
-            [model_inputs["history"].cpu().numpy()],
-            k=top_k,
-            tokenizer=self.tokenizer,
-            max_length=max_length,
+            model_inputs["users"], model_inputs["histories"], k=top_k, tokenizer=self.tokenizer, max_length=max_length
         )
         return {"item_ids": output.item_ids, "scores": output.scores}
 
     def postprocess(self, model_outputs: dict) -> list[dict]:
         return self.id_mappings.ranked_items(model_outputs["item_ids"][0], model_outputs["scores"][0])
+
+
+def _join_inputs(inputs: list[dict]) -> dict:
+    return {key: [value for model_inputs in inputs for value in model_inputs[key]] for key in ("users", "histories")}
 
 
 def register_pipeline() -> None:
