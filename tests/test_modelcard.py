@@ -10,7 +10,7 @@ from test_hub import HIDE_PACKAGE, run_python
 from tiny_checkpoints import save_tiny_checkpoint, tiny_data, tiny_item_prediction_model
 
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, IdMappings, hub
-from hf_cllm4rec.modelcard import CITATION, model_card
+from hf_cllm4rec.modelcard import CITATION, model_card, write_model_card
 from hf_cllm4rec.training import CLLM4RecTrainingArguments
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, run_finetuning
 
@@ -83,6 +83,9 @@ def test_fine_tuning_writes_a_card_of_the_measured_metrics(tmp_path):
     assert "trust_remote_code=True" in text and 'pipeline("item-recommendation", model="finetuned")' in text
     assert f'recommender("{data.user_raw_ids[0]}", top_k=10)' in text
     assert CITATION in text and "Zhu, Yaochen and Wu, Liang and Guo, Qi and Hong, Liangjie and Li, Jundong" in text
+    # the card regenerates from the run's own files, training arguments included (JSON, not a pickle)
+    regenerated = write_model_card(folder, data=data, card_path=folder / "regenerated.md")
+    assert regenerated.read_text() == (folder / "README.md").read_text()
     # what the run wrote is what serving reads
     mappings = IdMappings.load(folder)
     assert mappings.users == data.user_raw_ids and mappings.histories[3] == data.histories("train")[3].tolist()

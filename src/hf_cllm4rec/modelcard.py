@@ -27,6 +27,7 @@ from .configuration_cllm4rec import CLLM4RecConfig
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 TEST_RESULTS_NAME = "test_results.json"
+TRAINING_ARGS_NAME = "training_args.json"
 TAGS = ["cllm4rec", "recommendation", "collaborative-filtering"]
 TASK = {"type": "recommendation", "name": "Top-K item recommendation (full ranking)"}
 METRIC_PATTERN = re.compile(r"^(?:test_)?(recall|ndcg)@(\d+)$")
@@ -176,8 +177,9 @@ def write_model_card(
 ) -> Path:
     """
     Writes the model card of a checkpoint folder to `card_path` (default: the folder's `README.md`): the config is
-    read from the folder, and so are the test metrics (`test_results.json`) and id mappings (`id_mappings.json`)
-    when not given; `card_kwargs` go to [`model_card`]. Returns the card's path.
+    read from the folder, and so are the test metrics (`test_results.json`), the training arguments
+    (`training_args.json`) and the id mappings (`id_mappings.json`) when not given; `card_kwargs` go to
+    [`model_card`]. Returns the card's path.
     """
     from .hub import ID_MAPPINGS_NAME, IdMappings
 
@@ -185,6 +187,8 @@ def write_model_card(
     config = CLLM4RecConfig.from_pretrained(folder)
     if metrics is None and (folder / TEST_RESULTS_NAME).is_file():
         metrics = json.loads((folder / TEST_RESULTS_NAME).read_text())
+    if training_args is None and (folder / TRAINING_ARGS_NAME).is_file():
+        training_args = json.loads((folder / TRAINING_ARGS_NAME).read_text())
     if mappings is None and (folder / ID_MAPPINGS_NAME).is_file():
         mappings = IdMappings.load(folder)
     card = model_card(
@@ -238,4 +242,4 @@ def training_rows(training_args, stage: str) -> list[tuple[str, object]]:
     ]
 
 
-__all__ = ["model_card", "write_model_card", "measured_metrics", "CITATION"]
+__all__ = ["model_card", "write_model_card", "measured_metrics", "CITATION", "TEST_RESULTS_NAME", "TRAINING_ARGS_NAME"]

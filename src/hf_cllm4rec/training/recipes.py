@@ -9,7 +9,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
 from ..configuration_cllm4rec import CLLM4RecConfig
 from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
 from ..hub import IdMappings, push_to_hub
-from ..modelcard import TEST_RESULTS_NAME, write_model_card
+from ..modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME, write_model_card
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments
@@ -174,6 +174,7 @@ def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, flo
         data_files = Path(args.output_dir)
         IdMappings.from_data(data).save(data_files)
         (data_files / TEST_RESULTS_NAME).write_text(json.dumps(metrics, indent=2))
+        (data_files / TRAINING_ARGS_NAME).write_text(args.to_json_string())
         (data_files / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
         card_inputs = {"data": data, "metrics": metrics, "training_args": args}
         write_model_card(data_files, model_id=args.hub_model_id, **card_inputs)
