@@ -3,7 +3,9 @@ Data parallelism is exact: two CPU processes with per-device batch B train the s
 batch 2B, in pretraining and in fine-tuning, through the example scripts and `accelerate launch`.
 """
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,8 @@ import pytest
 import torch
 from transformers import set_seed
 
-from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
+from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
+from hf_cllm4rec.training import evaluate_model
 from hf_cllm4rec.training.recipes import (
     BUILTIN_BACKBONE,
     BUILTIN_DATA,
@@ -50,8 +53,11 @@ PRETRAINING_ARGUMENTS = [
 ]  # fmt: skip
 
 
-def run_example(script: str, arguments: list[str], output_dir: Path, processes: int) -> None:
-    """Runs an example script on one process with batch 2B, or on two through `accelerate launch` with batch B."""
+def run_example(script: str, arguments: list[str], output_dir: Path, processes: int) -> str:
+    """
+    Runs an example script on one process with batch 2B, or on two through `accelerate launch` with batch B;
+    returns what it printed.
+    """
     batch_size = PER_DEVICE_BATCH * (2 // processes)
     command = [script, *arguments, "--output_dir", str(output_dir), "--per_device_train_batch_size", str(batch_size)]
     if processes == 2:
@@ -72,6 +78,7 @@ def run_example(script: str, arguments: list[str], output_dir: Path, processes: 
         f"{script} did not train with the global batch {2 * PER_DEVICE_BATCH}: the launcher did not start "
         f"{processes} process(es)"
     )
+    return result.stdout + result.stderr
 
 
 def initial_model() -> CLLM4RecForCollaborativeLM:
@@ -115,9 +122,18 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path):
     script = str(EXAMPLES / "finetune.py")
     arguments = [*COMMON_ARGUMENTS, "--pretrained", str(tmp_path / "pretrain-1")]
     run_example(script, arguments, tmp_path / "finetune-1", processes=1)
-    run_example(script, arguments, tmp_path / "finetune-2", processes=2)
+    printed = run_example(script, arguments, tmp_path / "finetune-2", processes=2)
+    finetuned = CLLM4RecForItemPrediction.from_pretrained(tmp_path / "finetune-2")
     assert_same_tables(
         id_tables(CLLM4RecForItemPrediction.from_pretrained(tmp_path / "finetune-1")),
-        id_tables(CLLM4RecForItemPrediction.from_pretrained(tmp_path / "finetune-2")),
+        id_tables(finetuned),
         before=pretrained,
     )
+    # the two processes shared the test users (the first one's progress bar counts its share), and their metrics
+    # are those of all users
+    measured = json.loads((tmp_path / "finetune-2" / "test_results.json").read_text())
+    tokenizer = CLLM4RecTokenizer.from_pretrained(tmp_path / "finetune-2")
+    expected = evaluate_model(finetuned, tokenizer, load_data(DataArguments(data=BUILTIN_DATA)), "test")
+    assert {name: measured[f"test_{name}"] for name in expected} == pytest.approx(expected, abs=1e-6)
+    first_process_share = int(re.findall(r"Ranking: 100%\|[^|]*\| (\d+)/", printed)[-1])
+    assert 0 < first_process_share < expected["num_users"]

@@ -189,6 +189,16 @@ class RankingMetrics:
         self._metric_sums += torch.stack(per_metric_sums).cpu()
         self.num_users += int(has_heldout.sum())
 
+    def sum_over_processes(self) -> None:
+        """Adds up the metric sums and user counts of all processes of the `torch.distributed` group (every process
+        calls it), so that [`compute`] averages over the users that any of them saw."""
+        backend = torch.distributed.get_backend()
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        totals = torch.cat([self._metric_sums, torch.tensor([float(self.num_users)], dtype=torch.float64)]).to(device)
+        torch.distributed.all_reduce(totals)
+        totals = totals.cpu()
+        self._metric_sums, self.num_users = totals[:-1], int(totals[-1])
+
     def compute(self) -> dict[str, float]:
         """Metrics averaged over the users with held-out items, and their number as `"num_users"`.
 
@@ -224,6 +234,7 @@ def evaluate_recommender(
     ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS,
     user_batches: Iterable[Sequence[int] | np.ndarray] | None = None,
     disable_tqdm: bool | None = None,
+    distributed: bool = False,
 ) -> dict[str, float]:
     """Ranking metrics of a recommender over every user with held-out items, scored `batch_size` users at a time.
 
@@ -242,6 +253,9 @@ def evaluate_recommender(
             held-out items are dropped from them. The metrics do not depend on the batching.
         disable_tqdm (`bool`, *optional*):
             Hides the progress bar over the users; by default it shows only on a terminal.
+        distributed (`bool`, *optional*, defaults to `False`):
+            Every process of the initialized `torch.distributed` group calls this with the same arguments: each
+            scores every `world_size`-th batch, and all get the metrics over all users.
     """
     if batch_size <= 0:
         raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
@@ -259,11 +273,16 @@ def evaluate_recommender(
         user_batches = [np.asarray(users, dtype=np.int64).reshape(-1) for users in user_batches]
         _check_user_batches(user_batches, has_heldout)
         user_batches = [users[has_heldout[users]] for users in user_batches]
-    with tqdm(total=int(has_heldout.sum()), desc="Ranking", unit=" users", disable=disable_tqdm) as progress:
+    if distributed:
+        user_batches = user_batches[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
+    total = sum(len(users) for users in user_batches)
+    with tqdm(total=total, desc="Ranking", unit=" users", disable=disable_tqdm) as progress:
         for users in user_batches:
             if len(users):
                 metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])
                 progress.update(len(users))
+    if distributed:
+        metrics.sum_over_processes()
     return metrics.compute()
 
 

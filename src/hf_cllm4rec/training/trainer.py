@@ -200,6 +200,8 @@ class CLLM4RecTrainer(Trainer):
         averaged weights where they are kept, in the training's mixed precision.
         """
         split = eval_dataset if isinstance(eval_dataset, str) else self.args.eval_split
+        # the processes share the users where each holds the whole model; sharded ones must all run every forward
+        distributed = self.accelerator.num_processes > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
         with self.averaged_weights(), self.accelerator.autocast():
             metrics = evaluate_model(
                 self.model,
@@ -212,6 +214,7 @@ class CLLM4RecTrainer(Trainer):
                 recall_ks=self.args.recall_ks,
                 ndcg_ks=self.args.ndcg_ks,
                 disable_tqdm=self.args.disable_tqdm or not self.is_local_process_zero(),
+                distributed=distributed,
             )
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
         self.log(dict(metrics))
@@ -295,6 +298,7 @@ def evaluate_model(
     ndcg_ks=(100,),
     max_tokens: int | None = None,
     disable_tqdm: bool | None = None,
+    distributed: bool = False,
 ) -> dict[str, float]:
     """
     Recall@K and NDCG@K of a CLLM4Rec model on a split, with the paper's protocol: every user with held-out items
@@ -303,6 +307,8 @@ def evaluate_model(
 
     Users are scored in batches of similar prompt length, at most `batch_size` users and, with `max_tokens`, at most
     that many padded prompt tokens each. A progress bar counts the users (`disable_tqdm=None`: only on a terminal).
+    With `distributed`, the processes of the `torch.distributed` group share the batches (see
+    [`evaluate_recommender`]).
     """
     histories = data.histories("train")
     heldout = data.to_sparse(split)
@@ -334,6 +340,7 @@ def evaluate_model(
         ndcg_ks=ndcg_ks,
         user_batches=user_batches,
         disable_tqdm=disable_tqdm,
+        distributed=distributed,
     )
     model.train(was_training)
     if all(name in results for name in ("recall@20", "recall@40", "ndcg@100")):
