@@ -402,12 +402,19 @@ def test_evaluation_needs_held_out_items(tmp_path, base_tokenizer):
         arguments = training_arguments(tmp_path, eval_strategy=strategy, eval_steps=5)
         with pytest.raises(ValueError, match="no held-out items"):
             CLLM4RecTrainer(model, arguments, data, tokenizer)
-    for split in ("dev", "reviews"):
+    for split in ("dev", "reviews", "train"):
         arguments = training_arguments(tmp_path, eval_strategy="epoch", eval_split=split)
-        with pytest.raises(ValueError, match="not a split"):
+        with pytest.raises(ValueError, match="a held-out split of its data set"):
             CLLM4RecTrainer(model, arguments, data, tokenizer)
     CLLM4RecTrainer(model, training_arguments(tmp_path, eval_strategy="epoch", eval_split="test"), data, tokenizer)
-    CLLM4RecTrainer(model, training_arguments(tmp_path), data, tokenizer)
+    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path), data, tokenizer)
+    # evaluate() and predict() refuse what they cannot rank, rather than ranking another split
+    for eval_dataset, message in [("validation", "no held-out items"), ("train", "held-out split"), (data, "got")]:
+        with pytest.raises(ValueError, match=message):
+            trainer.evaluate(eval_dataset=eval_dataset)
+    assert 0 <= trainer.evaluate(eval_dataset="test")["eval_recall@20"] <= 1
+    with pytest.raises(NotImplementedError, match="model.recommend"):
+        trainer.predict("test")
 
 
 def test_a_negative_regularization_weight_is_refused(tmp_path, data, base_tokenizer):

@@ -13,7 +13,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.collators import CLLM4RecDataCollator
 from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
-from ..data.prepared import SPLITS, RecommendationData
+from ..data.prepared import RecommendationData
 from ..evaluation import evaluate_recommender, model_selection_score, prompt_length_batches
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
@@ -21,6 +21,8 @@ from .arguments import CLLM4RecTrainingArguments
 from .schedule import ScheduleBatchSampler
 from .weight_averaging import WeightAverage
 
+# The splits whose items are held out from the prompts (training items are excluded from every ranking).
+EVALUATION_SPLITS = ("validation", "test")
 # Loss components logged separately, keyed by the batch's document type and the output field.
 LOSS_COMPONENTS = {
     "collaborative_lm_loss": ("collaborative", "lm_loss"),
@@ -98,16 +100,24 @@ class CLLM4RecTrainer(Trainer):
             self.weight_average = WeightAverage(args.weight_average_decay)
             self.add_callback(self.weight_average)
 
+    def predict(self, test_dataset=None, ignore_keys=None, metric_key_prefix: str = "test"):
+        raise NotImplementedError(
+            "CLLM4RecTrainer ranks items for users rather than predicting labels of a dataset: use "
+            "`trainer.evaluate(eval_dataset='test', metric_key_prefix='test')` for a split's metrics, and "
+            "`model.recommend(...)` or `cllm4rec recommend --all-users` for the recommendations."
+        )
+
     def _check_eval_split(self, args: CLLM4RecTrainingArguments) -> None:
-        if args.eval_strategy == "no":
-            return
-        if args.eval_split not in SPLITS:
-            raise ValueError(f"eval_split {args.eval_split!r} is not a split of the data set.")
-        if self.data.tables[args.eval_split].num_rows == 0:
+        if args.eval_strategy != "no":
+            self._check_split(args.eval_split, "Use another eval_split or eval_strategy='no'.")
+
+    def _check_split(self, split, remedy: str = "") -> None:
+        if not isinstance(split, str) or split not in EVALUATION_SPLITS:
             raise ValueError(
-                f"The {args.eval_split!r} split has no held-out items: evaluation would measure nothing. "
-                "Use another eval_split or eval_strategy='no'."
+                f"CLLM4Rec evaluates a held-out split of its data set, one of {EVALUATION_SPLITS}; got {split!r}."
             )
+        if self.data.tables[split].num_rows == 0:
+            raise ValueError(f"The {split!r} split has no held-out items: evaluation would measure nothing. {remedy}")
 
     def get_train_dataloader(self) -> DataLoader:
         dataloader = DataLoader(
@@ -199,7 +209,8 @@ class CLLM4RecTrainer(Trainer):
         Ranks all items for the users of a split (`eval_dataset` names it; default `args.eval_split`), with the
         averaged weights where they are kept, in the training's mixed precision.
         """
-        split = eval_dataset if isinstance(eval_dataset, str) else self.args.eval_split
+        split = self.args.eval_split if eval_dataset is None else eval_dataset
+        self._check_split(split)
         # the processes share the users where each holds the whole model; sharded ones must all run every forward
         distributed = self.accelerator.num_processes > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
         with self.averaged_weights(), self.accelerator.autocast():
