@@ -153,6 +153,8 @@ def model_card(
         mask_ratio=config.mask_ratio,
         recommendation_prompt=config.recommendation_prompt,
         cold_start_prompt=config.cold_start_prompt,
+        collaborative_prompt=config.collaborative_prompt,
+        history_permutations=config.history_permutations,
         training_rows=training_rows(training_args, stage),
         lora_rank=config.lora_rank if config.backbone_training == "lora" else None,
         results=results,
