@@ -48,6 +48,7 @@ def tiny_finetuning_run(tmp_path):
         report_to="none",
         disable_tqdm=True,
         use_cpu=True,
+        weight_average_decay=0.9,
     )
     metrics = run_finetuning(
         ModelArguments(pretrained=str(tmp_path / "pretrained")),
@@ -79,6 +80,7 @@ def test_fine_tuning_writes_a_card_of_the_measured_metrics(tmp_path):
     assert f"| Recall@20 | {metrics['test_recall@20']:.4f} |" in text
     assert f"averaged over {int(metrics['test_num_users'])} users" in text
     assert "| `num_train_epochs` | 1 |" in text and "| `per_device_train_batch_size` | 8 |" in text
+    assert "| `weight_average_decay` | 0.9 |" in text
     assert f"{data.num_users} users, {data.num_items} items" in text and "- `k_core`: 0" in text
     assert "trust_remote_code=True" in text and 'pipeline("item-recommendation", model="finetuned")' in text
     assert f'recommender("{data.user_raw_ids[0]}", top_k=10)' in text

@@ -45,6 +45,7 @@ TRAINING_ARGUMENTS = (
     "weight_decay",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
+    "weight_average_decay",
     "max_length",
     "eval_split",
     "metric_for_best_model",
