@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="What of the backbone trains in pretraining; default: as --backbone_training, but frozen for 'lora'. "
         "LoRA adapters added in pretraining stay for fine-tuning (then --backbone_training lora).",
     )
+    parser.add_argument(
+        "--id_embedding_init",
+        default="normal",
+        choices=["normal", "vocabulary"],
+        help="New ID embeddings: N(0, 0.02) as in the paper, or drawn from the statistics of the word embeddings.",
+    )
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
     parser.add_argument(
         "--history_permutations",
@@ -169,6 +175,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         backbone_overrides=args.backbone_overrides,
         lambda_v=args.lambda_v,
         backbone_training=args.pretrain_backbone_training,
+        id_embedding_init=args.id_embedding_init,
     )
     pretraining_args = training_arguments(
         args,

@@ -125,3 +125,17 @@ def test_tokenizer_save_load_round_trip(tokenizer, tmp_path):
     assert loaded.render("recommendation_prompt", user=1, history=[2, 3]) == tokenizer.render(
         "recommendation_prompt", user=1, history=[2, 3]
     )
+
+
+def test_vocabulary_initialized_ids_enter_at_the_scale_of_the_words(backbone_dir, model):
+    """SmolLM2's words have row norms near 3.2 around a shared offset; N(0, 0.02) IDs are near 0.48, with none."""
+    drawn = CLLM4RecForCollaborativeLM.from_backbone(
+        backbone_dir, num_users=NUM_USERS, num_items=200, id_embedding_init="vocabulary"
+    )
+    words = drawn.get_input_embeddings().weight.detach()
+    word_norm = words.norm(dim=1).mean()
+    ids = drawn.model.item_collaborative_embeddings.weight.detach()
+    assert ids.norm(dim=1).mean() == pytest.approx(word_norm, rel=0.1)
+    assert (ids.mean(0) - words.mean(0)).norm() < 0.1 * words.mean(0).norm()
+    default_ids = model.model.item_collaborative_embeddings.weight.detach()
+    assert default_ids.norm(dim=1).mean() < 0.25 * word_norm

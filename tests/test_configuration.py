@@ -99,6 +99,7 @@ def test_save_load_round_trip_keeps_the_sub_config(backbone, tmp_path):
         ({"history_permutations": 0}, "history_permutations"),
         ({"initializer_range": 0.0}, "initializer_range"),
         ({"backbone_training": "partial"}, "backbone_training"),
+        ({"id_embedding_init": "words"}, "id_embedding_init"),
         ({"lora_rank": 0}, "lora_rank"),
         ({"lora_dropout": 1.0}, "lora_dropout"),
         ({"lora_dropout": -0.1}, "lora_dropout"),

@@ -104,10 +104,11 @@ def test_card_metadata_follows_the_config():
     assert "LoRA rank 4" in card.text and "No test metrics were measured" in card.text
     assert f"`{config.collaborative_prompt}` followed by the history" in card.text
     assert "history_permutations" not in card.text
-    config.history_permutations = 24
-    assert (
-        "| history orders averaged when scoring `history_permutations` | 24 |" in model_card(config, model_id="m").text
-    )
+    assert "id_embedding_init" not in card.text
+    config.history_permutations, config.id_embedding_init = 24, "vocabulary"
+    text = model_card(config, model_id="m").text
+    assert "| history orders averaged when scoring `history_permutations` | 24 |" in text
+    assert '(`id_embedding_init="vocabulary"`)' in text
 
     config.base_model_name_or_path = "/models/gpt2"  # a local folder is no Hub id
     assert model_card(config, model_id="m").data.base_model is None

@@ -296,6 +296,33 @@ def test_id_embeddings_are_initialized_with_initializer_range(initializer_range)
     assert not torch.equal(tables[0], tables[2]) and not torch.equal(tables[1], tables[3])
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_id_embeddings_drawn_from_the_vocabulary_match_its_statistics_and_survive_loading(backbone, tmp_path):
+    torch.manual_seed(0)
+    reference = AutoModelForCausalLM.from_config(tiny_text_config(backbone))
+    with torch.no_grad():  # words far from N(0, 0.02): an offset and a spread per dimension
+        words = reference.get_input_embeddings().weight
+        words.copy_(
+            torch.linspace(-1, 1, words.shape[1]) + torch.linspace(0.1, 0.5, words.shape[1]) * torch.randn_like(words)
+        )
+    reference.save_pretrained(tmp_path / "backbone")
+    model = CLLM4RecForCollaborativeLM.from_backbone(
+        tmp_path / "backbone", num_users=400, num_items=600, id_embedding_init="vocabulary"
+    )
+    words = model.get_input_embeddings().weight.detach()  # the backbone's, through the usual accessor
+    assert model.get_input_embeddings() is model.model.backbone.get_input_embeddings()
+    torch.testing.assert_close(words, reference.get_input_embeddings().weight, rtol=0, atol=0)
+    for side in ("collaborative", "content"):
+        for table in model.model.id_embedding_tables(side):
+            torch.testing.assert_close(table.weight.mean(0), words.mean(0), rtol=0, atol=0.1)
+            torch.testing.assert_close(table.weight.std(0), words.std(0), rtol=0.15, atol=0)
+    model.save_pretrained(tmp_path / "cllm4rec")
+    loaded = CLLM4RecForCollaborativeLM.from_pretrained(tmp_path / "cllm4rec")
+    assert loaded.config.id_embedding_init == "vocabulary"
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), f"{name} changed in loading"
+
+
 # Training
 
 

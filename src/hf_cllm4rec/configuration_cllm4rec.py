@@ -70,6 +70,10 @@ class CLLM4RecConfig(PreTrainedConfig):
             Backbone modules that receive LoRA adapters; defaults to peft's choice for the backbone's model type.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialization of the ID embeddings.
+        id_embedding_init (`str`, *optional*, defaults to `"normal"`):
+            How new ID embeddings are drawn: `"normal"`, N(0, `initializer_range`) as in the paper, or
+            `"vocabulary"`, each dimension from the mean and standard deviation of the backbone's word embeddings
+            in that dimension, so that ID tokens enter a pretrained backbone at the scale and offset of its words.
 
     Example:
 
@@ -103,6 +107,7 @@ class CLLM4RecConfig(PreTrainedConfig):
     lora_dropout: float | int = 0.0
     lora_target_modules: list[str] | None = None
     initializer_range: float = 0.02
+    id_embedding_init: Literal["normal", "vocabulary"] = "normal"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

@@ -156,6 +156,7 @@ def model_card(
         cold_start_prompt=config.cold_start_prompt,
         collaborative_prompt=config.collaborative_prompt,
         history_permutations=config.history_permutations,
+        id_embedding_init=config.id_embedding_init,
         training_rows=training_rows(training_args, stage),
         lora_rank=config.lora_rank if config.backbone_training == "lora" else None,
         results=results,

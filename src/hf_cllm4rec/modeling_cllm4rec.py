@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput
 
@@ -85,6 +86,13 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The backbone's word embeddings (user and item tokens have tables of their own)."""
+        return self.base_model.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.base_model.backbone.set_input_embeddings(value)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Like `PreTrainedModel.from_pretrained`, but a checkpoint that does not fit the requested config fails."""
@@ -109,8 +117,8 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
         Builds a CLLM4Rec model around a pretrained causal LM (a Hub name or a local folder).
 
         Keyword arguments that `CLLM4RecConfig` knows go to the config; the rest (`dtype`, `attn_implementation`,
-        `revision`, ...) go to `AutoModelForCausalLM.from_pretrained`. The new ID embeddings are initialized from
-        N(0, `initializer_range`); the backbone keeps its pretrained weights.
+        `revision`, ...) go to `AutoModelForCausalLM.from_pretrained`. The new ID embeddings are initialized as
+        `id_embedding_init` says (default N(0, `initializer_range`)); the backbone keeps its pretrained weights.
         """
         config_fields = set(CLLM4RecConfig.__dataclass_fields__) - {"text_config"}
         config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
@@ -180,6 +188,8 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
             self._inject_lora()
         self.apply_backbone_training()
         self.post_init()
+        if config.id_embedding_init == "vocabulary":
+            self.init_id_embeddings_from_vocabulary()
 
     def apply_backbone_training(self) -> None:
         """Makes the ID tables trainable, and the backbone (`"full"`), its LoRA adapters (`"lora"`) or nothing else."""
@@ -221,11 +231,14 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self._inject_lora()
         self.apply_backbone_training()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.backbone.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module):
-        self.backbone.set_input_embeddings(value)
+    def init_id_embeddings_from_vocabulary(self) -> None:
+        """Draws each ID embedding's dimensions from the mean and standard deviation of the word embeddings' ones."""
+        words = self.get_input_embeddings().weight.detach().float()
+        mean, std = words.mean(0), words.std(0)
+        for side in DOCUMENT_TYPES:
+            for table in self.id_embedding_tables(side):
+                drawn = mean + std * torch.randn(table.weight.shape, device=words.device)
+                init.copy_(table.weight, drawn.to(table.weight.dtype))
 
     def id_embedding_tables(self, side: str) -> tuple[nn.Embedding, nn.Embedding]:
         """The (user, item) embedding tables of `side`, `"collaborative"` or `"content"`."""

@@ -66,6 +66,14 @@ class ModelArguments:
         metadata={"help": "'frozen' (the paper), 'full' or 'lora'.", "choices": ["frozen", "full", "lora"]},
     )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank with backbone_training='lora'."})
+    id_embedding_init: str = field(
+        default="normal",
+        metadata={
+            "help": "New ID embeddings: 'normal', N(0, 0.02) as in the paper, or 'vocabulary', drawn per dimension "
+            "from the mean and spread of the backbone's word embeddings.",
+            "choices": ["normal", "vocabulary"],
+        },
+    )
     history_permutations: int | None = field(
         default=None,
         metadata={
@@ -97,6 +105,7 @@ def build_pretraining_model(
         "mask_ratio": model_args.mask_ratio,
         "backbone_training": model_args.backbone_training,
         "lora_rank": model_args.lora_rank,
+        "id_embedding_init": model_args.id_embedding_init,
     }
     if model_args.history_permutations is not None:
         options["history_permutations"] = model_args.history_permutations
