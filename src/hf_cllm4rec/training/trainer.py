@@ -117,7 +117,8 @@ class CLLM4RecTrainer(Trainer):
                 f"CLLM4Rec evaluates a held-out split of its data set, one of {EVALUATION_SPLITS}; got {split!r}."
             )
         if self.data.tables[split].num_rows == 0:
-            raise ValueError(f"The {split!r} split has no held-out items: evaluation would measure nothing. {remedy}")
+            message = f"The {split!r} split has no held-out items: evaluation would measure nothing."
+            raise ValueError(f"{message} {remedy}" if remedy else message)
 
     def get_train_dataloader(self) -> DataLoader:
         dataloader = DataLoader(
