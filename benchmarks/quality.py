@@ -99,6 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["normal", "vocabulary"],
         help="New ID embeddings: N(0, 0.02) as in the paper, or drawn from the statistics of the word embeddings.",
     )
+    parser.add_argument(
+        "--untie_item_head",
+        action="store_true",
+        help="An item head of its own instead of the collaborative item embeddings (the paper's tied head).",
+    )
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
     parser.add_argument(
         "--history_permutations",
@@ -176,6 +181,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         lambda_v=args.lambda_v,
         backbone_training=args.pretrain_backbone_training,
         id_embedding_init=args.id_embedding_init,
+        untie_item_head=args.untie_item_head,
     )
     pretraining_args = training_arguments(
         args,

@@ -100,6 +100,7 @@ def test_save_load_round_trip_keeps_the_sub_config(backbone, tmp_path):
         ({"initializer_range": 0.0}, "initializer_range"),
         ({"backbone_training": "partial"}, "backbone_training"),
         ({"id_embedding_init": "words"}, "id_embedding_init"),
+        ({"tie_item_head": "no"}, "tie_item_head"),
         ({"lora_rank": 0}, "lora_rank"),
         ({"lora_dropout": 1.0}, "lora_dropout"),
         ({"lora_dropout": -0.1}, "lora_dropout"),

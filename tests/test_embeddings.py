@@ -14,22 +14,24 @@ from hf_cllm4rec import IdMappings
 from hf_cllm4rec.embeddings import EMBEDDINGS_NAME, TABLES_NAME, export_embeddings, user_query_vectors
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=[True, False], ids=["tied-head", "untied-head"])
+def exported(tmp_path_factory, request):
     data = tiny_data()
-    model, tokenizer = tiny_item_prediction_model(data)
+    model, tokenizer = tiny_item_prediction_model(data, tie_item_head=request.param)
     folder = export_embeddings(model, tmp_path_factory.mktemp("embeddings"), IdMappings.from_data(data))
     return folder, model, tokenizer, data
 
 
-def test_safetensors_hold_the_four_tables_with_raw_ids(exported):
+def test_safetensors_hold_the_four_tables_and_the_item_head_with_raw_ids(exported):
     folder, model, _, data = exported
     tensors = load_file(folder / EMBEDDINGS_NAME)
-    assert set(tensors) == {"user_collaborative", "user_content", "item_collaborative", "item_content"}
+    assert set(tensors) == {"user_collaborative", "user_content", "item_collaborative", "item_content", "item_head"}
     for side in ("collaborative", "content"):
         users, items = model.base_model.id_embedding_tables(side)
         torch.testing.assert_close(tensors[f"user_{side}"], users.weight, rtol=0, atol=0)
         torch.testing.assert_close(tensors[f"item_{side}"], items.weight, rtol=0, atol=0)
+    tied = model.config.tie_item_head
+    assert torch.equal(tensors["item_head"], tensors["item_collaborative"]) == tied
     with safe_open(folder / EMBEDDINGS_NAME, "pt") as file:
         metadata = file.metadata()
     assert json.loads(metadata["user_raw_ids"]) == data.user_raw_ids
@@ -44,6 +46,7 @@ def test_datasets_tables_hold_the_same_vectors_by_raw_id(exported):
     np.testing.assert_array_equal(
         np.stack(items["collaborative"]), model.base_model.item_collaborative_embeddings.weight.detach().numpy()
     )
+    np.testing.assert_array_equal(np.stack(items["head"]), model.base_model.item_head_weight().detach().numpy())
     users = tables["users"].with_format("numpy")
     assert list(users["raw_id"]) == data.user_raw_ids
     np.testing.assert_array_equal(
@@ -57,7 +60,7 @@ def test_query_vectors_times_exported_items_are_the_models_logits(exported):
     users = [0, 3, 7, None, None]
     inputs = [histories[0], histories[3], histories[7], [1, 4], histories[7]]
     queries = user_query_vectors(model, tokenizer, users, inputs, batch_size=2)
-    items = load_file(folder / EMBEDDINGS_NAME)["item_collaborative"]
+    items = load_file(folder / EMBEDDINGS_NAME)["item_head"]
 
     input_ids, attention_mask = model.prompt_batch(tokenizer, users, inputs, None)
     with torch.no_grad():

@@ -104,11 +104,12 @@ def test_card_metadata_follows_the_config():
     assert "LoRA rank 4" in card.text and "No test metrics were measured" in card.text
     assert f"`{config.collaborative_prompt}` followed by the history" in card.text
     assert "history_permutations" not in card.text
-    assert "id_embedding_init" not in card.text
-    config.history_permutations, config.id_embedding_init = 24, "vocabulary"
+    assert "id_embedding_init" not in card.text and "tie_item_head" not in card.text
+    config.history_permutations, config.id_embedding_init, config.tie_item_head = 24, "vocabulary", False
     text = model_card(config, model_id="m").text
     assert "| history orders averaged when scoring `history_permutations` | 24 |" in text
     assert '(`id_embedding_init="vocabulary"`)' in text
+    assert "| item head | a table of its own, not the collaborative item embeddings (`tie_item_head=False`) |" in text
 
     config.base_model_name_or_path = "/models/gpt2"  # a local folder is no Hub id
     assert model_card(config, model_id="m").data.base_model is None

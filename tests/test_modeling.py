@@ -220,6 +220,7 @@ def test_base_model_checkpoint_round_trip(model_class, tmp_path):
         ({"config": tiny_cllm4rec_config("gpt2", text_overrides={"n_embd": 64})}, "backbone"),
         ({"config": tiny_cllm4rec_config("gpt2", vocab_size=120)}, "backbone"),
         ({"config": tiny_cllm4rec_config("llama")}, "backbone"),
+        ({"tie_item_head": False}, "tie_item_head=True, but tie_item_head=False"),
     ],
 )
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
@@ -327,8 +328,8 @@ def test_id_embeddings_drawn_from_the_vocabulary_match_its_statistics_and_surviv
 
 
 def expected_trainable(name: str, backbone_training: str) -> bool:
-    if "_embeddings." in name and not name.startswith("model.backbone."):
-        return True  # the four ID tables
+    if ("_embeddings." in name or name == "model.item_head.weight") and not name.startswith("model.backbone."):
+        return True  # the four ID tables and an untied item head
     return backbone_training == "full" or (backbone_training == "lora" and "lora_" in name)
 
 
@@ -375,6 +376,30 @@ def test_training_changes_exactly_the_trainable_parameters(backbone, model_class
         lora_names = [name for name, _ in model.named_parameters() if "lora_" in name]
         assert lora_names and any("lora_B" in name for name in lora_names)
     assert_trains_exactly_the_trainable_parameters(model, backbone_training)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_untied_item_head_scores_items_trains_and_reloads(backbone, model_class, tmp_path):
+    model = tiny_model(model_class, backbone, id_std=1.0, tie_item_head=False)
+    head = model.model.item_head.weight
+    assert head.shape == model.model.item_collaborative_embeddings.weight.shape and head.requires_grad
+    assert model.model.item_head_weight() is head
+    # the scores are the hidden states times the head; the collaborative item table only feeds the input
+    input_ids, attention_mask = right_pad(RECOMMENDATION_PROMPTS)
+    with torch.no_grad():
+        hidden = model.model.last_token_hidden_states(input_ids, attention_mask)
+        torch.testing.assert_close(model.model.last_token_item_logits(input_ids, attention_mask), hidden @ head.T)
+    assert_trains_exactly_the_trainable_parameters(model, "frozen")
+
+    model.save_pretrained(tmp_path)
+    loaded, info = CLLM4RecForItemPrediction.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not loaded.config.tie_item_head and torch.equal(loaded.model.item_head.weight, head)
+    if model_class is CLLM4RecForItemPrediction:
+        assert_same_outputs(model_outputs(model), model_outputs(loaded.eval()))
+    with pytest.raises(ValueError, match="tie_item_head=False, but tie_item_head=True"):
+        CLLM4RecForItemPrediction.from_pretrained(tmp_path, tie_item_head=True)
 
 
 @pytest.mark.parametrize("backbone_training", ["frozen", "full", "lora"])

@@ -12,13 +12,17 @@ def tiny_data():
     return make_synthetic_data(num_users=24, num_items=30, num_clusters=3, seed=0, interactions_per_user=(4, 10))
 
 
-def tiny_item_prediction_model(data, seed: int = 0, id_std: float = 1.0):
-    """A tiny-GPT-2 CLLM4Rec item predictor sized to `data`, with its tokenizer; ID tables drawn from N(0, id_std)."""
+def tiny_item_prediction_model(data, seed: int = 0, id_std: float = 1.0, **config_kwargs):
+    """
+    A tiny-GPT-2 CLLM4Rec item predictor sized to `data`, with its tokenizer; ID tables (and an untied item head)
+    drawn from N(0, id_std).
+    """
     base_tokenizer = make_synthetic_tokenizer(data)
     config = CLLM4RecConfig(
         text_config=tiny_gpt2_config(vocab_size=len(base_tokenizer)),
         num_users=data.num_users,
         num_items=data.num_items,
+        **config_kwargs,
     )
     torch.manual_seed(seed)
     model = CLLM4RecForItemPrediction(config)
@@ -26,6 +30,7 @@ def tiny_item_prediction_model(data, seed: int = 0, id_std: float = 1.0):
         for side in ("collaborative", "content"):
             for table in model.base_model.id_embedding_tables(side):
                 table.weight.normal_(0.0, id_std)
+        model.base_model.item_head_weight().normal_(0.0, id_std)
     return model.eval(), CLLM4RecTokenizer(base_tokenizer, model.config)
 
 

@@ -486,9 +486,9 @@ def add_export_embeddings_command(subparsers: argparse._SubParsersAction) -> Non
         "export-embeddings",
         help="Write the user and item embeddings with their raw ids (safetensors and a datasets table).",
         description="Write a checkpoint's collaborative and content user and item embeddings, with the data set's "
-        "raw ids, as embeddings.safetensors and as a DatasetDict (tables/) for an approximate-nearest-neighbour "
-        "index. The item collaborative embeddings are the item head: a user's scores are the inner products of "
-        "the hidden state of their prompt with them.",
+        "raw ids, and the item head, as embeddings.safetensors and as a DatasetDict (tables/) for an "
+        "approximate-nearest-neighbour index: a user's scores are the inner products of the hidden state of their "
+        "prompt with the item head's rows (the item collaborative embeddings, unless the head is untied).",
     )
     parser.add_argument("--model", required=True, help="Folder or Hub name of a CLLM4Rec checkpoint.")
     parser.add_argument("--out", required=True, help="Directory to write to (new or empty, unless --overwrite).")

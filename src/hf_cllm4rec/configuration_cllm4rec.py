@@ -74,6 +74,11 @@ class CLLM4RecConfig(PreTrainedConfig):
             How new ID embeddings are drawn: `"normal"`, N(0, `initializer_range`) as in the paper, or
             `"vocabulary"`, each dimension from the mean and standard deviation of the backbone's word embeddings
             in that dimension, so that ID tokens enter a pretrained backbone at the scale and offset of its words.
+        tie_item_head (`bool`, *optional*, defaults to `True`):
+            Whether the item head, which scores every item from a hidden state, is the table of collaborative item
+            embeddings, as in the paper. `False` gives the head a table of its own, N(0, `initializer_range`): the
+            item scores then start small whatever the scale of the ID tokens' input embeddings, which a pretrained
+            backbone wants near that of its words (`id_embedding_init="vocabulary"`).
 
     Example:
 
@@ -108,6 +113,7 @@ class CLLM4RecConfig(PreTrainedConfig):
     lora_target_modules: list[str] | None = None
     initializer_range: float = 0.02
     id_embedding_init: Literal["normal", "vocabulary"] = "normal"
+    tie_item_head: bool = True
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

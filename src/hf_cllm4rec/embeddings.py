@@ -2,9 +2,9 @@
 User and item embeddings of a CLLM4Rec model, for approximate-nearest-neighbour serving.
 
 A fine-tuned model scores item `j` for a prompt as `q @ z_j`, where `q` is the hidden state of the prompt's last
-token ([`user_query_vectors`]) and `z_j` the item's collaborative embedding: an ANN index over the exported
-`item_collaborative` vectors, queried with `q` by inner product, returns the model's own top items (before the
-user's history is removed).
+token ([`user_query_vectors`]) and `z_j` the item's row of the item head: its collaborative embedding, or with
+`tie_item_head=False` its row of the head's own table. An ANN index over the exported `item_head` vectors, queried
+with `q` by inner product, returns the model's own top items (before the user's history is removed).
 
 ```python
 >>> from hf_cllm4rec.embeddings import export_embeddings, user_query_vectors
@@ -31,13 +31,18 @@ SIDES = ("collaborative", "content")
 
 
 def id_embeddings(model) -> dict[str, torch.Tensor]:
-    """The four ID tables as float32 CPU tensors: `user_collaborative`, `user_content`, `item_collaborative`, ..."""
-    tables = {}
+    """
+    The four ID tables (`user_collaborative`, `user_content`, `item_collaborative`, `item_content`) and the item head
+    (`item_head`, the same as `item_collaborative` where tied) as float32 CPU tensors.
+    """
+    base_model = model.base_model
+    weights = {}
     for side in SIDES:
-        users, items = model.base_model.id_embedding_tables(side)
-        tables[f"user_{side}"] = users.weight.detach().float().cpu().contiguous()
-        tables[f"item_{side}"] = items.weight.detach().float().cpu().contiguous()
-    return tables
+        users, items = base_model.id_embedding_tables(side)
+        weights[f"user_{side}"], weights[f"item_{side}"] = users.weight, items.weight
+    weights["item_head"] = base_model.item_head_weight()
+    # copies, so that a tied head is written as a tensor of its own
+    return {name: weight.detach().to("cpu", torch.float32, copy=True).contiguous() for name, weight in weights.items()}
 
 
 def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) -> Path:
@@ -45,10 +50,10 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) ->
     Writes a model's collaborative and content user and item embeddings, with the data set's raw ids, to `folder`:
 
     - `embeddings.safetensors`: tensors `user_collaborative`, `user_content` (`num_users x hidden`),
-      `item_collaborative`, `item_content` (`num_items x hidden`), row `i` being 0-based id `i`; the metadata holds
-      `user_raw_ids` and `item_raw_ids` (JSON lists in row order);
+      `item_collaborative`, `item_content`, `item_head` (`num_items x hidden`), row `i` being 0-based id `i`; the
+      metadata holds `user_raw_ids` and `item_raw_ids` (JSON lists in row order);
     - `tables/`: a `DatasetDict` (`datasets.load_from_disk`) with a `users` table (`id`, `raw_id`, `collaborative`,
-      `content`) and an `items` table (the same and `text`), ready for `Dataset.add_faiss_index(column=...)`.
+      `content`) and an `items` table (the same, `head` and `text`), ready for `Dataset.add_faiss_index(column=...)`.
 
     Returns the folder.
     """
@@ -80,8 +85,8 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) ->
     )
     items = Dataset.from_dict(
         {"id": np.arange(config.num_items), "raw_id": mappings.items, "text": mappings.item_texts}
-        | {side: tables[f"item_{side}"].numpy() for side in SIDES},
-        features=Features(columns | {"text": Value("string")} | {side: vector for side in SIDES}),
+        | {side: tables[f"item_{side}"].numpy() for side in (*SIDES, "head")},
+        features=Features(columns | {"text": Value("string")} | {side: vector for side in (*SIDES, "head")}),
     )
     DatasetDict({"users": users, "items": items}).save_to_disk(str(folder / TABLES_NAME))
     return folder
@@ -101,7 +106,7 @@ def user_query_vectors(
     The query vector of each user: the hidden state of the last token of the prompt `model.recommend` uses (the
     cold-start prompt for a `None` user id), float32 `(len(user_ids), hidden)` on the model's device.
 
-    `query @ item_collaborative.T` equals the model's item logits for that prompt.
+    `query @ item_head.T` equals the model's item logits for that prompt.
     """
     if len(user_ids) != len(histories):
         raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")

@@ -157,6 +157,7 @@ def model_card(
         collaborative_prompt=config.collaborative_prompt,
         history_permutations=config.history_permutations,
         id_embedding_init=config.id_embedding_init,
+        tie_item_head=config.tie_item_head,
         training_rows=training_rows(training_args, stage),
         lora_rank=config.lora_rank if config.backbone_training == "lora" else None,
         results=results,

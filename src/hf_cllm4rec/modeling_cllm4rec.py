@@ -144,7 +144,8 @@ def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
         )
     requested = kwargs.get("config")
     requested = requested.to_dict() if isinstance(requested, CLLM4RecConfig) else {}
-    requested.update({key: kwargs[key] for key in ("num_users", "num_items", "backbone_training") if key in kwargs})
+    overridable = ("num_users", "num_items", "backbone_training", "tie_item_head")
+    requested.update({key: kwargs[key] for key in overridable if key in kwargs})
     for key in ("num_users", "num_items"):
         if key in requested and requested[key] != stored.get(key):
             raise ValueError(
@@ -157,6 +158,12 @@ def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
             f"The checkpoint {source} has backbone_training={stored_training!r}, but "
             f"backbone_training={requested['backbone_training']!r} was requested: LoRA adapters rename the backbone's "
             f"weights, so load the checkpoint as saved (`model.model.enable_lora()` adds adapters to a loaded model)."
+        )
+    stored_tie = stored.get("tie_item_head", True)
+    if "tie_item_head" in requested and requested["tie_item_head"] != stored_tie:
+        raise ValueError(
+            f"The checkpoint {source} has tie_item_head={stored_tie}, but tie_item_head={requested['tie_item_head']} "
+            f"was requested: an item head loads only as it was saved, tied or with a table of its own."
         )
     if "text_config" in requested:
         for key in ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer"):
@@ -184,6 +191,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self.item_collaborative_embeddings = nn.Embedding(config.num_items, hidden_size)
         self.user_content_embeddings = nn.Embedding(config.num_users, hidden_size)
         self.item_content_embeddings = nn.Embedding(config.num_items, hidden_size)
+        self.item_head = None if config.tie_item_head else nn.Linear(hidden_size, config.num_items, bias=False)
         if config.backbone_training == "lora":
             self._inject_lora()
         self.apply_backbone_training()
@@ -286,10 +294,13 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         with sdpa_kernel(ATTENTION_BACKENDS):
             return self.backbone.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
+    def item_head_weight(self) -> nn.Parameter:
+        """The item head `(num_items, hidden)`: the collaborative item embeddings, or its own table when untied."""
+        return (self.item_collaborative_embeddings if self.item_head is None else self.item_head).weight
+
     def item_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Scores over all items: the item head tied to the collaborative item embeddings."""
-        weight = self.item_collaborative_embeddings.weight
-        return hidden_states @ weight.to(hidden_states.dtype).T
+        """Scores over all items: the hidden states times the item head."""
+        return hidden_states @ self.item_head_weight().to(hidden_states.dtype).T
 
     def word_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Scores over the word vocabulary: the backbone's LM head (tied to its word embeddings where it ties)."""

@@ -74,6 +74,13 @@ class ModelArguments:
             "choices": ["normal", "vocabulary"],
         },
     )
+    untie_item_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the item head a table of its own instead of the collaborative item embeddings (the "
+            "paper's tied head): item scores start small even with --id_embedding_init vocabulary."
+        },
+    )
     history_permutations: int | None = field(
         default=None,
         metadata={
@@ -106,6 +113,7 @@ def build_pretraining_model(
         "backbone_training": model_args.backbone_training,
         "lora_rank": model_args.lora_rank,
         "id_embedding_init": model_args.id_embedding_init,
+        "tie_item_head": not model_args.untie_item_head,
     }
     if model_args.history_permutations is not None:
         options["history_permutations"] = model_args.history_permutations
