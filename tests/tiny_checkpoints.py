@@ -30,7 +30,8 @@ def tiny_item_prediction_model(data, seed: int = 0, id_std: float = 1.0, **confi
         for side in ("collaborative", "content"):
             for table in model.base_model.id_embedding_tables(side):
                 table.weight.normal_(0.0, id_std)
-        model.base_model.item_head_weight().normal_(0.0, id_std)
+        if model.base_model.item_head is not None:
+            model.base_model.item_head.weight.normal_(0.0, id_std)
     return model.eval(), CLLM4RecTokenizer(base_tokenizer, model.config)
 
 

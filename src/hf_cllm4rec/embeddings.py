@@ -77,6 +77,7 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) ->
     save_file(tables, folder / EMBEDDINGS_NAME, metadata=metadata)
 
     vector = List(Value("float32"), length=config.hidden_size)
+    item_vectors = (*SIDES, "head")
     columns = {"id": Value("int64"), "raw_id": Value("string")}
     users = Dataset.from_dict(
         {"id": np.arange(config.num_users), "raw_id": mappings.users}
@@ -85,8 +86,8 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) ->
     )
     items = Dataset.from_dict(
         {"id": np.arange(config.num_items), "raw_id": mappings.items, "text": mappings.item_texts}
-        | {side: tables[f"item_{side}"].numpy() for side in (*SIDES, "head")},
-        features=Features(columns | {"text": Value("string")} | {side: vector for side in (*SIDES, "head")}),
+        | {name: tables[f"item_{name}"].numpy() for name in item_vectors},
+        features=Features(columns | {"text": Value("string")} | {name: vector for name in item_vectors}),
     )
     DatasetDict({"users": users, "items": items}).save_to_disk(str(folder / TABLES_NAME))
     return folder
