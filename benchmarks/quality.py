@@ -111,6 +111,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="Also test each stage's selected model with its scores averaged over this many random history orders.",
     )
+    parser.add_argument(
+        "--train_sampling_strategy",
+        default="random",
+        choices=["random", "group_by_length"],
+        help="'random' (the paper) or 'group_by_length' (documents of similar length share a step: less padding).",
+    )
     parser.add_argument("--seed", type=int, default=42, help="Seeds initialization and the order of documents.")
     parser.add_argument(
         "--bf16",
@@ -145,6 +151,7 @@ def training_arguments(
         warmup_steps=args.warmup_steps,
         weight_average_decay=args.weight_average_decay,
         seed=args.seed,
+        train_sampling_strategy=args.train_sampling_strategy,
         content_documents=args.content_documents,
         content_steps=not args.no_content_steps,
         bf16=args.bf16,

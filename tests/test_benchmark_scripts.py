@@ -23,6 +23,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run(
         "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "smoke",
         "--warmup_epochs", "0", "--pretrain_rounds", "1", "--finetune_rounds", "2", "--baselines", "popularity,ease",
+        "--train_sampling_strategy", "group_by_length",
         "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
     quality = json.loads((results / "quality-smoke.json").read_text())
