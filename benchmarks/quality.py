@@ -28,6 +28,7 @@ from benchmarks.baselines import run_baselines_on_data  # noqa: E402
 from benchmarks.provenance import device_name, git_commit, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
+from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, load_data, run_finetuning, run_pretraining  # noqa: E402
 from hf_cllm4rec.training.trainer import default_max_length, evaluate_model  # noqa: E402
 
@@ -114,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train_sampling_strategy",
         default="random",
-        choices=["random", "group_by_length"],
+        choices=SAMPLING_STRATEGIES,
         help="'random' (the paper) or 'group_by_length' (documents of similar length share a step: less padding).",
     )
     parser.add_argument("--seed", type=int, default=42, help="Seeds initialization and the order of documents.")

@@ -441,6 +441,7 @@ def test_a_negative_regularization_weight_is_refused(tmp_path, data, base_tokeni
         (dict(weight_average_decay=1.0), "weight_average_decay"),
         (dict(weight_average_decay=0.0), "weight_average_decay"),
         (dict(eval_max_tokens=0), "eval_max_tokens"),
+        (dict(train_sampling_strategy="sorted"), "train_sampling_strategy must be one of"),
     ],
 )
 def test_bad_training_arguments(tmp_path, overrides, message):
