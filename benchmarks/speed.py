@@ -55,7 +55,7 @@ AUTHORS_H200 = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/beauty", help="A prepared data set folder, or 'builtin'.")
     parser.add_argument("--backbone", default="gpt2")
@@ -94,7 +94,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--scaling_users", type=int, default=256, help="Users scored per catalogue size.")
     parser.add_argument("--output", default=None, help="JSON path; default benchmarks/results/speed-<name>.json.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
     unknown = sorted(set(args.stages) - set(STAGES))
     if unknown or not args.stages:

@@ -144,3 +144,38 @@ def test_bf16_runs_where_the_machine_has_no_gpu(tmp_path):
 
 def test_readme_results_are_those_of_the_result_files():
     run("benchmarks/report.py", "--check")
+
+
+def test_gpu_script_drives_the_benchmarks_with_options_they_accept(tmp_path):
+    """`benchmarks/gpu.sh` runs with a `python` that only records its calls: every benchmark call must parse."""
+    from benchmarks import quality, speed
+
+    calls = tmp_path / "calls.jsonl"
+    recorder = tmp_path / "record.py"
+    recorder.write_text(
+        "import json, sys\n"
+        "if sys.argv[1] == '-c':\n    print('h200')\n"
+        f"else:\n    open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    (tmp_path / "bin").mkdir()
+    fake_python = tmp_path / "bin" / "python"
+    fake_python.write_text(f'#!/bin/sh\nexec {sys.executable} {recorder} "$@"\n')
+    fake_python.chmod(0o755)
+    environment = {"PATH": f"{fake_python.parent}:/usr/bin:/bin"}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "SMOLLM2", "TOKENIZER"], env=environment, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr.decode()
+
+    invocations = [json.loads(line) for line in calls.read_text().splitlines()]
+    scripts = sorted(Path(invocation[0]).name for invocation in invocations)
+    assert scripts == ["quality.py", "quality.py", "speed.py", "speed.py"]
+    papers = []
+    for script, *argv in invocations:
+        is_quality = script.endswith("quality.py")
+        parsed = (quality if is_quality else speed).parse_args(argv)
+        assert parsed.data == "data/beauty" and parsed.backbone in ("SMOLLM2", "gpt2")
+        assert (parsed.name if is_quality else Path(parsed.output).stem).endswith("-h200")
+        if is_quality:
+            papers.append(parsed.paper)
+    assert sorted(papers) == [False, True]
