@@ -94,6 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="What of the backbone trains in pretraining; default: as --backbone_training, but frozen for 'lora'. "
         "LoRA adapters added in pretraining stay for fine-tuning (then --backbone_training lora).",
     )
+    parser.add_argument("--lora_rank", type=int, default=8, help="Rank of the LoRA adapters, wherever they train.")
     parser.add_argument(
         "--id_embedding_init",
         default="normal",
@@ -188,6 +189,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         backbone_overrides=args.backbone_overrides,
         lambda_v=args.lambda_v,
         backbone_training=args.pretrain_backbone_training,
+        lora_rank=args.lora_rank,
         id_embedding_init=args.id_embedding_init,
         untie_item_head=args.untie_item_head,
     )
@@ -205,6 +207,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         model_args = ModelArguments(
             pretrained=str(root / "pretrain"),
             backbone_training=args.backbone_training,
+            lora_rank=args.lora_rank,
             recommendation_prompt=args.recommendation_prompt,
         )
         finetuning_args = training_arguments(
