@@ -11,6 +11,7 @@ content epochs interleaved, the best round kept by validation Recall@20 + Recall
 mappings and test metrics are saved to `--output_dir` by the main process; `--push_to_hub` pushes them.
 """
 
+from accelerate import PartialState
 from transformers import HfArgumentParser
 
 from hf_cllm4rec.training import CLLM4RecTrainingArguments
@@ -21,6 +22,7 @@ def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, CLLM4RecTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
     run_finetuning(model_args, data_args, training_args)
+    PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ collaborative and one content epoch each). The model, tokenizer, id mappings and
 `--output_dir` by the main process; `--push_to_hub` pushes them.
 """
 
+from accelerate import PartialState
 from transformers import HfArgumentParser
 
 from hf_cllm4rec.training import CLLM4RecTrainingArguments
@@ -21,6 +22,7 @@ def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, CLLM4RecTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
     run_pretraining(model_args, data_args, training_args)
+    PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
 
 
 if __name__ == "__main__":

@@ -199,6 +199,7 @@ def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, flo
             repo_id = args.hub_model_id or data_files.resolve().name
             hub_options = {"token": args.hub_token, "private": args.hub_private_repo, "revision": args.hub_revision}
             push_to_hub(trainer.model, trainer.processing_class, repo_id, **hub_options, **card_inputs)
+    trainer.accelerator.wait_for_everyone()  # no process exits while the main one still writes
     return metrics
 
 
