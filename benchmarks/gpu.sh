@@ -30,8 +30,8 @@ python benchmarks/speed.py --data "$data" --backbone gpt2 --random_init --tokeni
 python benchmarks/speed.py --data "$data" --backbone "$smollm2" \
   "${prediction[@]}" --output "$results/speed-smollm2-tokens65536-$gpu.json"
 
-quality=(--data "$data" --backbone "$smollm2" --baselines popularity --output_dir runs/quality)
-quality+=(--results_dir "$results")
+quality=(--data "$data" --backbone "$smollm2" --baselines popularity --output_dir runs/quality
+  --results_dir "$results")
 python benchmarks/quality.py "${quality[@]}" --paper --name "beauty-smollm2-paper-short-$gpu" \
   --warmup_epochs 1 --pretrain_rounds 3 --finetune_rounds 2 --batch_size 256 &
 python benchmarks/quality.py "${quality[@]}" \

@@ -210,6 +210,8 @@ def _add_training_command(subparsers: argparse._SubParsersAction, name: str, hel
 
 def train(args: argparse.Namespace) -> int:
     """Runs `cllm4rec pretrain` / `finetune`: the recipe of `training/recipes.py` on the forwarded arguments."""
+    from accelerate import PartialState
+
     from .training import CLLM4RecTrainingArguments, recipes
 
     parser = _DataclassArgumentParser(
@@ -221,6 +223,7 @@ def train(args: argparse.Namespace) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     metrics = getattr(recipes, args.recipe)(model_args, data_args, training_args)
+    PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
     print(json.dumps(metrics, indent=2))
     return 0
 
