@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Evaluate, select and test an exponential moving average of the weights with this decay per step.",
     )
+    parser.add_argument(
+        "--weight_decay",
+        type=float,
+        default=0.0,
+        help="AdamW's decoupled weight decay on every trained matrix and embedding table (not biases and norms).",
+    )
     parser.add_argument("--lambda_v", type=float, default=1.0)
     parser.add_argument("--content_documents", default="item")
     parser.add_argument(
@@ -152,6 +158,7 @@ def training_arguments(
         lr_scheduler_type=args.lr_scheduler_type,
         warmup_steps=args.warmup_steps,
         weight_average_decay=args.weight_average_decay,
+        weight_decay=args.weight_decay,
         seed=args.seed,
         train_sampling_strategy=args.train_sampling_strategy,
         content_documents=args.content_documents,
