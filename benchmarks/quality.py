@@ -166,6 +166,7 @@ def training_arguments(
         bf16=args.bf16,
         use_cpu=not torch.cuda.is_available(),
         logging_steps=100,
+        logging_first_step=True,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=4 if torch.cuda.is_available() else 0,
@@ -177,8 +178,9 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
     """
     Per stage run ("pretraining", and "finetuning" unless `--finetune_rounds 0`): test metrics of the model of the
     best validation round (the pretrained model recommends the next item after the history), the same model's test
-    metrics averaged over `--history_permutations` history orders where that is above 1, and the validation metrics
-    per round. Rounds are selected with one pass per user. Also returns the wall time.
+    metrics averaged over `--history_permutations` history orders where that is above 1, the validation metrics per
+    round, and the training loss as logged (first step, then every 100). Rounds are selected with one pass per user.
+    Also returns the wall time.
     """
     start = time.perf_counter()
     data_args = DataArguments(data=args.data)
@@ -230,6 +232,11 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
     results = {
         "test": {key.removeprefix("test_"): value for key, value in test_metrics.items()},
         "validation_per_round": [entry for entry in history if "eval_recall@20" in entry],
+        "training_loss": [
+            {key: entry[key] for key in ("step", "round", "loss", "learning_rate")}
+            for entry in history
+            if "loss" in entry
+        ],
     }
     if args.history_permutations > 1:
         model = model_class.from_pretrained(output_dir, history_permutations=args.history_permutations)

@@ -49,6 +49,8 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert saved_training["weight_decay"] == 0.1
     assert pretrain_only["cllm4rec"]["test"] is None
     assert len(pretrain_only["cllm4rec_pretrained"]["validation_per_round"]) == 2
+    training_loss = pretrain_only["cllm4rec_pretrained"]["training_loss"]
+    assert training_loss[0]["step"] == 1 and all(entry["loss"] > 0 for entry in training_loss)
     over_orders = pretrain_only["cllm4rec_pretrained"]["test_over_history_orders"]
     assert 0 < over_orders["recall@20"] <= over_orders["recall@40"] <= 1
     assert over_orders != pretrain_only["cllm4rec_pretrained"]["test"]
