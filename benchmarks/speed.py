@@ -8,8 +8,9 @@ Speed of every CLLM4Rec stage on a prepared data set, and how prediction time gr
         --backbone_overrides '{"n_layer": 2, "n_embd": 256, "n_head": 4}'              # the CPU quality runs' shape
 
 Stages, each one real optimizer steps (or, for prediction, real top-k) through the package's own documents,
-collator and model, timed after a warm-up, with documents grouped by length (`--train_sampling_strategy
-group_by_length` in training; the default, random batching, pads more):
+collator and model, timed after a warm-up (the share spent waiting for the data loader reported too), with
+documents grouped by length (`--train_sampling_strategy group_by_length` in training; the default, random
+batching, pads more):
 - content epoch: one document per training pair, `<user_u> writes the following review for <item_i>:` + the item's
   text (the Beauty split has no reviews);
 - collaborative epoch: one document per user; fine-tuning epoch: one masked-history document per user;
@@ -141,11 +142,17 @@ def time_training(model, source, batch_size, pad_token_id, args, device) -> dict
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     model.train()
     steps, warmup, start = 0, 2, None
-    documents = 0
-    for batch in loader:
+    documents, loading = 0, 0.0
+    batches = iter(loader)
+    while True:
         if steps == warmup:
             synchronize(device)
-            start, documents = time.perf_counter(), 0
+            start, documents, loading = time.perf_counter(), 0, 0.0
+        fetch_start = time.perf_counter()
+        batch = next(batches, None)
+        loading += time.perf_counter() - fetch_start
+        if batch is None:
+            break
         document_type = batch.pop("document_type")
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         with autocast:
@@ -164,6 +171,8 @@ def time_training(model, source, batch_size, pad_token_id, args, device) -> dict
         "documents_per_epoch": len(source),
         "seconds_timed": seconds,
         "epoch_s": seconds * len(source) / documents,
+        # of which waiting for the data loader (rendering and collating documents)
+        "loading_epoch_s": loading * len(source) / documents,
         "extrapolated": documents < len(source) - batch_size * warmup,
     }
 
@@ -266,7 +275,8 @@ def main() -> None:
         timing = partial(time_training, stage_model, source(), args.batch_size, tokenizer.pad_token_id, args, device)
         stages[name] = measure_stage(device, timing)
         print(
-            f"{name:>14} epoch: {stages[name]['epoch_s']:8.2f} s ({stages[name]['documents_per_epoch']:,} documents)"
+            f"{name:>14} epoch: {stages[name]['epoch_s']:8.2f} s ({stages[name]['documents_per_epoch']:,} documents, "
+            f"{stages[name]['loading_epoch_s']:.2f} s of it loading them)"
         )
     if "prediction" in args.stages:
         stages["prediction"] = measure_stage(device, partial(time_prediction, model, tokenizer, data, args, device))

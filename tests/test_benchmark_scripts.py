@@ -69,6 +69,8 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert prediction["prompt_tokens"] <= prediction["padded_tokens"]
     assert [entry["num_items"] for entry in speed["prediction_scaling"]] == [500, 1000]
     assert speed["stages"]["content"]["extrapolated"]
+    for stage in ("content", "collaborative", "finetuning"):
+        assert 0 < speed["stages"][stage]["loading_epoch_s"] < speed["stages"][stage]["epoch_s"]
 
     run(
         "benchmarks/speed.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--sample", "64",

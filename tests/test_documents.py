@@ -275,6 +275,47 @@ def test_scheduled_documents_route_keys_to_their_source(tokenizer, histories, da
     assert scheduled[1, 0, 5] == content[0, 5]
 
 
+@pytest.mark.parametrize("max_length", [None, 12])
+def test_documents_fetched_as_a_batch_are_those_fetched_alone(tokenizer, histories, data, max_length):
+    sources = [
+        CollaborativeDocuments(histories, tokenizer, max_length=max_length, seed=1),
+        RecommendationDocuments(histories, tokenizer, mask_ratio=0.3, max_length=max_length, seed=1),
+        ContentDocuments(data, tokenizer, max_length=max_length, kinds=("user_item", "item")),
+    ]
+    for source in sources:
+        indices = np.random.default_rng(0).permutation(len(source))[:7]
+        assert source.documents(4, indices) == [source[4, int(index)] for index in indices]
+        assert source.documents(4, []) == []
+        with pytest.raises(IndexError, match=f"index {len(source)} out of range"):
+            source.documents(4, [0, len(source)])
+    # a loader's batch may mix sources and passes: each document comes back in its place
+    keys = [(1, 2, 3), (0, 5, 1), (2, 0, 4), (0, 5, 0), (1, 3, 3)]
+    assert ScheduledDocuments(sources).__getitems__(keys) == [sources[s][d, i] for s, d, i in keys]
+
+
+def test_data_loader_fetches_whole_batches(tokenizer, histories):
+    class CountingDocuments(CollaborativeDocuments):
+        def _documents(self, draw, indices):
+            self.fetches.append(len(indices))
+            return super()._documents(draw, indices)
+
+    documents = CountingDocuments(histories, tokenizer, max_length=None)
+    documents.fetches = []
+    batches = [[(0, 0, index) for index in range(start, min(start + 4, len(documents)))] for start in (0, 4)]
+    loader = torch.utils.data.DataLoader(
+        ScheduledDocuments([documents]),
+        batch_sampler=batches,
+        collate_fn=CLLM4RecDataCollator(pad_token_id=tokenizer.pad_token_id),
+    )
+    assert len(list(loader)) == 2 and documents.fetches == [4, 4]
+
+
+def test_collaborative_documents_need_room_for_items(tokenizer, histories):
+    prompt_length = len(tokenizer.render("collaborative_prompt", user=0))
+    with pytest.raises(ValueError, match=f"max_length={prompt_length} leaves no room for items"):
+        CollaborativeDocuments(histories, tokenizer, max_length=prompt_length)
+
+
 # Collator
 
 

@@ -1,5 +1,6 @@
 """CLLM4Rec models: a causal-LM backbone with collaborative and content embeddings for user and item tokens."""
 
+import itertools
 import os
 import zlib
 from dataclasses import dataclass
@@ -693,13 +694,11 @@ def pad_sequences(
     sequences: list[list[int]], pad_value: int, device: torch.device | str | None = None
 ) -> tuple[torch.LongTensor, torch.LongTensor]:
     """Right-pads integer sequences with `pad_value`: `(padded, mask)`, both `(len(sequences), longest)`."""
-    length = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), length), pad_value, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
-        attention_mask[row, : len(sequence)] = 1
-    return input_ids.to(device), attention_mask.to(device)
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    mask = np.arange(lengths.max()) < lengths[:, None]
+    padded = np.full(mask.shape, pad_value, dtype=np.int64)
+    padded[mask] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    return torch.from_numpy(padded).to(device), torch.from_numpy(mask.astype(np.int64)).to(device)
 
 
 __all__ = [

@@ -37,6 +37,11 @@ class CLLM4RecTokenizer:
         self.base_tokenizer = base_tokenizer
         self.config = config
         self._rendered_templates: dict[str, list] = {}
+        # (count, first token id) of each ID kind, read once: config attribute access is slow per document
+        self._id_layout = {
+            "user": (config.num_users, config.user_token_offset),
+            "item": (config.num_items, config.item_token_offset),
+        }
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "CLLM4RecTokenizer":
@@ -64,14 +69,14 @@ class CLLM4RecTokenizer:
 
     def user_token_ids(self, user_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Token ids of users `user_ids` (0-based), checked against `num_users`."""
-        return self._id_token_ids(user_ids, "user", self.config.num_users, self.config.user_token_offset)
+        return self._id_token_ids(user_ids, "user")
 
     def item_token_ids(self, item_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Token ids of items `item_ids` (0-based), checked against `num_items`."""
-        return self._id_token_ids(item_ids, "item", self.config.num_items, self.config.item_token_offset)
+        return self._id_token_ids(item_ids, "item")
 
-    @staticmethod
-    def _id_token_ids(ids, kind: str, count: int, offset: int) -> np.ndarray:
+    def _id_token_ids(self, ids, kind: str) -> np.ndarray:
+        count, offset = self._id_layout[kind]
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= count):
             bad = int(ids[(ids < 0) | (ids >= count)][0])

@@ -19,22 +19,37 @@ CONTENT_DOCUMENT_KINDS = ("user_item", "item")
 
 
 class DocumentSource(TorchDataset):
-    """Base of the document sources: `len` documents, each fetched as `source[draw, index]`."""
+    """
+    Base of the document sources: `len` documents, each fetched as `source[draw, index]`, or a batch of them at
+    once with [`documents`] (one vectorized rendering, as the data loader fetches them).
+    """
 
     document_type: str
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         draw, index = key
-        if not 0 <= index < len(self):
-            raise IndexError(f"document index {index} out of range for {len(self)} documents")
-        return self.document(draw, index)
+        return self.documents(draw, [index])[0]
 
-    def document(self, draw: int, index: int) -> dict:
+    def documents(self, draw: int, indices: Sequence[int]) -> list[dict]:
+        """Documents `indices` of pass `draw`, each the same as when fetched alone."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        outside = indices[(indices < 0) | (indices >= len(self))]
+        if len(outside):
+            raise IndexError(f"document index {outside[0]} out of range for {len(self)} documents")
+        return self._documents(draw, indices) if len(indices) else []
+
+    def _documents(self, draw: int, indices: np.ndarray) -> list[dict]:
         raise NotImplementedError
 
     def document_lengths(self) -> np.ndarray:
         """Approximate length in tokens of every document, for batching documents of similar length."""
         raise NotImplementedError
+
+    def _as_documents(self, input_ids: np.ndarray, lengths: np.ndarray, labels: list[list[int]]) -> list[dict]:
+        return [
+            {"input_ids": row[:length].tolist(), "labels": row_labels, "document_type": self.document_type}
+            for row, length, row_labels in zip(input_ids, lengths, labels, strict=True)
+        ]
 
 
 class CollaborativeDocuments(DocumentSource):
@@ -54,6 +69,16 @@ class CollaborativeDocuments(DocumentSource):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.seed = seed
+        # items that fit after the prompt (the same for every user: one user token)
+        self.item_budget = None
+        if max_length is not None and len(self.users):
+            prompt_length = len(tokenizer.render("collaborative_prompt", user=int(self.users[0])))
+            if max_length <= prompt_length:
+                raise ValueError(
+                    f"max_length={max_length} leaves no room for items after the {prompt_length}-token "
+                    "collaborative prompt."
+                )
+            self.item_budget = max_length - prompt_length
 
     def __len__(self) -> int:
         return len(self.users)
@@ -61,14 +86,21 @@ class CollaborativeDocuments(DocumentSource):
     def document_lengths(self) -> np.ndarray:
         return np.array([len(self.histories[user]) for user in self.users]) + 8
 
-    def document(self, draw: int, index: int) -> dict:
-        user = int(self.users[index])
-        rng = np.random.default_rng((self.seed, draw, user))
-        prompt = self.tokenizer.render("collaborative_prompt", user=user)
-        items = self.tokenizer.item_token_ids(rng.permutation(self.histories[user])).tolist()
-        input_ids = (prompt + items)[: self.max_length]
-        labels = ([-100] * len(prompt) + items)[: self.max_length]
-        return {"input_ids": input_ids, "labels": labels, "document_type": self.document_type}
+    def _documents(self, draw: int, indices: np.ndarray) -> list[dict]:
+        users = self.users[indices]
+        histories = [
+            np.random.default_rng((self.seed, draw, int(user))).permutation(self.histories[user])[: self.item_budget]
+            for user in users
+        ]
+        encoding = self.tokenizer.render_batch(
+            "collaborative_prompt", users=users, histories=histories, followed_by_history=True
+        )
+        lengths = encoding.attention_mask.sum(-1)
+        labels = [
+            [-100] * (length - len(items)) + row[length - len(items) : length].tolist()
+            for row, length, items in zip(encoding.input_ids, lengths, histories, strict=True)
+        ]
+        return self._as_documents(encoding.input_ids, lengths, labels)
 
 
 class ContentDocuments(DocumentSource):
@@ -141,11 +173,14 @@ class ContentDocuments(DocumentSource):
     def document_lengths(self) -> np.ndarray:
         return np.array([len(prompt) + len(main) for prompt, main in zip(self.prompt_ids, self.main_ids, strict=True)])
 
-    def document(self, draw: int, index: int) -> dict:
-        prompt, main = self.prompt_ids[index], self.main_ids[index]
-        input_ids = (prompt + main)[: self.max_length]
-        labels = ([-100] * len(prompt) + main)[: self.max_length]
-        return {"input_ids": input_ids, "labels": labels, "document_type": self.document_type}
+    def _documents(self, draw: int, indices: np.ndarray) -> list[dict]:
+        documents = []
+        for index in indices.tolist():
+            prompt, main = self.prompt_ids[index], self.main_ids[index]
+            input_ids = (prompt + main)[: self.max_length]
+            labels = ([-100] * len(prompt) + main)[: self.max_length]
+            documents.append({"input_ids": input_ids, "labels": labels, "document_type": self.document_type})
+        return documents
 
 
 class RecommendationDocuments(DocumentSource):
@@ -180,13 +215,18 @@ class RecommendationDocuments(DocumentSource):
     def document_lengths(self) -> np.ndarray:
         return np.array([len(self.histories[user]) for user in self.users]) + 12
 
-    def document(self, draw: int, index: int) -> dict:
-        user = int(self.users[index])
-        items = np.random.default_rng((self.seed, draw, user)).permutation(self.histories[user])
-        num_held_out = min(max(1, round(self.mask_ratio * len(items))), len(items) - 1)
-        held_out, kept = items[:num_held_out], items[num_held_out:]
-        input_ids = self.tokenizer.render("recommendation_prompt", user=user, history=kept, max_length=self.max_length)
-        return {"input_ids": input_ids, "labels": held_out.tolist(), "document_type": self.document_type}
+    def _documents(self, draw: int, indices: np.ndarray) -> list[dict]:
+        users = self.users[indices]
+        held_out, kept = [], []
+        for user in users.tolist():
+            items = np.random.default_rng((self.seed, draw, user)).permutation(self.histories[user])
+            num_held_out = min(max(1, round(self.mask_ratio * len(items))), len(items) - 1)
+            held_out.append(items[:num_held_out].tolist())
+            kept.append(items[num_held_out:])
+        encoding = self.tokenizer.render_batch(
+            "recommendation_prompt", users=users, histories=kept, max_length=self.max_length
+        )
+        return self._as_documents(encoding.input_ids, encoding.attention_mask.sum(-1), held_out)
 
 
 class ScheduledDocuments(TorchDataset):
@@ -201,6 +241,18 @@ class ScheduledDocuments(TorchDataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         source, draw, index = key
         return self.sources[source][draw, index]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int, int]]) -> list[dict]:
+        """A batch of documents, rendered together per source and pass (the data loader's batched fetch)."""
+        documents: list[dict | None] = [None] * len(keys)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for position, (source, draw, _) in enumerate(keys):
+            groups.setdefault((source, draw), []).append(position)
+        for (source, draw), positions in groups.items():
+            fetched = self.sources[source].documents(draw, [keys[position][2] for position in positions])
+            for position, document in zip(positions, fetched, strict=True):
+                documents[position] = document
+        return documents
 
 
 __all__ = [
