@@ -20,6 +20,8 @@ from hf_cllm4rec import (
     CLLM4RecTokenizer,
     modeling_cllm4rec,
 )
+from hf_cllm4rec.data import make_synthetic_data
+from hf_cllm4rec.training.recipes import ModelArguments, build_pretraining_model
 
 MODEL_CLASSES = (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction)
 NUM_USERS, NUM_ITEMS = 5, 7
@@ -282,6 +284,25 @@ def test_from_backbone_keeps_the_backbone_outputs_on_plain_text(backbone, backbo
         labels = text.clone()
         torch.testing.assert_close(
             model(text, labels=labels, document_type="content").lm_loss, reference(text, labels=labels).loss
+        )
+
+
+def test_backbone_overrides_reach_a_pretrained_backbone_and_unknown_fields_are_refused(tmp_path):
+    torch.manual_seed(0)
+    reference = AutoModelForCausalLM.from_config(tiny_text_config("llama"))
+    reference.save_pretrained(tmp_path)
+    tiny_word_tokenizer().save_pretrained(tmp_path)
+    data = make_synthetic_data(num_users=6, num_items=9)
+    model, _ = build_pretraining_model(
+        ModelArguments(backbone=str(tmp_path), backbone_overrides='{"attention_dropout": 0.25}'), data
+    )
+    assert model.config.text_config.attention_dropout == 0.25
+    assert all(layer.self_attn.attention_dropout == 0.25 for layer in model.model.backbone.model.layers)
+    for name, weight in reference.state_dict().items():  # still the pretrained weights
+        assert torch.equal(model.model.backbone.state_dict()[name], weight), name
+    with pytest.raises(ValueError, match="LlamaConfig has no field 'attention_dropot'"):
+        build_pretraining_model(
+            ModelArguments(backbone=str(tmp_path), backbone_overrides='{"attention_dropot": 1}'), data
         )
 
 

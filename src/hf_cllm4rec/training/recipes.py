@@ -57,7 +57,10 @@ class ModelArguments:
     )
     backbone_overrides: str | None = field(
         default=None,
-        metadata={"help": 'JSON overrides of the backbone config with --random_init, e.g. {"n_layer": 4}.'},
+        metadata={
+            "help": 'JSON overrides of fields of the backbone config, e.g. {"n_layer": 4} with --random_init or '
+            '{"attention_dropout": 0.1} for a pretrained backbone.'
+        },
     )
     lambda_v: float = field(default=1.0, metadata={"help": "Weight of the mutual regularization."})
     mask_ratio: float = field(default=0.2, metadata={"help": "Share of a history held out in fine-tuning."})
@@ -123,13 +126,21 @@ def build_pretraining_model(
         text_config = AutoConfig.for_model(**BUILTIN_BACKBONE_CONFIG, vocab_size=len(base_tokenizer), **special_ids)
     else:
         base_tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer or model_args.backbone)
-        text_config = random_backbone_config(model_args.backbone) if model_args.random_init else None
-    if text_config is not None:
-        for key, value in json.loads(model_args.backbone_overrides or "{}").items():
-            setattr(text_config, key, value)
+        if model_args.random_init:
+            text_config = random_backbone_config(model_args.backbone)
+        else:
+            text_config = AutoConfig.from_pretrained(model_args.backbone)
+    overrides = json.loads(model_args.backbone_overrides or "{}")
+    for key, value in overrides.items():
+        if not hasattr(text_config, key):
+            raise ValueError(f"backbone_overrides: the backbone's {type(text_config).__name__} has no field {key!r}.")
+        setattr(text_config, key, value)
+    if model_args.random_init or model_args.backbone == BUILTIN_BACKBONE:
         config = CLLM4RecConfig(text_config=text_config, num_users=data.num_users, num_items=data.num_items, **options)
         model = CLLM4RecForCollaborativeLM(config)  # random backbone weights: no `base_model_name_or_path`
     else:
+        if overrides:
+            options["config"] = text_config
         model = CLLM4RecForCollaborativeLM.from_backbone(
             model_args.backbone, num_users=data.num_users, num_items=data.num_items, **options
         )
