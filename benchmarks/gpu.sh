@@ -35,8 +35,8 @@ quality=(--data "$data" --backbone "$smollm2" --baselines popularity --output_di
 python benchmarks/quality.py "${quality[@]}" --paper --name "beauty-smollm2-paper-short-$gpu" \
   --warmup_epochs 1 --pretrain_rounds 3 --finetune_rounds 2 --batch_size 256 &
 python benchmarks/quality.py "${quality[@]}" \
-  --name "beauty-smollm2-untied-vocab-lora-grouped-b32-linear-wd03-item-4rounds-$gpu" --warmup_epochs 1 \
+  --name "beauty-smollm2-untied-vocab-lora-grouped-b32-linear-wd03-ema0998-item-4rounds-$gpu" --warmup_epochs 1 \
   --pretrain_rounds 4 --finetune_rounds 0 --content_documents item --batch_size 32 --pretrain_learning_rate 2e-3 \
-  --lr_scheduler_type linear --weight_decay 0.3 --id_embedding_init vocabulary --untie_item_head \
-  --pretrain_backbone_training lora --train_sampling_strategy group_by_length &
+  --lr_scheduler_type linear --weight_decay 0.3 --weight_average_decay 0.998 --id_embedding_init vocabulary \
+  --untie_item_head --pretrain_backbone_training lora --train_sampling_strategy group_by_length &
 wait -n && wait -n
