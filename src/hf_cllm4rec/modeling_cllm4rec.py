@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.pytorch_utils import Conv1D
 from transformers.utils import ModelOutput
 
 from .configuration_cllm4rec import CLLM4RecConfig
@@ -221,6 +222,8 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
             target_modules=target_modules,
+            # GPT-2's projections are `Conv1D`s, which store their weight transposed
+            fan_in_fan_out=any(isinstance(module, Conv1D) for module in self.backbone.modules()),
         )
         inject_adapter_in_model(lora_config, self.backbone)
         # peft has initialized the adapters (B = 0, so training starts from the backbone): keep post_init off them
