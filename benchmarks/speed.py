@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"The stages to time, comma-separated (default: all of {','.join(STAGES)}).",
     )
     parser.add_argument("--sample", type=int, default=None, help="Documents per stage (default: the full epoch).")
+    parser.add_argument(
+        "--loading_only",
+        action="store_true",
+        help="Time only the data loader of the training stages (rendering and collating documents), no model steps: "
+        "the host's share of an epoch. Prediction and the catalogue scaling are left out.",
+    )
     parser.add_argument("--num_workers", type=int, default=4 if torch.cuda.is_available() else 0)
     parser.add_argument(
         "--scaling_items", default="1000,10000,100000,1000000", help="Catalogue sizes for prediction ('': none)."
@@ -100,6 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.stages) - set(STAGES))
     if unknown or not args.stages:
         parser.error(f"--stages takes some of {','.join(STAGES)}; got {unknown or 'none'}")
+    if args.loading_only:
+        args.stages, args.scaling_items = [stage for stage in args.stages if stage != "prediction"], ""
+        if not args.stages:
+            parser.error("--loading_only times the training stages: --stages names none")
     return args
 
 
@@ -153,6 +163,10 @@ def time_training(model, source, batch_size, pad_token_id, args, device) -> dict
         loading += time.perf_counter() - fetch_start
         if batch is None:
             break
+        steps += 1
+        documents += batch["input_ids"].shape[0]
+        if args.loading_only:
+            continue
         document_type = batch.pop("document_type")
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         with autocast:
@@ -160,8 +174,6 @@ def time_training(model, source, batch_size, pad_token_id, args, device) -> dict
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        steps += 1
-        documents += batch["input_ids"].shape[0]
     synchronize(device)
     if start is None or documents == 0:
         raise ValueError("Too few batches to time: raise --sample.")
@@ -290,12 +302,13 @@ def main() -> None:
         peak_memory = max(stage["peak_gpu_memory_gib"] for stage in stages.values())
         print("peak GPU memory (GiB): " + ", ".join(f"{k} {v['peak_gpu_memory_gib']:.1f}" for k, v in stages.items()))
 
-    print("prediction vs catalogue size:")
+    if args.scaling_items:
+        print("prediction vs catalogue size:")
     tokenizer_factory = lambda scaled: type(tokenizer)(tokenizer.base_tokenizer, scaled)  # noqa: E731
     scaling = time_catalogue_scaling(config, tokenizer_factory, args, device)
 
     speedups = None
-    if device.type == "cuda":
+    if device.type == "cuda" and not args.loading_only:
         speedups = {
             f"{name}_epoch": AUTHORS_H200[f"{name}_epoch_s"] / stages[name]["epoch_s"]
             for name in ("content", "collaborative", "finetuning")
@@ -319,6 +332,7 @@ def main() -> None:
         "prediction_weights": args.prediction_weights,
         "attention_backends": [backend.name for backend in ATTENTION_BACKENDS],
         "sample": args.sample,
+        "loading_only": args.loading_only,
         "stages": stages,
         "peak_gpu_memory_gib": peak_memory,
         "prediction_scaling": scaling,

@@ -79,6 +79,16 @@ def test_quality_speed_and_report_scripts(tmp_path):
     two_stages = json.loads((results / "speed-two-stages.json").read_text())
     assert set(two_stages["stages"]) == {"collaborative", "prediction"} and two_stages["prediction_scaling"] == []
 
+    run(
+        "benchmarks/speed.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--sample", "64",
+        "--batch_size", "16", "--loading_only", "--output", str(results / "speed-loading.json"),
+    )  # fmt: skip
+    loading = json.loads((results / "speed-loading.json").read_text())
+    assert loading["loading_only"] and set(loading["stages"]) == {"content", "collaborative", "finetuning"}
+    assert loading["prediction_scaling"] == [] and loading["speedup_vs_authors_h200"] is None
+    for stage in loading["stages"].values():
+        assert stage["documents_timed"] == 64 - 2 * 16 and stage["loading_epoch_s"] <= stage["epoch_s"]
+
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:start -->\nstale\n<!-- results:end -->\nend\n")
     run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme))
