@@ -76,6 +76,8 @@ def speed_label(result: dict) -> str:
         prediction_batch += f" and {result['eval_max_tokens']:,} tokens at most"
     if result.get("prediction_weights") == "bfloat16":
         prediction_batch += " from bfloat16 weights"
+    if result.get("loading_only"):
+        prediction_batch = ", data loader only (no model steps)"
     attention = ""
     if result.get("peak_gpu_memory_gib") is not None:
         cudnn = "CUDNN_ATTENTION" in result.get("attention_backends", ["CUDNN_ATTENTION"])
@@ -91,7 +93,9 @@ def speed_rows(result: dict) -> list[str]:
         return f"{value} ({speedups[key]:.1f}x)" if key in speedups else value
 
     epochs = [
-        cell(f"{stages[name]['epoch_s']:.1f} s", f"{name}_epoch") if name in stages else "-"
+        cell(f"{stages[name]['epoch_s']:.{1 if stages[name]['epoch_s'] >= 10 else 2}f} s", f"{name}_epoch")
+        if name in stages
+        else "-"
         for name in ("content", "collaborative", "finetuning")
     ]
     prediction = cell(f"{stages['prediction']['users_per_s']:,.0f}", "prediction") if "prediction" in stages else "-"

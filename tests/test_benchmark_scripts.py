@@ -103,10 +103,13 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert "speed-smoke.json" in text and "prediction batch 32 and 300 tokens at most from bfloat16 weights" in text
     two_stages_row = next(line for line in text.splitlines() if "speed-two-stages.json" in line)
     collaborative_s = two_stages["stages"]["collaborative"]["epoch_s"]
+    collaborative_cell = f"{collaborative_s:.{1 if collaborative_s >= 10 else 2}f} s"  # two decimals under 10 s
     assert (
-        f"| - | {collaborative_s:.1f} s | - | {two_stages['stages']['prediction']['users_per_s']:,.0f} |"
+        f"| - | {collaborative_cell} | - | {two_stages['stages']['prediction']['users_per_s']:,.0f} |"
         in two_stages_row
     )
+    loading_row = next(line for line in text.splitlines() if "speed-loading.json" in line)
+    assert "batch 16, data loader only (no model steps)" in loading_row and "prediction batch" not in loading_row
     assert "CLLM4Rec (pretrain-only), pretraining only |" in text and "CLLM4Rec (pretrain-only) |" not in text
     orders_row = next(line for line in text.splitlines() if "pretraining only, 2 history orders averaged" in line)
     assert f"{over_orders['ndcg@100']:.4f}" in orders_row
