@@ -138,11 +138,9 @@ def build_pretraining_model(
     if model_args.random_init or model_args.backbone == BUILTIN_BACKBONE:
         config = CLLM4RecConfig(text_config=text_config, num_users=data.num_users, num_items=data.num_items, **options)
         model = CLLM4RecForCollaborativeLM(config)  # random backbone weights: no `base_model_name_or_path`
-    else:
-        if overrides:
-            options["config"] = text_config
+    else:  # the pretrained weights under the config read (and overridden) above
         model = CLLM4RecForCollaborativeLM.from_backbone(
-            model_args.backbone, num_users=data.num_users, num_items=data.num_items, **options
+            model_args.backbone, num_users=data.num_users, num_items=data.num_items, config=text_config, **options
         )
     return model, CLLM4RecTokenizer(base_tokenizer, model.config)
 
