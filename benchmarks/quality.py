@@ -101,6 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "LoRA adapters added in pretraining stay for fine-tuning (then --backbone_training lora).",
     )
     parser.add_argument("--lora_rank", type=int, default=8, help="Rank of the LoRA adapters, wherever they train.")
+    parser.add_argument("--lora_dropout", type=float, default=0.0, help="Dropout on the LoRA branch.")
     parser.add_argument(
         "--id_embedding_init",
         default="normal",
@@ -199,6 +200,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         lambda_v=args.lambda_v,
         backbone_training=args.pretrain_backbone_training,
         lora_rank=args.lora_rank,
+        lora_dropout=args.lora_dropout,
         id_embedding_init=args.id_embedding_init,
         untie_item_head=args.untie_item_head,
     )
@@ -217,6 +219,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
             pretrained=str(root / "pretrain"),
             backbone_training=args.backbone_training,
             lora_rank=args.lora_rank,
+            lora_dropout=args.lora_dropout,
             recommendation_prompt=args.recommendation_prompt,
         )
         finetuning_args = training_arguments(

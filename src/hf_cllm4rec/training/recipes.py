@@ -69,6 +69,7 @@ class ModelArguments:
         metadata={"help": "'frozen' (the paper), 'full' or 'lora'.", "choices": ["frozen", "full", "lora"]},
     )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank with backbone_training='lora'."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
     id_embedding_init: str = field(
         default="normal",
         metadata={
@@ -115,6 +116,7 @@ def build_pretraining_model(
         "mask_ratio": model_args.mask_ratio,
         "backbone_training": model_args.backbone_training,
         "lora_rank": model_args.lora_rank,
+        "lora_dropout": model_args.lora_dropout,
         "id_embedding_init": model_args.id_embedding_init,
         "tie_item_head": not model_args.untie_item_head,
     }
@@ -174,7 +176,7 @@ def run_finetuning(
     data = load_data(data_args)
     model = CLLM4RecForItemPrediction.from_pretrained(model_args.pretrained)
     if model_args.backbone_training == "lora" and model.config.backbone_training != "lora":
-        model.model.enable_lora(rank=model_args.lora_rank)
+        model.model.enable_lora(rank=model_args.lora_rank, dropout=model_args.lora_dropout)
     if model_args.recommendation_prompt is not None:
         model.config.recommendation_prompt = model_args.recommendation_prompt
     if model_args.history_permutations is not None:
