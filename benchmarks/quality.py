@@ -103,6 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora_rank", type=int, default=8, help="Rank of the LoRA adapters, wherever they train.")
     parser.add_argument("--lora_dropout", type=float, default=0.0, help="Dropout on the LoRA branch.")
     parser.add_argument(
+        "--id_embedding_dropout", type=float, default=0.0, help="Dropout on the input embeddings of ID tokens."
+    )
+    parser.add_argument(
         "--id_embedding_init",
         default="normal",
         choices=["normal", "vocabulary"],
@@ -201,6 +204,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         backbone_training=args.pretrain_backbone_training,
         lora_rank=args.lora_rank,
         lora_dropout=args.lora_dropout,
+        id_embedding_dropout=args.id_embedding_dropout,
         id_embedding_init=args.id_embedding_init,
         untie_item_head=args.untie_item_head,
     )

@@ -37,13 +37,13 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run(
         "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "pretrain-only",
         "--warmup_epochs", "0", "--pretrain_rounds", "2", "--finetune_rounds", "0", "--history_permutations", "2",
-        "--pretrain_backbone_training", "lora", "--lora_rank", "4", "--lora_dropout", "0.1", "--id_embedding_init", "vocabulary", "--untie_item_head",
+        "--pretrain_backbone_training", "lora", "--lora_rank", "4", "--lora_dropout", "0.1", "--id_embedding_dropout", "0.2", "--id_embedding_init", "vocabulary", "--untie_item_head",
         "--weight_decay", "0.1", "--baselines", "popularity", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
     pretrain_only = json.loads((results / "quality-pretrain-only.json").read_text())
     saved_config = json.loads((tmp_path / "runs" / "pretrain-only" / "pretrain" / "config.json").read_text())
     assert saved_config["backbone_training"] == "lora" and saved_config["lora_rank"] == 4
-    assert saved_config["lora_dropout"] == 0.1
+    assert saved_config["lora_dropout"] == 0.1 and saved_config["id_embedding_dropout"] == 0.2
     assert saved_config["id_embedding_init"] == "vocabulary"
     assert saved_config["tie_item_head"] is False
     saved_training = json.loads((tmp_path / "runs" / "pretrain-only" / "pretrain" / "training_args.json").read_text())

@@ -104,6 +104,8 @@ def test_save_load_round_trip_keeps_the_sub_config(backbone, tmp_path):
         ({"lora_rank": 0}, "lora_rank"),
         ({"lora_dropout": 1.0}, "lora_dropout"),
         ({"lora_dropout": -0.1}, "lora_dropout"),
+        ({"id_embedding_dropout": 1.0}, "id_embedding_dropout"),
+        ({"id_embedding_dropout": -0.1}, "id_embedding_dropout"),
         # a template without a required placeholder, with a foreign one, or with an unknown one
         ({"collaborative_prompt": "A user has interacted with"}, "collaborative_prompt"),
         ({"collaborative_prompt": "{user} and {item}"}, "collaborative_prompt"),

@@ -105,8 +105,12 @@ def test_card_metadata_follows_the_config():
     assert f"`{config.collaborative_prompt}` followed by the history" in card.text
     assert "history_permutations" not in card.text
     assert "id_embedding_init" not in card.text and "tie_item_head" not in card.text
+    assert "dropout" not in card.text
     config.history_permutations, config.id_embedding_init, config.tie_item_head = 24, "vocabulary", False
+    config.lora_dropout, config.id_embedding_dropout = 0.05, 0.1
     text = model_card(config, model_id="m").text
+    assert "LoRA rank 4, dropout 0.05 |" in text
+    assert "| dropout on the ID tokens' input embeddings `id_embedding_dropout` | 0.1 |" in text
     assert "| history orders averaged when scoring `history_permutations` | 24 |" in text
     assert '(`id_embedding_init="vocabulary"`)' in text
     assert "| item head | a table of its own, not the collaborative item embeddings (`tie_item_head=False`) |" in text

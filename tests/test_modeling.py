@@ -318,6 +318,23 @@ def test_id_embeddings_are_initialized_with_initializer_range(initializer_range)
     assert not torch.equal(tables[0], tables[2]) and not torch.equal(tables[1], tables[3])
 
 
+def test_id_embedding_dropout_drops_id_tokens_in_training_only():
+    model = tiny_model(CLLM4RecForCollaborativeLM, num_users=NUM_USERS, num_items=NUM_ITEMS, id_embedding_dropout=0.5)
+    base_model = model.model
+    is_id = COLLABORATIVE_IDS >= USER
+    kept = base_model.embed_tokens(COLLABORATIVE_IDS)
+    assert torch.equal(base_model.embed_tokens(COLLABORATIVE_IDS), kept)  # evaluation: no dropout
+    model.train()
+    torch.manual_seed(0)
+    dropped = base_model.embed_tokens(COLLABORATIVE_IDS)
+    assert torch.equal(dropped[~is_id], kept[~is_id])  # words as the backbone has them
+    zeroed = dropped[is_id] == 0
+    assert 0.3 < zeroed.float().mean().item() < 0.7
+    torch.testing.assert_close(dropped[is_id][~zeroed], 2 * kept[is_id][~zeroed])
+    model.eval()
+    assert torch.equal(base_model.embed_tokens(COLLABORATIVE_IDS), kept)
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_id_embeddings_drawn_from_the_vocabulary_match_its_statistics_and_survive_loading(backbone, tmp_path):
     torch.manual_seed(0)

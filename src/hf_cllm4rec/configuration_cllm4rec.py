@@ -74,6 +74,9 @@ class CLLM4RecConfig(PreTrainedConfig):
             How new ID embeddings are drawn: `"normal"`, N(0, `initializer_range`) as in the paper, or
             `"vocabulary"`, each dimension from the mean and standard deviation of the backbone's word embeddings
             in that dimension, so that ID tokens enter a pretrained backbone at the scale and offset of its words.
+        id_embedding_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the input embeddings of user and item tokens in training (word embeddings are left alone):
+            holds back a model that memorizes the training histories through its ID tables.
         tie_item_head (`bool`, *optional*, defaults to `True`):
             Whether the item head, which scores every item from a hidden state, is the table of collaborative item
             embeddings, as in the paper. `False` gives the head a table of its own, N(0, `initializer_range`): the
@@ -113,6 +116,7 @@ class CLLM4RecConfig(PreTrainedConfig):
     lora_target_modules: list[str] | None = None
     initializer_range: float = 0.02
     id_embedding_init: Literal["normal", "vocabulary"] = "normal"
+    id_embedding_dropout: float | int = 0.0
     tie_item_head: bool = True
     tie_word_embeddings: bool = False
 
@@ -136,8 +140,9 @@ class CLLM4RecConfig(PreTrainedConfig):
             raise ValueError(f"`initializer_range` must be > 0, got {self.initializer_range}.")
         if self.lora_rank <= 0:
             raise ValueError(f"`lora_rank` must be a positive integer, got {self.lora_rank}.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"`lora_dropout` must lie in [0, 1), got {self.lora_dropout}.")
+        for name in ("lora_dropout", "id_embedding_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must lie in [0, 1), got {getattr(self, name)}.")
         for name, (required, allowed) in TEMPLATE_PLACEHOLDERS.items():
             template = getattr(self, name)
             try:

@@ -194,6 +194,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self.user_content_embeddings = nn.Embedding(config.num_users, hidden_size)
         self.item_content_embeddings = nn.Embedding(config.num_items, hidden_size)
         self.item_head = None if config.tie_item_head else nn.Linear(hidden_size, config.num_items, bias=False)
+        self.id_embedding_dropout = nn.Dropout(config.id_embedding_dropout)
         if config.backbone_training == "lora":
             self._inject_lora()
         self.apply_backbone_training()
@@ -277,6 +278,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         # every position looks up all three tables (clamped) and keeps its own: no data-dependent shapes, no syncs
         user_embeddings = user_table((input_ids - config.user_token_offset).clamp(0, config.num_users - 1))
         item_embeddings = item_table((input_ids - config.item_token_offset).clamp(0, config.num_items - 1))
+        user_embeddings, item_embeddings = map(self.id_embedding_dropout, (user_embeddings, item_embeddings))
         embeddings = torch.where(is_item[..., None], item_embeddings.to(embeddings.dtype), embeddings)
         return torch.where(is_user[..., None], user_embeddings.to(embeddings.dtype), embeddings)
 

@@ -85,6 +85,13 @@ class ModelArguments:
             "paper's tied head): item scores start small even with --id_embedding_init vocabulary."
         },
     )
+    id_embedding_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dropout on the input embeddings of user and item tokens in training; default: the "
+            "checkpoint's, 0 for a new model."
+        },
+    )
     history_permutations: int | None = field(
         default=None,
         metadata={
@@ -120,8 +127,9 @@ def build_pretraining_model(
         "id_embedding_init": model_args.id_embedding_init,
         "tie_item_head": not model_args.untie_item_head,
     }
-    if model_args.history_permutations is not None:
-        options["history_permutations"] = model_args.history_permutations
+    for name in ("history_permutations", "id_embedding_dropout"):
+        if getattr(model_args, name) is not None:
+            options[name] = getattr(model_args, name)
     if model_args.backbone == BUILTIN_BACKBONE:
         base_tokenizer = make_synthetic_tokenizer(data)
         special_ids = {"bos_token_id": base_tokenizer.eos_token_id, "eos_token_id": base_tokenizer.eos_token_id}
@@ -174,7 +182,10 @@ def run_finetuning(
         raise ValueError("Fine-tuning starts from a pretraining checkpoint: pass --pretrained PATH.")
     set_seed(training_args.seed)
     data = load_data(data_args)
-    model = CLLM4RecForItemPrediction.from_pretrained(model_args.pretrained)
+    overrides = (
+        {} if model_args.id_embedding_dropout is None else {"id_embedding_dropout": model_args.id_embedding_dropout}
+    )
+    model = CLLM4RecForItemPrediction.from_pretrained(model_args.pretrained, **overrides)
     if model_args.backbone_training == "lora" and model.config.backbone_training != "lora":
         model.model.enable_lora(rank=model_args.lora_rank, dropout=model_args.lora_dropout)
     if model_args.recommendation_prompt is not None:
