@@ -331,6 +331,8 @@ def test_id_embedding_dropout_drops_id_tokens_in_training_only():
     zeroed = dropped[is_id] == 0
     assert 0.3 < zeroed.float().mean().item() < 0.7
     torch.testing.assert_close(dropped[is_id][~zeroed], 2 * kept[is_id][~zeroed])
+    model.config.id_embedding_dropout = 0.0  # read at every call: a loaded model's rate can be changed
+    assert torch.equal(base_model.embed_tokens(COLLABORATIVE_IDS), kept)
     model.eval()
     assert torch.equal(base_model.embed_tokens(COLLABORATIVE_IDS), kept)
 

@@ -194,7 +194,6 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self.user_content_embeddings = nn.Embedding(config.num_users, hidden_size)
         self.item_content_embeddings = nn.Embedding(config.num_items, hidden_size)
         self.item_head = None if config.tie_item_head else nn.Linear(hidden_size, config.num_items, bias=False)
-        self.id_embedding_dropout = nn.Dropout(config.id_embedding_dropout)
         if config.backbone_training == "lora":
             self._inject_lora()
         self.apply_backbone_training()
@@ -272,15 +271,16 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
                 f"Token id {bad} is outside the extended vocabulary: {config.vocab_size} words + {config.num_users} "
                 f"users + {config.num_items} items = {config.extended_vocab_size} ids."
             )
-        is_user = (input_ids >= config.user_token_offset) & (input_ids < config.item_token_offset)
-        is_item = input_ids >= config.item_token_offset
-        embeddings = self.get_input_embeddings()(input_ids.masked_fill(is_user | is_item, 0))
+        is_id = input_ids >= config.user_token_offset
+        is_user = is_id & (input_ids < config.item_token_offset)
+        embeddings = self.get_input_embeddings()(input_ids.masked_fill(is_id, 0))
         # every position looks up all three tables (clamped) and keeps its own: no data-dependent shapes, no syncs
         user_embeddings = user_table((input_ids - config.user_token_offset).clamp(0, config.num_users - 1))
         item_embeddings = item_table((input_ids - config.item_token_offset).clamp(0, config.num_items - 1))
-        user_embeddings, item_embeddings = map(self.id_embedding_dropout, (user_embeddings, item_embeddings))
-        embeddings = torch.where(is_item[..., None], item_embeddings.to(embeddings.dtype), embeddings)
-        return torch.where(is_user[..., None], user_embeddings.to(embeddings.dtype), embeddings)
+        id_embeddings = torch.where(is_user[..., None], user_embeddings, item_embeddings)
+        # the rate is read from the config, so setting it on a loaded model (as fine-tuning may) takes effect
+        id_embeddings = F.dropout(id_embeddings, config.id_embedding_dropout, self.training)
+        return torch.where(is_id[..., None], id_embeddings.to(embeddings.dtype), embeddings)
 
     def forward(
         self,

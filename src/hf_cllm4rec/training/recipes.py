@@ -182,16 +182,14 @@ def run_finetuning(
         raise ValueError("Fine-tuning starts from a pretraining checkpoint: pass --pretrained PATH.")
     set_seed(training_args.seed)
     data = load_data(data_args)
-    overrides = (
-        {} if model_args.id_embedding_dropout is None else {"id_embedding_dropout": model_args.id_embedding_dropout}
-    )
-    model = CLLM4RecForItemPrediction.from_pretrained(model_args.pretrained, **overrides)
+    model = CLLM4RecForItemPrediction.from_pretrained(model_args.pretrained)
     if model_args.backbone_training == "lora" and model.config.backbone_training != "lora":
         model.model.enable_lora(rank=model_args.lora_rank, dropout=model_args.lora_dropout)
     if model_args.recommendation_prompt is not None:
         model.config.recommendation_prompt = model_args.recommendation_prompt
-    if model_args.history_permutations is not None:
-        model.config.history_permutations = model_args.history_permutations
+    for name in ("history_permutations", "id_embedding_dropout"):
+        if getattr(model_args, name) is not None:
+            setattr(model.config, name, getattr(model_args, name))
     model.config.validate_values()
     tokenizer = CLLM4RecTokenizer(
         CLLM4RecTokenizer.from_pretrained(model_args.pretrained).base_tokenizer, model.config
