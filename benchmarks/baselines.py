@@ -28,7 +28,7 @@ import scipy.sparse
 import torch
 from torch import nn
 
-from benchmarks.provenance import device_name, git_commit, versions
+from benchmarks.provenance import device_name, git_commit, recorded_arguments, recorded_location, versions
 from hf_cllm4rec.evaluation import evaluate_recommender, model_selection_score
 from hf_cllm4rec.training.recipes import DataArguments, load_data
 
@@ -300,8 +300,8 @@ def main():
     result = {
         "benchmark": "baselines",
         "name": args.name,
-        "data": args.data,
-        "configuration": vars(args),
+        "data": recorded_location(args.data),
+        "configuration": recorded_arguments(args),
         "baselines": baselines,
         "device": device_name(),
         "versions": versions(),

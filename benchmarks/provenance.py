@@ -1,10 +1,36 @@
-"""What produced a benchmark result: the device, the library versions and the code's git commit."""
+"""What produced a benchmark result: the arguments, the device, the library versions and the code's git commit."""
 
 import platform
 import subprocess
+from pathlib import Path
 
 import torch
 import transformers
+
+# Arguments naming a backbone, tokenizer or data set, which may be a local path.
+LOCATION_ARGUMENTS = ("backbone", "tokenizer", "data")
+# Arguments naming where a run writes its outputs: not what produced the result.
+OUTPUT_ARGUMENTS = ("output", "output_dir", "output_file", "results_dir")
+
+
+def recorded_location(location: str | None) -> str | None:
+    """
+    A backbone, tokenizer or data set as a result records it: a Hub name or a path inside the repository as given,
+    any other local path by its last component (where a folder lies on one machine says nothing about the run).
+    """
+    if location is None:
+        return None
+    path = Path(location)
+    return path.name if path.is_absolute() or ".." in path.parts else location
+
+
+def recorded_arguments(args) -> dict:
+    """A script's parsed arguments as its result records them: locations by `recorded_location`, no outputs."""
+    return {
+        key: recorded_location(value) if key in LOCATION_ARGUMENTS else value
+        for key, value in vars(args).items()
+        if key not in OUTPUT_ARGUMENTS
+    }
 
 
 def device_name() -> str:

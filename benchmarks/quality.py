@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import run_baselines_on_data  # noqa: E402
-from benchmarks.provenance import device_name, git_commit, versions  # noqa: E402
+from benchmarks.provenance import device_name, git_commit, recorded_arguments, recorded_location, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
@@ -298,8 +298,8 @@ def main() -> None:
     result = {
         "benchmark": "quality",
         "name": args.name,
-        "data": args.data,
-        "configuration": vars(args),
+        "data": recorded_location(args.data),
+        "configuration": recorded_arguments(args),
         "cllm4rec": {**stages.get("finetuning", {"test": None}), "wall_s": wall},
         "cllm4rec_pretrained": stages["pretraining"],
         "baselines": baselines,

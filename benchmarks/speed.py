@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.provenance import device_name, git_commit, versions  # noqa: E402
+from benchmarks.provenance import device_name, git_commit, recorded_location, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction  # noqa: E402
 from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments  # noqa: E402
 from hf_cllm4rec.data.documents import ScheduledDocuments  # noqa: E402
@@ -320,7 +320,7 @@ def main() -> None:
     result = {
         "benchmark": "speed",
         "data": data.name,
-        "backbone": args.backbone,
+        "backbone": recorded_location(args.backbone),
         "random_init": args.random_init,
         "backbone_overrides": args.backbone_overrides,
         "backbone_layers": getattr(config.text_config, "num_hidden_layers", None),

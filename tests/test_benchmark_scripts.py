@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end on the built-in data set and a tiny backbone (a smoke test, not a timing)."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -27,6 +28,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
         "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
     quality = json.loads((results / "quality-smoke.json").read_text())
+    assert not {"output_dir", "results_dir"} & set(quality["configuration"])  # where it wrote is not what produced it
     assert len(quality["cllm4rec"]["validation_per_round"]) == 2
     assert set(quality["baselines"]) == {"popularity", "ease"}
     for test in (quality["cllm4rec"]["test"], quality["cllm4rec_pretrained"]["test"]):
@@ -115,6 +117,18 @@ def test_quality_speed_and_report_scripts(tmp_path):
     orders_row = next(line for line in text.splitlines() if "pretraining only, 2 history orders averaged" in line)
     assert f"{over_orders['ndcg@100']:.4f}" in orders_row
     run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme), "--check")
+
+
+def test_results_record_local_folders_by_name_and_not_where_outputs_went():
+    from benchmarks.provenance import recorded_arguments, recorded_location
+
+    arguments = argparse.Namespace(
+        backbone="/models/SmolLM2-135M", tokenizer="../tokenizers/gpt2", data="data/beauty", output_dir="/runs", seed=1
+    )
+    recorded = {"backbone": "SmolLM2-135M", "tokenizer": "gpt2", "data": "data/beauty", "seed": 1}
+    assert recorded_arguments(arguments) == recorded
+    assert recorded_location("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    assert recorded_location(None) is None
 
 
 def test_paper_flag_sets_the_paper_configuration_and_explicit_options_win():
