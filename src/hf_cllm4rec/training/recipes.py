@@ -19,6 +19,8 @@ BUILTIN_DATA = "builtin"
 # The demo backbone: a two-layer GPT-2 over the built-in data set's word-level vocabulary.
 BUILTIN_BACKBONE = "builtin-tiny-gpt2"
 BUILTIN_BACKBONE_CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256}
+# Model arguments that override the config only where given (`None`: the default, or in fine-tuning the checkpoint's).
+OPTIONAL_SETTINGS = ("history_permutations", "id_embedding_dropout")
 
 
 @dataclass
@@ -114,6 +116,11 @@ def load_data(data_args: DataArguments) -> RecommendationData:
     return RecommendationData.load(data_args.data)
 
 
+def optional_settings_given(model_args: ModelArguments) -> dict:
+    """The `OPTIONAL_SETTINGS` the run gives, by name."""
+    return {name: getattr(model_args, name) for name in OPTIONAL_SETTINGS if getattr(model_args, name) is not None}
+
+
 def build_pretraining_model(
     model_args: ModelArguments, data: RecommendationData
 ) -> tuple[CLLM4RecForCollaborativeLM, CLLM4RecTokenizer]:
@@ -127,9 +134,7 @@ def build_pretraining_model(
         "id_embedding_init": model_args.id_embedding_init,
         "tie_item_head": not model_args.untie_item_head,
     }
-    for name in ("history_permutations", "id_embedding_dropout"):
-        if getattr(model_args, name) is not None:
-            options[name] = getattr(model_args, name)
+    options.update(optional_settings_given(model_args))
     if model_args.backbone == BUILTIN_BACKBONE:
         base_tokenizer = make_synthetic_tokenizer(data)
         special_ids = {"bos_token_id": base_tokenizer.eos_token_id, "eos_token_id": base_tokenizer.eos_token_id}
@@ -187,9 +192,8 @@ def run_finetuning(
         model.model.enable_lora(rank=model_args.lora_rank, dropout=model_args.lora_dropout)
     if model_args.recommendation_prompt is not None:
         model.config.recommendation_prompt = model_args.recommendation_prompt
-    for name in ("history_permutations", "id_embedding_dropout"):
-        if getattr(model_args, name) is not None:
-            setattr(model.config, name, getattr(model_args, name))
+    for name, value in optional_settings_given(model_args).items():
+        setattr(model.config, name, value)
     model.config.validate_values()
     tokenizer = CLLM4RecTokenizer(
         CLLM4RecTokenizer.from_pretrained(model_args.pretrained).base_tokenizer, model.config
