@@ -93,10 +93,33 @@ def test_quality_speed_and_report_scripts(tmp_path):
         assert stage["documents_timed"] == 64 - 2 * 16 and stage["loading_epoch_s"] <= stage["epoch_s"]
 
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- results:start -->\nstale\n<!-- results:end -->\nend\n")
-    run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme))
+    readme.write_text(
+        "intro\n<!-- headline:start -->\nold\n<!-- headline:end -->\nmiddle\n"
+        "<!-- results:start -->\nstale\n<!-- results:end -->\nend\n"
+    )
+    headline = tmp_path / "headline.json"
+    recipe = {"label": "smoke recipe", "stage": "cllm4rec_pretrained", "test": "test"}
+    headline.write_text(
+        json.dumps(
+            {
+                "title": "Smoke runs.",
+                "baselines": "quality-smoke.json",
+                "recipes": [{**recipe, "files": ["quality-smoke.json", "quality-pretrain-only.json"]}],
+            }
+        )
+    )
+    report = ["benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme)]
+    report += ["--headline", str(headline)]
+    run(*report)
     text = readme.read_text()
-    assert "stale" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "stale" not in text and "old" not in text and "\nmiddle\n" in text
+    assert text.startswith("intro\n") and text.endswith("end\n")
+    recipe_row = next(line for line in text.splitlines() if line.startswith("| smoke recipe | 2 |"))
+    tests = [quality["cllm4rec_pretrained"]["test"], pretrain_only["cllm4rec_pretrained"]["test"]]
+    mean = (tests[0]["ndcg@100"] + tests[1]["ndcg@100"]) / 2
+    relative = mean / quality["baselines"]["ease"]["test"]["ndcg@100"] - 1
+    assert f"{mean:.4f} ({min(t['ndcg@100'] for t in tests):.4f}-" in recipe_row and f"{relative:+.1%}" in recipe_row
+    text = text.split("<!-- results:start -->")[1]  # the table of every run
     ease_l2 = quality["baselines"]["ease"]["l2"]
     ease_rows = [line for line in text.splitlines() if f"| EASE (L2 {ease_l2:g}, chosen on validation) |" in line]
     assert len(ease_rows) == 1 and "quality-smoke.json" in ease_rows[0]
@@ -116,7 +139,12 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert "CLLM4Rec (pretrain-only), pretraining only |" in text and "CLLM4Rec (pretrain-only) |" not in text
     orders_row = next(line for line in text.splitlines() if "pretraining only, 2 history orders averaged" in line)
     assert f"{over_orders['ndcg@100']:.4f}" in orders_row
-    run("benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme), "--check")
+    run(*report, "--check")
+    headline.write_text(
+        json.dumps({"title": "", "baselines": "quality-smoke.json", "recipes": [{**recipe, "files": ["gone.json"]}]})
+    )
+    failed = subprocess.run([sys.executable, *report], cwd=ROOT, capture_output=True, text=True)
+    assert failed.returncode != 0 and "result files that do not exist: gone.json" in failed.stderr
 
 
 def test_results_record_local_folders_by_name_and_not_where_outputs_went():
