@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.provenance import device_name, git_commit, versions
+from benchmarks.provenance import device_name, git_commit, recorded_arguments, versions
 from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer
 from hf_cllm4rec.training.recipes import DataArguments, load_data
 from hf_cllm4rec.training.trainer import check_model_fits_data, evaluate_model
@@ -82,11 +82,13 @@ def main() -> None:
     data = load_data(DataArguments(data=args.data))
     results = warm_and_cold_metrics(model, tokenizer, data, args.split, args.batch_size, args.max_length)
     report = {
-        "model": Path(args.model).name,
+        "benchmark": "cold_start",
         "data": data.name,
-        "split": args.split,
+        "configuration": recorded_arguments(args),
         **results,
-        "environment": {"device": device_name(), **versions(), "git_commit": commit},
+        "device": device_name(),
+        "versions": versions(),
+        "git_commit": commit,
     }
     Path(args.output_file).write_text(json.dumps(report, indent=2) + "\n")
     label = f"{args.split}, {results['warm']['num_users']} users"

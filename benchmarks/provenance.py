@@ -7,15 +7,15 @@ from pathlib import Path
 import torch
 import transformers
 
-# Arguments naming a backbone, tokenizer or data set, which may be a local path.
-LOCATION_ARGUMENTS = ("backbone", "tokenizer", "data")
+# Arguments naming a model, backbone, tokenizer or data set, which may be a local path.
+LOCATION_ARGUMENTS = ("model", "backbone", "tokenizer", "data")
 # Arguments naming where a run writes its outputs: not what produced the result.
 OUTPUT_ARGUMENTS = ("output", "output_dir", "output_file", "results_dir")
 
 
 def recorded_location(location: str | None) -> str | None:
     """
-    A backbone, tokenizer or data set as a result records it: a Hub name or a path inside the repository as given,
+    A model, backbone, tokenizer or data set as a result records it: a Hub name or a path inside the repository as given,
     any other local path by its last component (where a folder lies on one machine says nothing about the run).
     """
     if location is None:

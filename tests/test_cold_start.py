@@ -1,6 +1,9 @@
 """New users: recommendations from the cold-start prompt, which has no user token."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from test_prepare_cli import assert_usage_error, run_cli
 from tiny_checkpoints import save_tiny_checkpoint
 
 from hf_cllm4rec.evaluation import evaluate_recommender
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +118,21 @@ def test_warm_and_cold_benchmark(checkpoint):
     assert results["cold_over_warm"]["ndcg@100"] == pytest.approx(
         results["cold"]["ndcg@100"] / results["warm"]["ndcg@100"]
     )
+
+
+def test_cold_start_script_records_what_produced_its_figures(checkpoint, tmp_path):
+    folder, _, _, data = checkpoint
+    data.save(tmp_path / "data")
+    output = tmp_path / "cold_start.json"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.cold_start", "--model", str(folder), "--data", str(tmp_path / "data")]
+        + ["--batch_size", "8", "--output_file", str(output)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    report = json.loads(output.read_text())
+    assert report["benchmark"] == "cold_start" and report["git_commit"] and report["device"]
+    assert report["configuration"]["model"] == folder.name and report["configuration"]["data"] == "data"
+    assert "output_file" not in report["configuration"]
+    assert report["warm"]["num_users"] == report["cold"]["num_users"] > 0
