@@ -137,3 +137,31 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path):
     assert {name: measured[f"test_{name}"] for name in expected} == pytest.approx(expected, abs=1e-6)
     first_process_share = int(re.findall(r"Ranking: 100%\|[^|]*\| (\d+)/", printed)[-1])
     assert 0 < first_process_share < expected["num_users"]
+
+
+@pytest.mark.slow
+def test_a_model_sharded_across_processes_evaluates_like_one_process(tmp_path):
+    """
+    With FSDP (a wrapper, or FSDP2 per transformer block) the processes share the users, and where one has a batch
+    fewer, or a batch of users without a prompt, it still makes its forward passes in step with the other's
+    (a forward pass of a sharded model is collective: without that they wait for each other forever).
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "sharded_evaluation.py"]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPOSITORY / "src"))
+    try:
+        result = subprocess.run(
+            [*command, str(tmp_path / "metrics")],
+            cwd=REPOSITORY / "tests",
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("sharded evaluation did not finish: the processes' forward passes fell out of step")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rank in (0, 1):
+        results = json.loads((tmp_path / f"metrics-{rank}.json").read_text())
+        for sharding in ("fsdp", "fsdp2"):
+            for case, expected in results["one_process"].items():
+                assert results[sharding][case] == pytest.approx(expected, abs=1e-9), (rank, sharding, case)

@@ -235,6 +235,7 @@ def evaluate_recommender(
     user_batches: Iterable[Sequence[int] | np.ndarray] | None = None,
     disable_tqdm: bool | None = None,
     distributed: bool = False,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """Ranking metrics of a recommender over every user with held-out items, scored `batch_size` users at a time.
 
@@ -256,6 +257,10 @@ def evaluate_recommender(
         distributed (`bool`, *optional*, defaults to `False`):
             Every process of the initialized `torch.distributed` group calls this with the same arguments: each
             scores every `world_size`-th batch, and all get the metrics over all users.
+        lockstep (`bool`, *optional*, defaults to `False`):
+            With `distributed`, every process calls `score_users` equally often, a process with one batch fewer
+            scoring a batch again and discarding it: needed where the model is sharded across the processes
+            (FSDP), as each of its forward passes is a collective operation.
     """
     if batch_size <= 0:
         raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
@@ -273,14 +278,21 @@ def evaluate_recommender(
         user_batches = [np.asarray(users, dtype=np.int64).reshape(-1) for users in user_batches]
         _check_user_batches(user_batches, has_heldout)
         user_batches = [users[has_heldout[users]] for users in user_batches]
+    user_batches = [users for users in user_batches if len(users)]
+    repeated_batches = []
     if distributed:
-        user_batches = user_batches[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
+        world_size = torch.distributed.get_world_size()
+        shared_batches, user_batches = user_batches, user_batches[torch.distributed.get_rank() :: world_size]
+        if lockstep:
+            calls = -(-len(shared_batches) // world_size)
+            repeated_batches = shared_batches[: calls - len(user_batches)]
     total = sum(len(users) for users in user_batches)
     with tqdm(total=total, desc="Ranking", unit=" users", disable=disable_tqdm) as progress:
         for users in user_batches:
-            if len(users):
-                metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])
-                progress.update(len(users))
+            metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])
+            progress.update(len(users))
+    for users in repeated_batches:  # keeps this process's forward passes in step with the others'
+        score_users(users)
     if distributed:
         metrics.sum_over_processes()
     return metrics.compute()

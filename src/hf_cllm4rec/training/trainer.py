@@ -2,7 +2,7 @@
 
 import math
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -212,11 +212,9 @@ class CLLM4RecTrainer(Trainer):
         """
         split = self.args.eval_split if eval_dataset is None else eval_dataset
         self._check_split(split)
-        # the processes share the users where each holds the whole model; sharded ones must all run every forward
-        distributed = self.accelerator.num_processes > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
-        with self.averaged_weights(), self.accelerator.autocast():
+        with self.averaged_weights(), self.accelerator.autocast(), scoring_view(self.model) as (model, lockstep):
             metrics = evaluate_model(
-                self.model,
+                model,
                 self.processing_class,
                 self.data,
                 split,
@@ -226,7 +224,9 @@ class CLLM4RecTrainer(Trainer):
                 recall_ks=self.args.recall_ks,
                 ndcg_ks=self.args.ndcg_ks,
                 disable_tqdm=self.args.disable_tqdm or not self.is_local_process_zero(),
-                distributed=distributed,
+                distributed=self.accelerator.num_processes > 1,
+                # DeepSpeed ZeRO-3 gathers each layer's parameters in its forward pass, on all processes together
+                lockstep=lockstep or self.is_deepspeed_enabled,
             )
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
         self.log(dict(metrics))
@@ -298,6 +298,29 @@ def build_schedule(model, data, tokenizer, args, max_length: int):
     raise TypeError(f"CLLM4RecTrainer trains CLLM4Rec models, got {type(model).__name__}.")
 
 
+@contextmanager
+def scoring_view(model):
+    """
+    The model as evaluation calls it, and whether its forward passes are collective (the processes must then make
+    them in step): an FSDP wrapper's module, with its full parameters gathered on every process; an FSDP2 model,
+    whose `score_items` gathers them as its forward pass does; any other model as it is.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        yield model, False
+        return
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, register_fsdp_forward_method
+
+    if isinstance(model, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            yield model.module, False
+    elif isinstance(model, FSDPModule):
+        if "score_items" not in vars(model):
+            register_fsdp_forward_method(model, "score_items")
+        yield model, True
+    else:
+        yield model, False
+
+
 @torch.no_grad()
 def evaluate_model(
     model,
@@ -311,6 +334,7 @@ def evaluate_model(
     max_tokens: int | None = None,
     disable_tqdm: bool | None = None,
     distributed: bool = False,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """
     Recall@K and NDCG@K of a CLLM4Rec model on a split, with the paper's protocol: every user with held-out items
@@ -319,8 +343,8 @@ def evaluate_model(
 
     Users are scored in batches of similar prompt length, at most `batch_size` users and, with `max_tokens`, at most
     that many padded prompt tokens each. A progress bar counts the users (`disable_tqdm=None`: only on a terminal).
-    With `distributed`, the processes of the `torch.distributed` group share the batches (see
-    [`evaluate_recommender`]).
+    With `distributed`, the processes of the `torch.distributed` group share the batches, and with `lockstep` make
+    the same number of forward passes, as a model sharded across them needs (see [`evaluate_recommender`]).
     """
     histories = data.histories("train")
     heldout = data.to_sparse(split)
@@ -340,6 +364,8 @@ def evaluate_model(
                 tokenizer=tokenizer,
                 max_length=max_length,
             )
+        elif lockstep:  # no user of the batch has a prompt, but the other processes make a forward pass now
+            model.score_items([int(users[0])], [np.zeros(1, dtype=np.int64)], tokenizer=tokenizer)
         return scores
 
     was_training = model.training
@@ -353,6 +379,7 @@ def evaluate_model(
         user_batches=user_batches,
         disable_tqdm=disable_tqdm,
         distributed=distributed,
+        lockstep=lockstep,
     )
     model.train(was_training)
     if all(name in results for name in ("recall@20", "recall@40", "ndcg@100")):
