@@ -1,7 +1,7 @@
 """
 Run by `tests/test_distributed.py` on two processes (`python -m torch.distributed.run --nproc_per_node 2`): evaluates
-a tiny item predictor sharded across them, with FSDP2 (`fully_shard`, per transformer block) and with an FSDP
-wrapper, and writes each process's metrics, with those of the unsharded model on one process, to `argv[1]`-RANK.json.
+a tiny item predictor sharded across them, with FSDP2 (`fully_shard`, per transformer block) and with FSDP
+wrappers (per transformer block too), and writes each process's metrics, with those of the unsharded model on one process, to `argv[1]`-RANK.json.
 """
 
 import json
@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from tiny_checkpoints import tiny_data, tiny_item_prediction_model
 from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 from hf_cllm4rec.training.trainer import evaluate_model, scoring_view
 
@@ -49,13 +51,17 @@ def main() -> None:
     data = tiny_data()
     model, tokenizer = tiny_item_prediction_model(data)
     results = {"one_process": evaluations(model, tokenizer, data, distributed=False)}
+    # as `accelerate` wraps a model: a unit per transformer block inside the one of the whole model
     wrapped = FullyShardedDataParallel(
-        tiny_item_prediction_model(data)[0], device_id=torch.device("cpu"), use_orig_params=True
+        tiny_item_prediction_model(data)[0],
+        auto_wrap_policy=ModuleWrapPolicy({GPT2Block}),
+        device_id=torch.device("cpu"),
+        use_orig_params=True,
     )
     results["fsdp"] = evaluations(wrapped, tokenizer, data, distributed=True)
     sharded = tiny_item_prediction_model(data)[0]
     for module in sharded.modules():
-        if type(module).__name__ == "GPT2Block":
+        if isinstance(module, GPT2Block):
             fully_shard(module)
     fully_shard(sharded)
     results["fsdp2"] = evaluations(sharded, tokenizer, data, distributed=True)

@@ -301,9 +301,10 @@ def build_schedule(model, data, tokenizer, args, max_length: int):
 @contextmanager
 def scoring_view(model):
     """
-    The model as evaluation calls it, and whether its forward passes are collective (the processes must then make
-    them in step): an FSDP wrapper's module, with its full parameters gathered on every process; an FSDP2 model,
-    whose `score_items` gathers them as its forward pass does; any other model as it is.
+    The model as evaluation calls it, and whether its forward passes are collective, so that the processes must
+    make them in step: an FSDP wrapper's module, with the full parameters of the wrapper summoned on every process
+    (the units inside still gather theirs in their forward passes); an FSDP2 model, whose `score_items` gathers
+    them as its forward pass does; any other model as it is.
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         yield model, False
@@ -312,7 +313,7 @@ def scoring_view(model):
 
     if isinstance(model, FullyShardedDataParallel):
         with FullyShardedDataParallel.summon_full_params(model, writeback=False):
-            yield model.module, False
+            yield model.module, True
     elif isinstance(model, FSDPModule):
         if "score_items" not in vars(model):
             register_fsdp_forward_method(model, "score_items")
