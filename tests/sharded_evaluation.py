@@ -1,7 +1,8 @@
 """
 Run by `tests/test_distributed.py` on two processes (`python -m torch.distributed.run --nproc_per_node 2`): evaluates
-a tiny item predictor sharded across them, with FSDP2 (`fully_shard`, per transformer block) and with FSDP
-wrappers (per transformer block too), and writes each process's metrics, with those of the unsharded model on one process, to `argv[1]`-RANK.json.
+a tiny item predictor sharded across them, with FSDP2 (`fully_shard`) and with FSDP wrappers, a unit per transformer
+block in both, and writes each process's metrics, with those of the unsharded model on one process, to
+`argv[1]`-RANK.json.
 """
 
 import json
