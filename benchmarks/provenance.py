@@ -15,8 +15,8 @@ OUTPUT_ARGUMENTS = ("output", "output_dir", "output_file", "results_dir")
 
 def recorded_location(location: str | None) -> str | None:
     """
-    A model, backbone, tokenizer or data set as a result records it: a Hub name or a path inside the repository as given,
-    any other local path by its last component (where a folder lies on one machine says nothing about the run).
+    A model, backbone, tokenizer or data set as a result records it: a Hub name or a path inside the repository as
+    given, any other local path by its last component (where a folder lies on one machine says nothing about the run).
     """
     if location is None:
         return None

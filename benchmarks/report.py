@@ -41,7 +41,7 @@ def baseline_label(name: str, baseline: dict) -> str:
     return name
 
 
-def test_of(result: dict, stage: str, test: str) -> dict:
+def stage_test(result: dict, stage: str, test: str) -> dict:
     """One test of a quality run, e.g. stage `cllm4rec_pretrained`, test `test_over_history_orders`."""
     if result.get(stage, {}).get(test) is None:
         raise SystemExit(f"{Path(result['_file']).name} has no {stage}.{test} result.")
@@ -75,7 +75,7 @@ def headline_rows(headline: dict, results: dict[str, dict]) -> list[str]:
         for name, baseline in baselines.items()
     ]
     for recipe in headline["recipes"]:
-        tests = [test_of(results[file], recipe["stage"], recipe["test"]) for file in recipe["files"]]
+        tests = [stage_test(results[file], recipe["stage"], recipe["test"]) for file in recipe["files"]]
         rows.append(row(recipe["label"], tests, recipe["files"]))
     return rows
 
