@@ -13,9 +13,10 @@
 #    65,536 padded tokens: the two runs one after the other, alone on the GPU (a few minutes together);
 # 2. quality, SmolLM2-135M, two runs side by side: the paper's configuration on a shortened schedule (one content
 #    warm-up epoch, 3 pretraining and 2 fine-tuning rounds, batch 256 instead of 20), and the best CPU recipe
-#    (LoRA adapters from the start, vocabulary-drawn IDs with their own item head, documents grouped by length, batch
-#    32, learning rate 2e-3 decaying linearly over 4 epochs, weight decay 0.3) with what a CPU cannot afford: item
-#    content documents in every round and the mutual regularization between the two sides.
+#    (LoRA adapters from the start, vocabulary-drawn IDs with their own item head and dropout 0.3, documents grouped
+#    by length, batch 32, learning rate 2e-3 decaying linearly over 6 epochs, weight decay 0.3, tested over 8
+#    history orders as well) with what a CPU cannot afford: item content documents in every round and the mutual
+#    regularization between the two sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 smollm2=${1:?usage: bash benchmarks/gpu.sh SMOLLM2_FOLDER [GPT2_TOKENIZER]}
@@ -35,8 +36,9 @@ quality=(--data "$data" --backbone "$smollm2" --baselines popularity --output_di
 python benchmarks/quality.py "${quality[@]}" --paper --name "beauty-smollm2-paper-short-$gpu" \
   --warmup_epochs 1 --pretrain_rounds 3 --finetune_rounds 2 --batch_size 256 &
 python benchmarks/quality.py "${quality[@]}" \
-  --name "beauty-smollm2-untied-vocab-lora-grouped-b32-linear-wd03-ema0998-item-4rounds-$gpu" --warmup_epochs 1 \
-  --pretrain_rounds 4 --finetune_rounds 0 --content_documents item --batch_size 32 --pretrain_learning_rate 2e-3 \
-  --lr_scheduler_type linear --weight_decay 0.3 --weight_average_decay 0.998 --id_embedding_init vocabulary \
-  --untie_item_head --pretrain_backbone_training lora --train_sampling_strategy group_by_length &
+  --name "beauty-smollm2-untied-vocab-lora-grouped-b32-linear-wd03-ema0998-iddrop03-hp8-item-6rounds-$gpu" \
+  --warmup_epochs 1 --pretrain_rounds 6 --finetune_rounds 0 --content_documents item --batch_size 32 \
+  --pretrain_learning_rate 2e-3 --lr_scheduler_type linear --weight_decay 0.3 --weight_average_decay 0.998 \
+  --id_embedding_init vocabulary --id_embedding_dropout 0.3 --untie_item_head --pretrain_backbone_training lora \
+  --train_sampling_strategy group_by_length --history_permutations 8 &
 wait -n && wait -n
