@@ -115,8 +115,10 @@ def test_card_metadata_follows_the_config():
     assert '(`id_embedding_init="vocabulary"`)' in text
     assert "| item head | a table of its own, not the collaborative item embeddings (`tie_item_head=False`) |" in text
 
-    config.base_model_name_or_path = "/models/gpt2"  # a local folder is no Hub id
-    assert model_card(config, model_id="m").data.base_model is None
+    config.base_model_name_or_path = "/models/gpt2"  # a local folder is no Hub id, and its path is not told
+    card = model_card(config, model_id="m")
+    assert card.data.base_model is None and "/models" not in card.text
+    assert "a pretrained backbone from a local folder (gpt2, 12 layers, hidden size 768)" in card.text
 
 
 @pytest.fixture

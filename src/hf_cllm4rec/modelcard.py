@@ -222,8 +222,8 @@ def hub_base_model(config: CLLM4RecConfig) -> str | None:
 
 
 def backbone_description(config: CLLM4RecConfig) -> str:
-    """`` `gpt2` backbone (gpt2, 12 layers, hidden size 768)``; without the name for backbones from local folders,
-    and said to be randomly initialized where no pretrained backbone was named."""
+    """`` `gpt2` backbone (gpt2, 12 layers, hidden size 768)``; said to come from a local folder, without its path,
+    where one was, and to be randomly initialized where no pretrained backbone was named."""
     text_config = config.text_config
     shape = f"{text_config.model_type}, {text_config.num_hidden_layers} layers, hidden size {config.hidden_size}"
     name = getattr(config, "base_model_name_or_path", None)
@@ -231,7 +231,7 @@ def backbone_description(config: CLLM4RecConfig) -> str:
         return f"randomly initialized backbone ({shape})"
     if not os.path.isabs(name) and not name.startswith("."):
         return f"`{name}` backbone ({shape})"
-    return f"backbone ({shape})"
+    return f"pretrained backbone from a local folder ({shape})"
 
 
 def training_rows(training_args, stage: str) -> list[tuple[str, object]]:
