@@ -226,12 +226,10 @@ def backbone_description(config: CLLM4RecConfig) -> str:
     where one was, and to be randomly initialized where no pretrained backbone was named."""
     text_config = config.text_config
     shape = f"{text_config.model_type}, {text_config.num_hidden_layers} layers, hidden size {config.hidden_size}"
-    name = getattr(config, "base_model_name_or_path", None)
-    if not name:
+    if not getattr(config, "base_model_name_or_path", None):
         return f"randomly initialized backbone ({shape})"
-    if not os.path.isabs(name) and not name.startswith("."):
-        return f"`{name}` backbone ({shape})"
-    return f"pretrained backbone from a local folder ({shape})"
+    hub_id = hub_base_model(config)
+    return f"`{hub_id}` backbone ({shape})" if hub_id else f"pretrained backbone from a local folder ({shape})"
 
 
 def training_rows(training_args, stage: str) -> list[tuple[str, object]]:
