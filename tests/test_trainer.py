@@ -520,6 +520,28 @@ def test_evaluate_model_excludes_training_items(data, base_tokenizer, monkeypatc
     assert fewest_held_out >= 1 and math.isclose(metrics["num_users"], (validation.sum(1) > 0).sum())
 
 
+def test_evaluate_model_scores_users_without_history_without_a_forward_pass(data, base_tokenizer, monkeypatch):
+    """Users with no training item join a batch of prompted users: no batch of theirs alone, no extra forward pass."""
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    histories = data.histories("train")
+    validation_users = np.unique(data.tables["validation"]["user_id"])
+    emptied = set(validation_users[:3].tolist())
+    for user in emptied:
+        histories[user] = histories[user][:0]
+    monkeypatch.setattr(data, "histories", lambda split: histories)
+    score_items, calls = model.score_items, []
+
+    def recording_score_items(user_ids, user_histories, **kwargs):
+        calls.append(list(user_ids))
+        return score_items(user_ids, user_histories, **kwargs)
+
+    monkeypatch.setattr(model, "score_items", recording_score_items)
+    metrics = evaluate_model(model, tokenizer, data, "validation", batch_size=1, lockstep=True)
+    assert len(calls) == len(validation_users) - len(emptied), "one forward pass per prompted user, none for others"
+    assert not emptied & {user for batch in calls for user in batch}
+    assert metrics["num_users"] == len(validation_users)
+
+
 @pytest.mark.parametrize(
     "overrides, rounds",
     [

@@ -340,7 +340,8 @@ def evaluate_model(
     """
     Recall@K and NDCG@K of a CLLM4Rec model on a split, with the paper's protocol: every user with held-out items
     is prompted with the whole training history, all items are ranked, training items excluded. Users without
-    training items get no prompt and a flat score (they still count).
+    training items get no prompt and a flat score (they still count); they join the first batch of prompted users, so
+    that every batch a process scores makes exactly one forward pass.
 
     Users are scored in batches of similar prompt length, at most `batch_size` users and, with `max_tokens`, at most
     that many padded prompt tokens each. A progress bar counts the users (`disable_tqdm=None`: only on a terminal).
@@ -350,10 +351,14 @@ def evaluate_model(
     histories = data.histories("train")
     heldout = data.to_sparse(split)
     users = np.flatnonzero(np.diff(heldout.indptr))
+    has_history = np.array([len(histories[user]) > 0 for user in users], dtype=bool)
+    prompted, unprompted = users[has_history], users[~has_history]
     batches = prompt_length_batches(
-        model, tokenizer, users.tolist(), [histories[user] for user in users], batch_size, max_length, max_tokens
+        model, tokenizer, prompted.tolist(), [histories[user] for user in prompted], batch_size, max_length, max_tokens
     )
-    user_batches = [users[batch] for batch in batches]
+    user_batches = [prompted[batch] for batch in batches]
+    if len(unprompted):  # they need no forward pass, so they ride along with a batch that makes one
+        user_batches[:1] = [np.concatenate([*user_batches[:1], unprompted])]
 
     def score_users(users: np.ndarray) -> torch.Tensor:
         scores = torch.zeros(len(users), data.num_items, device=model.device)
@@ -365,8 +370,6 @@ def evaluate_model(
                 tokenizer=tokenizer,
                 max_length=max_length,
             )
-        elif lockstep:  # no user of the batch has a prompt, but the other processes make a forward pass now
-            model.score_items([int(users[0])], [np.zeros(1, dtype=np.int64)], tokenizer=tokenizer)
         return scores
 
     was_training = model.training
