@@ -30,8 +30,8 @@ import torch
 
 from benchmarks.provenance import device_name, git_commit, recorded_arguments, versions
 from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer
+from hf_cllm4rec.evaluation import check_model_fits_data, evaluate_model
 from hf_cllm4rec.training.recipes import DataArguments, load_data
-from hf_cllm4rec.training.trainer import check_model_fits_data, evaluate_model
 
 METRICS = ("recall@20", "recall@40", "ndcg@100")
 

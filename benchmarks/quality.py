@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.baselines import run_baselines_on_data  # noqa: E402
 from benchmarks.provenance import device_name, git_commit, recorded_arguments, recorded_location, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
+from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
 from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, load_data, run_finetuning, run_pretraining  # noqa: E402
-from hf_cllm4rec.training.trainer import default_max_length, evaluate_model  # noqa: E402
 
 PAPER = {
     "warmup_epochs": 10,

@@ -16,7 +16,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-from hf_cllm4rec.training.trainer import evaluate_model, scoring_view
+from hf_cllm4rec.evaluation import evaluate_model, scoring_view
 
 
 class WithoutFirstHistory:

@@ -15,7 +15,7 @@ import torch
 from transformers import set_seed
 
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
-from hf_cllm4rec.training import evaluate_model
+from hf_cllm4rec.evaluation import evaluate_model
 from hf_cllm4rec.training.recipes import (
     BUILTIN_BACKBONE,
     BUILTIN_DATA,

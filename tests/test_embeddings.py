@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from tiny_checkpoints import tiny_data, tiny_item_prediction_model
 
 from hf_cllm4rec import IdMappings
-from hf_cllm4rec.embeddings import EMBEDDINGS_NAME, TABLES_NAME, export_embeddings, user_query_vectors
+from hf_cllm4rec.serving.embeddings import EMBEDDINGS_NAME, TABLES_NAME, export_embeddings, user_query_vectors
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied-head", "untied-head"])

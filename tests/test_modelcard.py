@@ -10,7 +10,7 @@ from test_hub import HIDE_PACKAGE, run_python
 from tiny_checkpoints import save_tiny_checkpoint, tiny_data, tiny_item_prediction_model
 
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, IdMappings, hub
-from hf_cllm4rec.modelcard import CITATION, model_card, write_model_card
+from hf_cllm4rec.hub.modelcard import CITATION, model_card, write_model_card
 from hf_cllm4rec.training import CLLM4RecTrainingArguments
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, run_finetuning
 
@@ -191,7 +191,7 @@ def test_push_to_hub_uploads_what_save_for_hub_writes(monkeypatch, tmp_path):
             )
             return "commit"
 
-    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    monkeypatch.setattr(hub.checkpoint, "HfApi", RecordingApi)
     data = tiny_data()
     model, tokenizer = tiny_item_prediction_model(data)
     assert hub.push_to_hub(model, tokenizer, "cllm4rec-tiny", token="secret", data=data) == "commit"
@@ -216,7 +216,7 @@ def test_trainer_push_to_hub_uploads_the_same_files(monkeypatch, tmp_path):
             uploaded.update(repo_id=repo_id, files={path.name for path in Path(folder_path).iterdir()})
             return "commit"
 
-    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    monkeypatch.setattr(hub.checkpoint, "HfApi", RecordingApi)
     data = tiny_data()
     model, tokenizer = tiny_item_prediction_model(data)
     arguments = CLLM4RecTrainingArguments(

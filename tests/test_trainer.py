@@ -16,7 +16,8 @@ from hf_cllm4rec import (
     CLLM4RecTokenizer,
 )
 from hf_cllm4rec.data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
-from hf_cllm4rec.training import CLLM4RecTrainer, CLLM4RecTrainingArguments, evaluate_model
+from hf_cllm4rec.evaluation import evaluate_model
+from hf_cllm4rec.training import CLLM4RecTrainer, CLLM4RecTrainingArguments
 from hf_cllm4rec.training.trainer import LOSS_COMPONENTS
 from hf_cllm4rec.training.weight_averaging import TRAINING_WEIGHTS_NAME, WeightAverage
 

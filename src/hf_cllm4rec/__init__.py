@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_cllm4rec import CLLM4RecConfig
-from .hub import IdMappings, push_to_hub, save_for_hub
+from .hub import push_to_hub, save_for_hub
 from .modeling_cllm4rec import (
     CLLM4RecForCollaborativeLM,
     CLLM4RecForItemPrediction,
@@ -13,7 +13,7 @@ from .modeling_cllm4rec import (
     CLLM4RecPreTrainedModel,
     RecommendationOutput,
 )
-from .pipelines import ItemRecommendationPipeline, register_pipeline
+from .serving import IdMappings, ItemRecommendationPipeline, register_pipeline
 from .tokenization_cllm4rec import CLLM4RecTokenizer
 
 __version__ = "0.1.0"

@@ -2,6 +2,6 @@
 
 from .arguments import CLLM4RecTrainingArguments
 from .schedule import ScheduleBatchSampler
-from .trainer import CLLM4RecTrainer, evaluate_model
+from .trainer import CLLM4RecTrainer
 
-__all__ = ["CLLM4RecTrainingArguments", "CLLM4RecTrainer", "ScheduleBatchSampler", "evaluate_model"]
+__all__ = ["CLLM4RecTrainingArguments", "CLLM4RecTrainer", "ScheduleBatchSampler"]

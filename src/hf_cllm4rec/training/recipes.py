@@ -8,9 +8,10 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
 
 from ..configuration_cllm4rec import CLLM4RecConfig
 from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
-from ..hub import IdMappings, push_to_hub
-from ..modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME, write_model_card
+from ..hub import push_to_hub, write_model_card
+from ..hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
+from ..serving import IdMappings
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments
 from .trainer import CLLM4RecTrainer

@@ -7,7 +7,7 @@ token ([`user_query_vectors`]) and `z_j` the item's row of the item head: its co
 with `q` by inner product, returns the model's own top items (before the user's history is removed).
 
 ```python
->>> from hf_cllm4rec.embeddings import export_embeddings, user_query_vectors
+>>> from hf_cllm4rec.serving.embeddings import export_embeddings, user_query_vectors
 >>> export_embeddings(model, "embeddings/", IdMappings.load("runs/beauty-finetune"))
 >>> queries = user_query_vectors(model, tokenizer, user_ids=[0, None], histories=[[3, 17], [5, 8]])
 ```
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .hub import IdMappings
+from .id_mappings import IdMappings
 
 EMBEDDINGS_NAME = "embeddings.safetensors"
 TABLES_NAME = "tables"

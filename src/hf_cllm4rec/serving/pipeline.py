@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 from transformers import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .hub import IdMappings
-from .tokenization_cllm4rec import CLLM4RecTokenizer
+from ..tokenization_cllm4rec import CLLM4RecTokenizer
+from .id_mappings import IdMappings
 
 TASK = "item-recommendation"
 
@@ -148,7 +148,7 @@ def register_pipeline() -> None:
     """Registers [`ItemRecommendationPipeline`] as the transformers task `"item-recommendation"`."""
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from .modeling_cllm4rec import CLLM4RecForItemPrediction
+    from ..modeling_cllm4rec import CLLM4RecForItemPrediction
 
     if TASK not in PIPELINE_REGISTRY.supported_tasks:
         PIPELINE_REGISTRY.register_pipeline(

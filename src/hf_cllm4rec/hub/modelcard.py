@@ -9,7 +9,7 @@ results table and the paper's citation.
 Example:
 
 ```python
->>> from hf_cllm4rec.modelcard import write_model_card
+>>> from hf_cllm4rec.hub.modelcard import write_model_card
 >>> write_model_card("runs/beauty-finetune", data=RecommendationData.load("data/beauty"), model_id="me/cllm4rec-beauty")
 ```
 """
@@ -23,8 +23,16 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .configuration_cllm4rec import CLLM4RecConfig
+from ..configuration_cllm4rec import CLLM4RecConfig
+from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecModel
+from ..serving.id_mappings import ID_MAPPINGS_NAME, IdMappings
 
+# The auto class each model class answers to in a checkpoint loaded with `trust_remote_code=True`.
+AUTO_CLASSES = {
+    CLLM4RecModel: "AutoModel",
+    CLLM4RecForCollaborativeLM: "AutoModelForCausalLM",
+    CLLM4RecForItemPrediction: "AutoModel",
+}
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 TEST_RESULTS_NAME = "test_results.json"
 TRAINING_ARGS_NAME = "training_args.json"
@@ -97,8 +105,6 @@ def model_card(
         license (`str`): the license of the weights.
         dataset_id (`str`, *optional*): the data set's Hub id for the metadata; defaults to the data set's name.
     """
-    from .hub import AUTO_CLASSES
-
     manifest = data.manifest if data is not None else None
     dataset_name = manifest["name"] if manifest else "an unnamed data set"
     dataset_id = dataset_id or (manifest["name"] if manifest else None)
@@ -188,8 +194,6 @@ def write_model_card(
     (`training_args.json`) and the id mappings (`id_mappings.json`) when not given; `card_kwargs` go to
     [`model_card`]. Returns the card's path.
     """
-    from .hub import ID_MAPPINGS_NAME, IdMappings
-
     folder = Path(folder)
     config = CLLM4RecConfig.from_pretrained(folder)
     if metrics is None and (folder / TEST_RESULTS_NAME).is_file():

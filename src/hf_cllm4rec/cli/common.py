@@ -1,0 +1,89 @@
+"""What the `cllm4rec` commands share: one-line usage errors, scoring options, checkpoint loading, safe writes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+
+class UsageError(Exception):
+    """An argument combination that argparse cannot check by itself."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Reports a usage error as one line, `cllm4rec: error: ...`, with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"cllm4rec: error: {message}\n")
+
+
+class DataclassArgumentParser(ArgumentParser, HfArgumentParser):
+    """`HfArgumentParser` with the one-line usage errors of `cllm4rec`."""
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that scores items for users: batch size, prompt length, history orders."""
+    parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
+    parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
+    parser.add_argument(
+        "--history-permutations",
+        type=int,
+        help="Average the scores over this many random orders of each history (default: the checkpoint's).",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help="Padded prompt tokens per forward pass at most; users with short prompts then share larger batches, "
+        "up to --batch-size (default: no token limit).",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="The weights' dtype: bfloat16 halves their memory and is faster on GPUs (default: float32).",
+    )
+
+
+def load_checkpoint(path: str, history_permutations: int | None = None, dtype: str = "float32"):
+    """
+    The model (by its saved architecture, in `dtype`) and tokenizer of a checkpoint folder or Hub repository, for
+    inference; `history_permutations` overrides the checkpoint's.
+    """
+    from .. import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
+
+    local = Path(path).expanduser()
+    if not local.exists() and (local.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1):
+        raise UsageError(f"no model folder at {path}")
+    if local.exists() and not (local / "config.json").is_file():
+        raise UsageError(f"{path} is not a model folder: it has no config.json")
+    config = CLLM4RecConfig.from_pretrained(path)
+    model_classes = {cls.__name__: cls for cls in (CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM)}
+    model_class = model_classes.get((config.architectures or [""])[0], CLLM4RecForItemPrediction)
+    model = model_class.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    if history_permutations is not None:
+        model.config.history_permutations = history_permutations
+    return model, CLLM4RecTokenizer.from_pretrained(path)
+
+
+def check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+@contextmanager
+def replacing(path: Path):
+    """A text file that takes the place of `path` once fully written: a failure leaves `path` as it was."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("w", newline="") as file:
+            yield file
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,34 @@
+"""Evaluation: full-ranking Recall@K / NDCG@K, and a CLLM4Rec model measured on a split of a prepared data set."""
+
+from .evaluate import check_model_fits_data, default_max_length, evaluate_model, scoring_view
+from .metrics import (
+    DEFAULT_NDCG_KS,
+    DEFAULT_RECALL_KS,
+    MODEL_SELECTION_METRICS,
+    RankingMetrics,
+    evaluate_recommender,
+    items_to_mask,
+    length_grouped_batches,
+    model_selection_score,
+    prompt_length_batches,
+    ranking_metrics,
+    rows_to_mask,
+)
+
+__all__ = [
+    "DEFAULT_NDCG_KS",
+    "DEFAULT_RECALL_KS",
+    "MODEL_SELECTION_METRICS",
+    "RankingMetrics",
+    "check_model_fits_data",
+    "default_max_length",
+    "evaluate_model",
+    "evaluate_recommender",
+    "items_to_mask",
+    "length_grouped_batches",
+    "model_selection_score",
+    "prompt_length_batches",
+    "ranking_metrics",
+    "rows_to_mask",
+    "scoring_view",
+]

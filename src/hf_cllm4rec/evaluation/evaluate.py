@@ -1,0 +1,122 @@
+"""Evaluation of a CLLM4Rec model on a split of a prepared data set, with the paper's full-ranking protocol."""
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ..data.prepared import RecommendationData
+from ..tokenization_cllm4rec import CLLM4RecTokenizer
+from .metrics import evaluate_recommender, model_selection_score, prompt_length_batches
+
+
+def default_max_length(config) -> int:
+    """The default longest document: the backbone's context, at most 1024 tokens."""
+    return min(getattr(config.text_config, "max_position_embeddings", 1024) or 1024, 1024)
+
+
+def check_model_fits_data(model, data: RecommendationData) -> None:
+    """Raises a `ValueError` when the model's user/item catalogue is not the data set's."""
+    config = model.config
+    if (config.num_users, config.num_items) != (data.num_users, data.num_items):
+        raise ValueError(
+            f"The model has {config.num_users} users and {config.num_items} items, but the data set "
+            f"{data.name!r} has {data.num_users} users and {data.num_items} items: a checkpoint from another data "
+            "set cannot be trained on this one."
+        )
+
+
+@contextmanager
+def scoring_view(model):
+    """
+    The model as evaluation calls it, and whether its forward passes are collective, so that the processes must
+    make them in step: an FSDP wrapper's module, with the full parameters of the wrapper summoned on every process
+    (the units inside still gather theirs in their forward passes); an FSDP2 model, whose `score_items` gathers
+    them as its forward pass does; any other model as it is.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        yield model, False
+        return
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, register_fsdp_forward_method
+
+    if isinstance(model, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            yield model.module, True
+    elif isinstance(model, FSDPModule):
+        if "score_items" not in vars(model):
+            register_fsdp_forward_method(model, "score_items")
+        yield model, True
+    else:
+        yield model, False
+
+
+@torch.no_grad()
+def evaluate_model(
+    model,
+    tokenizer: CLLM4RecTokenizer,
+    data: RecommendationData,
+    split: str,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    recall_ks=(20, 40),
+    ndcg_ks=(100,),
+    max_tokens: int | None = None,
+    disable_tqdm: bool | None = None,
+    distributed: bool = False,
+    lockstep: bool = False,
+) -> dict[str, float]:
+    """
+    Recall@K and NDCG@K of a CLLM4Rec model on a split, with the paper's protocol: every user with held-out items
+    is prompted with the whole training history, all items are ranked, training items excluded. Users without
+    training items get no prompt and a flat score (they still count); they join the first batch of prompted users, so
+    that every batch a process scores makes exactly one forward pass.
+
+    Users are scored in batches of similar prompt length, at most `batch_size` users and, with `max_tokens`, at most
+    that many padded prompt tokens each. A progress bar counts the users (`disable_tqdm=None`: only on a terminal).
+    With `distributed`, the processes of the `torch.distributed` group share the batches, and with `lockstep` make
+    the same number of forward passes, as a model sharded across them needs (see [`evaluate_recommender`]).
+    """
+    histories = data.histories("train")
+    heldout = data.to_sparse(split)
+    users = np.flatnonzero(np.diff(heldout.indptr))
+    has_history = np.array([len(histories[user]) > 0 for user in users], dtype=bool)
+    prompted, unprompted = users[has_history], users[~has_history]
+    batches = prompt_length_batches(
+        model, tokenizer, prompted.tolist(), [histories[user] for user in prompted], batch_size, max_length, max_tokens
+    )
+    user_batches = [prompted[batch] for batch in batches]
+    if len(unprompted):  # they need no forward pass, so they ride along with a batch that makes one
+        user_batches[:1] = [np.concatenate([*user_batches[:1], unprompted])]
+
+    def score_users(users: np.ndarray) -> torch.Tensor:
+        scores = torch.zeros(len(users), data.num_items, device=model.device)
+        rows = [position for position, user in enumerate(users) if len(histories[user])]
+        if rows:
+            scores[torch.tensor(rows, device=model.device)] = model.score_items(
+                [int(users[row]) for row in rows],
+                [histories[users[row]] for row in rows],
+                tokenizer=tokenizer,
+                max_length=max_length,
+            )
+        return scores
+
+    was_training = model.training
+    model.eval()
+    results = evaluate_recommender(
+        score_users,
+        heldout,
+        exclude=data.to_sparse("train"),
+        recall_ks=recall_ks,
+        ndcg_ks=ndcg_ks,
+        user_batches=user_batches,
+        disable_tqdm=disable_tqdm,
+        distributed=distributed,
+        lockstep=lockstep,
+    )
+    model.train(was_training)
+    if all(name in results for name in ("recall@20", "recall@40", "ndcg@100")):
+        results["selection_score"] = model_selection_score(results)
+    return results
+
+
+__all__ = ["check_model_fits_data", "default_max_length", "evaluate_model", "scoring_view"]

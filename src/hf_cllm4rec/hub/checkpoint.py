@@ -1,0 +1,131 @@
+"""
+What a CLLM4Rec checkpoint carries besides its weights, and how it goes to the Hub.
+
+A checkpoint folder (or Hub repository) written by [`save_for_hub`] holds:
+
+- `config.json`, `model.safetensors`: the model, with an `auto_map` and the code files it names
+  (`configuration_cllm4rec.py`, `modeling_cllm4rec.py`, `tokenization_cllm4rec.py`), so that it loads with
+  `trust_remote_code=True` where the package is not installed;
+- the backbone tokenizer's files, which [`CLLM4RecTokenizer`] wraps;
+- `id_mappings.json` ([`IdMappings`]): the data set's own user and item ids, item texts and the users' training
+  histories, so that users and items can be named as the data set names them;
+- `README.md`: the model card, generated from what was measured ([`hf_cllm4rec.hub.modelcard`]).
+
+[`push_to_hub`] writes exactly that into a temporary folder and uploads it with `huggingface_hub`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from transformers.dynamic_module_utils import custom_object_save
+
+from ..serving.id_mappings import IdMappings
+from .modelcard import AUTO_CLASSES, model_card
+
+
+@contextmanager
+def _code_in_checkpoint(model):
+    """Registers the config and model classes for their auto classes while a checkpoint is written, then undoes it."""
+    model_class = type(model)
+    auto_class = next((name for cls, name in AUTO_CLASSES.items() if issubclass(model_class, cls)), None)
+    if auto_class is None:
+        raise TypeError(f"save_for_hub writes CLLM4Rec models, got {model_class.__name__}.")
+    classes = (type(model.config), model_class)
+    previous = [cls.__dict__.get("_auto_class") for cls in classes]
+    type(model.config).register_for_auto_class("AutoConfig")
+    model_class.register_for_auto_class(auto_class)
+    try:
+        yield
+    finally:
+        for cls, value in zip(classes, previous, strict=True):
+            cls._auto_class = value
+
+
+def save_for_hub(
+    model,
+    tokenizer,
+    folder: str | os.PathLike,
+    *,
+    data=None,
+    mappings: IdMappings | None = None,
+    metrics: dict[str, float] | None = None,
+    training_args=None,
+    model_id: str | None = None,
+    license: str = "apache-2.0",
+    dataset_id: str | None = None,
+) -> Path:
+    """
+    Writes into `folder` exactly what [`push_to_hub`] uploads: the model with its code files and `auto_map`, the
+    tokenizer, `id_mappings.json` and the model card `README.md`.
+
+    Args:
+        model: a CLLM4Rec model ([`CLLM4RecForItemPrediction`] after fine-tuning).
+        tokenizer: its [`CLLM4RecTokenizer`].
+        folder: where to write; created if needed.
+        data (`RecommendationData`, *optional*): the prepared data set it was trained on: gives the id mappings
+            (with training histories) and the card's data section.
+        mappings (`IdMappings`, *optional*): id mappings to ship instead of those of `data`.
+        metrics (`dict`, *optional*): the measured test metrics (`test_recall@20`, ...) for the card.
+        training_args (*optional*): the `CLLM4RecTrainingArguments` of the run, for the card.
+        model_id (`str`, *optional*): the Hub repository id the card refers to; defaults to the folder's name.
+        license, dataset_id: card metadata (see [`hf_cllm4rec.hub.modelcard.model_card`]).
+
+    Returns:
+        The folder.
+    """
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # the tokenizer saves a copy of the config: write it first, so the model's config (with `auto_map`) wins
+    tokenizer.save_pretrained(folder)
+    custom_object_save(tokenizer, folder)
+    with _code_in_checkpoint(model):
+        model.save_pretrained(folder)
+    if mappings is None and data is not None:
+        mappings = IdMappings.from_data(data)
+    if mappings is not None:
+        mappings.save(folder)
+    card = model_card(
+        model.config,
+        model_id=model_id or folder.resolve().name,
+        data=data,
+        mappings=mappings,
+        metrics=metrics,
+        training_args=training_args,
+        license=license,
+        dataset_id=dataset_id,
+    )
+    card.save(folder / "README.md")
+    return folder
+
+
+def push_to_hub(
+    model,
+    tokenizer,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload CLLM4Rec model",
+    **save_kwargs,
+):
+    """
+    Uploads a CLLM4Rec model to the Hub repository `repo_id` (created if needed): what [`save_for_hub`] writes, with
+    `save_kwargs` (`data`, `metrics`, `training_args`, ...) passed to it. Returns the `CommitInfo`.
+
+    `model.push_to_hub()` alone uploads the weights and config only, without tokenizer, id mappings or card.
+    """
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        save_for_hub(model, tokenizer, folder, model_id=repo_id, **save_kwargs)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)
+
+
+__all__ = ["save_for_hub", "push_to_hub"]
