@@ -60,4 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (UsageError, ValueError, OSError) as error:
-        parser.error(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        # one line, with every line of the message: some errors explain the remedy on a line of its own
+        parser.error(
+            " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+        )
