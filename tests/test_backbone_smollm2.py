@@ -1,13 +1,14 @@
-"""CLLM4Rec around a real pretrained backbone: SmolLM2-135M, materialized offline by the shared tools script."""
+"""CLLM4Rec around a real pretrained backbone: SmolLM2-135M, materialized offline by the shared tools script.
+
+The model (about 540 MB) is written once to $CLLM4REC_BACKBONE_DIR, else ~/.cache/cllm4rec/smollm2-135m-instruct,
+and reused afterwards; see `smollm2_backbone` in conftest.py.
+"""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import SMOLLM2_SCRIPT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
@@ -19,14 +20,9 @@ PLAIN_TEXT = "The capital of France is Paris. It is known for the Eiffel Tower a
 
 
 @pytest.fixture(scope="module")
-def backbone_dir() -> Path:
-    if not SMOLLM2_SCRIPT.exists():
-        pytest.skip(f"the SmolLM2 materialization script is not available at {SMOLLM2_SCRIPT}")
-    result = subprocess.run([sys.executable, str(SMOLLM2_SCRIPT)], capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, f"{SMOLLM2_SCRIPT.name} failed:\n{result.stderr[-5000:]}"
-    folder = Path(result.stdout.strip().splitlines()[-1])
-    assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
-    return folder
+def backbone_dir(smollm2_backbone) -> Path:
+    """The SmolLM2 folder of conftest's `smollm2_backbone` (its first use writes ~540 MB; the session header says where)."""
+    return smollm2_backbone
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +129,10 @@ def test_vocabulary_initialized_ids_enter_at_the_scale_of_the_words(backbone_dir
         backbone_dir, num_users=NUM_USERS, num_items=200, id_embedding_init="vocabulary"
     )
     words = drawn.get_input_embeddings().weight.detach()
-    word_norm = words.norm(dim=1).mean()
+    # plain floats: pytest 9's approx iterates a tensor expectation (looking for Decimals), which a 0-d tensor refuses
+    word_norm = words.norm(dim=1).mean().item()
     ids = drawn.model.item_collaborative_embeddings.weight.detach()
-    assert ids.norm(dim=1).mean() == pytest.approx(word_norm, rel=0.1)
+    assert ids.norm(dim=1).mean().item() == pytest.approx(word_norm, rel=0.1)
     assert (ids.mean(0) - words.mean(0)).norm() < 0.1 * words.mean(0).norm()
     default_ids = model.model.item_collaborative_embeddings.weight.detach()
     assert default_ids.norm(dim=1).mean() < 0.25 * word_norm
