@@ -6,6 +6,7 @@ appearance, and hold out a share of every user's items for validation and test.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from numbers import Real
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ def apply_protocol(
     Filters and splits raw interactions as the CLLM4Rec paper does; the defaults reproduce its protocol.
 
     1. One row per user-item pair (the latest); keep ratings above `min_rating` (`None` keeps every rating).
-    2. Iterative `k_core`-core on users and items: each keeps at least `k_core` interactions.
+    2. Iterative `k_core`-core on users and items: each keeps at least `k_core` interactions (0 keeps all).
     3. Shuffle the users (sorted raw ids, permuted with `seed`); users are numbered in that order, and items by their
        first appearance while walking the shuffled users' interactions in file order.
     4. Per user, shuffle the items: the first `max(1, int(validation_fraction * n))` go to validation, the next
@@ -64,13 +65,12 @@ def apply_protocol(
             Item-side text keyed by raw item id; items without one get `""`.
         name (`str`), sources (`Mapping[str, str]`, *optional*):
             The data set's name and the SHA-256 of its source files, recorded in the manifest.
+
+    A parameter out of range, an id that is not a string or an integer, or a rating that is not finite raises
+    `ValueError` naming it.
     """
-    for parameter, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= fraction < 1:
-            raise ValueError(f"{parameter} must be in [0, 1), got {fraction}")
-    missing = {"user", "item"} - set(interactions.columns)
-    if missing:
-        raise ValueError(f"interactions need the columns 'user' and 'item'; missing {sorted(missing)}")
+    _check_parameters(min_rating, k_core, seed, validation_fraction, test_fraction)
+    _check_interactions(interactions)
 
     interactions = deduplicate_pairs(interactions)
     if min_rating is not None:
@@ -135,6 +135,51 @@ def apply_protocol(
         protocol=protocol,
         sources=sources,
     )
+
+
+def _check_parameters(
+    min_rating: float | None, k_core: int, seed: int, validation_fraction: float, test_fraction: float
+) -> None:
+    if min_rating is not None and not (isinstance(min_rating, Real) and np.isfinite(min_rating)):
+        raise ValueError(f"min_rating must be a finite number or None, got {min_rating!r}")
+    if not _is_integer(k_core) or k_core < 0:
+        raise ValueError(f"k_core must be a non-negative integer, got {k_core!r}")
+    if not _is_integer(seed) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    for parameter, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if not (isinstance(fraction, Real) and 0 <= fraction < 1):
+            raise ValueError(f"{parameter} must be in [0, 1), got {fraction}")
+    if validation_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"validation_fraction + test_fraction must be below 1, got {validation_fraction} + {test_fraction}"
+        )
+
+
+def _check_interactions(interactions: pd.DataFrame) -> None:
+    """Ids must be strings or integers and ratings finite numbers, as the readers give them."""
+    missing = {"user", "item"} - set(interactions.columns)
+    if missing:
+        raise ValueError(f"interactions need the columns 'user' and 'item'; missing {sorted(missing)}")
+    for column in ("user", "item"):
+        bad = ~interactions[column].map(lambda value: isinstance(value, str) or _is_integer(value)).to_numpy(bool)
+        if bad.any():
+            _refuse_value(interactions, column, bad, "is not a string or an integer id")
+    if "rating" in interactions:
+        ratings = pd.to_numeric(interactions["rating"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        bad = ~np.isfinite(ratings)
+        if bad.any():
+            _refuse_value(interactions, "rating", bad, "is not a finite number")
+
+
+def _refuse_value(interactions: pd.DataFrame, column: str, bad: np.ndarray, problem: str) -> None:
+    position = int(np.flatnonzero(bad)[0])
+    value = interactions[column].iloc[position]
+    value = value.tolist() if isinstance(value, (np.generic, np.ndarray)) else value
+    raise ValueError(f"interactions: {column!r} at row {position} {problem} ({value!r})")
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _holdout_sizes(num_interactions: np.ndarray, fraction: float) -> np.ndarray:

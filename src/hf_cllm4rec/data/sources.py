@@ -4,6 +4,11 @@ published with the CLLM4Rec code.
 
 Raw readers return `RawInteractions` (string ids, one row per interaction) for `apply_protocol` to filter and split;
 the published split is already split and becomes a `RecommendationData` directly.
+
+A file that cannot be read as what it should be (corrupt or truncated gzip or zip data, text that is not UTF-8, a
+line that is not a JSON object, a value that would be stored wrongly: a list where one id belongs, a fractional id, a
+rating that is not finite, a timestamp beyond int64 seconds) raises `DataFormatError`, naming the file and, where
+known, the line and the value.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import gzip
 import json
 import os
 import pickle
+import warnings
+import zipfile
+import zlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +37,20 @@ MOVIELENS_GENRES = (
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 AUTHORS_SPLIT_FILES = {"train": "train_matrix.npz", "validation": "val_matrix.npz", "test": "test_matrix.npz"}
+# How a corrupt or truncated gzip stream fails, besides `gzip.BadGzipFile` (an `OSError`).
+GZIP_ERRORS = (gzip.BadGzipFile, zlib.error, EOFError)
+# How a malformed .npz fails: NumPy's checks, zip and zlib errors, and zipfile's NotImplementedError (an unknown
+# compression method) and RuntimeError (an encrypted member).
+NPZ_ERRORS = (
+    ValueError,
+    OSError,
+    KeyError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 @dataclass
@@ -190,30 +212,46 @@ def _progress(lines: Iterable[str], path: Path) -> Iterable[str]:
     return tqdm(lines, desc=f"Reading {path.name}", unit=" lines", disable=None)
 
 
+def _iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Yields `(line number, text)` of a text file, gzipped if its name ends in `.gz`; blank lines are skipped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    number = 0
+    try:
+        with opener(path, "rb") as file:
+            for number, line in enumerate(_progress(file, path), start=1):
+                try:
+                    text = line.decode(encoding)
+                except UnicodeDecodeError as error:
+                    raise DataFormatError(
+                        f"{path}, line {number}: not {encoding} text ({error.reason} at byte {error.start})"
+                    ) from None
+                if text.strip():
+                    yield number, text
+    except GZIP_ERRORS as error:
+        raise DataFormatError(f"{path}: corrupt or truncated gzip data after line {number} ({error})") from None
+
+
 def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     """Yields `(line number, record)`; a line that is not JSON may be a Python literal (2014 Amazon metadata)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as file:
-        for number, line in enumerate(_progress(file, path), start=1):
-            if not line.strip():
-                continue
+    for number, line in _iter_lines(path):
+        try:
+            record = json.loads(line)
+        except RecursionError:
+            raise DataFormatError(f"{path}, line {number}: nested too deeply") from None
+        except ValueError:  # not JSON, or an integer too long to convert
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                try:
+                with warnings.catch_warnings():  # an odd escape such as "\d" in a string is not worth a warning
+                    warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
                     record = ast.literal_eval(line.strip())
-                except (ValueError, SyntaxError, MemoryError, RecursionError):
-                    record = None
-            if not isinstance(record, dict):
-                raise DataFormatError(f"{path}, line {number}: not a JSON object")
-            yield number, record
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                record = None
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{path}, line {number}: not a JSON object")
+        yield number, record
 
 
 def _read_json_lines(path: Path) -> tuple[list[dict], list[int]]:
-    try:
-        numbered = list(_iter_json_lines(path))
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
-        raise DataFormatError(f"{path} cannot be read as text: {error}") from None
+    numbered = list(_iter_json_lines(path))
     if not numbered:
         raise DataFormatError(f"{path} holds no records")
     lines, records = zip(*numbered, strict=True)
@@ -230,7 +268,9 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, Sequence[int], str]:
         if kind == ".parquet":
             frame = pd.read_parquet(path)
             return frame, np.arange(len(frame)) + 1, "row"
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as error:
+    except GZIP_ERRORS as error:
+        raise DataFormatError(f"{path}: corrupt or truncated gzip data ({error})") from None
+    except (ValueError, OSError) as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
         raise DataFormatError(f"{path} cannot be read: {error}") from None
     if kind in (".json", ".jsonl"):
         records, lines = _read_json_lines(path)
@@ -248,9 +288,10 @@ def _typed_columns(
 ) -> pd.DataFrame:
     """
     Takes the file's `columns` (our name -> the file's name) out of `frame` and types them: `user` and `item` are
-    non-empty strings, `rating` is float32, `timestamp` int64 Unix seconds (from numbers or dates), anything else
-    text. Names in `optional` are skipped when the file lacks them; any other missing column is an error. A bad
-    value is reported with its `unit` number taken from `lines`.
+    non-empty strings (an integer or a whole float becomes its digits), `rating` is a finite float32, `timestamp`
+    int64 Unix seconds (from numbers or dates), anything else text. A list or mapping where one value belongs is an
+    error. Names in `optional` are skipped when the file lacks them; any other missing column is an error. A bad value
+    is reported with its `unit` number taken from `lines`.
     """
     missing = [column for name, column in columns.items() if column not in frame and name not in optional]
     if missing:
@@ -262,26 +303,59 @@ def _typed_columns(
         if column not in frame:
             continue
         values = frame[column]
+        checks = [("holds a list or mapping, not one value", values.map(_is_nested))] if values.dtype == object else []
         if name in ("user", "item"):
-            typed[name] = values.astype(str).str.strip()
-            problem, bad = "is empty", values.isna() | (typed[name] == "")
+            ids = values.map(_id_text)
+            checks += [
+                ("is empty", values.isna() | (ids == "")),
+                ("is not a string or an integer", ids.isna() & values.notna()),
+            ]
+            typed_values = ids
         elif name == "rating":
-            typed[name] = pd.to_numeric(values, errors="coerce").astype(np.float32)
-            problem, bad = "is not a number", typed[name].isna()
+            numbers = pd.to_numeric(values, errors="coerce")
+            beyond_float32 = ~(numbers.abs() <= np.finfo(np.float32).max)
+            checks += [
+                ("is not a number", numbers.isna()),
+                ("is not a finite number", beyond_float32 & numbers.notna()),
+            ]
+            typed_values = numbers
         elif name == "timestamp":
-            typed[name] = _unix_seconds(values)
-            problem, bad = "is neither Unix seconds nor a date", typed[name].isna()
+            seconds = _unix_seconds(values)
+            beyond_int64 = ~(seconds.abs() < 2.0**63)
+            checks += [
+                ("is neither Unix seconds nor a date", seconds.isna()),
+                ("is out of range for Unix seconds", beyond_int64 & seconds.notna()),
+            ]
+            typed_values = seconds
         else:
-            typed[name] = values.fillna("").astype(str)
-            continue
-        if bad.any():
-            position = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataFormatError(
-                f"{path}, {unit} {lines[position]}: {column!r} {problem} ({values.iloc[position]!r})"
-            )
-    if "timestamp" in typed:
-        typed["timestamp"] = typed["timestamp"].astype(np.int64)
+            typed_values = values.fillna("")
+        for problem, bad in checks:
+            if bad.any():
+                position = int(np.flatnonzero(bad.to_numpy())[0])
+                value = _plain(values.iloc[position])
+                raise DataFormatError(f"{path}, {unit} {lines[position]}: {column!r} {problem} ({value!r})")
+        typed[name] = typed_values.astype({"rating": np.float32, "timestamp": np.int64}.get(name, str))
     return typed.reset_index(drop=True)
+
+
+def _is_nested(value) -> bool:
+    return isinstance(value, (list, tuple, dict, set, np.ndarray))
+
+
+def _id_text(value) -> str | None:
+    """A raw id as text: a string stripped, an integer or a whole float as its digits; `None` for anything else."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (float, np.floating)) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return None
+
+
+def _plain(value):
+    """A value as Python shows it: NumPy scalars and arrays as Python numbers and lists."""
+    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else value
 
 
 def _unix_seconds(values: pd.Series) -> pd.Series:
@@ -289,7 +363,9 @@ def _unix_seconds(values: pd.Series) -> pd.Series:
     not_numbers = seconds.isna() & values.notna()
     if not_numbers.any():
         dates = pd.to_datetime(values[not_numbers].astype(str), errors="coerce", utc=True, format="mixed")
-        seconds[not_numbers] = (dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+        # An epoch in whole seconds keeps the dates' own unit, so dates past 2262 do not overflow nanoseconds.
+        epoch = pd.Timestamp(0, tz="UTC").as_unit("s")
+        seconds[not_numbers] = (dates - epoch) // pd.Timedelta(seconds=1)
     return seconds
 
 
@@ -303,29 +379,36 @@ def _review_text(summary: str | None, body: str | None) -> str:
 
 def _read_amazon_metadata(path: Path) -> dict[str, str]:
     records, lines = _read_json_lines(path)
+    items = _typed_columns(pd.DataFrame.from_records(records), {"item": "asin"}, path, lines)["item"]
     item_text = {}
-    for record, line in zip(records, lines, strict=True):
-        if not record.get("asin"):
-            raise DataFormatError(f"{path}, line {line}: no 'asin'")
-        categories = record.get("categories", record.get("category")) or []
-        if categories and isinstance(categories[0], list):  # 2014: a list of category paths
-            categories = [category for category_path in categories for category in category_path]
-        parts = [record.get("title"), record.get("brand"), *categories]
+    for item, record, line in zip(items, records, lines, strict=True):
+        key = "categories" if "categories" in record else "category"
+        parts = [record.get("title"), record.get("brand"), *_category_names(record.get(key), key, path, line)]
         parts = [part.strip() for part in parts if isinstance(part, str) and part.strip()]
-        item_text[str(record["asin"])] = ", ".join(dict.fromkeys(parts))
+        item_text[item] = ", ".join(dict.fromkeys(parts))
     return item_text
+
+
+def _category_names(value, key: str, path: Path, line: int) -> list:
+    """Metadata categories as one flat list: from a list of names, a list of category paths (2014), or one name."""
+    if value is None or isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise DataFormatError(f"{path}, line {line}: {key!r} is neither a list nor a string ({value!r})")
+    return [name for entry in value for name in (entry if isinstance(entry, list) else [entry])]
 
 
 def _read_grouplens(path: Path) -> RawInteractions:
     data_path, item_path = _existing_file(path / "u.data"), _existing_file(path / "u.item")
     names = ["user", "item", "rating", "timestamp"]
-    frame = _read_delimited(data_path, "\t", names)
-    interactions = _typed_columns(frame, {name: name for name in names}, data_path, np.arange(len(frame)) + 1)
+    frame, lines = _read_delimited(data_path, "\t", names)
+    interactions = _typed_columns(frame, {name: name for name in names}, data_path, lines)
     names = ["item", "title", "release_date", "video_release_date", "url", *MOVIELENS_GENRES]
-    catalogue = _read_delimited(item_path, "|", names, encoding="latin-1")
-    genre_flags = catalogue[list(MOVIELENS_GENRES)].to_numpy() == "1"
+    frame, lines = _read_delimited(item_path, "|", names, encoding="latin-1")
+    catalogue = _typed_columns(frame, {"item": "item", "title": "title"}, item_path, lines)
+    genre_flags = frame[list(MOVIELENS_GENRES)].to_numpy() == "1"
     item_text = {
-        item.strip(): ", ".join([title.strip(), *np.asarray(MOVIELENS_GENRES)[flags]])
+        item: ", ".join([title.strip(), *np.asarray(MOVIELENS_GENRES)[flags]])
         for item, title, flags in zip(catalogue["item"], catalogue["title"], genre_flags, strict=True)
     }
     return RawInteractions(interactions, item_text, {file.name: file_sha256(file) for file in (data_path, item_path)})
@@ -334,14 +417,12 @@ def _read_grouplens(path: Path) -> RawInteractions:
 def _read_recbole(inter_path: Path) -> RawInteractions:
     """RecBole atomic files: tab-separated tables with typed header names such as `item_id:token`."""
     item_path = _existing_file(inter_path.with_suffix(".item"))
-    frame = _read_delimited(inter_path, "\t")
+    frame, lines = _read_delimited(inter_path, "\t")
     columns = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
-    interactions = _typed_columns(
-        frame, columns, inter_path, np.arange(len(frame)) + 2, optional=("rating", "timestamp")
-    )
-    frame = _read_delimited(item_path, "\t")
+    interactions = _typed_columns(frame, columns, inter_path, lines, optional=("rating", "timestamp"))
+    frame, lines = _read_delimited(item_path, "\t")
     columns = {"item": "item_id", "title": "movie_title", "genres": "class"}
-    catalogue = _typed_columns(frame, columns, item_path, np.arange(len(frame)) + 2, optional=("genres",))
+    catalogue = _typed_columns(frame, columns, item_path, lines, optional=("genres",))
     genres = catalogue["genres"].str.split() if "genres" in catalogue else [[]] * len(catalogue)
     item_text = {
         item: ", ".join([title.strip(), *item_genres])
@@ -352,31 +433,31 @@ def _read_recbole(inter_path: Path) -> RawInteractions:
 
 def _read_delimited(
     path: Path, separator: str, names: list[str] | None = None, encoding: str = "utf-8"
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, list[int]]:
     """
-    Reads a delimited text file as strings, checking that every line has as many fields as `names`; without `names`,
-    the first line is a RecBole header (`name:type` fields).
+    Reads a delimited text file as strings, with the line number of each row, checking that every line has as many
+    fields as `names`; without `names`, the first line is a RecBole header (`name:type` fields).
     """
-    try:
-        with open(path, encoding=encoding) as file:
-            rows = [line.rstrip("\r\n").split(separator) for line in _progress(file, path) if line.strip()]
-    except UnicodeDecodeError as error:
-        raise DataFormatError(f"{path} cannot be read as {encoding} text: {error}") from None
-    first_line = 1
-    if names is None:
-        names, first_line = [name.split(":")[0] for name in rows.pop(0)], 2
-    if not rows:
+    numbered = [(number, line.rstrip("\r\n").split(separator)) for number, line in _iter_lines(path, encoding)]
+    if names is None and numbered:
+        names = [name.split(":")[0] for name in numbered.pop(0)[1]]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DataFormatError(f"{path}, line 1: the header names {', '.join(map(repr, repeated))} twice")
+    if not numbered:
         raise DataFormatError(f"{path} holds no records")
-    for number, row in enumerate(rows, start=first_line):
+    for number, row in numbered:
         if len(row) != len(names):
             raise DataFormatError(f"{path}, line {number}: {len(row)} fields, expected {len(names)}")
-    return pd.DataFrame(rows, columns=names)
+    lines, rows = zip(*numbered, strict=True)
+    return pd.DataFrame(list(rows), columns=names), list(lines)
 
 
 def _load_sparse(path: Path) -> sp.csr_matrix:
     try:
-        matrix = sp.load_npz(path)  # numpy.load with allow_pickle=False
-    except (ValueError, OSError, KeyError) as error:
+        with open(path, "rb") as file:  # opened here, so that it is closed even when it is not a zip archive
+            matrix = sp.load_npz(file)  # numpy.load with allow_pickle=False
+    except NPZ_ERRORS as error:
         raise DataFormatError(f"{path} is not a scipy sparse matrix: {error}") from None
     matrix = sp.csr_matrix(matrix)
     matrix.eliminate_zeros()
@@ -394,8 +475,10 @@ def _load_plain_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as file:
             value = _PlainDataUnpickler(file).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
-        raise DataFormatError(f"{path} is not a pickled dict of counts: {error}") from None
+    except Exception as error:  # bytes that are not a pickle can fail in many ways, MemoryError included
+        raise DataFormatError(
+            f"{path} is not a pickled dict of counts: {str(error) or type(error).__name__}"
+        ) from None
     if not isinstance(value, dict):
         raise DataFormatError(f"{path} is not a pickled dict of counts: it holds a {type(value).__name__}")
     return value
@@ -404,15 +487,19 @@ def _load_plain_pickle(path: Path) -> dict:
 def _read_item_tags(path: Path, num_items: int) -> list[str]:
     try:
         tags = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except RecursionError:
+        raise DataFormatError(f"{path} is not valid JSON: nested too deeply") from None
+    except ValueError as error:  # not JSON, not UTF-8, or an integer too long to convert
         raise DataFormatError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(tags, dict):
         raise DataFormatError(f"{path} must map item ids to lists of tags")
     texts = [""] * num_items
     for key, item_tags in tags.items():
-        if not key.isdigit() or int(key) >= num_items:
+        if not (key.isascii() and key.isdigit()) or int(key) >= num_items:
             raise DataFormatError(f"{path}: {key!r} is not an item id in 0..{num_items - 1}")
         if not isinstance(item_tags, list):
             raise DataFormatError(f"{path}: the tags of item {key} are not a list")
-        texts[int(key)] = ", ".join(dict.fromkeys(str(tag).strip() for tag in item_tags if str(tag).strip()))
+        if not all(isinstance(tag, str) for tag in item_tags):
+            raise DataFormatError(f"{path}: the tags of item {key} are not strings")
+        texts[int(key)] = ", ".join(dict.fromkeys(tag.strip() for tag in item_tags if tag.strip()))
     return texts
