@@ -25,3 +25,18 @@ def test_an_error_is_reported_on_one_line_with_all_of_its_message(monkeypatch, c
     assert stderr.startswith("cllm4rec: error: ") and stderr.count("\n") == 1
     for line in str(error).splitlines():
         assert line.strip() in stderr
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_prepare_refuses_its_output_folder_before_reading_the_source(monkeypatch, capsys, tmp_path, overwrite):
+    (tmp_path / "notes.txt").write_text("not a prepared data set")
+
+    def read_source(args):
+        raise AssertionError("the source was read before the output folder was checked")
+
+    monkeypatch.setattr(cli.prepare, "_read_source", read_source)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["prepare", "--source", "synthetic", "--out", str(tmp_path), *overwrite])
+    assert exit_info.value.code == 2
+    assert str(tmp_path) in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]

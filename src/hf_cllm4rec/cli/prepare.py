@@ -16,6 +16,7 @@ from ..data import (
     read_interaction_table,
     read_movielens,
 )
+from ..data.prepared import check_writable
 from .common import UsageError
 
 PROTOCOL_DEFAULTS = {"min_rating": 3.0, "k_core": 5, "seed": 98765, "validation_fraction": 0.1, "test_fraction": 0.1}
@@ -90,8 +91,10 @@ def add_prepare_command(subparsers: argparse._SubParsersAction) -> None:
 def prepare(args: argparse.Namespace) -> int:
     """Runs `cllm4rec prepare`: reads the source, applies the protocol, writes the data set and prints its counts."""
     _check_source_options(args)
-    if Path(args.out).exists() and not args.overwrite:
-        raise UsageError(f"{args.out} already exists; pass --overwrite to replace it")
+    try:  # before the source is read, which may take minutes
+        check_writable(args.out, args.overwrite)
+    except FileExistsError as error:
+        raise UsageError(str(error).replace("overwrite=True", "--overwrite")) from None
     data = _read_source(args)
     if args.name:
         data.manifest["name"] = args.name

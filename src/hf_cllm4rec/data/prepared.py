@@ -217,7 +217,7 @@ class RecommendationData:
         writes; a folder that is not one, or that holds other files, is never replaced (`FileExistsError`).
         """
         path = Path(path)
-        _check_writable(path, overwrite)
+        check_writable(path, overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(path)
         staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -229,7 +229,7 @@ class RecommendationData:
                 empty_tables = {name: 1 for name, table in self.tables.items() if table.num_rows == 0}
                 self.tables.save_to_disk(staging, num_shards=empty_tables or None)
                 (staging / MANIFEST_NAME).write_text(json.dumps(self.manifest, indent=2) + "\n")
-                _check_writable(path, overwrite)
+                check_writable(path, overwrite)
                 if path.exists():
                     path.rename(replaced)
                 staging.rename(path)
@@ -287,7 +287,9 @@ class RecommendationData:
                 raise DataFormatError(f"{path}: {table}.{column} is not 0..{len(ids) - 1} in order")
 
 
-def _check_writable(path: Path, overwrite: bool) -> None:
+def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
+    """Raises a `FileExistsError` unless `save` may write to `path`: new, or (with `overwrite`) a data set it wrote."""
+    path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
     if not overwrite:
