@@ -1,105 +1,216 @@
 """
-Writes the README's results section from the JSON files in `benchmarks/results/`, so no figure is typed by hand.
+Writes the generated parts of the README and of `benchmarks/README.md` from the JSON files in
+`benchmarks/results/` (and its `archive/`), so no figure is typed by hand.
 
-    python benchmarks/report.py            # rewrites the parts of README.md between the headline and results markers
-    python benchmarks/report.py --check    # exits 1 when README.md is not what the JSON files give
+    python benchmarks/report.py            # rewrites the generated sections and draws the headline figure
+    python benchmarks/report.py --check    # exits 1 when a section is not what the JSON files give
 
-The headline section holds the recipes that `benchmarks/headline.json` names, each averaged over its runs (seeds)
-and set against the baselines; the results section every run of every script.
+- README.md, between the headline markers: the recipes that `benchmarks/headline.json` names, each averaged over
+  its runs (seeds) and set against the baselines, with what a run costs.
+- `benchmarks/results/headline.png`: the validation Recall@20 of those recipes per round, against the baselines.
+- benchmarks/README.md, between the results markers: every run of every script.
+
+`--check` compares the text sections; it does not compare the figure's pixels.
 """
 
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@20", "recall@40", "ndcg@100")
+HEADER = "Recall@20 | Recall@40 | NDCG@100"
+LINE_LENGTH = 119  # of the prose around the generated tables
 
 
-def cllm4rec_methods(result: dict) -> dict[str, dict]:
-    """Test metrics of a quality run's CLLM4Rec stages, by the label of their row."""
-    methods = {}
-    orders = result["configuration"].get("history_permutations", 1)
-    stages = {
-        f"CLLM4Rec ({result['name']})": result.get("cllm4rec", {}),
-        f"CLLM4Rec ({result['name']}), pretraining only": result.get("cllm4rec_pretrained", {}),
-    }
-    for label, stage in stages.items():
-        if stage.get("test") is not None:  # None: a run without fine-tuning
-            methods[label] = stage["test"]
-        if "test_over_history_orders" in stage:
-            methods[f"{label}, {orders} history orders averaged"] = stage["test_over_history_orders"]
-    return methods
+def load_results(results_dir: Path) -> list[dict]:
+    """Every JSON file under `results_dir`, each with `_file`: its path relative to `results_dir`."""
+    results = []
+    for path in sorted(results_dir.rglob("*.json")):
+        result = json.loads(path.read_text())
+        result["_file"] = path.relative_to(results_dir).as_posix()
+        results.append(result)
+    return results
 
 
 def baseline_label(name: str, baseline: dict) -> str:
     if name == "ease" and "l2" in baseline:
-        return f"EASE (L2 {baseline['l2']:g}, chosen on validation)"
+        return f"EASE (L2 {baseline['l2']:g})"
     if name == "multivae" and "best_epoch" in baseline:
-        return f"Multi-VAE (epoch {baseline['best_epoch']} of {baseline['epochs']}, chosen on validation)"
+        return f"Multi-VAE (epoch {baseline['best_epoch']})"
     return name
+
+
+def baseline_epochs(name: str, baseline: dict) -> str:
+    return str(baseline["epochs"]) if "epochs" in baseline else "-"
+
+
+def quality_epochs(result: dict, fine_tuned: bool = False) -> str:
+    """
+    The epochs a quality run trained up to its pretrained model, or its fine-tuned one: the content warm-up, then
+    its rounds, two epochs each where content epochs are interleaved.
+    """
+    configuration = result["configuration"]
+    rounds = configuration["pretrain_rounds"] + (configuration["finetune_rounds"] if fine_tuned else 0)
+    if configuration.get("no_content_steps"):
+        return str(rounds)
+    return str(configuration.get("warmup_epochs", 0) + 2 * rounds)
+
+
+def hours(seconds: float) -> str:
+    return "<0.01" if seconds < 36 else f"{seconds / 3600:.2f}"
+
+
+def device_kind(device: str) -> str:
+    """`CPU` or `GPU`, from a result's device, e.g. `cpu (2 threads)` or `NVIDIA H200`."""
+    return "CPU" if device.startswith("cpu") else "GPU"
 
 
 def stage_test(result: dict, stage: str, test: str) -> dict:
     """One test of a quality run, e.g. stage `cllm4rec_pretrained`, test `test_over_history_orders`."""
     if result.get(stage, {}).get(test) is None:
-        raise SystemExit(f"{Path(result['_file']).name} has no {stage}.{test} result.")
+        raise SystemExit(f"{result['_file']} has no {stage}.{test} result.")
     return result[stage][test]
+
+
+def passes_per_user(result: dict, test: str) -> int:
+    """Forward passes per user when scoring: one, or one per history order averaged."""
+    if test == "test_over_history_orders":
+        return result["configuration"]["history_permutations"]
+    return 1
 
 
 def headline_rows(headline: dict, results: dict[str, dict]) -> list[str]:
     """
     The baselines of `headline["baselines"]`, then each recipe of `headline["recipes"]`: the mean of its runs'
-    figures, their range where it has several, and how far each mean lies from EASE's.
+    figures, how far each mean lies from EASE's, and the mean wall-clock hours of a run.
     """
     named = {headline["baselines"], *(file for recipe in headline["recipes"] for file in recipe["files"])}
     missing = sorted(named - set(results))
     if missing:
         raise SystemExit(f"the headline names result files that do not exist: {', '.join(missing)}")
-    baselines = results[headline["baselines"]]["baselines"]
+    source = results[headline["baselines"]]
+    baselines = source["baselines"]
     ease = baselines["ease"]["test"]
 
-    def row(method: str, tests: list[dict], files: list[str]) -> str:
+    def row(method: str, runs: int, passes: int, epochs: str, cost: str, tests: list[dict]) -> str:
         cells = []
         for metric in METRICS:
-            values = [test[metric] for test in tests]
-            mean = sum(values) / len(values)
-            spread = f" ({min(values):.4f}-{max(values):.4f})" if len(values) > 1 else ""
-            relative = "" if tests == [ease] else f", {mean / ease[metric] - 1:+.1%}"
-            cells.append(f"{mean:.4f}{spread}{relative}")
-        return f"| {method} | {len(tests)} | {' | '.join(cells)} | {', '.join(f'`{file}`' for file in files)} |"
+            mean = sum(test[metric] for test in tests) / len(tests)
+            relative = "" if tests == [ease] else f" ({mean / ease[metric] - 1:+.0%})"
+            cells.append(f"{mean:.4f}{relative}")
+        return f"| {method} | {runs} | {passes} | {epochs} | {cost} | {' | '.join(cells)} |"
 
     rows = [
-        row(baseline_label(name, baseline), [baseline["test"]], [headline["baselines"]])
+        row(
+            baseline_label(name, baseline),
+            1,
+            1,
+            baseline_epochs(name, baseline),
+            f"{hours(baseline['wall_s'])} {device_kind(source['device'])}",
+            [baseline["test"]],
+        )
         for name, baseline in baselines.items()
     ]
     for recipe in headline["recipes"]:
-        tests = [stage_test(results[file], recipe["stage"], recipe["test"]) for file in recipe["files"]]
-        rows.append(row(recipe["label"], tests, recipe["files"]))
+        runs = [results[file] for file in recipe["files"]]
+        tests = [stage_test(run, recipe["stage"], recipe["test"]) for run in runs]
+        passes = {passes_per_user(run, recipe["test"]) for run in runs}
+        epochs = {quality_epochs(run, fine_tuned=recipe["stage"] == "cllm4rec") for run in runs}
+        devices = {device_kind(run["device"]) for run in runs}
+        if len(passes) > 1 or len(epochs) > 1 or len(devices) > 1:
+            raise SystemExit(f"the runs of {recipe['label']!r} differ in passes per user, epochs or device.")
+        cost = f"{hours(sum(run['cllm4rec']['wall_s'] for run in runs) / len(runs))} {devices.pop()}"
+        rows.append(row(recipe["label"], len(runs), passes.pop(), epochs.pop(), cost, tests))
     return rows
+
+
+def render_headline(results: list[dict], headline: dict) -> list[str]:
+    by_file = {result["_file"]: result for result in results}
+    return [
+        f"| method | runs | passes/user | epochs | hours | {HEADER} |",
+        "|---|---|---|---|---|---|---|---|",
+        *headline_rows(headline, by_file),
+    ]
+
+
+def draw_headline_figure(results: list[dict], headline: dict, path: Path) -> None:
+    """Validation Recall@20 per round of each recipe (mean of its runs, their range shaded) and of the baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_file = {result["_file"]: result for result in results}
+    figure, axis = plt.subplots(figsize=(7, 4))
+    curves = {}  # recipes that differ only in their test share one validation curve
+    for recipe in headline["recipes"]:
+        curves.setdefault((tuple(recipe["files"]), recipe["stage"]), recipe["label"])
+    for (files, stage), label in curves.items():
+        per_run = [
+            [entry["eval_recall@20"] for entry in by_file[file][stage]["validation_per_round"]] for file in files
+        ]
+        length = min(len(values) for values in per_run)
+        rounds = range(1, length + 1)
+        columns = [[values[index] for values in per_run] for index in range(length)]
+        line = axis.plot(rounds, [sum(column) / len(column) for column in columns], marker="o", label=label)[0]
+        if len(files) > 1:
+            low, high = [min(column) for column in columns], [max(column) for column in columns]
+            axis.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
+    baselines = by_file[headline["baselines"]]["baselines"].items()
+    styles = iter(["--", ":", "-.", (0, (5, 5))])
+    for name, baseline in ((name, baseline) for name, baseline in baselines if "validation" in baseline):
+        label = baseline_label(name, baseline)
+        axis.axhline(baseline["validation"]["recall@20"], linestyle=next(styles), color="black", label=label)
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.set_xlabel("round")
+    axis.set_ylabel("validation Recall@20")
+    axis.legend(fontsize="small", loc="lower right")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(figure)
+
+
+def cllm4rec_tests(result: dict) -> list[tuple[str, int, dict]]:
+    """(stage, passes per user, test metrics) of a quality run's CLLM4Rec stages."""
+    tests = []
+    for key, stage in (("cllm4rec_pretrained", "pretrained"), ("cllm4rec", "fine-tuned")):
+        for test in ("test", "test_over_history_orders"):
+            if result.get(key, {}).get(test) is not None:  # None: a run without fine-tuning
+                tests.append((stage, passes_per_user(result, test), result[key][test]))
+    return tests
 
 
 def quality_rows(results: list[dict]) -> list[str]:
     """Every CLLM4Rec stage of every quality run, then each distinct baseline result once per data set."""
     rows, seen = [], set()
 
-    def row(result: dict, method: str, test: dict) -> str:
+    def row(result: dict, method: str, passes: int | str, epochs: str, seconds: float, test: dict) -> str:
         figures = " | ".join(f"{test[metric]:.4f}" for metric in METRICS)
-        return f"| {result['data']} | {method} | {figures} | {result['device']} | `{Path(result['_file']).name}` |"
+        return (
+            f"| `{result['_file']}` | {method} | {passes} | {epochs} | {hours(seconds)} | "
+            f"{result['device']} | {figures} |"
+        )
 
     for data in sorted({result["data"] for result in results}):
         of_data = [result for result in results if result["data"] == data]
         for result in of_data:
             if result["benchmark"] == "quality":
-                rows += [row(result, method, test) for method, test in cllm4rec_methods(result).items()]
+                seconds = result["cllm4rec"]["wall_s"]
+                for stage, passes, test in cllm4rec_tests(result):
+                    epochs = quality_epochs(result, fine_tuned=stage == "fine-tuned")
+                    rows.append(row(result, f"CLLM4Rec, {stage}", passes, epochs, seconds, test))
         for result in of_data:
             for name, baseline in result.get("baselines", {}).items():
                 label = baseline_label(name, baseline)
                 key = (data, label, tuple(round(baseline["test"][metric], 4) for metric in METRICS))
                 if key not in seen:
                     seen.add(key)
-                    rows.append(row(result, label, baseline["test"]))
+                    epochs = baseline_epochs(name, baseline)
+                    rows.append(row(result, label, 1, epochs, baseline["wall_s"], baseline["test"]))
     return rows
 
 
@@ -143,7 +254,7 @@ def speed_rows(result: dict) -> list[str]:
     memory = "-" if result["peak_gpu_memory_gib"] is None else f"{result['peak_gpu_memory_gib']:.1f} GiB"
     return [
         f"| {speed_label(result)} | {result['device']} | {' | '.join(epochs)} | {prediction} | {memory} | "
-        f"`{Path(result['_file']).name}` |"
+        f"`{result['_file']}` |"
     ]
 
 
@@ -156,53 +267,39 @@ def scaling_rows(results: list[dict]) -> list[str]:
     for result in (result for result in results if result["prediction_scaling"]):
         speeds = {entry["num_items"]: f"{entry['users_per_s']:,.0f}" for entry in result["prediction_scaling"]}
         cells = " | ".join(speeds.get(size, "-") for size in sizes)
-        rows.append(f"| {backbone_label(result)} | {result['device']} | {cells} | `{Path(result['_file']).name}` |")
+        rows.append(f"| {backbone_label(result)} | {result['device']} | {cells} | `{result['_file']}` |")
     return header + rows
-
-
-def load_results(results_dir: Path) -> list[dict]:
-    results = []
-    for path in sorted(results_dir.glob("*.json")):
-        result = json.loads(path.read_text())
-        result["_file"] = str(path)
-        results.append(result)
-    return results
-
-
-def render_headline(results: list[dict], headline: dict) -> list[str]:
-    by_file = {Path(result["_file"]).name: result for result in results}
-    return [
-        f"{headline['title']} Test split, all items ranked, training items excluded; a recipe's figures are the mean "
-        "over its runs (seeds), with their range where it has several, and how far that mean lies from EASE's "
-        "(generated by `python benchmarks/report.py` from `benchmarks/headline.json` and the result files):",
-        "",
-        "| method | runs | Recall@20 | Recall@40 | NDCG@100 | files |",
-        "|---|---|---|---|---|---|",
-        *headline_rows(headline, by_file),
-    ]
 
 
 def render_results(results: list[dict]) -> list[str]:
     quality = quality_rows([result for result in results if result.get("benchmark") in ("quality", "baselines")])
     speed_results = [result for result in results if result.get("benchmark") == "speed"]
     speed = [row for result in speed_results for row in speed_rows(result)]
-    lines = ["Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`."]
+    lines = ["Generated by `python benchmarks/report.py` from `results/**/*.json`."]
     if quality:
         lines += [
             "",
-            "Test split, all items ranked, training items excluded (`benchmarks/quality.py`, baselines also from "
-            "`benchmarks/baselines.py`; a baseline result that several files share is listed once):",
+            *textwrap.wrap(
+                "Test split, all items ranked, training items excluded (`quality.py`, baselines also from "
+                "`baselines.py`; a baseline result that several files share is listed once). Passes/user: forward "
+                "passes per user in the test (history orders averaged); epochs: every epoch trained up to the "
+                "stage's model; hours: wall-clock time of the whole run, its tests included:",
+                LINE_LENGTH,
+            ),
             "",
-            "| data | method | Recall@20 | Recall@40 | NDCG@100 | device | file |",
-            "|---|---|---|---|---|---|---|",
+            f"| file | method | passes/user | epochs | hours | device | {HEADER} |",
+            "|---|---|---|---|---|---|---|---|---|",
             *quality,
         ]
     if speed:
         lines += [
             "",
-            "Seconds per epoch and users per second of top-100 prediction (`benchmarks/speed.py`); in brackets the "
-            "speed-up over the authors' code on one H200 (content 230 s, collaborative 25 s, fine-tuning 19 s, "
-            "1,319 users/s):",
+            *textwrap.wrap(
+                "Seconds per epoch and users per second of top-100 prediction (`speed.py`); in brackets the speed-up "
+                "over the authors' code on one H200 (content 230 s, collaborative 25 s, fine-tuning 19 s, 1,319 "
+                "users/s):",
+                LINE_LENGTH,
+            ),
             "",
             "| backbone | device | content epoch | collaborative epoch | fine-tuning epoch | prediction users/s "
             "| peak memory | file |",
@@ -216,11 +313,11 @@ def render_results(results: list[dict]) -> list[str]:
     return lines
 
 
-def replace_section(text: str, name: str, lines: list[str]) -> str:
+def replace_section(text: str, name: str, lines: list[str], path: Path) -> str:
     """`text` with what lies between the `<!-- name:start -->` and `<!-- name:end -->` markers replaced."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
-        raise SystemExit(f"the README has no {start} ... {end} section.")
+        raise SystemExit(f"{path} has no {start} ... {end} section.")
     before, rest = text.split(start, 1)
     after = rest.split(end, 1)[1]
     return "\n".join([before + start, "", *lines, "", end + after])
@@ -229,25 +326,43 @@ def replace_section(text: str, name: str, lines: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="Gets the headline table.")
+    parser.add_argument(
+        "--benchmarks_readme",
+        default=str(ROOT / "benchmarks" / "README.md"),
+        help="Gets the tables of every run.",
+    )
     parser.add_argument(
         "--headline",
         default=str(ROOT / "benchmarks" / "headline.json"),
-        help="The recipes the results open with: a title, the baselines' result file, and each recipe's label, "
-        "result files, stage and test.",
+        help="The recipes the results open with: the baselines' result file, and each recipe's label, result "
+        "files (relative to --results_dir), stage and test.",
     )
+    parser.add_argument("--figure", default=None, help="The headline figure; default: --results_dir/headline.png.")
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    readme = Path(args.readme)
-    text = readme.read_text()
-    results = load_results(Path(args.results_dir))
+    results_dir = Path(args.results_dir)
+    results = load_results(results_dir)
     headline = json.loads(Path(args.headline).read_text())
-    updated = replace_section(text, "headline", render_headline(results, headline))
-    updated = replace_section(updated, "results", render_results(results))
+    sections = {
+        Path(args.readme): ("headline", render_headline(results, headline)),
+        Path(args.benchmarks_readme): ("results", render_results(results)),
+    }
+    updates = {}
+    for path, (name, lines) in sections.items():
+        text = path.read_text()
+        updates[path] = (text, replace_section(text, name, lines, path))
     if args.check:
-        sys.exit(0 if updated == text else 1)
-    readme.write_text(updated)
-    print(f"updated {readme}")
+        stale = [str(path) for path, (text, updated) in updates.items() if updated != text]
+        if stale:
+            print(f"not what the result files give: {', '.join(stale)}", file=sys.stderr)
+        sys.exit(1 if stale else 0)
+    for path, (_, updated) in updates.items():
+        path.write_text(updated)
+        print(f"updated {path}")
+    figure = Path(args.figure) if args.figure else results_dir / "headline.png"
+    draw_headline_figure(results, headline, figure)
+    print(f"drew {figure}")
 
 
 if __name__ == "__main__":

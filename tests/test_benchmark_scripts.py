@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,13 +44,15 @@ def test_quality_speed_and_report_scripts(tmp_path):
         "--weight_decay", "0.1", "--baselines", "popularity", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
     pretrain_only = json.loads((results / "quality-pretrain-only.json").read_text())
-    saved_config = json.loads((tmp_path / "runs" / "pretrain-only" / "pretrain" / "config.json").read_text())
-    assert saved_config["backbone_training"] == "lora" and saved_config["lora_rank"] == 4
-    assert saved_config["lora_dropout"] == 0.1 and saved_config["id_embedding_dropout"] == 0.2
-    assert saved_config["id_embedding_init"] == "vocabulary"
+    pretrained = tmp_path / "runs" / "pretrain-only" / "pretrain"
+    saved_config = json.loads((pretrained / "config.json").read_text())
+    assert saved_config["id_embedding_dropout"] == 0.2 and saved_config["id_embedding_init"] == "vocabulary"
     assert saved_config["tie_item_head"] is False
-    saved_training = json.loads((tmp_path / "runs" / "pretrain-only" / "pretrain" / "training_args.json").read_text())
-    assert saved_training["weight_decay"] == 0.1
+    saved_training = json.loads((pretrained / "training_args.json").read_text())
+    assert saved_training["backbone_training"] == "lora" and saved_training["lora_rank"] == 4
+    assert saved_training["lora_dropout"] == 0.1 and saved_training["weight_decay"] == 0.1
+    with safe_open(pretrained / "model.safetensors", "pt") as stored:  # the adapters merged into the backbone
+        assert not any("lora_" in name for name in stored.keys())
     assert pretrain_only["cllm4rec"]["test"] is None
     assert len(pretrain_only["cllm4rec_pretrained"]["validation_per_round"]) == 2
     training_loss = pretrain_only["cllm4rec_pretrained"]["training_loss"]
@@ -92,40 +95,45 @@ def test_quality_speed_and_report_scripts(tmp_path):
     for stage in loading["stages"].values():
         assert stage["documents_timed"] == 64 - 2 * 16 and stage["loading_epoch_s"] <= stage["epoch_s"]
 
+    # a second seed of the pretraining-only recipe, in a subfolder as archived runs are: other test figures
+    seed = json.loads((results / "quality-pretrain-only.json").read_text())
+    seed["cllm4rec_pretrained"]["test"] = {
+        key: value / 2 for key, value in seed["cllm4rec_pretrained"]["test"].items()
+    }
+    (results / "archive").mkdir()
+    (results / "archive" / "seed1.json").write_text(json.dumps(seed))
     readme = tmp_path / "README.md"
-    readme.write_text(
-        "intro\n<!-- headline:start -->\nold\n<!-- headline:end -->\nmiddle\n"
-        "<!-- results:start -->\nstale\n<!-- results:end -->\nend\n"
-    )
+    readme.write_text("intro\n<!-- headline:start -->\nold\n<!-- headline:end -->\nend\n")
+    benchmarks_readme = tmp_path / "benchmarks-README.md"
+    benchmarks_readme.write_text("notes\n<!-- results:start -->\nstale\n<!-- results:end -->\nend\n")
     headline = tmp_path / "headline.json"
     recipe = {"label": "smoke recipe", "stage": "cllm4rec_pretrained", "test": "test"}
-    headline.write_text(
-        json.dumps(
-            {
-                "title": "Smoke runs.",
-                "baselines": "quality-smoke.json",
-                "recipes": [{**recipe, "files": ["quality-smoke.json", "quality-pretrain-only.json"]}],
-            }
-        )
-    )
-    report = ["benchmarks/report.py", "--results_dir", str(results), "--readme", str(readme)]
-    report += ["--headline", str(headline)]
+    two_seeds = {**recipe, "files": ["quality-pretrain-only.json", "archive/seed1.json"]}
+    headline.write_text(json.dumps({"baselines": "quality-smoke.json", "recipes": [two_seeds]}))
+    report = ["benchmarks/report.py", "--results_dir", str(results), "--headline", str(headline)]
+    report += ["--readme", str(readme), "--benchmarks_readme", str(benchmarks_readme)]
     run(*report)
     text = readme.read_text()
-    assert "stale" not in text and "old" not in text and "\nmiddle\n" in text
-    assert text.startswith("intro\n") and text.endswith("end\n")
-    recipe_row = next(line for line in text.splitlines() if line.startswith("| smoke recipe | 2 |"))
-    tests = [quality["cllm4rec_pretrained"]["test"], pretrain_only["cllm4rec_pretrained"]["test"]]
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert (results / "headline.png").stat().st_size > 0
+    wall_s = pretrain_only["cllm4rec"]["wall_s"]  # both seeds: the same run's time
+    cost = "<0.01" if wall_s < 36 else f"{wall_s / 3600:.2f}"
+    recipe_row = next(line for line in text.splitlines() if line.startswith("| smoke recipe |"))
+    assert recipe_row.startswith(f"| smoke recipe | 2 | 1 | 4 | {cost} CPU |")  # 2 rounds, each with a content epoch
+    tests = [pretrain_only["cllm4rec_pretrained"]["test"], seed["cllm4rec_pretrained"]["test"]]
     mean = (tests[0]["ndcg@100"] + tests[1]["ndcg@100"]) / 2
     relative = mean / quality["baselines"]["ease"]["test"]["ndcg@100"] - 1
-    assert f"{mean:.4f} ({min(t['ndcg@100'] for t in tests):.4f}-" in recipe_row and f"{relative:+.1%}" in recipe_row
-    text = text.split("<!-- results:start -->")[1]  # the table of every run
+    assert f"| {mean:.4f} ({relative:+.0%}) |" in recipe_row
     ease_l2 = quality["baselines"]["ease"]["l2"]
-    ease_rows = [line for line in text.splitlines() if f"| EASE (L2 {ease_l2:g}, chosen on validation) |" in line]
-    assert len(ease_rows) == 1 and "quality-smoke.json" in ease_rows[0]
+    assert f"| EASE (L2 {ease_l2:g}) | 1 | 1 | - |" in text
+
+    text = benchmarks_readme.read_text()  # the tables of every run
+    assert "stale" not in text and text.startswith("notes\n") and text.endswith("end\n")
+    ease_rows = [line for line in text.splitlines() if f"| EASE (L2 {ease_l2:g}) |" in line]
+    assert len(ease_rows) == 1 and "`quality-smoke.json`" in ease_rows[0]
     assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_rows[0]
     popularity_rows = [line for line in text.splitlines() if "| popularity |" in line]
-    assert len(popularity_rows) == 1  # two runs with the same popularity figures: listed once
+    assert len(popularity_rows) == 1  # three runs with the same popularity figures: listed once
     assert "speed-smoke.json" in text and "prediction batch 32 and 300 tokens at most from bfloat16 weights" in text
     two_stages_row = next(line for line in text.splitlines() if "speed-two-stages.json" in line)
     collaborative_s = two_stages["stages"]["collaborative"]["epoch_s"]
@@ -136,12 +144,29 @@ def test_quality_speed_and_report_scripts(tmp_path):
     )
     loading_row = next(line for line in text.splitlines() if "speed-loading.json" in line)
     assert "batch 16, data loader only (no model steps)" in loading_row and "prediction batch" not in loading_row
-    assert "CLLM4Rec (pretrain-only), pretraining only |" in text and "CLLM4Rec (pretrain-only) |" not in text
-    orders_row = next(line for line in text.splitlines() if "pretraining only, 2 history orders averaged" in line)
-    assert f"{over_orders['ndcg@100']:.4f}" in orders_row
+    pretrain_only_rows = [line for line in text.splitlines() if line.startswith("| `quality-pretrain-only.json` |")]
+    assert [row.split(" | ")[1:3] for row in pretrain_only_rows] == [["CLLM4Rec, pretrained", "1"]] + [
+        ["CLLM4Rec, pretrained", "2"]
+    ]  # one row per history-order count, none for the fine-tuning it skipped
+    assert f"{over_orders['ndcg@100']:.4f}" in pretrain_only_rows[1]
+    smoke_rows = [line for line in text.splitlines() if line.startswith("| `quality-smoke.json` | CLLM4Rec")]
+    # epochs up to each stage's model: 1 pretraining round, then 2 fine-tuning rounds, each with a content epoch
+    assert [row.split(" | ")[1:4] for row in smoke_rows] == [
+        ["CLLM4Rec, pretrained", "1", "2"],
+        ["CLLM4Rec, fine-tuned", "1", "6"],
+    ]
+    assert any(line.startswith("| `archive/seed1.json` |") for line in text.splitlines())
+
     run(*report, "--check")
+    benchmarks_readme.write_text(text.replace("| popularity |", "| popularity (typed by hand) |"))
+    stale = subprocess.run([sys.executable, *report, "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert stale.returncode == 1 and str(benchmarks_readme) in stale.stderr
+    mixed = {**recipe, "files": ["quality-smoke.json", "quality-pretrain-only.json"]}
+    headline.write_text(json.dumps({"baselines": "quality-smoke.json", "recipes": [mixed]}))
+    failed = subprocess.run([sys.executable, *report], cwd=ROOT, capture_output=True, text=True)
+    assert failed.returncode != 0 and "differ in passes per user, epochs or device" in failed.stderr
     headline.write_text(
-        json.dumps({"title": "", "baselines": "quality-smoke.json", "recipes": [{**recipe, "files": ["gone.json"]}]})
+        json.dumps({"baselines": "quality-smoke.json", "recipes": [{**recipe, "files": ["gone.json"]}]})
     )
     failed = subprocess.run([sys.executable, *report], cwd=ROOT, capture_output=True, text=True)
     assert failed.returncode != 0 and "result files that do not exist: gone.json" in failed.stderr
@@ -179,34 +204,54 @@ def test_paper_flag_sets_the_paper_configuration_and_explicit_options_win():
         (["--backbone_training", "full"], ("full", "full")),
         (["--backbone_training", "lora"], ("frozen", "lora")),
         (["--backbone_training", "lora", "--pretrain_backbone_training", "lora"], ("lora", "lora")),
-        (["--pretrain_backbone_training", "lora", "--finetune_rounds", "0"], ("lora", "frozen")),
+        # adapters of pretraining are merged into the backbone that fine-tuning starts from
+        (["--pretrain_backbone_training", "lora"], ("lora", "frozen")),
     ],
 )
-def test_backbone_training_per_stage(options, stages):
-    from benchmarks.quality import parse_args
+def test_backbone_training_per_stage(options, stages, tmp_path):
+    from benchmarks.quality import parse_args, training_arguments
 
-    args = parse_args(["--name", "stages", *options])
+    args = parse_args(["--name", "stages", "--lora_rank", "4", *options])
     assert (args.pretrain_backbone_training, args.backbone_training) == stages
+    for stage, backbone_training in zip(("pretraining", "finetuning"), stages, strict=True):
+        arguments = training_arguments(args, stage, tmp_path)
+        assert arguments.backbone_training == backbone_training
+        assert arguments.lora_rank == (4 if backbone_training == "lora" else 8)
 
 
-def test_lora_from_pretraining_must_stay_in_finetuning(capsys):
+def test_each_stage_gets_its_schedule(tmp_path):
+    from benchmarks.quality import parse_args, training_arguments
+
+    args = parse_args(["--name", "stages", "--warmup_epochs", "1", "--pretrain_rounds", "3", "--finetune_rounds", "2"])
+    pretraining = training_arguments(args, "pretraining", tmp_path)
+    assert type(pretraining).__name__ == "PretrainingArguments"
+    assert (pretraining.num_train_epochs, pretraining.content_warmup_epochs) == (4, 1)  # the warm-up, then 3 rounds
+    finetuning = training_arguments(args, "finetuning", tmp_path)
+    assert type(finetuning).__name__ == "FineTuningArguments" and finetuning.num_train_epochs == 2
+    assert parse_args(["--name", "ids", "--no_content_steps"]).warmup_epochs == 0
+
+
+def test_a_content_warmup_needs_content_steps(capsys):
     from benchmarks.quality import parse_args
 
     with pytest.raises(SystemExit):
-        parse_args(["--name", "mixed", "--pretrain_backbone_training", "lora"])
-    assert "--backbone_training lora" in capsys.readouterr().err
+        parse_args(["--name", "ids", "--no_content_steps", "--warmup_epochs", "1"])
+    assert "--no_content_steps" in capsys.readouterr().err
 
 
 def test_bf16_runs_where_the_machine_has_no_gpu(tmp_path):
     from benchmarks.quality import parse_args, training_arguments
 
     args = parse_args(["--name", "bf16", "--bf16"])
-    arguments = training_arguments(args, tmp_path, rounds=1, learning_rate=1e-3)
+    arguments = training_arguments(args, "finetuning", tmp_path)
     assert arguments.bf16 and arguments.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_readme_results_are_those_of_the_result_files():
+def test_report_tables_in_the_readmes_are_those_of_the_result_files():
     run("benchmarks/report.py", "--check")
+    lines = (ROOT / "README.md").read_text().splitlines()
+    commands = lines[lines.index("```bash") + 1 : lines.index("```")]  # the set-up commands, kept on one line each
+    assert len(lines) <= 150 and all(len(line) <= 119 for line in lines if line not in commands)
 
 
 def test_gpu_script_drives_the_benchmarks_with_options_they_accept(tmp_path):
