@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 from tiny_models import GPT2_VOCAB_SIZE, gpt2_tokenizer, tiny_cllm4rec_config
+from transformers import BatchEncoding
 
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecTokenizer
 
@@ -241,3 +243,102 @@ def test_render_batch_rejects_mismatched_and_empty_inputs(tokenizer):
         tokenizer.render_batch("recommendation_prompt", users=[0, 1], histories=[[1], []])
     with pytest.raises(ValueError, match="needs `history`"):
         tokenizer.render_batch("recommendation_prompt", users=[0])
+
+
+# Calling the tokenizer: the prompts of a batch of users
+
+
+def test_call_renders_recommendation_and_cold_start_prompts_right_padded(tokenizer):
+    user_ids, histories = [3, None, 0, None], [[1, 2], [4], [6, 5, 0, 3], np.array([2, 2, 5])]
+    encoding = tokenizer(user_ids, histories)
+    assert isinstance(encoding, BatchEncoding) and set(encoding) == {"input_ids", "attention_mask"}
+    assert isinstance(encoding["input_ids"], torch.Tensor) and encoding["input_ids"].dtype == torch.long
+    expected = [
+        tokenizer.render("recommendation_prompt", user=user, history=history)
+        if user is not None
+        else tokenizer.render("cold_start_prompt", history=history)
+        for user, history in zip(user_ids, histories, strict=True)
+    ]
+    assert encoding["input_ids"].shape == encoding["attention_mask"].shape == (4, max(map(len, expected)))
+    for row, prompt in enumerate(expected):
+        length = int(encoding["attention_mask"][row].sum())
+        assert encoding["input_ids"][row, :length].tolist() == prompt
+        assert encoding["attention_mask"][row, :length].all() and not encoding["attention_mask"][row, length:].any()
+        assert (encoding["input_ids"][row, length:] == tokenizer.pad_token_id).all()
+    # a cold-start row has no user token
+    cold = encoding["input_ids"][1][encoding["attention_mask"][1].bool()]
+    assert not ((cold >= tokenizer.config.user_token_offset) & (cold < tokenizer.config.item_token_offset)).any()
+    as_numpy = tokenizer(user_ids, histories, return_tensors="np")
+    assert isinstance(as_numpy["input_ids"], np.ndarray)
+    np.testing.assert_array_equal(as_numpy["input_ids"], encoding["input_ids"].numpy())
+
+
+def test_call_renders_collaborative_documents_cut_before_the_next_item(tokenizer):
+    rng = np.random.default_rng(2)
+    users = rng.integers(0, NUM_USERS, size=12).tolist()
+    histories = [rng.integers(0, NUM_ITEMS, size=rng.integers(1, 15)) for _ in range(12)]
+    encoding = tokenizer(users, histories, prompt="collaborative", max_length=12)
+    for row, (user, history) in enumerate(zip(users, histories, strict=True)):
+        prompt = tokenizer.render("collaborative_prompt", user=user)
+        kept = history[-(12 - len(prompt)) :]  # the oldest items go
+        text = f"<user_{user}> has interacted with " + " ".join(f"<item_{item}>" for item in kept)
+        length = int(encoding["attention_mask"][row].sum())
+        assert encoding["input_ids"][row, :length].tolist() == tokenizer.encode(text)
+        assert not encoding["attention_mask"][row, length:].any()
+    with pytest.raises(ValueError, match="row 1 has none"):
+        tokenizer([2, None], [[1], [2]], prompt="collaborative")
+    with pytest.raises(ValueError, match="already holds the history"):
+        tokenizer.render_batch("recommendation_prompt", users=[0], histories=[[1]], followed_by_history=True)
+
+
+def test_call_truncates_histories_to_the_backbones_context(tokenizer):
+    context = tokenizer.model_max_length
+    assert context == tokenizer.config.text_config.n_positions == 256
+    history = np.arange(400) % NUM_ITEMS  # far longer than the context
+    encoding = tokenizer([1, None], [history, history[:3]])
+    assert encoding["input_ids"].shape[1] == context
+    suffix = tokenizer.encode(", <user_1> will interact with")
+    assert encoding["input_ids"][0, -len(suffix) :].tolist() == suffix  # the oldest items went, the end stayed
+    shorter = tokenizer([1], [history], max_length=30)
+    assert shorter["input_ids"].shape == (1, 30)
+    assert shorter["input_ids"][0].tolist() == tokenizer.render(
+        "recommendation_prompt", user=1, history=history, max_length=30
+    )
+
+
+def test_call_refuses_a_max_length_beyond_the_context(tokenizer):
+    with pytest.raises(ValueError, match="max_length=257 exceeds the backbone's context of 256 tokens"):
+        tokenizer([0], [[1]], max_length=257)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            tokenizer([0], [[1]], max_length=bad)
+
+
+@pytest.mark.parametrize(
+    "user_ids, histories, message",
+    [
+        ([], [], "no users"),
+        ([0, 1], [[1]], "2 user ids but 1 histories"),
+        ([0], [None], "History of row 0 must be a sequence"),
+        ([0, 1], [[1], "item_2"], "History of row 1 must be a sequence"),
+        ([0], [[1.5, 2]], "History of row 0 must be a 1-D sequence of integer"),
+        ([0], [[[1, 2]]], "History of row 0 must be a 1-D sequence of integer"),
+        ([0], [[[1, 2], [3]]], "History of row 0 must be a 1-D sequence of integer"),
+        ([0], [[]], "History of row 0 is empty"),
+        (["a"], [[1]], "User id of row 0 must be an integer or None"),
+        ([True], [[1]], "User id of row 0 must be an integer or None"),
+        (0, [[1]], "`user_ids` must be a list"),
+        ([9], [[1]], r"user id 9 .*5 users"),
+        ([0], [[1, 7]], r"item id 7 .*7 items"),
+    ],
+)
+def test_call_rejects_bad_inputs_naming_the_problem(tokenizer, user_ids, histories, message):
+    with pytest.raises(ValueError, match=message):
+        tokenizer(user_ids, histories)
+
+
+def test_call_rejects_unknown_prompts_and_tensor_types(tokenizer):
+    with pytest.raises(ValueError, match="`prompt` must be 'recommendation' or 'collaborative'"):
+        tokenizer([0], [[1]], prompt="review")
+    with pytest.raises(ValueError, match="`return_tensors` must be 'pt' or 'np'"):
+        tokenizer([0], [[1]], return_tensors="tf")

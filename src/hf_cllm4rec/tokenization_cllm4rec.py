@@ -57,6 +57,123 @@ class CLLM4RecTokenizer:
     def __len__(self) -> int:
         return self.config.extended_vocab_size
 
+    @property
+    def model_max_length(self) -> int | None:
+        """The backbone's context in tokens (`max_position_embeddings` or `n_positions`); `None` if it names none."""
+        text_config = self.config.text_config
+        return getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
+
+    def __call__(
+        self,
+        user_ids: Sequence[int | None],
+        histories: Sequence[Sequence[int] | np.ndarray],
+        *,
+        prompt: str = "recommendation",
+        max_length: int | None = None,
+        return_tensors: str = "pt",
+    ) -> BatchEncoding:
+        """
+        The prompts of a batch of users, right-padded: `input_ids` and `attention_mask` of shape `(batch, longest)`.
+
+        `user_ids` and `histories` hold 0-based ids, one user and one non-empty history per row.
+        `prompt="recommendation"` renders the config's `recommendation_prompt`, or its `cold_start_prompt` for a `None`
+        user id (a user without a user token); the model reads the item scores at the prompt's last token.
+        `prompt="collaborative"` renders `collaborative_prompt` followed by the history: a collaborative document cut
+        before its next item, which the collaborative LM predicts.
+
+        `max_length` (default: the backbone's context, [`model_max_length`]) bounds every prompt: a longer history
+        loses its oldest items. `return_tensors` is `"pt"` (torch tensors) or `"np"` (numpy arrays).
+        """
+        if prompt not in ("recommendation", "collaborative"):
+            raise ValueError(f"`prompt` must be 'recommendation' or 'collaborative', got {prompt!r}.")
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
+        user_ids, histories = self.as_batch(user_ids, histories)
+        max_length = self._checked_max_length(max_length)
+        cold = [row for row, user in enumerate(user_ids) if user is None]
+        if prompt == "collaborative":
+            if cold:
+                raise ValueError(
+                    f"The collaborative prompt needs a user id; row {cold[0]} has none (new users are served with "
+                    "prompt='recommendation', the cold-start prompt)."
+                )
+            encoding = self.render_batch(
+                "collaborative_prompt",
+                users=user_ids,
+                histories=histories,
+                max_length=max_length,
+                followed_by_history=True,
+            )
+            return BatchEncoding(dict(encoding), tensor_type=return_tensors)
+        warm = [row for row, user in enumerate(user_ids) if user is not None]
+        parts = []
+        if warm:
+            parts.append((warm, self.render_batch(
+                "recommendation_prompt",
+                users=[user_ids[row] for row in warm],
+                histories=[histories[row] for row in warm],
+                max_length=max_length,
+            )))  # fmt: skip
+        if cold:
+            parts.append((cold, self.render_batch(
+                "cold_start_prompt", histories=[histories[row] for row in cold], max_length=max_length
+            )))  # fmt: skip
+        width = max(encoding["input_ids"].shape[1] for _, encoding in parts)
+        input_ids = np.full((len(user_ids), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(user_ids), width), dtype=np.int64)
+        for rows, encoding in parts:
+            length = encoding["input_ids"].shape[1]
+            input_ids[rows, :length] = encoding["input_ids"]
+            attention_mask[rows, :length] = encoding["attention_mask"]
+        return BatchEncoding({"input_ids": input_ids, "attention_mask": attention_mask}, tensor_type=return_tensors)
+
+    def as_batch(
+        self, user_ids: Sequence[int | None], histories: Sequence[Sequence[int] | np.ndarray]
+    ) -> tuple[list[int | None], list[np.ndarray]]:
+        """
+        The users (`int` or `None`) and histories (int64 arrays) of a batch, as [`__call__`] takes them; a
+        `ValueError` names what is wrong with them (the ids' ranges are checked when the prompts are rendered).
+        """
+        for name, values in (("user_ids", user_ids), ("histories", histories)):
+            if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+                raise ValueError(f"`{name}` must be a list, got {type(values).__name__}.")
+        if len(user_ids) != len(histories):
+            raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories: one of each per row.")
+        if not len(user_ids):
+            raise ValueError("Got no users: pass at least one user id and history.")
+        checked_users = []
+        for row, user in enumerate(user_ids):
+            if user is not None and (isinstance(user, (bool, np.bool_)) or not isinstance(user, (int, np.integer))):
+                raise ValueError(f"User id of row {row} must be an integer or None, got {user!r}.")
+            checked_users.append(None if user is None else int(user))
+        checked_histories = []
+        for row, history in enumerate(histories):
+            if history is None or isinstance(history, (str, bytes)):
+                raise ValueError(f"History of row {row} must be a sequence of item ids, got {history!r}.")
+            try:
+                array = np.asarray(history)
+            except ValueError:
+                array = None
+            if array is None or array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+                raise ValueError(f"History of row {row} must be a 1-D sequence of integer item ids, got {history!r}.")
+            if not array.size:
+                raise ValueError(f"History of row {row} is empty: a prompt needs at least one item.")
+            checked_histories.append(array.astype(np.int64, copy=False))
+        return checked_users, checked_histories
+
+    def _checked_max_length(self, max_length: int | None) -> int | None:
+        context = self.model_max_length
+        if max_length is None:
+            return context
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length <= 0:
+            raise ValueError(f"`max_length` must be a positive integer, got {max_length!r}.")
+        if context is not None and max_length > context:
+            raise ValueError(
+                f"max_length={max_length} exceeds the backbone's context of {context} tokens: the model cannot read "
+                "a longer prompt."
+            )
+        return int(max_length)
+
     @cached_property
     def pad_token_id(self) -> int:
         """The backbone's pad token, else its end-of-sequence token (padding is always masked out)."""
