@@ -36,26 +36,15 @@ from hf_cllm4rec.training.recipes import DataArguments, load_data
 METRICS = ("recall@20", "recall@40", "ndcg@100")
 
 
-class ColdStartServing:
-    """A model as `evaluate_model` sees it, prompting every user with the cold-start prompt (no user token)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def score_items(self, user_ids, histories, **kwargs):
-        return self.model.score_items([None] * len(user_ids), histories, **kwargs)
-
-
 def warm_and_cold_metrics(model, tokenizer, data, split: str = "test", batch_size: int = 128, max_length=None) -> dict:
     """Recall@20/40 and NDCG@100 on `split` with the user token (warm) and without it (cold), and their ratio."""
     check_model_fits_data(model, data)
     results = {}
-    for name, served in (("warm", model), ("cold", ColdStartServing(model))):
+    for name, cold_start in (("warm", False), ("cold", True)):
         start = time.perf_counter()
-        metrics = evaluate_model(served, tokenizer, data, split, batch_size=batch_size, max_length=max_length)
+        metrics = evaluate_model(
+            model, tokenizer, data, split, batch_size=batch_size, max_length=max_length, cold_start=cold_start
+        )
         results[name] = {metric: metrics[metric] for metric in (*METRICS, "num_users")}
         results[name]["seconds"] = round(time.perf_counter() - start, 3)
     results["cold_over_warm"] = {
@@ -71,7 +60,9 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="The prepared data set it was trained on, or 'builtin'.")
     parser.add_argument("--split", default="test", choices=["validation", "test"])
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--max_length", type=int, default=None, help="Longest prompt; default: no truncation.")
+    parser.add_argument(
+        "--max_length", type=int, default=None, help="Longest prompt; default: the backbone's context."
+    )
     parser.add_argument("--output_file", default="cold_start.json")
     args = parser.parse_args()
 

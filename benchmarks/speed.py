@@ -38,15 +38,20 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.provenance import device_name, git_commit, recorded_location, versions  # noqa: E402
-from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction  # noqa: E402
+from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction, Recommender  # noqa: E402
 from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments  # noqa: E402
 from hf_cllm4rec.data.documents import ScheduledDocuments  # noqa: E402
-from hf_cllm4rec.evaluation import length_grouped_batches  # noqa: E402
-from hf_cllm4rec.modeling_cllm4rec import ATTENTION_BACKENDS  # noqa: E402
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, build_pretraining_model, load_data  # noqa: E402
 from hf_cllm4rec.training.schedule import ScheduleBatchSampler  # noqa: E402
 
 STAGES = ("content", "collaborative", "finetuning", "prediction")
+# The kernels `scaled_dot_product_attention` may choose from, by whether torch has them enabled.
+SDPA_BACKENDS = {
+    "FLASH_ATTENTION": torch.backends.cuda.flash_sdp_enabled,
+    "EFFICIENT_ATTENTION": torch.backends.cuda.mem_efficient_sdp_enabled,
+    "CUDNN_ATTENTION": torch.backends.cuda.cudnn_sdp_enabled,
+    "MATH": torch.backends.cuda.math_sdp_enabled,
+}
 # The authors' code on one H200 (GPT-2 small, batch 20, Beauty): seconds per epoch and users per second.
 AUTHORS_H200 = {
     "content_epoch_s": 230.0,
@@ -197,16 +202,20 @@ def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
     """
     histories = data.histories("train")
     users = np.array([user for user in range(data.num_users) if len(histories[user])][: args.sample])
-    lengths = model.prompt_lengths(tokenizer, users.tolist(), [histories[user] for user in users], None)
-    batches = length_grouped_batches(lengths, args.eval_batch_size, args.eval_max_tokens)
+    user_histories = [histories[user] for user in users]
+    lengths = tokenizer(users.tolist(), user_histories, return_tensors="np")["attention_mask"].sum(-1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     if args.prediction_weights == "bfloat16":
         model, autocast = copy.deepcopy(model).to(torch.bfloat16), nullcontext()
     model.eval()
+    recommender = Recommender(
+        model, tokenizer, batch_size=args.eval_batch_size, max_tokens=args.eval_max_tokens, disable_tqdm=True
+    )
+    batches = recommender.batches(users.tolist(), user_histories)
 
     def recommend(batch: np.ndarray) -> None:
         with autocast:
-            model.recommend(users[batch].tolist(), [histories[u] for u in users[batch]], k=k, tokenizer=tokenizer)
+            recommender.recommend_batch(users[batch].tolist(), [user_histories[row] for row in batch], k=k)
         synchronize(device)
 
     recommend(batches[0])  # warm-up
@@ -234,20 +243,18 @@ def time_catalogue_scaling(config: CLLM4RecConfig, tokenizer_factory, args, devi
     for num_items in (int(n) for n in args.scaling_items.split(",") if n.strip()):
         scaled = CLLM4RecConfig(**{**config.to_dict(), "num_items": num_items, "num_users": args.scaling_users})
         model = CLLM4RecForItemPrediction(scaled).to(device).eval()
-        tokenizer = tokenizer_factory(scaled)
         rng = np.random.default_rng(0)
         histories = [rng.choice(num_items, size=10, replace=False) for _ in range(args.scaling_users)]
         users = list(range(args.scaling_users))
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
         batch = min(args.eval_batch_size, args.scaling_users)
+        recommender = Recommender(model, tokenizer_factory(scaled), disable_tqdm=True)
         with autocast:
-            model.recommend(users[:batch], histories[:batch], k=100, tokenizer=tokenizer)
+            recommender.recommend_batch(users[:batch], histories[:batch], k=100)
             synchronize(device)
             start = time.perf_counter()
             for first in range(0, len(users), batch):
-                model.recommend(
-                    users[first : first + batch], histories[first : first + batch], k=100, tokenizer=tokenizer
-                )
+                recommender.recommend_batch(users[first : first + batch], histories[first : first + batch], k=100)
             synchronize(device)
         seconds = time.perf_counter() - start
         results.append({"num_items": num_items, "users": len(users), "users_per_s": len(users) / seconds})
@@ -330,7 +337,8 @@ def main() -> None:
         "eval_max_tokens": args.eval_max_tokens,
         "dtype": args.dtype,
         "prediction_weights": args.prediction_weights,
-        "attention_backends": [backend.name for backend in ATTENTION_BACKENDS],
+        "attn_implementation": config.text_config._attn_implementation,
+        "attention_backends": [name for name, enabled in SDPA_BACKENDS.items() if enabled()],
         "sample": args.sample,
         "loading_only": args.loading_only,
         "stages": stages,

@@ -1,8 +1,10 @@
 """The `cllm4rec` training, evaluation, recommendation and export commands (`prepare` has its own tests)."""
 
 import csv
+import io
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from huggingface_hub import ModelCard
 from test_prepare_cli import assert_usage_error, run_cli
 from tiny_checkpoints import save_tiny_checkpoint
 
-from hf_cllm4rec import CLLM4RecForItemPrediction, IdMappings
+from hf_cllm4rec import CLLM4RecForItemPrediction, IdMappings, Recommender
 from hf_cllm4rec.cli.common import replacing
 from hf_cllm4rec.evaluation import evaluate_model
 from hf_cllm4rec.serving.embeddings import EMBEDDINGS_NAME, TABLES_NAME
@@ -45,11 +47,10 @@ def test_pretrain_finetune_evaluate_chain(checkpoint, capsys):
     common = ("--data", str(root / "data"), *TINY_TRAINING)
     pretrain = ("--backbone", "builtin-tiny-gpt2", "--content_warmup_epochs", "0")
     assert run_cli("pretrain", *common, *pretrain, "--output_dir", str(pretrained)) == 0
-    finetune = ("--pretrained", str(pretrained), "--history_permutations", "2", "--id_embedding_dropout", "0.2")
+    finetune = ("--pretrained", str(pretrained), "--id_embedding_dropout", "0.2")
     assert run_cli("finetune", *common, *finetune, "--output_dir", str(finetuned)) == 0
     capsys.readouterr()
-    finetuned_config = json.loads((finetuned / "config.json").read_text())
-    assert finetuned_config["history_permutations"] == 2 and finetuned_config["id_embedding_dropout"] == 0.2
+    assert json.loads((finetuned / "config.json").read_text())["id_embedding_dropout"] == 0.2
     measured = json.loads((finetuned / "test_results.json").read_text())
     assert ModelCard.load(finetuned / "README.md").data.eval_results[0].metric_value == measured["test_recall@20"]
     assert "**pretraining** stage" in (pretrained / "README.md").read_text()
@@ -78,11 +79,7 @@ def test_evaluate_over_several_history_orders(checkpoint, capsys):
     root, model, tokenizer, data = checkpoint
     args = ("evaluate", "--model", str(root / "checkpoint"), "--data", str(root / "data"), "--split", "validation")
     assert run_cli(*args, "--history-permutations", "3") == 0
-    model.config.history_permutations = 3
-    try:
-        expected = evaluate_model(model, tokenizer, data, "validation")
-    finally:
-        model.config.history_permutations = 1
+    expected = evaluate_model(model, tokenizer, data, "validation", history_permutations=3)
     stdout = capsys.readouterr().out
     for name in ("recall@20", "recall@40", "ndcg@100"):
         assert f"  {name:<16}{expected[name]:.4f}" in stdout
@@ -94,7 +91,7 @@ def test_recommend_known_users_by_raw_id(checkpoint, capsys, tmp_path):
     histories = data.histories("train")
     assert run_cli("recommend", "--model", str(root / "checkpoint"), "--users", *users, "--k", "3") == 0
     stdout = capsys.readouterr().out
-    expected = model.recommend([0, 9], [histories[0], histories[9]], k=3, tokenizer=tokenizer)
+    expected = Recommender(model, tokenizer).recommend([0, 9], [histories[0], histories[9]], k=3)
     mappings = IdMappings.from_data(data)
     assert f"user {users[0]} ({len(histories[0])} items in the history)" in stdout
     for rank, item in enumerate(mappings.ranked_items(expected.item_ids[1], expected.scores[1]), start=1):
@@ -125,8 +122,8 @@ def test_scoring_in_bfloat16(checkpoint, capsys):
     root, model, tokenizer, data = checkpoint
     served = CLLM4RecForItemPrediction.from_pretrained(root / "checkpoint", dtype=torch.bfloat16)
     history = data.histories("train")[4]
-    expected = served.recommend([4], [history], k=5, tokenizer=tokenizer)
-    in_float32 = model.recommend([4], [history], k=5, tokenizer=tokenizer)
+    expected = Recommender(served, tokenizer).recommend([4], [history], k=5)
+    in_float32 = Recommender(model, tokenizer).recommend([4], [history], k=5)
     assert not torch.equal(expected.scores.float(), in_float32.scores), "bfloat16 should round the scores"
     args = ("recommend", "--model", str(root / "checkpoint"), "--users", data.user_raw_ids[4], "--k", "5")
     assert run_cli(*args, "--dtype", "bfloat16") == 0
@@ -145,7 +142,7 @@ def test_recommend_all_users_in_batches_by_prompt_length(checkpoint, capsys, tmp
     mappings.histories[5] = []  # a user without training items gets no list
     mappings.save(folder)
     users = [user for user, history in enumerate(mappings.histories) if history]
-    expected = model.recommend(users, [mappings.histories[user] for user in users], k=3, tokenizer=tokenizer)
+    expected = Recommender(model, tokenizer).recommend(users, [mappings.histories[user] for user in users], k=3)
 
     output = tmp_path / "all.csv"
     args = ("recommend", "--model", str(folder), "--all-users", "--k", "3", "--output", str(output))
@@ -210,6 +207,9 @@ def test_usage_errors(checkpoint, capsys, tmp_path):
         (("evaluate", "--model", model, "--data", data_dir, "--unknown-option"), "unrecognized arguments"),
         (("evaluate", "--model", model, "--data", "builtin"), "a checkpoint from another data set"),
         (("evaluate", "--model", model, "--data", data_dir, "--history-permutations", "0"), "must be positive"),
+        (("evaluate", "--model", model, "--data", data_dir, "--history-permutations", "65"), "at most 64"),
+        (("recommend", "--model", model, "--all-users", "--history-permutations", "65"), "at most 64"),
+        (("recommend", "--model", model, "--all-users", "--max-length", "100000"), "exceeds the backbone's context"),
         (("evaluate", "--model", model, "--data", data_dir, "--max-tokens", "0"), "--max-tokens must be positive"),
         (("recommend", "--model", model, "--all-users", "--max-tokens", "-1"), "--max-tokens must be positive"),
         (("finetune", "--data", data_dir, "--output_dir", str(tmp_path / "f")), "--pretrained"),
@@ -217,3 +217,42 @@ def test_usage_errors(checkpoint, capsys, tmp_path):
     ]
     for args, message in cases:
         assert_usage_error(capsys, *args, message=message)
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, where progress bars show by default."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_recommend_and_evaluate_show_progress_on_a_terminal(checkpoint, monkeypatch, capsys):
+    root, _, _, data = checkpoint
+    for args, bar in (
+        (("recommend", "--model", str(root / "checkpoint"), "--all-users", "--k", "2"), "Recommending: 100%"),
+        (("evaluate", "--model", str(root / "checkpoint"), "--data", str(root / "data")), "Ranking: 100%"),
+    ):
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert run_cli(*args) == 0
+        assert bar in terminal.getvalue()
+        monkeypatch.undo()
+        assert run_cli(*args) == 0
+        assert bar not in capsys.readouterr().err, "no progress bar where stderr is no terminal"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "recommend"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+    command, checkpoint, capsys, tmp_path, monkeypatch
+):
+    root, _, _, data = checkpoint
+    args = {
+        "evaluate": ("evaluate", "--model", str(root / "checkpoint"), "--data", str(root / "data")),
+        "recommend": ("recommend", "--model", str(root / "checkpoint"), "--users", data.user_raw_ids[0]),
+    }[command]
+    loads = []
+    monkeypatch.setattr(f"hf_cllm4rec.cli.{command}.load_checkpoint", lambda *args: loads.append(args))
+    assert_usage_error(capsys, *args, "--output", str(tmp_path), message="is a directory")
+    assert_usage_error(capsys, *args, "--output", str(tmp_path / "missing" / "out.json"), message="does not exist")
+    assert not loads, "the checkpoint was loaded before the output was checked"
+    assert list(tmp_path.iterdir()) == []

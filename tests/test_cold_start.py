@@ -12,6 +12,7 @@ from benchmarks.cold_start import warm_and_cold_metrics
 from test_prepare_cli import assert_usage_error, run_cli
 from tiny_checkpoints import save_tiny_checkpoint
 
+from hf_cllm4rec import Recommender
 from hf_cllm4rec.evaluation import evaluate_recommender
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def checkpoint(tmp_path_factory):
 def test_the_cold_start_prompt_has_no_user_token(checkpoint):
     _, model, tokenizer, _ = checkpoint
     history = [4, 0, 9]
-    prompt = model.prompt_ids(tokenizer, None, history, None)
+    prompt = tokenizer([None], [history])["input_ids"][0].tolist()
     assert prompt == tokenizer.render("cold_start_prompt", history=history)
     config = model.config
     assert not [token for token in prompt if config.user_token_offset <= token < config.item_token_offset]
@@ -37,15 +38,16 @@ def test_the_cold_start_prompt_has_no_user_token(checkpoint):
 
 def test_new_users_are_ranked_every_item_but_their_history(checkpoint):
     _, model, tokenizer, data = checkpoint
+    recommender = Recommender(model, tokenizer)
     histories = [[0], [5, 2, 11, 7], list(range(0, data.num_items, 3))]
     for history in histories:
         k = data.num_items - len(history)  # everything that may be recommended
-        output = model.recommend([None], [history], k=k, tokenizer=tokenizer)
+        output = recommender.recommend([None], [history], k=k)
         assert sorted(output.item_ids[0].tolist()) == sorted(set(range(data.num_items)) - set(history))
         assert torch.isfinite(output.scores).all() and (output.scores[0].diff() <= 0).all()
     # a batch of new users (padded) is the same as one at a time; a repeated item is still never recommended
-    batch = model.recommend([None, None], [[1], [5, 2, 5]], k=4, tokenizer=tokenizer)
-    alone = model.recommend([None], [[1]], k=4, tokenizer=tokenizer)
+    batch = recommender.recommend([None, None], [[1], [5, 2, 5]], k=4)
+    alone = recommender.recommend([None], [[1]], k=4)
     assert batch.item_ids[0].tolist() == alone.item_ids[0].tolist()
     torch.testing.assert_close(batch.scores[0], alone.scores[0])
     assert 1 not in batch.item_ids[0].tolist() and not {5, 2} & set(batch.item_ids[1].tolist())
@@ -54,7 +56,7 @@ def test_new_users_are_ranked_every_item_but_their_history(checkpoint):
 def test_the_user_token_changes_the_scores(checkpoint):
     _, model, tokenizer, data = checkpoint
     history = data.histories("train")[6]
-    scores = model.score_items([6, None, 7], [history] * 3, tokenizer=tokenizer)
+    scores = Recommender(model, tokenizer).score([6, None, 7], [history] * 3)
     assert not torch.allclose(scores[0], scores[1]) and not torch.allclose(scores[0], scores[2])
 
 
@@ -68,10 +70,10 @@ def test_the_command_line_reports_unknown_items_of_new_users(checkpoint, capsys,
     assert run_cli("recommend", "--model", str(folder), "--histories", str(histories), "--output", str(output)) == 0
     stderr = capsys.readouterr().err.splitlines()
     assert stderr == [
-        "cllm4rec: warning: history 'alice': unknown item ids left out: ghost",
-        "cllm4rec: warning: history 'bob': unknown item ids left out: phantom",
+        "cllm4rec: warning: history 'alice': Unknown item ids left out of the history: ghost.",
+        "cllm4rec: warning: history 'bob': Unknown item ids left out of the history: phantom.",
     ]
-    expected = model.recommend([None, None], [[3, 8], [1]], k=10, tokenizer=tokenizer)
+    expected = Recommender(model, tokenizer).recommend([None, None], [[3, 8], [1]], k=10)
     written = json.loads(output.read_text())
     for label, row in (("alice", 0), ("bob", 1)):
         assert [item["item_id"] for item in written[label]] == [items[i] for i in expected.item_ids[row].tolist()]
@@ -102,14 +104,13 @@ def test_warm_and_cold_benchmark(checkpoint):
     results = warm_and_cold_metrics(model, tokenizer, data, "test", batch_size=8)
     histories = data.histories("train")
     train, test = data.to_sparse("train"), data.to_sparse("test")
+    recommender = Recommender(model, tokenizer)
     for name, user_ids in (
         ("warm", lambda users: [int(user) for user in users]),
         ("cold", lambda users: [None] * len(users)),
     ):
         expected = evaluate_recommender(
-            lambda users, user_ids=user_ids: model.score_items(
-                user_ids(users), [histories[user] for user in users], tokenizer=tokenizer
-            ),
+            lambda users, user_ids=user_ids: recommender.score(user_ids(users), [histories[user] for user in users]),
             test,
             exclude=train,
         )

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tiny_checkpoints import tiny_data, tiny_item_prediction_model
 
-from hf_cllm4rec import IdMappings
+from hf_cllm4rec import IdMappings, Recommender
 from hf_cllm4rec.serving.embeddings import EMBEDDINGS_NAME, TABLES_NAME, export_embeddings, user_query_vectors
 
 
@@ -62,12 +62,11 @@ def test_query_vectors_times_exported_items_are_the_models_logits(exported):
     queries = user_query_vectors(model, tokenizer, users, inputs, batch_size=2)
     items = load_file(folder / EMBEDDINGS_NAME)["item_head"]
 
-    input_ids, attention_mask = model.prompt_batch(tokenizer, users, inputs, None)
     with torch.no_grad():
-        logits = model(input_ids, attention_mask).logits
+        logits = model(**tokenizer(users, inputs)).logits
     torch.testing.assert_close(queries @ items.T, logits)
-    # the same ranking as `recommend` once the history is removed
-    top = model.recommend(users, inputs, k=5, tokenizer=tokenizer)
+    # the same ranking as the Recommender's once the history is removed
+    top = Recommender(model, tokenizer).recommend(users, inputs, k=5)
     scores = queries @ items.T
     for row, history in enumerate(inputs):
         scores[row, torch.as_tensor(np.asarray(history))] = -torch.inf
@@ -79,5 +78,6 @@ def test_mappings_of_another_catalogue_are_refused(tmp_path):
     model, _ = tiny_item_prediction_model(data)
     mappings = IdMappings.from_data(data)
     mappings.items, mappings.item_texts = mappings.items[:-1], mappings.item_texts[:-1]
-    with pytest.raises(ValueError, match="do not belong together"):
+    with pytest.raises(ValueError, match=str(data.num_items)):
         export_embeddings(model, tmp_path, mappings)
+    assert not list(tmp_path.iterdir()), "nothing is written"

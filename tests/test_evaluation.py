@@ -1,4 +1,3 @@
-import itertools
 import math
 
 import evaluate
@@ -6,12 +5,14 @@ import numpy as np
 import pytest
 import scipy.sparse
 import torch
+from tiny_checkpoints import tiny_data, tiny_item_prediction_model
 
+from hf_cllm4rec import Recommender
 from hf_cllm4rec.evaluation import (
     RankingMetrics,
+    evaluate_model,
     evaluate_recommender,
     items_to_mask,
-    length_grouped_batches,
     model_selection_score,
     ranking_metrics,
     rows_to_mask,
@@ -183,29 +184,6 @@ def test_progress_bar_counts_the_users_with_heldout_items(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_length_grouped_batches():
-    lengths = np.random.default_rng(0).integers(1, 60, size=500)
-    for max_batch_size, max_tokens in [(64, None), (1000, 1000), (16, 300), (1000, 30)]:
-        batches = length_grouped_batches(lengths, max_batch_size, max_tokens)
-        assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(len(lengths)))
-        assert np.all(np.diff(lengths[np.concatenate(batches)]) >= 0), "ascending lengths"
-        for batch in batches:
-            assert 1 <= len(batch) <= max_batch_size
-            padded = len(batch) * lengths[batch].max()
-            assert max_tokens is None or padded <= max_tokens or len(batch) == 1
-        # greedy: each batch stops only where the next prompt would break a limit
-        for batch, following in itertools.pairwise(batches):
-            grown = len(batch) + 1
-            assert grown > max_batch_size or (max_tokens is not None and grown * lengths[following[0]] > max_tokens)
-    assert [len(batch) for batch in length_grouped_batches([5, 1, 50, 2], 10, 20)] == [3, 1]
-    assert [list(batch) for batch in length_grouped_batches([5, 1, 2], 2)] == [[1, 2], [0]]
-    assert length_grouped_batches([], 4, 10) == []
-    with pytest.raises(ValueError, match="max_batch_size"):
-        length_grouped_batches([1], 0)
-    with pytest.raises(ValueError, match="max_tokens"):
-        length_grouped_batches([1], 1, 0)
-
-
 def test_items_to_mask():
     mask = items_to_mask([[0, 2], np.array([3]), torch.tensor([], dtype=torch.long)], num_items=4)
     expected = torch.tensor([[True, False, True, False], [False, False, False, True], [False, False, False, False]])
@@ -261,3 +239,91 @@ def test_evaluate_module_matches_ranking_metrics():
     default_cut_offs = ranking_metrics(scores, heldout, exclude)
     for name in default_cut_offs:
         assert streamed[name] == pytest.approx(default_cut_offs[name])
+
+
+# A CLLM4Rec model on a split of a prepared data set
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    data = tiny_data()
+    model, tokenizer = tiny_item_prediction_model(data)
+    return model, tokenizer, data
+
+
+def test_evaluate_model_scores_through_the_recommender(tiny_run):
+    """The metrics of `evaluate_model` are those of the Recommender's scores, over one or several history orders,
+    with the user token or without it (the cold-start prompt)."""
+    model, tokenizer, data = tiny_run
+    histories = data.histories("train")
+    train, test = data.to_sparse("train"), data.to_sparse("test")
+    for permutations, cold_start in ((1, False), (3, False), (2, True)):
+        recommender = Recommender(model, tokenizer, history_permutations=permutations)
+        expected = evaluate_recommender(
+            lambda users, recommender=recommender, cold_start=cold_start: recommender.score(
+                [None] * len(users) if cold_start else users.tolist(), [histories[user] for user in users]
+            ),
+            test,
+            exclude=train,
+        )
+        measured = evaluate_model(
+            model, tokenizer, data, "test", batch_size=5, history_permutations=permutations, cold_start=cold_start
+        )
+        assert {name: measured[name] for name in expected} == pytest.approx(expected)
+    with pytest.raises(ValueError, match="at most 64"):
+        evaluate_model(model, tokenizer, data, "test", history_permutations=100)
+
+
+def test_evaluate_model_batches_by_prompt_tokens(tiny_run, monkeypatch):
+    """A token limit changes how users are batched (short prompts in larger batches), not the metrics."""
+    model, tokenizer, data = tiny_run
+    score_items, batches = model.score_items, []
+
+    def recording_score_items(input_ids, attention_mask):
+        batches.append(tuple(input_ids.shape))
+        return score_items(input_ids, attention_mask)
+
+    monkeypatch.setattr(model, "score_items", recording_score_items)
+    by_users = evaluate_model(model, tokenizer, data, "validation", batch_size=4)
+    users_batches, batches[:] = list(batches), []
+    by_tokens = evaluate_model(model, tokenizer, data, "validation", batch_size=1000, max_tokens=150)
+    assert by_tokens == pytest.approx(by_users)
+    assert all(rows <= 4 for rows, _ in users_batches)
+    assert all(rows * width <= 150 or rows == 1 for rows, width in batches)
+    assert sum(rows for rows, _ in batches) == sum(rows for rows, _ in users_batches)
+    assert batches[0][0] > 4 and len(batches) < len(users_batches), "short prompts share larger batches"
+    assert [width for _, width in batches] == sorted(width for _, width in batches), "shortest prompts first"
+
+
+def test_evaluate_model_excludes_training_items(tiny_run, monkeypatch):
+    """A model that scores the training items highest, then the held-out ones, is perfect once training items go."""
+    model, tokenizer, data = tiny_run
+    train, validation = data.to_sparse("train").toarray(), data.to_sparse("validation").toarray()
+    noise = torch.rand(data.num_users, data.num_items, generator=torch.Generator().manual_seed(0))
+    scores = torch.as_tensor(10 * train + 5 * validation, dtype=torch.float32) + noise
+    histories = data.histories("train")
+
+    def score_batch(recommender, user_ids, user_histories):
+        for user, history in zip(user_ids, user_histories, strict=True):
+            assert np.array_equal(history, histories[user])
+        return scores[list(user_ids)]
+
+    monkeypatch.setattr(Recommender, "score_batch", score_batch)
+    metrics = evaluate_model(model, tokenizer, data, "validation", batch_size=6, recall_ks=(1, 20), ndcg_ks=(20,))
+    assert metrics["recall@1"] == metrics["recall@20"] == metrics["ndcg@20"] == 1.0
+    assert metrics["num_users"] == (validation.sum(1) > 0).sum()
+
+
+def test_evaluate_model_scores_users_without_history_without_a_forward_pass(tiny_run, monkeypatch):
+    """Users with no training item join a batch of prompted users: no batch of theirs alone, no extra forward pass."""
+    model, tokenizer, data = tiny_run
+    histories = data.histories("train")
+    validation_users = np.unique(data.tables["validation"]["user_id"])
+    for user in validation_users[:3]:
+        histories[user] = histories[user][:0]
+    monkeypatch.setattr(data, "histories", lambda split: histories)
+    score_items, calls = model.score_items, []
+    monkeypatch.setattr(model, "score_items", lambda *args: calls.append(len(args[0])) or score_items(*args))
+    metrics = evaluate_model(model, tokenizer, data, "validation", batch_size=1, lockstep=True)
+    assert calls == [1] * (len(validation_users) - 3), "one forward pass per prompted user, none for the others"
+    assert metrics["num_users"] == len(validation_users)

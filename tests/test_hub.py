@@ -13,8 +13,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from hf_cllm4rec import (
     CLLM4RecConfig,
     CLLM4RecForCollaborativeLM,
-    CLLM4RecModel,
+    CLLM4RecForItemPrediction,
     CLLM4RecTokenizer,
+    save_for_hub,
 )
 
 INPUT_IDS = torch.tensor([[100, 5, 6, 7, 104, 110, 108], [102, 5, 6, 7, 109, 0, 0]])
@@ -59,92 +60,73 @@ def run_python(code: str, cwd, **env_overrides) -> str:
 
 
 def reference_outputs(model, path):
-    """Saves the model's outputs on the fixed batch next to its checkpoint, for a subprocess to compare with."""
+    """Saves the model's logits on the fixed batch next to its checkpoint, for a subprocess to compare with."""
     with torch.no_grad():
-        output = model(INPUT_IDS, ATTENTION_MASK)
-    tensor = output.logits if isinstance(model, CLLM4RecForCollaborativeLM) else output.last_hidden_state
-    torch.save({"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK, "expected": tensor}, path)
-    return tensor
+        logits = model(INPUT_IDS, ATTENTION_MASK).logits
+    torch.save({"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK, "expected": logits}, path)
+    return logits
 
 
 def test_auto_classes_resolve_cllm4rec(tmp_path):
     config = tiny_cllm4rec_config()
     assert isinstance(AutoConfig.for_model("cllm4rec", num_users=5, num_items=7), CLLM4RecConfig)
-    assert type(AutoModel.from_config(config)) is CLLM4RecModel
-    assert type(AutoModelForCausalLM.from_config(config)) is CLLM4RecForCollaborativeLM
+    assert type(AutoModel.from_config(config)) is CLLM4RecForItemPrediction
+    # the collaborative LM's logits are over items, not words: it is no causal LM of the vocabulary
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):
+        AutoModelForCausalLM.from_config(config)
 
     model = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0)
     model.save_pretrained(tmp_path)
     assert not (tmp_path / "modeling_cllm4rec.py").exists()  # no remote code unless asked for
     assert type(AutoConfig.from_pretrained(tmp_path)) is CLLM4RecConfig
-    causal_lm = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(causal_lm) is CLLM4RecForCollaborativeLM
-    base = AutoModel.from_pretrained(tmp_path).eval()
-    assert type(base) is CLLM4RecModel
-    with torch.no_grad():
-        expected = model(INPUT_IDS, ATTENTION_MASK)
-        torch.testing.assert_close(causal_lm(INPUT_IDS, ATTENTION_MASK).logits, expected.logits)
-        torch.testing.assert_close(base(INPUT_IDS, ATTENTION_MASK).last_hidden_state, expected.last_hidden_state)
-
-
-@pytest.fixture
-def registered_for_auto_classes(monkeypatch):
-    """`register_for_auto_class` as a Hub user would call it, undone after the test (it sets class attributes)."""
-    for cls in (CLLM4RecConfig, CLLM4RecModel, CLLM4RecForCollaborativeLM):
-        monkeypatch.setattr(cls, "_auto_class", None)
-    CLLM4RecConfig.register_for_auto_class("AutoConfig")
-    CLLM4RecModel.register_for_auto_class("AutoModel")
-    CLLM4RecForCollaborativeLM.register_for_auto_class("AutoModelForCausalLM")
-
-
-def test_remote_code_checkpoint_loads_without_the_package(registered_for_auto_classes, tmp_path):
-    checkpoints = {"causal_lm": CLLM4RecForCollaborativeLM, "base": CLLM4RecModel}
-    for name, model_class in checkpoints.items():
-        model = tiny_model(model_class, "llama", id_std=1.0)
-        model.save_pretrained(tmp_path / name)
-        reference_outputs(model, tmp_path / f"{name}.pt")
-        files = {path.name for path in (tmp_path / name).iterdir()}
-        assert {"configuration_cllm4rec.py", "modeling_cllm4rec.py", "config.json", "model.safetensors"} <= files
-        auto_map = json.loads((tmp_path / name / "config.json").read_text())["auto_map"]
-        assert auto_map["AutoConfig"] == "configuration_cllm4rec.CLLM4RecConfig"
-    assert json.loads((tmp_path / "causal_lm" / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
-        "modeling_cllm4rec.CLLM4RecForCollaborativeLM"
+    # either head's checkpoint loads as the item predictor: the weights are laid out alike (`model.*`)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is CLLM4RecForItemPrediction
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    torch.testing.assert_close(
+        loaded.score_items(INPUT_IDS, ATTENTION_MASK), model.score_items(INPUT_IDS, ATTENTION_MASK)
     )
-    assert json.loads((tmp_path / "base" / "config.json").read_text())["auto_map"]["AutoModel"] == (
-        "modeling_cllm4rec.CLLM4RecModel"
-    )
+
+
+@pytest.mark.parametrize("model_class", [CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM])
+def test_auto_model_loads_the_same_class_and_scores_with_and_without_the_package(model_class, tmp_path):
+    """`save_for_hub` maps `AutoModel` to the item predictor whatever head it saves: the package and the checkpoint's
+    own code (`trust_remote_code=True`, where the package is not importable) load the same class and scores."""
+    model = tiny_model(model_class, "llama", id_std=1.0)
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    save_for_hub(model, tokenizer, tmp_path / "checkpoint")
+    files = {path.name for path in (tmp_path / "checkpoint").iterdir()}
+    assert {"configuration_cllm4rec.py", "modeling_cllm4rec.py", "tokenization_cllm4rec.py"} <= files
+    assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_cllm4rec.CLLM4RecConfig",
+        "AutoModel": "modeling_cllm4rec.CLLM4RecForItemPrediction",
+    }
+    assert "auto_map" not in model.config.to_dict(), "saving leaves the model's config as it was"
+    with_package = AutoModel.from_pretrained(tmp_path / "checkpoint").eval()
+    assert type(with_package) is CLLM4RecForItemPrediction
+    scores = with_package.score_items(INPUT_IDS, ATTENTION_MASK)
+    torch.testing.assert_close(scores, model.score_items(INPUT_IDS, ATTENTION_MASK))
+    torch.save({"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK, "expected": scores}, tmp_path / "scores.pt")
 
     output = run_python(
         HIDE_PACKAGE
         + """
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel
 
-config = AutoConfig.from_pretrained("causal_lm", trust_remote_code=True)
+config = AutoConfig.from_pretrained("checkpoint", trust_remote_code=True)
 assert type(config).__name__ == "CLLM4RecConfig" and config.num_items == 7, config
-for name, auto_class, field in (
-    ("causal_lm", AutoModelForCausalLM, "logits"),
-    ("base", AutoModel, "last_hidden_state"),
-):
-    model = auto_class.from_pretrained(name, trust_remote_code=True).eval()
-    assert not type(model).__module__.startswith("hf_cllm4rec"), type(model).__module__
-    reference = torch.load(f"{name}.pt")
-    with torch.no_grad():
-        actual = getattr(model(reference["input_ids"], reference["attention_mask"]), field)
-    torch.testing.assert_close(actual, reference["expected"], rtol=0, atol=1e-6)
-    print(name, type(model).__name__, type(model).__module__.split(".")[0])
+model = AutoModel.from_pretrained("checkpoint", trust_remote_code=True).eval()
+reference = torch.load("scores.pt")
+torch.testing.assert_close(
+    model.score_items(reference["input_ids"], reference["attention_mask"]), reference["expected"], rtol=0, atol=1e-6
+)
 assert not [module for module in sys.modules if module.startswith("hf_cllm4rec")]
+print(type(model).__name__, type(model).__module__.split(".")[0])
 """,
         tmp_path,
     )
-    assert output.split() == [
-        "causal_lm",
-        "CLLM4RecForCollaborativeLM",
-        "transformers_modules",
-        "base",
-        "CLLM4RecModel",
-        "transformers_modules",
-    ]
+    assert output.split() == ["CLLM4RecForItemPrediction", "transformers_modules"]
 
 
 def build_hub_cache(source_dir, cache_dir, repo_id: str, commit: str):
@@ -179,7 +161,7 @@ def test_fresh_interpreter_registers_on_import_and_resolves_a_repository_from_th
         f"""
         import huggingface_hub.constants as constants
         import torch
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModel
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
         # importing the package is what registers the auto classes
@@ -191,15 +173,14 @@ def test_fresh_interpreter_registers_on_import_and_resolves_a_repository_from_th
 
         assert constants.HF_HUB_OFFLINE and constants.HF_HUB_CACHE == {str(cache)!r}, constants.HF_HUB_CACHE
         reference = torch.load("reference.pt")
-        for model_class in (CLLM4RecForCollaborativeLM, AutoModelForCausalLM):
-            model = model_class.from_pretrained("org/cllm4rec-beauty").eval()
-            with torch.no_grad():
-                logits = model(reference["input_ids"], reference["attention_mask"]).logits
-            torch.testing.assert_close(logits, reference["expected"], rtol=0, atol=1e-6)
-            print(type(model).__name__)
-        assert not any(parameter.requires_grad for parameter in model.model.backbone.parameters())
-        predictor = CLLM4RecForItemPrediction.from_pretrained("org/cllm4rec-beauty")
-        print(type(predictor).__name__, predictor.config.num_items)
+        model = CLLM4RecForCollaborativeLM.from_pretrained("org/cllm4rec-beauty").eval()
+        with torch.no_grad():
+            logits = model(reference["input_ids"], reference["attention_mask"]).logits
+        torch.testing.assert_close(logits, reference["expected"], rtol=0, atol=1e-6)
+        print(type(model).__name__)
+        for model_class in (CLLM4RecForItemPrediction, AutoModel):
+            predictor = model_class.from_pretrained("org/cllm4rec-beauty")
+            print(type(predictor).__name__, predictor.config.num_items)
         tokenizer = CLLM4RecTokenizer.from_pretrained("org/cllm4rec-beauty")
         print(tokenizer.encode({text!r}))
         try:
@@ -211,7 +192,7 @@ def test_fresh_interpreter_registers_on_import_and_resolves_a_repository_from_th
         HF_HUB_CACHE=str(cache),
     )
     lines = output.splitlines()
-    assert lines[0] == "CLLM4RecConfig CLLM4RecModel"
-    assert lines[1:4] == ["CLLM4RecForCollaborativeLM", "CLLM4RecForCollaborativeLM", "CLLM4RecForItemPrediction 7"]
+    assert lines[0] == "CLLM4RecConfig CLLM4RecForItemPrediction"
+    assert lines[1:4] == ["CLLM4RecForCollaborativeLM", "CLLM4RecForItemPrediction 7", "CLLM4RecForItemPrediction 7"]
     assert lines[4] == str(tokenizer.encode(text))
     assert lines[5] == "True"

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +10,14 @@ from huggingface_hub import ModelCard
 from test_hub import HIDE_PACKAGE, run_python
 from tiny_checkpoints import save_tiny_checkpoint, tiny_data, tiny_item_prediction_model
 
-from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, IdMappings, hub
+from hf_cllm4rec import (
+    CLLM4RecConfig,
+    CLLM4RecForCollaborativeLM,
+    CLLM4RecForItemPrediction,
+    IdMappings,
+    Recommender,
+    hub,
+)
 from hf_cllm4rec.hub.modelcard import CITATION, model_card, write_model_card
 from hf_cllm4rec.training import CLLM4RecTrainingArguments
 from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, run_finetuning
@@ -93,25 +101,38 @@ def test_fine_tuning_writes_a_card_of_the_measured_metrics(tmp_path):
     assert mappings.users == data.user_raw_ids and mappings.histories[3] == data.histories("train")[3].tolist()
 
 
-def test_card_metadata_follows_the_config():
-    config = CLLM4RecConfig(num_users=3, num_items=4, backbone_training="lora", lora_rank=4)
+def test_card_metadata_follows_the_config_and_the_run():
+    config = CLLM4RecConfig(num_users=3, num_items=4)
     config.architectures = ["CLLM4RecForCollaborativeLM"]
     config.base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M"
-    card = model_card(config, model_id="someone/cllm4rec-pretrained", license="mit", dataset_id="someone/beauty")
+    run = {"backbone_training": "lora", "lora_rank": 4}
+    card = model_card(
+        config, model_id="someone/cllm4rec-pretrained", license="mit", dataset_id="someone/beauty", training_args=run
+    )
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M"
     assert (card.data.license, card.data.datasets, card.data.eval_results) == ("mit", ["someone/beauty"], None)
-    assert "**pretraining** stage" in card.text and "AutoModelForCausalLM.from_pretrained" in card.text
+    assert (
+        "**pretraining** stage" in card.text and 'AutoModel.from_pretrained("someone/cllm4rec-pretrained"' in card.text
+    )
+    assert 'prompt="collaborative"' in card.text and "Recommender(model, tokenizer" in card.text
+    assert "AutoModelForCausalLM" not in card.text
     assert "LoRA rank 4" in card.text and "No test metrics were measured" in card.text
     assert f"`{config.collaborative_prompt}` followed by the history" in card.text
     assert "history_permutations" not in card.text
     assert "id_embedding_init" not in card.text and "tie_item_head" not in card.text
     assert "dropout" not in card.text
-    config.history_permutations, config.id_embedding_init, config.tie_item_head = 24, "vocabulary", False
-    config.lora_dropout, config.id_embedding_dropout = 0.05, 0.1
-    text = model_card(config, model_id="m").text
+    config.id_embedding_init, config.tie_item_head, config.id_embedding_dropout = "vocabulary", False, 0.1
+    metrics = {"test_recall@20": 0.5}
+    text = model_card(
+        config, model_id="m", training_args=run | {"lora_dropout": 0.05, "history_permutations": 24}, metrics=metrics
+    ).text
     assert "LoRA rank 4, dropout 0.05 |" in text
     assert "| dropout on the ID tokens' input embeddings `id_embedding_dropout` | 0.1 |" in text
-    assert "| history orders averaged when scoring `history_permutations` | 24 |" in text
+    assert "over 24\nrandom orders of the history (`history_permutations=24`" in text
+    assert 'IdMappings.load("m"), history_permutations=24)' in text
+    # arguments of any kind, even without these settings: the card shows what they hold
+    text = model_card(config, model_id="m", training_args=SimpleNamespace(seed=3)).text
+    assert "LoRA rank" not in text and "| `seed` | 3 |" in text
     assert '(`id_embedding_init="vocabulary"`)' in text
     assert "| item head | a table of its own, not the collaborative item embeddings (`tie_item_head=False`) |" in text
 
@@ -149,19 +170,23 @@ def test_checkpoint_recommends_the_same_where_the_package_is_not_installed(saved
     tmp_path, model, tokenizer, data = saved_for_hub
     histories = data.histories("train")
     users, inputs = [0, 5, None], [histories[0].tolist(), histories[5].tolist(), [1, 2, 3]]
-    expected = model.recommend(users, inputs, k=5, tokenizer=tokenizer)
+    expected = Recommender(model, tokenizer).recommend(users, inputs, k=5)
+    # as the card's example without the package: the tokenizer's prompts, the histories excluded
     output = run_python(
         HIDE_PACKAGE
         + f"""
 import json
 
+import torch
 from transformers import AutoModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 model = AutoModel.from_pretrained("checkpoint", trust_remote_code=True).eval()
 CLLM4RecTokenizer = get_class_from_dynamic_module("tokenization_cllm4rec.CLLM4RecTokenizer", "checkpoint")
 tokenizer = CLLM4RecTokenizer.from_pretrained("checkpoint", trust_remote_code=True)
-top = model.recommend({users!r}, {inputs!r}, k=5, tokenizer=tokenizer)
+histories = {inputs!r}
+exclude = torch.nn.utils.rnn.pad_sequence([torch.tensor(h) for h in histories], True, padding_value=-1)
+top = model.recommend(**tokenizer({users!r}, histories), k=5, exclude_item_ids=exclude)
 assert not [module for module in sys.modules if module.startswith("hf_cllm4rec")]
 print(type(model).__name__, type(model).__module__.split(".")[0])
 print(json.dumps({{"item_ids": top.item_ids.tolist(), "scores": top.scores.tolist()}}))

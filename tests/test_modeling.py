@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from tiny_models import (
     tiny_text_config,
     tiny_word_tokenizer,
 )
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM
 
@@ -21,7 +24,8 @@ from hf_cllm4rec import (
     modeling_cllm4rec,
 )
 from hf_cllm4rec.data import make_synthetic_data
-from hf_cllm4rec.training.recipes import ModelArguments, build_pretraining_model
+from hf_cllm4rec.training import apply_backbone_training
+from hf_cllm4rec.training.recipes import PretrainingModelArguments, build_pretraining_model
 
 MODEL_CLASSES = (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction)
 NUM_USERS, NUM_ITEMS = 5, 7
@@ -96,10 +100,10 @@ def model_outputs(model) -> dict[str, torch.Tensor]:
         }
 
 
-def assert_same_outputs(first: dict, second: dict):
+def assert_same_outputs(first: dict, second: dict, atol: float = 1e-6):
     assert first.keys() == second.keys()
     for name in first:
-        torch.testing.assert_close(first[name], second[name], rtol=0, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def input_output_embeddings(model):
@@ -232,26 +236,26 @@ def test_loading_into_another_catalogue_or_backbone_fails(model_class, overrides
         model_class.from_pretrained(tmp_path, **overrides)
 
 
-@pytest.mark.parametrize(
-    "saved, requested", [("frozen", "lora"), ("full", "lora"), ("lora", "frozen"), ("lora", "full")]
-)
-def test_loading_with_or_without_lora_against_the_checkpoint_fails(saved, requested, tmp_path):
-    tiny_model(CLLM4RecForCollaborativeLM, "llama", backbone_training=saved).save_pretrained(tmp_path)
-    with pytest.raises(
-        ValueError, match=rf"backbone_training='{saved}'.*backbone_training='{requested}'.*enable_lora"
-    ):
-        CLLM4RecForItemPrediction.from_pretrained(tmp_path, backbone_training=requested)
-    config = tiny_cllm4rec_config("llama", backbone_training=requested)
-    with pytest.raises(ValueError, match="LoRA"):
-        CLLM4RecForItemPrediction.from_pretrained(tmp_path, config=config)
+@pytest.mark.parametrize("setting", [{"backbone_training": "full"}, {"mask_ratio": 0.3}, {"lora_rank": 4}])
+def test_settings_of_training_are_refused_when_loading(setting, tmp_path):
+    tiny_model(CLLM4RecForCollaborativeLM).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"{next(iter(setting))} no longer belong to the model's config"):
+        CLLM4RecForItemPrediction.from_pretrained(tmp_path, **setting)
+    with pytest.raises(ValueError, match="training arguments"):
+        CLLM4RecForCollaborativeLM.from_backbone(tmp_path, num_users=NUM_USERS, num_items=NUM_ITEMS, **setting)
 
 
-def test_a_frozen_checkpoint_loads_for_full_training(tmp_path):
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_loading_freezes_nothing(model_class, tmp_path):
+    """What trains is set by training code (`apply_backbone_training`), never by loading."""
     model = tiny_model(CLLM4RecForCollaborativeLM, "gpt2", id_std=1.0)
+    apply_backbone_training(model, "frozen")
     model.save_pretrained(tmp_path)
-    loaded = CLLM4RecForCollaborativeLM.from_pretrained(tmp_path, backbone_training="full")
-    assert loaded.config.backbone_training == "full"
-    assert_same_outputs(model_outputs(model), model_outputs(loaded.eval()))
+    loaded = model_class.from_pretrained(tmp_path)
+    assert all(parameter.requires_grad for parameter in loaded.parameters())
+    if model_class is CLLM4RecForCollaborativeLM:
+        assert_same_outputs(model_outputs(model), model_outputs(loaded.eval()))
+    apply_backbone_training(loaded, "full")
     assert_trains_exactly_the_trainable_parameters(loaded, "full")
 
 
@@ -272,9 +276,9 @@ def test_from_backbone_keeps_the_backbone_outputs_on_plain_text(backbone, backbo
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(tiny_text_config(backbone)).save_pretrained(tmp_path)
     reference = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    model = CLLM4RecForCollaborativeLM.from_backbone(
-        tmp_path, num_users=NUM_USERS, num_items=NUM_ITEMS, backbone_training=backbone_training, lambda_v=0.5
-    ).eval()
+    model = CLLM4RecForCollaborativeLM.from_backbone(tmp_path, num_users=NUM_USERS, num_items=NUM_ITEMS, lambda_v=0.5)
+    apply_backbone_training(model, backbone_training)  # LoRA's B matrices start at zero: the backbone's outputs
+    model.eval()
     assert (model.config.num_users, model.config.num_items, model.config.lambda_v) == (NUM_USERS, NUM_ITEMS, 0.5)
     assert model.config.text_config.model_type == backbone
     text = torch.tensor([[5, 17, 42, 8, 93, 61]])
@@ -294,7 +298,7 @@ def test_backbone_overrides_reach_a_pretrained_backbone_and_unknown_fields_are_r
     tiny_word_tokenizer().save_pretrained(tmp_path)
     data = make_synthetic_data(num_users=6, num_items=9)
     model, _ = build_pretraining_model(
-        ModelArguments(backbone=str(tmp_path), backbone_overrides='{"attention_dropout": 0.25}'), data
+        PretrainingModelArguments(backbone=str(tmp_path), backbone_overrides='{"attention_dropout": 0.25}'), data
     )
     assert model.config.text_config.attention_dropout == 0.25
     assert all(layer.self_attn.attention_dropout == 0.25 for layer in model.model.backbone.model.layers)
@@ -302,7 +306,7 @@ def test_backbone_overrides_reach_a_pretrained_backbone_and_unknown_fields_are_r
         assert torch.equal(model.model.backbone.state_dict()[name], weight), name
     with pytest.raises(ValueError, match="LlamaConfig has no field 'attention_dropot'"):
         build_pretraining_model(
-            ModelArguments(backbone=str(tmp_path), backbone_overrides='{"attention_dropot": 1}'), data
+            PretrainingModelArguments(backbone=str(tmp_path), backbone_overrides='{"attention_dropot": 1}'), data
         )
 
 
@@ -411,7 +415,8 @@ def assert_trains_exactly_the_trainable_parameters(model, backbone_training):
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_training_changes_exactly_the_trainable_parameters(backbone, model_class, backbone_training):
-    model = tiny_model(model_class, backbone, backbone_training=backbone_training)
+    model = tiny_model(model_class, backbone)
+    apply_backbone_training(model, backbone_training)
     if backbone_training == "lora":
         lora_names = [name for name, _ in model.named_parameters() if "lora_" in name]
         assert lora_names and any("lora_B" in name for name in lora_names)
@@ -430,6 +435,7 @@ def test_untied_item_head_scores_items_trains_and_reloads(backbone, model_class,
     with torch.no_grad():
         hidden = model.model.last_token_hidden_states(input_ids, attention_mask)
         torch.testing.assert_close(model.model.last_token_item_logits(input_ids, attention_mask), hidden @ head.T)
+    apply_backbone_training(model, "frozen")
     assert_trains_exactly_the_trainable_parameters(model, "frozen")
 
     model.save_pretrained(tmp_path)
@@ -442,53 +448,61 @@ def test_untied_item_head_scores_items_trains_and_reloads(backbone, model_class,
         CLLM4RecForItemPrediction.from_pretrained(tmp_path, tie_item_head=True)
 
 
-@pytest.mark.parametrize("backbone_training", ["frozen", "full", "lora"])
-@pytest.mark.parametrize("model_class", MODEL_CLASSES)
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_loaded_model_trains_what_its_config_says(backbone, model_class, backbone_training, tmp_path):
-    tiny_model(CLLM4RecForCollaborativeLM, backbone, backbone_training=backbone_training).save_pretrained(tmp_path)
-    loaded = model_class.from_pretrained(tmp_path)
-    assert loaded.config.backbone_training == backbone_training
-    assert_trains_exactly_the_trainable_parameters(loaded, backbone_training)
+def lora_model(backbone: str, frozen):
+    """`frozen` with LoRA adapters (rank 4, alpha 8) on its backbone, as training adds them; and their peft tuner."""
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone)
+    model.load_state_dict(frozen.state_dict())
+    return model, apply_backbone_training(model, "lora", lora_rank=4, lora_alpha=8)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_lora_starts_from_the_backbone_and_reloads_after_training(backbone, tmp_path):
+def test_lora_starts_from_the_backbone_and_merges_into_plain_weights(backbone, tmp_path):
     frozen = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0)
-    lora = tiny_model(CLLM4RecForCollaborativeLM, backbone, backbone_training="lora")
+    lora, adapters = lora_model(backbone, frozen)
     # LoRA's B matrices start at zero: with the frozen model's weights, the adapted model computes what it does
     assert all(not parameter.any() for name, parameter in lora.named_parameters() if "lora_B" in name)
-    frozen_weights = frozen.state_dict()
-    with torch.no_grad():
-        for name, parameter in lora.state_dict().items():
-            if "lora_" not in name:
-                parameter.copy_(frozen_weights[name.replace(".base_layer", "")])
     assert_same_outputs(model_outputs(frozen), model_outputs(lora))
+    with pytest.raises(ValueError, match="already holds LoRA adapters"):
+        apply_backbone_training(lora, "full")
 
     train(lora)
     trained = model_outputs(lora)
     assert not torch.allclose(trained["collaborative_logits"], model_outputs(frozen)["collaborative_logits"])
+    adapters.merge_and_unload()
+    assert not any("lora_" in name or "base_layer" in name for name in lora.state_dict())
+    merged = model_outputs(lora)
+    assert_same_outputs(trained, merged, atol=5e-5)  # the merged weights add up in another order
+    lora.save_pretrained(tmp_path)
+    assert_same_outputs(merged, model_outputs(CLLM4RecForCollaborativeLM.from_pretrained(tmp_path).eval()))
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_saved_lora_adapters_are_folded_into_the_weights_on_loading(backbone, tmp_path):
+    """A checkpoint of a run with LoRA, or of an earlier version, holds its adapters apart: it loads plain."""
+    lora, _ = lora_model(backbone, tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0))
+    train(lora)
+    trained = model_outputs(lora)
     lora.save_pretrained(tmp_path)
     with safe_open(tmp_path / "model.safetensors", "pt") as stored:
         assert any("lora_B" in name for name in stored.keys())
-    loaded = CLLM4RecForCollaborativeLM.from_pretrained(tmp_path).eval()
-    assert_same_outputs(trained, model_outputs(loaded))
-
-
-def test_enable_lora_on_a_loaded_model(tmp_path):
-    model = tiny_model(CLLM4RecForItemPrediction, "llama", id_std=1.0)
-    expected = model_outputs(model)
-    model.model.enable_lora(rank=4)
-    assert model.config.backbone_training == "lora" and model.config.lora_rank == 4
-    assert_same_outputs(expected, model_outputs(model))
-    assert_trains_exactly_the_trainable_parameters(model, "lora")
-    with pytest.raises(ValueError, match="already"):
-        model.model.enable_lora()
+    # without the adapters' settings, the adapted weights are missing: loading reports them
+    _, info = CLLM4RecForCollaborativeLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"]
+    # a training run writes them beside the checkpoint; an earlier version kept them in config.json
+    (tmp_path / modeling_cllm4rec.LORA_ADAPTERS_NAME).write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    loaded, info = CLLM4RecForCollaborativeLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert_same_outputs(trained, model_outputs(loaded.eval()), atol=5e-5)  # merged: added up in another order
+    (tmp_path / modeling_cllm4rec.LORA_ADAPTERS_NAME).unlink()
+    config = json.loads((tmp_path / "config.json").read_text())
+    retired = {"backbone_training": "lora", "lora_rank": 4, "lora_alpha": 8, "mask_ratio": 0.2}
+    (tmp_path / "config.json").write_text(json.dumps({**config, **retired}))
+    assert_same_outputs(trained, model_outputs(CLLM4RecForCollaborativeLM.from_pretrained(tmp_path).eval()), 5e-5)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_tied_heads_share_storage_after_training_and_loading(backbone, tmp_path):
-    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, backbone_training="full")
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone)
     before = input_output_embeddings(model)[0].detach().clone()
     train(model)
     word_embeddings, lm_head = input_output_embeddings(model)
@@ -510,7 +524,7 @@ def test_tied_heads_share_storage_after_training_and_loading(backbone, tmp_path)
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_gradient_checkpointing_gives_the_same_gradients(backbone):
-    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, backbone_training="full", id_std=1.0).train()
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0).train()
 
     def gradients():
         model.zero_grad()
@@ -815,9 +829,20 @@ def random_histories(generator, count, max_length, num_items=NUM_ITEMS):
     return [torch.randperm(num_items, generator=generator)[:length].tolist() for length in lengths]
 
 
+def prompts(model, tokenizer, user_ids, histories, **kwargs):
+    """The prompts a head reads its scores from: the collaborative LM's documents, else recommendation prompts."""
+    prompt = "collaborative" if isinstance(model, CLLM4RecForCollaborativeLM) else "recommendation"
+    return tokenizer(user_ids, histories, prompt=prompt, **kwargs)
+
+
+def padded_item_ids(histories):
+    """Histories as `exclude_item_ids`: `(batch, longest)`, padded with -1."""
+    return pad_sequence([torch.tensor(history) for history in histories], batch_first=True, padding_value=-1)
+
+
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_recommend_never_returns_history_items(backbone, model_class):
+def test_recommend_never_returns_excluded_items(backbone, model_class):
     num_items = 40
     model = tiny_model(model_class, backbone, id_std=1.0, num_users=30, num_items=num_items)
     tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
@@ -825,7 +850,8 @@ def test_recommend_never_returns_history_items(backbone, model_class):
     user_ids = torch.randperm(30, generator=generator).tolist()
     histories = random_histories(generator, len(user_ids), max_length=15, num_items=num_items)
     k = num_items - 15  # every user still has at least k candidates
-    output = model.recommend(user_ids, histories, k=k, tokenizer=tokenizer)
+    encoding = prompts(model, tokenizer, user_ids, histories)
+    output = model.recommend(**encoding, k=k, exclude_item_ids=padded_item_ids(histories))
     assert output.item_ids.shape == output.scores.shape == (len(user_ids), k)
     assert torch.isfinite(output.scores).all()
     assert (output.scores[:, :-1] >= output.scores[:, 1:]).all()
@@ -833,12 +859,14 @@ def test_recommend_never_returns_history_items(backbone, model_class):
         assert not set(output.item_ids[row].tolist()) & set(history)
         assert len(set(output.item_ids[row].tolist())) == k
     # the scores are the model's own, best first
-    scores = model.score_items(user_ids, histories, tokenizer=tokenizer)
+    scores = model.score_items(**encoding)
     torch.testing.assert_close(output.scores, scores.gather(1, output.item_ids))
     # a history truncated in the prompt is still excluded in full
-    truncated = model.recommend(user_ids, histories, k=k, tokenizer=tokenizer, max_length=12)
+    truncated = prompts(model, tokenizer, user_ids, histories, max_length=12)
+    assert truncated["input_ids"].shape[1] == 12
+    output = model.recommend(**truncated, k=k, exclude_item_ids=padded_item_ids(histories))
     for row, history in enumerate(histories):
-        assert not set(truncated.item_ids[row].tolist()) & set(history)
+        assert not set(output.item_ids[row].tolist()) & set(history)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -849,31 +877,39 @@ def test_bfloat16_weights_serve_like_float32(backbone, tmp_path):
     served = CLLM4RecForItemPrediction.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert {parameter.dtype for parameter in served.parameters()} == {torch.bfloat16}
     tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
-    users, histories = [0, 1, 2], [[0, 1], [3], [2, 4, 5]]
-    scores = served.score_items(users, histories, tokenizer=tokenizer)
+    histories = [[0, 1], [3], [2, 4, 5]]
+    encoding = tokenizer([0, 1, 2], histories)
+    scores = served.score_items(**encoding)
     assert scores.dtype == torch.float32
-    torch.testing.assert_close(scores, model.score_items(users, histories, tokenizer=tokenizer), atol=0.2, rtol=0.02)
-    expected = model.recommend(users, histories, k=3, tokenizer=tokenizer).item_ids
-    assert torch.equal(served.recommend(users, histories, k=3, tokenizer=tokenizer).item_ids, expected)
+    torch.testing.assert_close(scores, model.score_items(**encoding), atol=0.2, rtol=0.02)
+    exclude = padded_item_ids(histories)
+    expected = model.recommend(**encoding, k=3, exclude_item_ids=exclude).item_ids
+    assert torch.equal(served.recommend(**encoding, k=3, exclude_item_ids=exclude).item_ids, expected)
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
-def test_recommend_with_k_beyond_the_unseen_items_fails(model_class):
+def test_recommend_with_k_beyond_the_items_left_fails(model_class):
     model = tiny_model(model_class, id_std=1.0)
     tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
-    histories = [[0, 1, 2], [3]]
-    # the first user has only 4 unseen items: k=5 could only be filled with items from the history
-    with pytest.raises(ValueError, match=r"k=5.*4"):
-        model.recommend([0, 1], histories, k=5, tokenizer=tokenizer)
-    assert model.recommend([0, 1], histories, k=4, tokenizer=tokenizer).item_ids.shape == (2, 4)
-    # an item repeated in a history is one seen item
-    assert model.recommend([0], [[0, 0, 1, 1, 2, 2]], k=4, tokenizer=tokenizer).item_ids.shape == (1, 4)
+    encoding = prompts(model, tokenizer, [0, 1], [[0, 1, 2], [3]])
+    exclude = torch.tensor([[0, 1, 2], [3, -1, -1]])
+    # the first user has only 4 items left: k=5 could only be filled with excluded items
+    with pytest.raises(ValueError, match=r"k=5.*only 4 items"):
+        model.recommend(**encoding, k=5, exclude_item_ids=exclude)
+    assert model.recommend(**encoding, k=4, exclude_item_ids=exclude).item_ids.shape == (2, 4)
+    # an item excluded twice is one excluded item
+    repeated = torch.tensor([[0, 0, 1, 1, 2, 2], [3, 3, 3, -1, -1, -1]])
+    assert model.recommend(**encoding, k=4, exclude_item_ids=repeated).item_ids.shape == (2, 4)
+    # without exclusions every item may be recommended
+    everything = model.recommend(**encoding, k=NUM_ITEMS).item_ids
+    assert all(sorted(row) == list(range(NUM_ITEMS)) for row in everything.tolist())
 
 
 def test_recommend_for_a_cold_start_user():
     model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0)
     tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
-    output = model.recommend([None, 2], [[1, 4], [1, 4]], k=3, tokenizer=tokenizer)
+    histories = [[1, 4], [1, 4]]
+    output = model.recommend(**tokenizer([None, 2], histories), k=3, exclude_item_ids=padded_item_ids(histories))
     assert output.item_ids.shape == (2, 3)
     for row in range(2):
         assert not set(output.item_ids[row].tolist()) & {1, 4}
@@ -887,23 +923,63 @@ def test_recommend_for_a_cold_start_user():
     assert output.item_ids[0].tolist() == cold_logits.topk(3).indices.tolist()
     # the cold-start prompt has no user token: a known user's prompt scores differently
     assert not torch.allclose(output.scores[0], output.scores[1])
-    with pytest.raises(ValueError, match="user id"):
-        tiny_model(CLLM4RecForCollaborativeLM).recommend([None], [[1]], k=2, tokenizer=tokenizer)
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
 def test_recommend_rejects_bad_arguments(model_class):
     model = tiny_model(model_class)
     tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
-    for k in (0, -1, NUM_ITEMS + 1):
+    encoding = prompts(model, tokenizer, [0], [[1]])
+    for k in (0, -1, NUM_ITEMS + 1, 2.0, True):
         with pytest.raises(ValueError, match=rf"k must lie in \[1, {NUM_ITEMS}\]"):
-            model.recommend([0], [[1]], k=k, tokenizer=tokenizer)
-    with pytest.raises(ValueError, match="2 user ids but 1 histories"):
-        model.recommend([0, 1], [[1]], k=2, tokenizer=tokenizer)
-    with pytest.raises(ValueError, match="item id 7"):
-        model.recommend([0], [[1, 7]], k=2, tokenizer=tokenizer)
-    with pytest.raises(ValueError, match="user id 5"):
-        model.recommend([5], [[1]], k=2, tokenizer=tokenizer)
+            model.recommend(**encoding, k=k)
+    for exclude in (torch.tensor([1]), torch.tensor([[1], [2]])):
+        with pytest.raises(ValueError, match=r"`exclude_item_ids` must be \(batch, n\)"):
+            model.recommend(**encoding, k=2, exclude_item_ids=exclude)
+    for bad_item in (NUM_ITEMS, -2):
+        with pytest.raises(ValueError, match=rf"item ids in \[0, {NUM_ITEMS}\), padded with -1"):
+            model.recommend(**encoding, k=2, exclude_item_ids=torch.tensor([[1, bad_item]]))
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_recommend_refuses_nan_scores(model_class):
+    model = tiny_model(model_class, id_std=1.0)
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    encoding = prompts(model, tokenizer, [0], [[1]])
+    with torch.no_grad():
+        model.model.item_collaborative_embeddings.weight[3] = float("nan")  # the head's row of item 3
+    assert model.score_items(**encoding)[0].isnan().tolist() == [item == 3 for item in range(NUM_ITEMS)]
+    with pytest.raises(ValueError, match="The model's weights hold NaN"):
+        model.recommend(**encoding, k=2)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_scores_of_a_padded_batch_equal_the_prompts_one_by_one(model_class):
+    model = tiny_model(model_class, id_std=1.0, num_users=30, num_items=40)
+    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+    histories = random_histories(torch.Generator().manual_seed(1), 12, max_length=15, num_items=40)
+    cold = model_class is CLLM4RecForItemPrediction  # only the item predictor serves users without a user token
+    user_ids = [None if cold and row % 3 == 0 else row for row in range(12)]
+    batched = model.score_items(**prompts(model, tokenizer, user_ids, histories, max_length=20))
+    one_by_one = torch.cat(
+        [
+            model.score_items(**prompts(model, tokenizer, [user], [history], max_length=20))
+            for user, history in zip(user_ids, histories, strict=True)
+        ]
+    )
+    torch.testing.assert_close(batched, one_by_one)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_the_backbones_attention_implementation_decides_and_scores_alike(backbone):
+    tokenizer = None
+    scores = {}
+    for implementation in ("eager", "sdpa"):
+        model = tiny_model(CLLM4RecForItemPrediction, backbone, id_std=1.0, attn_implementation=implementation)
+        assert model.model.backbone.config._attn_implementation == implementation
+        tokenizer = tokenizer or CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
+        scores[implementation] = model.score_items(**tokenizer([0, None, 3], [[1, 2], [4], [5, 6, 0, 1]]))
+    torch.testing.assert_close(scores["eager"], scores["sdpa"], rtol=1e-5, atol=1e-5)
 
 
 # Bad inputs
@@ -972,99 +1048,9 @@ def test_attention_mask_of_another_shape_raises(model_class):
         model(COLLABORATIVE_IDS, COLLABORATIVE_MASK[:, :-1])
 
 
-def test_collaborative_lm_prompts_are_collaborative_documents_cut_before_the_next_item():
-    model = tiny_model(CLLM4RecForCollaborativeLM, num_users=30, num_items=40)
-    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
-    histories = random_histories(torch.Generator().manual_seed(2), 12, max_length=15, num_items=40)
-    input_ids, attention_mask = model.prompt_batch(tokenizer, list(range(12)), histories, max_length=12)
-    for user, history in enumerate(histories):
-        prompt = tokenizer.render("collaborative_prompt", user=user)
-        kept = list(history)[-(12 - len(prompt)) :]
-        expected = prompt + tokenizer.item_token_ids(kept).tolist()
-        length = int(attention_mask[user].sum())
-        assert input_ids[user, :length].tolist() == expected == model.prompt_ids(tokenizer, user, history, 12)
-        assert not attention_mask[user, length:].any()
-    with pytest.raises(ValueError, match="needs a user id"):
-        model.prompt_batch(tokenizer, [0, None], histories[:2], max_length=None)
-    with pytest.raises(ValueError, match="already holds the history"):
-        tokenizer.render_batch("recommendation_prompt", users=[0], histories=[[1]], followed_by_history=True)
-
-
-def test_batched_prompts_of_warm_and_cold_users_equal_the_prompts_one_by_one():
-    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=40)
-    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
-    generator = torch.Generator().manual_seed(1)
-    histories = random_histories(generator, 12, max_length=15, num_items=40)
-    user_ids = [None if row % 3 == 0 else row for row in range(12)]
-    input_ids, attention_mask = model.prompt_batch(tokenizer, user_ids, histories, max_length=20)
-    for row, (user, history) in enumerate(zip(user_ids, histories, strict=True)):
-        length = int(attention_mask[row].sum())
-        expected = (
-            tokenizer.render("cold_start_prompt", history=history, max_length=20)
-            if user is None
-            else tokenizer.render("recommendation_prompt", user=user, history=history, max_length=20)
-        )
-        assert input_ids[row, :length].tolist() == expected == model.prompt_ids(tokenizer, user, history, 20)
-        assert not attention_mask[row, length:].any()
-    model.eval()
-    one_by_one = torch.cat(
-        [
-            model.score_items([user], [history], tokenizer=tokenizer)
-            for user, history in zip(user_ids, histories, strict=True)
-        ]
-    )
-    torch.testing.assert_close(model.score_items(user_ids, histories, tokenizer=tokenizer), one_by_one)
-
-
-# Scoring over several history orders
-
-
-def test_history_permutations_average_the_probabilities_of_the_orders():
-    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=40).eval()
-    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
-    # a one-item history has one order: the average is that order's probabilities
-    single = model.score_items([3], [[7]], tokenizer=tokenizer, history_permutations=5)
-    torch.testing.assert_close(single, model.score_items([3], [[7]], tokenizer=tokenizer).log_softmax(-1))
-    # a two-item history has two orders: the average is a mixture of both with a weight k / 16
-    mixed = model.score_items([3], [[7, 9]], tokenizer=tokenizer, history_permutations=16).exp()
-    forward, backward = (
-        model.score_items([3], [order], tokenizer=tokenizer).softmax(-1) for order in ([7, 9], [9, 7])
-    )
-    assert not torch.allclose(forward, backward)
-    mixtures = [(k * forward + (16 - k) * backward) / 16 for k in range(17)]
-    errors = [float((mixture - mixed).abs().max()) for mixture in mixtures]
-    assert min(errors) < 1e-6
-    assert 0 < errors.index(min(errors)) < 16  # both orders were drawn
-    torch.testing.assert_close(mixed.sum(-1), torch.ones(1))
-
-
-def test_history_permutations_come_from_the_config_and_do_not_depend_on_the_batch():
-    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=40).eval()
-    tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
-    generator = torch.Generator().manual_seed(2)
-    histories = random_histories(generator, 6, max_length=10, num_items=40)
-    user_ids = [0, 5, None, 8, 9, None]
-    model.config.history_permutations = 4
-    batched = model.score_items(user_ids, histories, tokenizer=tokenizer)
-    torch.testing.assert_close(batched, model.score_items(user_ids, histories, tokenizer=tokenizer))
-    one_by_one = torch.cat(
-        [
-            model.score_items([user], [history], tokenizer=tokenizer)
-            for user, history in zip(user_ids, histories, strict=True)
-        ]
-    )
-    torch.testing.assert_close(batched, one_by_one)
-    in_given_order = model.score_items(user_ids, histories, tokenizer=tokenizer, history_permutations=1)
-    assert not torch.allclose(batched, in_given_order)
-    output = model.recommend(user_ids, histories, k=5, tokenizer=tokenizer)
-    torch.testing.assert_close(output.scores, batched.gather(1, output.item_ids))
-    with pytest.raises(ValueError, match="history_permutations"):
-        model.score_items(user_ids, histories, tokenizer=tokenizer, history_permutations=0)
-
-
 @pytest.mark.parametrize("document_type", ["collaborative", "content"])
 def test_losses_scored_in_chunks_equal_the_whole_batch(document_type, monkeypatch):
-    model = tiny_model(CLLM4RecForCollaborativeLM, "gpt2", id_std=1.0, backbone_training="full")
+    model = tiny_model(CLLM4RecForCollaborativeLM, "gpt2", id_std=1.0)
     input_ids, attention_mask, labels = {
         "collaborative": (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS),
         "content": (CONTENT_IDS, CONTENT_MASK, CONTENT_LABELS),
@@ -1090,15 +1076,3 @@ def test_losses_scored_in_chunks_equal_the_whole_batch(document_type, monkeypatc
     assert chunked_gradients.keys() == whole_gradients.keys()
     for name, gradient in whole_gradients.items():
         torch.testing.assert_close(chunked_gradients[name], gradient, msg=lambda m, n=name: f"{n}: {m}")
-
-
-def test_backbone_attention_leaves_out_cudnn():
-    model = tiny_model(CLLM4RecForCollaborativeLM, "llama")
-    seen = []
-    model.model.backbone.base_model.register_forward_hook(
-        lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled())
-    )
-    assert torch.backends.cuda.cudnn_sdp_enabled()
-    model(COLLABORATIVE_IDS, COLLABORATIVE_MASK)
-    assert seen == [False]
-    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the forward pass

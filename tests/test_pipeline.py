@@ -5,7 +5,7 @@ import torch
 from tiny_checkpoints import save_tiny_checkpoint
 from transformers import pipeline
 
-from hf_cllm4rec import CLLM4RecTokenizer, IdMappings, ItemRecommendationPipeline
+from hf_cllm4rec import CLLM4RecTokenizer, IdMappings, ItemRecommendationPipeline, Recommender
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,8 @@ def recommender(checkpoint):
     return pipeline("item-recommendation", model=str(checkpoint[0]), device="cpu")
 
 
-def expected_items(model, tokenizer, data, user, history, k):
-    output = model.recommend([user], [history], k=k, tokenizer=tokenizer)
+def expected_items(model, tokenizer, data, user, history, k, **settings):
+    output = Recommender(model, tokenizer, **settings).recommend([user], [history], k=k)
     return [data.item_raw_ids[item] for item in output.item_ids[0].tolist()], output.scores[0]
 
 
@@ -75,13 +75,13 @@ def test_batch_size_scores_several_inputs_per_forward_pass(recommender, checkpoi
     inputs = [*data.user_raw_ids[:6], {"history": [data.item_raw_ids[0], data.item_raw_ids[9]]}]
     one_by_one = recommender(inputs, top_k=3)
     batch_sizes = []
-    recommend = recommender.model.recommend
+    score_items = recommender.model.score_items
 
-    def counting_recommend(user_ids, histories, *args, **kwargs):
-        batch_sizes.append(len(user_ids))
-        return recommend(user_ids, histories, *args, **kwargs)
+    def counting_score_items(input_ids, attention_mask):
+        batch_sizes.append(len(input_ids))
+        return score_items(input_ids, attention_mask)
 
-    monkeypatch.setattr(recommender.model, "recommend", counting_recommend)
+    monkeypatch.setattr(recommender.model, "score_items", counting_score_items)
     batched = recommender(inputs, top_k=3, batch_size=4)
     assert batch_sizes == [4, 3]
     assert [[entry["item_id"] for entry in ranking] for ranking in batched] == [
@@ -108,7 +108,30 @@ def test_bad_inputs(recommender, checkpoint):
         recommender({"history": ["nope"]})
     with pytest.raises(ValueError, match="'user' and/or 'history'"):
         recommender({"items": [data.item_raw_ids[0]]})
+    with pytest.raises(ValueError, match="needs a 'user' or a 'history'"):
+        recommender({"history": None})
+    with pytest.raises(ValueError, match="a raw user id or a dict"):
+        recommender(None)
+    for no_inputs in ([], ()):
+        with pytest.raises(ValueError, match="empty list of inputs"):
+            recommender(no_inputs)
     with pytest.raises(ValueError, match="k="):
         recommender(data.user_raw_ids[0], top_k=data.num_items)
+    with pytest.raises(ValueError, match="at most 64"):
+        recommender(data.user_raw_ids[0], history_permutations=65)
+    with pytest.raises(ValueError, match="exceeds the backbone's context"):
+        recommender(data.user_raw_ids[0], max_length=100_000)
     with pytest.raises(TypeError, match="Unknown arguments"):
         recommender(data.user_raw_ids[0], k=3)
+
+
+def test_history_orders_and_prompt_length_are_call_settings(recommender, checkpoint):
+    _, model, tokenizer, data = checkpoint
+    history = data.histories("train")[6]
+    ranked = recommender(data.user_raw_ids[6], top_k=5, history_permutations=3, max_length=14)
+    items, scores = expected_items(model, tokenizer, data, 6, history, k=5, history_permutations=3, max_length=14)
+    assert [entry["item_id"] for entry in ranked] == items
+    torch.testing.assert_close(torch.tensor([entry["score"] for entry in ranked]), scores)
+    assert [entry["item_id"] for entry in recommender(data.user_raw_ids[6], top_k=5)] == expected_items(
+        model, tokenizer, data, 6, history, k=5
+    )[0], "the call's settings do not stay"

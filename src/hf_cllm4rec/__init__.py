@@ -1,6 +1,6 @@
 """CLLM4Rec: collaborative large language models for recommendation, the transformers way."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel
 
 from .configuration_cllm4rec import CLLM4RecConfig
 from .hub import push_to_hub, save_for_hub
@@ -13,14 +13,16 @@ from .modeling_cllm4rec import (
     CLLM4RecPreTrainedModel,
     RecommendationOutput,
 )
-from .serving import IdMappings, ItemRecommendationPipeline, register_pipeline
+from .serving import IdMappings, ItemRecommendationPipeline, Recommender, register_pipeline
 from .tokenization_cllm4rec import CLLM4RecTokenizer
 
 __version__ = "0.1.0"
 
 AutoConfig.register(CLLM4RecConfig.model_type, CLLM4RecConfig, exist_ok=True)
-AutoModel.register(CLLM4RecConfig, CLLM4RecModel, exist_ok=True)
-AutoModelForCausalLM.register(CLLM4RecConfig, CLLM4RecForCollaborativeLM, exist_ok=True)
+# both heads keep their weights under `model.*`: `AutoModel` loads any CLLM4Rec checkpoint as the item predictor, as a
+# checkpoint's own code does (`hub.checkpoint.AUTO_MAP`); the collaborative LM's logits are over items, not words, so
+# it is registered as no `AutoModelForCausalLM`
+AutoModel.register(CLLM4RecConfig, CLLM4RecForItemPrediction, exist_ok=True)
 register_pipeline()
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "RecommendationOutput",
     "IdMappings",
     "ItemRecommendationPipeline",
+    "Recommender",
     "save_for_hub",
     "push_to_hub",
 ]

@@ -54,10 +54,6 @@ class CLLM4RecConfig(PreTrainedConfig):
             Weight of the mutual regularization between collaborative and content embeddings.
         mask_ratio (`float`, *optional*, defaults to 0.2):
             Share of a user's history held out as the target in recommendation-oriented fine-tuning.
-        history_permutations (`int`, *optional*, defaults to 1):
-            Scoring averages the item probabilities over this many random orders of each history (an ensemble over
-            orders, which the training documents shuffle too); 1 reads the history in the order given, at the cost
-            of one forward pass, and every further order costs one more.
         backbone_training (`str`, *optional*, defaults to `"frozen"`):
             `"frozen"` (only ID embeddings train, as in the paper), `"full"` or `"lora"`.
         lora_rank (`int`, *optional*, defaults to 8):
@@ -108,7 +104,6 @@ class CLLM4RecConfig(PreTrainedConfig):
     cold_start_prompt: str = "A new user has interacted with {history}, the user will interact with"
     lambda_v: float | int = 1.0
     mask_ratio: float = 0.2
-    history_permutations: int = 1
     backbone_training: Literal["frozen", "full", "lora"] = "frozen"
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -134,8 +129,6 @@ class CLLM4RecConfig(PreTrainedConfig):
             raise ValueError(f"`lambda_v` must be >= 0, got {self.lambda_v}.")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"`mask_ratio` must lie in (0, 1), got {self.mask_ratio}.")
-        if self.history_permutations < 1:
-            raise ValueError(f"`history_permutations` must be a positive integer, got {self.history_permutations}.")
         if self.initializer_range <= 0:
             raise ValueError(f"`initializer_range` must be > 0, got {self.initializer_range}.")
         if self.lora_rank <= 0:

@@ -2,14 +2,12 @@
 
 import itertools
 import os
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
@@ -20,11 +18,6 @@ from transformers.utils import ModelOutput
 from .configuration_cllm4rec import CLLM4RecConfig
 
 DOCUMENT_TYPES = ("collaborative", "content")
-
-# Attention kernels the backbone may use through `scaled_dot_product_attention`. cuDNN's is left out: it spends
-# milliseconds of host time per call on batches whose length changes at every step, as CLLM4Rec's documents do
-# (measured on an H200 with SmolLM2-135M: training epochs 1.5-1.8x slower, prediction 1.4x slower with it).
-ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # Main-text targets scored at once by the language-modelling losses; above it, logits are recomputed in backward.
 LOSS_CHUNK_SIZE = 4096
@@ -297,8 +290,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
                     f"{tuple(input_ids.shape)}."
                 )
         inputs_embeds = self.embed_tokens(input_ids, document_type)
-        with sdpa_kernel(ATTENTION_BACKENDS):
-            return self.backbone.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return self.backbone.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
     def item_head_weight(self) -> nn.Parameter:
         """The item head `(num_items, hidden)`: the collaborative item embeddings, or its own table when untied."""
@@ -421,104 +413,69 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
 
 
 class ItemScoringMixin:
-    """Scores all items for users given by id and history, and recommends the best ones, in batched passes."""
-
-    def prompt_batch(
-        self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
-    ) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """Right-padded `(input_ids, attention_mask)` of the users' prompts, on the model's device."""
-        raise NotImplementedError
-
-    def prompt_ids(self, tokenizer, user: int | None, history, max_length: int | None = None) -> list[int]:
-        """One user's prompt: the token ids [`prompt_batch`] gives its row."""
-        input_ids, attention_mask = self.prompt_batch(tokenizer, [user], [history], max_length)
-        return input_ids[0, : int(attention_mask[0].sum())].tolist()
-
-    def prompt_lengths(
-        self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
-    ) -> np.ndarray:
-        """Tokens in each user's prompt: what a batch of them pads to (see [`length_grouped_batches`])."""
-        if not len(user_ids):
-            return np.zeros(0, dtype=np.int64)
-        return self.prompt_batch(tokenizer, list(user_ids), histories, max_length)[1].sum(-1).cpu().numpy()
+    """
+    Item scores read at a prompt's last real token, and the best items from them, for tokenized prompts (see
+    [`CLLM4RecTokenizer.__call__`]): the item predictor's recommendation, the collaborative LM's next item.
+    """
 
     @torch.no_grad()
-    def score_items(
-        self,
-        user_ids: list[int | None],
-        histories: list,
-        *,
-        tokenizer,
-        max_length: int | None = None,
-        history_permutations: int | None = None,
-    ) -> torch.Tensor:
-        """
-        Scores `(len(user_ids), num_items)` of every item for each user, from one batched forward pass per history
-        order: the item logits for the history as given, or, with `history_permutations` (default: the config's)
-        above 1, the log of the item probabilities averaged over that many random orders of each history. The
-        orders are drawn per user and history, so a user's scores do not depend on the rest of the batch.
-        """
-        if len(user_ids) != len(histories):
-            raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")
-        permutations = self.config.history_permutations if history_permutations is None else history_permutations
-        if permutations < 1:
-            raise ValueError(f"`history_permutations` must be a positive integer, got {permutations}.")
-        user_ids, histories = list(user_ids), [np.asarray(history) for history in histories]
-        if permutations == 1:
-            input_ids, attention_mask = self.prompt_batch(tokenizer, user_ids, histories, max_length)
-            return self.model.last_token_item_logits(input_ids, attention_mask).float()
-        generators = [
-            np.random.default_rng([0 if user is None else user + 1, zlib.crc32(history.astype(np.int64).tobytes())])
-            for user, history in zip(user_ids, histories, strict=True)
-        ]
-        probabilities = 0
-        for _ in range(permutations):
-            shuffled = [
-                generator.permutation(history) for generator, history in zip(generators, histories, strict=True)
-            ]
-            input_ids, attention_mask = self.prompt_batch(tokenizer, user_ids, shuffled, max_length)
-            logits = self.model.last_token_item_logits(input_ids, attention_mask).float()
-            probabilities = probabilities + logits.softmax(-1)
-        return (probabilities / permutations).log()
+    def score_items(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 scores `(batch, num_items)` of every item, read at each prompt's last real token."""
+        return self.model.last_token_item_logits(input_ids, attention_mask).float()
 
     @torch.no_grad()
     def recommend(
         self,
-        user_ids: list[int | None],
-        histories: list,
-        k: int = 10,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
         *,
-        tokenizer,
-        max_length: int | None = None,
+        k: int = 10,
+        exclude_item_ids: torch.LongTensor | None = None,
     ) -> RecommendationOutput:
         """
-        The `k` best items for each user, never one of the user's `histories`, in one batched forward pass.
+        The `k` best items for each prompt, in one forward pass.
 
-        `user_ids` and `histories` hold 0-based ids; a `None` user id is a user without a user token (cold start,
-        through the config's `cold_start_prompt`). `tokenizer` is the model's [`CLLM4RecTokenizer`]; `max_length`
-        truncates long histories from their start.
+        `exclude_item_ids` `(batch, n)` holds the 0-based ids of items never to recommend to each row (its history),
+        padded with -1.
         """
-        if not 0 < k <= self.config.num_items:
-            raise ValueError(f"k must lie in [1, {self.config.num_items}], got {k}.")
-        histories = [np.asarray(history).reshape(-1) for history in histories]
-        longest = max((len(history) for history in histories), default=0)
-        # distinct items are counted only where the longest history could leave fewer than k unseen
-        fewest_unseen = self.config.num_items - longest
-        if k > fewest_unseen:
-            fewest_unseen = min(self.config.num_items - len(np.unique(history)) for history in histories)
-        if k > fewest_unseen:
+        return top_k_items(self.score_items(input_ids, attention_mask), k, exclude_item_ids)
+
+
+def top_k_items(
+    scores: torch.Tensor, k: int, exclude_item_ids: torch.LongTensor | None = None
+) -> RecommendationOutput:
+    """
+    The `k` best-scored items of each row of `scores` `(batch, num_items)` outside `exclude_item_ids` (`(batch, n)`,
+    0-based, padded with -1); a `ValueError` where fewer than `k` items are left or a score is NaN.
+    """
+    batch_size, num_items = scores.shape
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= num_items:
+        raise ValueError(f"k must lie in [1, {num_items}], got {k}.")
+    # one column past the items takes the padding, and is dropped
+    excluded = torch.zeros(batch_size, num_items + 1, dtype=torch.bool, device=scores.device)
+    if exclude_item_ids is not None:
+        if exclude_item_ids.ndim != 2 or exclude_item_ids.shape[0] != batch_size:
             raise ValueError(
-                f"k={k}, but a user has only {fewest_unseen} items outside their history, and recommendations never "
-                f"repeat the history."
+                f"`exclude_item_ids` must be (batch, n) with the batch size of the prompts ({batch_size}), "
+                f"got shape {tuple(exclude_item_ids.shape)}."
             )
-        scores = self.score_items(user_ids, histories, tokenizer=tokenizer, max_length=max_length)
-        rows = torch.repeat_interleave(
-            torch.arange(len(histories)), torch.tensor([len(history) for history in histories], dtype=torch.long)
+        exclude_item_ids = exclude_item_ids.to(scores.device, torch.long)
+        if exclude_item_ids.numel() and not -1 <= exclude_item_ids.min() <= exclude_item_ids.max() < num_items:
+            raise ValueError(f"`exclude_item_ids` must hold item ids in [0, {num_items}), padded with -1.")
+        excluded.scatter_(1, exclude_item_ids.masked_fill(exclude_item_ids < 0, num_items), True)
+        fewest_left = num_items - int(excluded[:, :num_items].sum(-1).max())
+        if k > fewest_left:
+            raise ValueError(
+                f"k={k}, but a user has only {fewest_left} items outside their history, and recommendations never "
+                "repeat the history."
+            )
+    if scores.isnan().any():
+        raise ValueError(
+            "The model's weights hold NaN: its item scores are NaN, which rank nothing. Check the checkpoint, or the "
+            "training run that wrote it."
         )
-        columns = torch.as_tensor(np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]))
-        scores[rows.to(scores.device), columns.to(scores.device)] = -torch.inf
-        top_scores, item_ids = scores.topk(k, dim=-1)
-        return RecommendationOutput(item_ids=item_ids, scores=top_scores)
+    top_scores, item_ids = scores.masked_fill(excluded[:, :num_items], -torch.inf).topk(k, dim=-1)
+    return RecommendationOutput(item_ids=item_ids, scores=top_scores)
 
 
 class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
@@ -554,27 +511,6 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
         """
         return self.model.language_modeling(
             input_ids, attention_mask, labels, document_type, num_items_in_batch, **kwargs
-        )
-
-    def prompt_batch(
-        self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
-    ) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """Collaborative documents' prompts and histories, all at once: the next item they predict is the
-        recommendation."""
-        if any(user is None for user in user_ids):
-            raise ValueError(
-                "The collaborative LM needs a user id; new users are served by CLLM4RecForItemPrediction."
-            )
-        encoding = tokenizer.render_batch(
-            "collaborative_prompt",
-            users=user_ids,
-            histories=histories,
-            max_length=max_length,
-            followed_by_history=True,
-        )
-        return (
-            torch.from_numpy(encoding["input_ids"]).to(self.device),
-            torch.from_numpy(encoding["attention_mask"]).to(self.device),
         )
 
 
@@ -642,31 +578,6 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
             regularization_loss=regularization_loss,
             logits=logits,
         )
-
-    def prompt_batch(
-        self, tokenizer, user_ids: list[int | None], histories: list, max_length: int | None
-    ) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """Recommendation prompts, or cold-start prompts for users without a user token (`None`), all at once."""
-        warm = [row for row, user in enumerate(user_ids) if user is not None]
-        cold = [row for row, user in enumerate(user_ids) if user is None]
-        parts = []
-        if warm:
-            warm_users = [user_ids[row] for row in warm]
-            parts.append((warm, tokenizer.render_batch(
-                "recommendation_prompt", users=warm_users, histories=[histories[row] for row in warm], max_length=max_length
-            )))  # fmt: skip
-        if cold:
-            parts.append((cold, tokenizer.render_batch(
-                "cold_start_prompt", histories=[histories[row] for row in cold], max_length=max_length
-            )))  # fmt: skip
-        width = max(encoding["input_ids"].shape[1] for _, encoding in parts)
-        input_ids = torch.full((len(user_ids), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(user_ids), width), dtype=torch.long)
-        for rows, encoding in parts:
-            length = encoding["input_ids"].shape[1]
-            input_ids[rows, :length] = torch.from_numpy(encoding["input_ids"])
-            attention_mask[rows, :length] = torch.from_numpy(encoding["attention_mask"])
-        return input_ids.to(self.device), attention_mask.to(self.device)
 
 
 def summed_cross_entropy(

@@ -33,7 +33,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--history-permutations",
         type=int,
-        help="Average the scores over this many random orders of each history (default: the checkpoint's).",
+        default=1,
+        help="Average the scores over this many random orders of each history, each one more forward pass, at most "
+        "64 (default: 1, the history in the order given).",
     )
     parser.add_argument(
         "--max-tokens",
@@ -49,11 +51,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_checkpoint(path: str, history_permutations: int | None = None, dtype: str = "float32"):
-    """
-    The model (by its saved architecture, in `dtype`) and tokenizer of a checkpoint folder or Hub repository, for
-    inference; `history_permutations` overrides the checkpoint's.
-    """
+def load_checkpoint(path: str, dtype: str = "float32"):
+    """The model (by its saved architecture, in `dtype`) and tokenizer of a checkpoint folder or Hub repository, for
+    inference."""
     from .. import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
 
     local = Path(path).expanduser()
@@ -66,8 +66,6 @@ def load_checkpoint(path: str, history_permutations: int | None = None, dtype: s
     model_class = model_classes.get((config.architectures or [""])[0], CLLM4RecForItemPrediction)
     model = model_class.from_pretrained(path, dtype=getattr(torch, dtype))
     model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    if history_permutations is not None:
-        model.config.history_permutations = history_permutations
     return model, CLLM4RecTokenizer.from_pretrained(path)
 
 
@@ -75,6 +73,17 @@ def check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def check_output_file(path: Path, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuses, before any work is done, an `--output` that could not be written: a folder, a file in a folder that
+    does not exist, or (with `suffixes`) a file of another kind."""
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a directory: give the file to write")
+    if not path.parent.is_dir():
+        raise UsageError(f"--output {path}: the folder {path.parent} does not exist")
+    if suffixes and path.suffix not in suffixes:
+        raise UsageError(f"--output must be a {' or '.join(suffixes)} file, got {path}")
 
 
 @contextmanager

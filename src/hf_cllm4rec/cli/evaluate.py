@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import UsageError, add_scoring_arguments, check_positive, load_checkpoint, replacing
+from .common import UsageError, add_scoring_arguments, check_output_file, check_positive, load_checkpoint, replacing
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """Runs `cllm4rec evaluate`: loads the checkpoint and the data set, prints the metrics."""
+    """Runs `cllm4rec evaluate`: loads the checkpoint and the data set, ranks with a progress bar, prints the metrics."""
     from ..evaluation import check_model_fits_data, default_max_length, evaluate_model
     from ..training.recipes import DataArguments, load_data
 
@@ -38,7 +38,9 @@ def evaluate(args: argparse.Namespace) -> int:
         k=min(args.recall_ks + args.ndcg_ks),
         history_permutations=args.history_permutations,
     )
-    model, tokenizer = load_checkpoint(args.model, args.history_permutations, args.dtype)
+    if args.output:
+        check_output_file(Path(args.output))
+    model, tokenizer = load_checkpoint(args.model, args.dtype)
     data = load_data(DataArguments(data=args.data))
     check_model_fits_data(model, data)
     if data.tables[args.split].num_rows == 0:
@@ -53,6 +55,7 @@ def evaluate(args: argparse.Namespace) -> int:
         recall_ks=args.recall_ks,
         ndcg_ks=args.ndcg_ks,
         max_tokens=args.max_tokens,
+        history_permutations=args.history_permutations,
     )
     print(f"{args.split} split of {data.name!r}: {int(metrics['num_users'])} users")
     for name, value in metrics.items():

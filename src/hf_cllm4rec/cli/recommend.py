@@ -6,11 +6,17 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from .common import UsageError, add_scoring_arguments, check_positive, load_checkpoint, replacing
+from .common import (
+    UsageError,
+    add_scoring_arguments,
+    check_output_file,
+    check_positive,
+    load_checkpoint,
+    replacing,
+)
 
 
 def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
@@ -43,9 +49,9 @@ def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def recommend(args: argparse.Namespace) -> int:
-    """Runs `cllm4rec recommend`: resolves raw ids, recommends in batches by prompt length, prints or writes the top k."""
-    from ..evaluation import default_max_length, prompt_length_batches
-    from ..serving import IdMappings
+    """Runs `cllm4rec recommend`: resolves raw ids, recommends through a `Recommender`, prints or writes the top k."""
+    from ..evaluation import default_max_length
+    from ..serving import IdMappings, Recommender
 
     check_positive(
         k=args.k,
@@ -54,38 +60,37 @@ def recommend(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         history_permutations=args.history_permutations,
     )
-    if args.output and Path(args.output).suffix not in (".json", ".csv"):
-        raise UsageError(f"--output must be a .json or .csv file, got {args.output}")
-    model, tokenizer = load_checkpoint(args.model, args.history_permutations, args.dtype)
+    if args.output:
+        check_output_file(Path(args.output), (".json", ".csv"))
+    new_users = _read_histories(Path(args.histories)) if args.histories else None
+    model, tokenizer = load_checkpoint(args.model, args.dtype)
     mappings = IdMappings.load(args.model)
-    if args.histories:
-        requests = _new_users(args.histories, mappings)
-    else:
-        requests = _known_users(args.users, mappings) if args.users else _all_users(mappings)
-    user_ids, histories = [user for _, user, _ in requests], [history for _, _, history in requests]
-    max_length = args.max_length or default_max_length(model.config)
-    batches = prompt_length_batches(
-        model, tokenizer, user_ids, histories, args.batch_size, max_length, args.max_tokens
+    recommender = Recommender(
+        model,
+        tokenizer,
+        mappings,
+        history_permutations=args.history_permutations,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        max_length=args.max_length or default_max_length(model.config),
     )
-    ranked_by_row = [None] * len(requests)
-    with tqdm(total=len(requests), desc="Recommending", unit=" users", disable=None) as progress:
-        for batch in batches:
-            output = model.recommend(
-                [user_ids[row] for row in batch],
-                [histories[row] for row in batch],
-                k=args.k,
-                tokenizer=tokenizer,
-                max_length=max_length,
-            )
-            for row, items, scores in zip(batch, output.item_ids.cpu(), output.scores.cpu(), strict=True):
-                ranked_by_row[row] = mappings.ranked_items(items, scores)
-            progress.update(len(batch))
-    results = {label: ranked for (label, _, _), ranked in zip(requests, ranked_by_row, strict=True)}
+    if new_users is not None:
+        requests = {label: {"history": history} for label, history in new_users.items()}
+    else:
+        requests = {raw_id: raw_id for raw_id in (args.users or _users_with_histories(mappings))}
+    resolved = {label: _resolve(recommender, label, request) for label, request in requests.items()}
+    output = recommender.recommend(
+        [user for user, _ in resolved.values()], [history for _, history in resolved.values()], k=args.k
+    )
+    results = {
+        label: mappings.ranked_items(items, scores)
+        for label, items, scores in zip(resolved, output.item_ids, output.scores, strict=True)
+    }
     if args.output:
         _write_recommendations(results, Path(args.output))
         print(f"Wrote {args.k} items for each of {len(results)} users to {args.output}")
         return 0
-    for (label, user, history), ranked in zip(requests, results.values(), strict=True):
+    for (label, (user, history)), ranked in zip(resolved.items(), results.values(), strict=True):
         kind = "user" if user is not None else "new user"
         print(f"{kind} {label} ({len(history)} items in the history)")
         for rank, item in enumerate(ranked, start=1):
@@ -93,48 +98,33 @@ def recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _known_users(raw_ids: list[str], mappings) -> list[tuple[str, int, list[int]]]:
-    requests = []
-    for raw_id in dict.fromkeys(raw_ids):
-        try:
-            user = mappings.user_index(raw_id)
-            history = mappings.history(user)
-        except KeyError as error:
-            raise UsageError(error.args[0]) from None
-        if not history:
-            raise UsageError(f"user {raw_id!r} has no training items: give their history with --histories")
-        requests.append((raw_id, user, history))
-    return requests
-
-
-def _all_users(mappings) -> list[tuple[str, int, list[int]]]:
+def _users_with_histories(mappings) -> list[str]:
+    """The raw ids of every user with training items (`--all-users`); the others are counted on stderr."""
     if not mappings.histories:
         raise UsageError("the checkpoint's id_mappings.json holds no training histories: give them with --histories")
-    requests = [
-        (raw_id, user, history)
-        for user, (raw_id, history) in enumerate(zip(mappings.users, mappings.histories, strict=True))
-    ]
-    without_history = sum(not history for _, _, history in requests)
-    if without_history:
-        print(f"cllm4rec: warning: {without_history} users without training items left out", file=sys.stderr)
-    return [request for request in requests if request[2]]
+    users = [raw_id for raw_id, history in zip(mappings.users, mappings.histories, strict=True) if history]
+    if len(users) < len(mappings.users):
+        print(
+            f"cllm4rec: warning: {len(mappings.users) - len(users)} users without training items left out",
+            file=sys.stderr,
+        )
+    return users
 
 
-def _new_users(path: str, mappings) -> list[tuple[str, None, list[int]]]:
-    histories = _read_histories(Path(path))
-    requests = []
-    for label, raw_history in histories.items():
-        history, unknown = mappings.item_indices(raw_history)
-        if not history:
-            unknown_ids = f" (unknown: {', '.join(unknown)})" if unknown else ""
-            raise UsageError(f"history {label!r} in {path} holds no item the model knows{unknown_ids}")
-        if unknown:
-            print(
-                f"cllm4rec: warning: history {label!r}: unknown item ids left out: {', '.join(unknown)}",
-                file=sys.stderr,
-            )
-        requests.append((label, None, history))
-    return requests
+def _resolve(recommender, label: str, request) -> tuple[int | None, list[int]]:
+    """A request's user and history (see `Recommender.resolve`), its warnings and errors told with its label."""
+    kind = "history" if isinstance(request, dict) else "user"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            resolved = recommender.resolve(request)
+        except KeyError as error:
+            raise UsageError(error.args[0]) from None
+        except ValueError as error:
+            raise UsageError(f"{kind} {label!r}: {error}") from None
+    for warning in caught:
+        print(f"cllm4rec: warning: {kind} {label!r}: {warning.message}", file=sys.stderr)
+    return resolved
 
 
 def _read_histories(path: Path) -> dict[str, list[str]]:

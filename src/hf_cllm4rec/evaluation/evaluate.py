@@ -6,8 +6,9 @@ import numpy as np
 import torch
 
 from ..data.prepared import RecommendationData
+from ..serving.recommender import Recommender
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
-from .metrics import evaluate_recommender, model_selection_score, prompt_length_batches
+from .metrics import evaluate_recommender, model_selection_score
 
 
 def default_max_length(config) -> int:
@@ -64,39 +65,52 @@ def evaluate_model(
     disable_tqdm: bool | None = None,
     distributed: bool = False,
     lockstep: bool = False,
+    history_permutations: int = 1,
+    cold_start: bool = False,
 ) -> dict[str, float]:
     """
     Recall@K and NDCG@K of a CLLM4Rec model on a split, with the paper's protocol: every user with held-out items
     is prompted with the whole training history, all items are ranked, training items excluded. Users without
     training items get no prompt and a flat score (they still count); they join the first batch of prompted users, so
-    that every batch a process scores makes exactly one forward pass.
+    that every batch a process scores makes the same forward passes.
 
-    Users are scored in batches of similar prompt length, at most `batch_size` users and, with `max_tokens`, at most
-    that many padded prompt tokens each. A progress bar counts the users (`disable_tqdm=None`: only on a terminal).
-    With `distributed`, the processes of the `torch.distributed` group share the batches, and with `lockstep` make
-    the same number of forward passes, as a model sharded across them needs (see [`evaluate_recommender`]).
+    Users are scored by a [`Recommender`], in batches of similar prompt length, at most `batch_size` users and, with
+    `max_tokens`, at most that many padded prompt tokens each, averaging the scores over `history_permutations`
+    orders of each history; `cold_start` prompts every user as a new user (the cold-start prompt, without the user
+    token). A progress bar counts the users (`disable_tqdm=None`: only on a terminal). With `distributed`, the
+    processes of the `torch.distributed` group share the batches, and with `lockstep` make the same number of forward
+    passes, as a model sharded across them needs (see [`evaluate_recommender`]).
     """
+    recommender = Recommender(
+        model,
+        tokenizer,
+        history_permutations=history_permutations,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        max_length=max_length,
+    )
     histories = data.histories("train")
     heldout = data.to_sparse(split)
     users = np.flatnonzero(np.diff(heldout.indptr))
     has_history = np.array([len(histories[user]) > 0 for user in users], dtype=bool)
     prompted, unprompted = users[has_history], users[~has_history]
-    batches = prompt_length_batches(
-        model, tokenizer, prompted.tolist(), [histories[user] for user in prompted], batch_size, max_length, max_tokens
-    )
-    user_batches = [prompted[batch] for batch in batches]
+
+    def user_ids(users: np.ndarray) -> list[int | None]:
+        return [None] * len(users) if cold_start else users.tolist()
+
+    user_batches = []
+    if len(prompted):
+        batches = recommender.batches(user_ids(prompted), [histories[user] for user in prompted])
+        user_batches = [prompted[batch] for batch in batches]
     if len(unprompted):  # they need no forward pass, so they ride along with a batch that makes one
         user_batches[:1] = [np.concatenate([*user_batches[:1], unprompted])]
 
     def score_users(users: np.ndarray) -> torch.Tensor:
         scores = torch.zeros(len(users), data.num_items, device=model.device)
-        rows = [position for position, user in enumerate(users) if len(histories[user])]
-        if rows:
-            scores[torch.tensor(rows, device=model.device)] = model.score_items(
-                [int(users[row]) for row in rows],
-                [histories[users[row]] for row in rows],
-                tokenizer=tokenizer,
-                max_length=max_length,
+        rows = np.flatnonzero([len(histories[user]) > 0 for user in users])
+        if len(rows):
+            scores[torch.from_numpy(rows).to(model.device)] = recommender.score_batch(
+                user_ids(users[rows]), [histories[user] for user in users[rows]]
             )
         return scores
 

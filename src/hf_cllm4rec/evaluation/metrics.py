@@ -249,7 +249,7 @@ def evaluate_recommender(
         batch_size (`int`, *optional*, defaults to 1024):
             Users scored at a time, in ascending id order.
         user_batches (`Iterable` of user id arrays, *optional*):
-            The batches to score instead, e.g. from [`length_grouped_batches`] so that prompts of similar length
+            The batches to score instead, e.g. from [`Recommender.batches`] so that prompts of similar length
             share a batch. Together they must hold every user with held-out items exactly once; users without
             held-out items are dropped from them. The metrics do not depend on the batching.
         disable_tqdm (`bool`, *optional*):
@@ -310,56 +310,6 @@ def _check_user_batches(user_batches: list[np.ndarray], has_heldout: np.ndarray)
         raise ValueError(
             f"`user_batches` leaves out {len(missing)} users with held-out items, e.g. user {missing[0]}."
         )
-
-
-def length_grouped_batches(
-    lengths: Sequence[int] | np.ndarray, max_batch_size: int, max_tokens: int | None = None
-) -> list[np.ndarray]:
-    """
-    Positions of `lengths` in ascending length order, cut into batches of at most `max_batch_size` and, with
-    `max_tokens`, at most that many padded tokens (batch size x its longest length): prompts of similar length share
-    a batch, so they pad little, and short prompts go in larger batches than long ones. A single length above
-    `max_tokens` gets a batch of its own.
-    """
-    if max_batch_size <= 0:
-        raise ValueError(f"`max_batch_size` must be positive, got {max_batch_size}.")
-    if max_tokens is not None and max_tokens <= 0:
-        raise ValueError(f"`max_tokens` must be positive, got {max_tokens}.")
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        end = min(start + max_batch_size, len(order))
-        if max_tokens is not None:
-            # ascending lengths: a batch [start, stop) pads to lengths[order[stop - 1]]
-            padded = np.arange(1, end - start + 1) * lengths[order[start:end]]
-            end = start + max(1, int(np.searchsorted(padded > max_tokens, True)))
-        batches.append(order[start:end])
-        start = end
-    return batches
-
-
-def prompt_length_batches(
-    model,
-    tokenizer,
-    user_ids: Sequence[int | None],
-    histories: Sequence,
-    max_batch_size: int,
-    max_length: int | None = None,
-    max_tokens: int | None = None,
-) -> list[np.ndarray]:
-    """
-    Positions of the users' prompts batched with [`length_grouped_batches`]. History lengths order the prompts as
-    their token counts do, so they are only rendered (once, through `model.prompt_lengths`) when `max_tokens` needs
-    the counts themselves. Users with an empty history count as length 0.
-    """
-    lengths = np.array([len(history) for history in histories], dtype=np.int64)
-    if max_tokens is not None:
-        prompted = np.flatnonzero(lengths)
-        lengths[prompted] = model.prompt_lengths(
-            tokenizer, [user_ids[row] for row in prompted], [histories[row] for row in prompted], max_length
-        )
-    return length_grouped_batches(lengths, max_batch_size, max_tokens)
 
 
 def model_selection_score(metrics: dict[str, float]) -> float:

@@ -24,26 +24,40 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from transformers.dynamic_module_utils import custom_object_save
 
+from ..configuration_cllm4rec import CLLM4RecConfig
+from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..serving.id_mappings import IdMappings
-from .modelcard import AUTO_CLASSES, model_card
+from .modelcard import model_card
+
+
+def _code_name(cls) -> str:
+    """`module.Class` as an `auto_map` names a class of the code files a checkpoint carries."""
+    return f"{cls.__module__.rpartition('.')[2]}.{cls.__name__}"
+
+
+# Both heads keep their weights under `model.*`: `AutoModel` loads either checkpoint as the item predictor, which
+# serves recommendations (the collaborative LM's logits are over items, so it is no `AutoModelForCausalLM`).
+AUTO_MAP = {"AutoConfig": _code_name(CLLM4RecConfig), "AutoModel": _code_name(CLLM4RecForItemPrediction)}
 
 
 @contextmanager
 def _code_in_checkpoint(model):
-    """Registers the config and model classes for their auto classes while a checkpoint is written, then undoes it."""
-    model_class = type(model)
-    auto_class = next((name for cls, name in AUTO_CLASSES.items() if issubclass(model_class, cls)), None)
-    if auto_class is None:
-        raise TypeError(f"save_for_hub writes CLLM4Rec models, got {model_class.__name__}.")
-    classes = (type(model.config), model_class)
-    previous = [cls.__dict__.get("_auto_class") for cls in classes]
-    type(model.config).register_for_auto_class("AutoConfig")
-    model_class.register_for_auto_class(auto_class)
+    """Gives the model's config the `auto_map` of [`AUTO_MAP`] while a checkpoint is written, then undoes it."""
+    if not isinstance(model, (CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM)):
+        raise TypeError(
+            f"save_for_hub writes CLLM4RecForItemPrediction or CLLM4RecForCollaborativeLM models, got "
+            f"{type(model).__name__}."
+        )
+    config = model.config
+    previous = config.__dict__.get("auto_map")
+    config.auto_map = dict(AUTO_MAP)
     try:
         yield
     finally:
-        for cls, value in zip(classes, previous, strict=True):
-            cls._auto_class = value
+        if previous is None:
+            config.__dict__.pop("auto_map", None)
+        else:
+            config.auto_map = previous
 
 
 def save_for_hub(
@@ -83,9 +97,11 @@ def save_for_hub(
     folder.mkdir(parents=True, exist_ok=True)
     # the tokenizer saves a copy of the config: write it first, so the model's config (with `auto_map`) wins
     tokenizer.save_pretrained(folder)
-    custom_object_save(tokenizer, folder)
     with _code_in_checkpoint(model):
         model.save_pretrained(folder)
+    # the code files `auto_map` names, with the modules they import
+    for code in (model, tokenizer):
+        custom_object_save(code, folder)
     if mappings is None and data is not None:
         mappings = IdMappings.from_data(data)
     if mappings is not None:

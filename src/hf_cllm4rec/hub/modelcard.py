@@ -24,15 +24,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_cllm4rec import CLLM4RecConfig
-from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecModel
 from ..serving.id_mappings import ID_MAPPINGS_NAME, IdMappings
 
-# The auto class each model class answers to in a checkpoint loaded with `trust_remote_code=True`.
-AUTO_CLASSES = {
-    CLLM4RecModel: "AutoModel",
-    CLLM4RecForCollaborativeLM: "AutoModelForCausalLM",
-    CLLM4RecForItemPrediction: "AutoModel",
-}
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 TEST_RESULTS_NAME = "test_results.json"
 TRAINING_ARGS_NAME = "training_args.json"
@@ -101,7 +94,8 @@ def model_card(
         data (`RecommendationData`, *optional*): the prepared data set: its manifest gives the data section.
         mappings (`IdMappings`, *optional*): the shipped id mappings, for concrete ids in the examples.
         metrics (`dict`, *optional*): measured test metrics, e.g. `{"test_recall@20": 0.12, ...}`.
-        training_args (*optional*): the run's `CLLM4RecTrainingArguments` (or a dict of them).
+        training_args (*optional*): the run's training arguments (any arguments object, or a dict of them); their
+            `history_permutations` is the number of history orders the test metrics averaged over (default 1).
         license (`str`): the license of the weights.
         dataset_id (`str`, *optional*): the data set's Hub id for the metadata; defaults to the data set's name.
     """
@@ -110,7 +104,7 @@ def model_card(
     dataset_id = dataset_id or (manifest["name"] if manifest else None)
     model_class = (config.architectures or ["CLLM4RecForItemPrediction"])[0]
     stage = "pretraining" if model_class == "CLLM4RecForCollaborativeLM" else "fine-tuning"
-    auto_class = next((name for cls, name in AUTO_CLASSES.items() if cls.__name__ == model_class), "AutoModel")
+    run = training_values(training_args)
     measured = measured_metrics(metrics or {})
     results = [(f"{METRIC_DISPLAY_NAMES[kind]}@{k}", value) for kind, k, value in measured]
     eval_results = [
@@ -148,26 +142,25 @@ def model_card(
         model_name=model_id.split("/")[-1],
         model_id=model_id,
         model_class=model_class,
-        auto_class=auto_class,
         stage=stage,
         dataset_name=dataset_name,
         manifest=manifest,
         num_users=config.num_users,
         num_items=config.num_items,
         backbone_description=backbone_description(config),
-        backbone_training=config.backbone_training,
+        backbone_training=run_setting("backbone_training", config, run),
         lambda_v=config.lambda_v,
-        mask_ratio=config.mask_ratio,
+        mask_ratio=run_setting("mask_ratio", config, run),
         recommendation_prompt=config.recommendation_prompt,
         cold_start_prompt=config.cold_start_prompt,
         collaborative_prompt=config.collaborative_prompt,
-        history_permutations=config.history_permutations,
+        history_permutations=run.get("history_permutations") or 1,
         id_embedding_init=config.id_embedding_init,
         id_embedding_dropout=config.id_embedding_dropout,
         tie_item_head=config.tie_item_head,
         training_rows=training_rows(training_args, stage),
-        lora_rank=config.lora_rank if config.backbone_training == "lora" else None,
-        lora_dropout=config.lora_dropout,
+        lora_rank=run_setting("lora_rank", config, run),
+        lora_dropout=run_setting("lora_dropout", config, run),
         results=results,
         evaluated_users=int(evaluated_users) if evaluated_users is not None else None,
         example_user=example_user,
@@ -236,11 +229,29 @@ def backbone_description(config: CLLM4RecConfig) -> str:
     return f"`{hub_id}` backbone ({shape})" if hub_id else f"pretrained backbone from a local folder ({shape})"
 
 
+def training_values(training_args) -> dict:
+    """The training arguments as a dict: from an arguments object (`to_dict`, or its attributes) or a dict."""
+    if training_args is None:
+        return {}
+    if isinstance(training_args, dict):
+        return dict(training_args)
+    if hasattr(training_args, "to_dict"):
+        return training_args.to_dict()
+    return dict(vars(training_args))
+
+
+def run_setting(name: str, config: CLLM4RecConfig, run: dict):
+    """A setting of the run, read from its training arguments, else from a config that keeps it (as earlier versions'
+    configs do); `None` where neither records it."""
+    value = run.get(name)
+    return getattr(config, name, None) if value is None else value
+
+
 def training_rows(training_args, stage: str) -> list[tuple[str, object]]:
     """`(argument, value)` rows of the card's training table for the run's stage."""
-    if training_args is None:
+    values = training_values(training_args)
+    if not values:
         return []
-    values = training_args.to_dict() if hasattr(training_args, "to_dict") else dict(training_args)
     skipped = FINE_TUNING_ONLY if stage == "pretraining" else PRETRAINING_ONLY
     if not values.get("load_best_model_at_end"):
         skipped = skipped | {"metric_for_best_model"}

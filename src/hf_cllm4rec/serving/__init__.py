@@ -1,6 +1,14 @@
-"""Serving: recommendations in the data set's own ids, the `item-recommendation` pipeline, embedding export."""
+"""Serving: the one path from users to recommendations (`Recommender`), raw ids, the pipeline, embedding export."""
 
 from .id_mappings import ID_MAPPINGS_NAME, IdMappings
 from .pipeline import ItemRecommendationPipeline, register_pipeline
+from .recommender import Recommender, length_grouped_batches
 
-__all__ = ["ID_MAPPINGS_NAME", "IdMappings", "ItemRecommendationPipeline", "register_pipeline"]
+__all__ = [
+    "ID_MAPPINGS_NAME",
+    "IdMappings",
+    "ItemRecommendationPipeline",
+    "Recommender",
+    "length_grouped_batches",
+    "register_pipeline",
+]

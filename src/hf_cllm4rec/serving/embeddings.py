@@ -60,11 +60,7 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) ->
     from datasets import Dataset, DatasetDict, Features, List, Value
 
     config = model.config
-    if len(mappings.users) != config.num_users or len(mappings.items) != config.num_items:
-        raise ValueError(
-            f"The id mappings have {len(mappings.users)} users and {len(mappings.items)} items, the model "
-            f"{config.num_users} and {config.num_items}: they do not belong together."
-        )
+    mappings.check_fits(config)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tables = id_embeddings(model)
@@ -104,26 +100,22 @@ def user_query_vectors(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """
-    The query vector of each user: the hidden state of the last token of the prompt `model.recommend` uses (the
-    cold-start prompt for a `None` user id), float32 `(len(user_ids), hidden)` on the model's device.
+    The query vector of each user: the hidden state of the last token of the recommendation prompt (the cold-start
+    prompt for a `None` user id), float32 `(len(user_ids), hidden)` on the model's device.
 
     `query @ item_head.T` equals the model's item logits for that prompt.
     """
-    if len(user_ids) != len(histories):
-        raise ValueError(f"Got {len(user_ids)} user ids but {len(histories)} histories.")
+    user_ids, histories = tokenizer.as_batch(user_ids, histories)
     was_training = model.training
     model.eval()
     queries = []
     for start in range(0, len(user_ids), batch_size):
-        input_ids, attention_mask = model.prompt_batch(
-            tokenizer,
-            list(user_ids[start : start + batch_size]),
-            list(histories[start : start + batch_size]),
-            max_length,
-        )
-        queries.append(model.base_model.last_token_hidden_states(input_ids, attention_mask).float())
+        encoding = tokenizer(
+            user_ids[start : start + batch_size], histories[start : start + batch_size], max_length=max_length
+        ).to(model.device)
+        queries.append(model.base_model.last_token_hidden_states(**encoding).float())
     model.train(was_training)
-    return torch.cat(queries) if queries else torch.empty(0, model.config.hidden_size, device=model.device)
+    return torch.cat(queries)
 
 
 __all__ = ["export_embeddings", "user_query_vectors", "id_embeddings", "EMBEDDINGS_NAME", "TABLES_NAME"]

@@ -21,23 +21,24 @@ repeat an item of the history.
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 from collections.abc import Sized
 
-import numpy as np
 from torch.utils.data import DataLoader
 from transformers import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .id_mappings import IdMappings
+from .recommender import Recommender
 
 TASK = "item-recommendation"
 
 
 class ItemRecommendationPipeline(Pipeline):
     """
-    Top-k items of a [`CLLM4RecForItemPrediction`] model, in the data set's own ids, with their text and score.
+    Top-k items of a [`CLLM4RecForItemPrediction`] model, in the data set's own ids, with their text and score: a
+    [`Recommender`] behind the transformers pipeline API.
 
     The [`CLLM4RecTokenizer`] and the [`IdMappings`] (`id_mappings.json`) are loaded from the model's folder or Hub
     repository unless given.
@@ -48,6 +49,7 @@ class ItemRecommendationPipeline(Pipeline):
         id_mappings (`IdMappings`, *optional*): raw ids, item texts and training histories of the model's users.
         top_k (`int`, *optional*, defaults to 10): how many items to return, also a call argument.
         max_length (`int`, *optional*): longest prompt in tokens; longer histories lose their oldest items.
+        history_permutations (`int`, *optional*, defaults to 1): history orders the scores average over.
 
     Inputs are a raw user id (prompted with the training history from the mappings), a dict with `"history"` (raw
     item ids) and optionally `"user"`, or a list of those. Each input gives
@@ -72,23 +74,31 @@ class ItemRecommendationPipeline(Pipeline):
             if not source:
                 raise ValueError("Pass `id_mappings`, or load the model from a folder or repository that has them.")
             id_mappings = IdMappings.load(source)
-        if len(id_mappings.users) != model.config.num_users or len(id_mappings.items) != model.config.num_items:
-            raise ValueError(
-                f"The id mappings have {len(id_mappings.users)} users and {len(id_mappings.items)} items, the model "
-                f"{model.config.num_users} and {model.config.num_items}: they do not belong together."
-            )
-        self.id_mappings = id_mappings
+        self.recommender = Recommender(model, tokenizer, id_mappings, disable_tqdm=True)
         super().__init__(model=model, tokenizer=tokenizer, **kwargs)
 
-    def _sanitize_parameters(self, top_k: int | None = None, max_length: int | None = None, **kwargs):
+    @property
+    def id_mappings(self) -> IdMappings:
+        return self.recommender.id_mappings
+
+    def __call__(self, inputs, *args, **kwargs):
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            raise ValueError(
+                "Got an empty list of inputs: pass a raw user id, a dict with 'history', or a list of them."
+            )
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _sanitize_parameters(
+        self,
+        top_k: int | None = None,
+        max_length: int | None = None,
+        history_permutations: int | None = None,
+        **kwargs,
+    ):
         if kwargs:
             raise TypeError(f"Unknown arguments of the item-recommendation pipeline: {', '.join(kwargs)}.")
-        forward = {}
-        if top_k is not None:
-            forward["top_k"] = top_k
-        if max_length is not None:
-            forward["max_length"] = max_length
-        return {}, forward, {}
+        given = {"top_k": top_k, "max_length": max_length, "history_permutations": history_permutations}
+        return {}, {name: value for name, value in given.items() if value is not None}, {}
 
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         """As `Pipeline.get_iterator`, with batches collated by joining their inputs' user and history lists."""
@@ -102,38 +112,12 @@ class ItemRecommendationPipeline(Pipeline):
 
     def preprocess(self, inputs) -> dict:
         """User ids (0-based, `None` for a new user) and histories (0-based item ids) from raw ids: one of each."""
-        mappings = self.id_mappings
-        if isinstance(inputs, dict):
-            unknown_keys = set(inputs) - {"user", "history"}
-            if unknown_keys or not inputs:
-                raise ValueError(f"An input dict holds 'user' and/or 'history', got keys {sorted(inputs)}.")
-            user = None if inputs.get("user") is None else mappings.user_index(inputs["user"])
-            raw_history = inputs.get("history")
-        elif isinstance(inputs, (str, int)):
-            user, raw_history = mappings.user_index(inputs), None
-        else:
-            raise TypeError(
-                f"An input is a raw user id or a dict with 'history' (and optionally 'user'), got {type(inputs).__name__}."
-            )
-        if raw_history is None:
-            history = mappings.history(user)
-        else:
-            if isinstance(raw_history, (str, int)):
-                raise TypeError("'history' is a list of raw item ids.")
-            history, unknown = mappings.item_indices(raw_history)
-            if history and unknown:
-                warnings.warn(f"Unknown item ids left out of the history: {', '.join(unknown)}.", stacklevel=2)
-        if not len(history):
-            unknown_ids = f" (unknown: {', '.join(unknown)})" if raw_history is not None and unknown else ""
-            raise ValueError(
-                f"The history holds no item the model knows{unknown_ids}: there is nothing to recommend from."
-            )
-        return {"users": [user], "histories": [np.asarray(history, dtype=np.int64)]}
+        user, history = self.recommender.resolve(inputs)
+        return {"users": [user], "histories": [history]}
 
-    def _forward(self, model_inputs: dict, top_k: int = 10, max_length: int | None = None) -> dict:
-        output = self.model.recommend(
-            model_inputs["users"], model_inputs["histories"], k=top_k, tokenizer=self.tokenizer, max_length=max_length
-        )
+    def _forward(self, model_inputs: dict, top_k: int = 10, **recommender_settings) -> dict:
+        recommender = dataclasses.replace(self.recommender, **recommender_settings)
+        output = recommender.recommend_batch(model_inputs["users"], model_inputs["histories"], k=top_k)
         return {"item_ids": output.item_ids, "scores": output.scores}
 
     def postprocess(self, model_outputs: dict) -> list[dict]:
