@@ -225,6 +225,38 @@ def test_push_to_hub_uploads_what_save_for_hub_writes(monkeypatch, tmp_path):
     assert b'model="someone/cllm4rec-tiny"' in uploaded["files"]["README.md"]
 
 
+def test_push_to_hub_commits_to_the_revision_asked_for(monkeypatch):
+    calls = []
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
+
+        def create_branch(self, repo_id, branch, exist_ok=False):
+            calls.append(("create_branch", repo_id, branch, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision):
+            calls.append(("upload_folder", repo_id, revision))
+            return "commit"
+
+    monkeypatch.setattr(hub.checkpoint, "HfApi", RecordingApi)
+    model, tokenizer = tiny_item_prediction_model(tiny_data())
+    hub.push_to_hub(model, tokenizer, "cllm4rec-tiny", revision="round-3")
+    assert calls == [
+        ("create_branch", "someone/cllm4rec-tiny", "round-3", True),  # a new branch starts from main
+        ("upload_folder", "someone/cllm4rec-tiny", "round-3"),
+    ]
+    calls.clear()
+    hub.push_to_hub(model, tokenizer, "cllm4rec-tiny", revision="refs/pr/2")  # an open pull request
+    assert calls == [("upload_folder", "someone/cllm4rec-tiny", "refs/pr/2")]
+    calls.clear()
+    hub.push_to_hub(model, tokenizer, "cllm4rec-tiny")
+    assert calls == [("upload_folder", "someone/cllm4rec-tiny", None)]
+
+
 def test_trainer_push_to_hub_uploads_the_same_files(monkeypatch, tmp_path):
     from hf_cllm4rec.training import CLLM4RecTrainer
 

@@ -135,10 +135,14 @@ def push_to_hub(
     Uploads a CLLM4Rec model to the Hub repository `repo_id` (created if needed): what [`save_for_hub`] writes, with
     `save_kwargs` (`data`, `metrics`, `training_args`, ...) passed to it. Returns the `CommitInfo`.
 
-    `model.push_to_hub()` alone uploads the weights and config only, without tokenizer, id mappings or card.
+    `revision` names the branch to commit to (created from `main` where it does not exist yet), or a pull request
+    (`refs/pr/N`). `model.push_to_hub()` alone uploads the weights and config only, without tokenizer, id mappings
+    or card.
     """
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision is not None and not revision.startswith("refs/pr/"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         save_for_hub(model, tokenizer, folder, model_id=repo_id, **save_kwargs)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)
