@@ -37,8 +37,10 @@ def test_every_command_has_help(command, capsys):
     assert run_cli(command, "--help") == 0
     stdout = capsys.readouterr().out
     assert stdout.startswith("usage: cllm4rec " + command)
-    if command in ("pretrain", "finetune"):  # the recipe's arguments and the Trainer's
-        assert "--pretrained" in stdout and "--output_dir" in stdout and "--content_warmup_epochs" in stdout
+    if command == "pretrain":  # the stage's arguments and the Trainer's
+        assert "--backbone " in stdout and "--output_dir" in stdout and "--content_warmup_epochs" in stdout
+    if command == "finetune":
+        assert "--pretrained" in stdout and "--output_dir" in stdout and "--mask_ratio" in stdout
 
 
 def test_pretrain_finetune_evaluate_chain(checkpoint, capsys):
@@ -213,7 +215,7 @@ def test_usage_errors(checkpoint, capsys, tmp_path):
         (("evaluate", "--model", model, "--data", data_dir, "--max-tokens", "0"), "--max-tokens must be positive"),
         (("recommend", "--model", model, "--all-users", "--max-tokens", "-1"), "--max-tokens must be positive"),
         (("finetune", "--data", data_dir, "--output_dir", str(tmp_path / "f")), "--pretrained"),
-        (("pretrain", "--no_such_argument", "1"), "unrecognized arguments"),
+        (("pretrain", "--output_dir", str(tmp_path / "p"), "--no_such_argument", "1"), "unrecognized arguments"),
     ]
     for args, message in cases:
         assert_usage_error(capsys, *args, message=message)

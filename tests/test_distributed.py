@@ -20,7 +20,7 @@ from hf_cllm4rec.training.recipes import (
     BUILTIN_BACKBONE,
     BUILTIN_DATA,
     DataArguments,
-    ModelArguments,
+    PretrainingModelArguments,
     build_pretraining_model,
     load_data,
 )
@@ -84,7 +84,7 @@ def run_example(script: str, arguments: list[str], output_dir: Path, processes: 
 def initial_model() -> CLLM4RecForCollaborativeLM:
     """The model the pretraining script starts from (same seed, same backbone)."""
     set_seed(SEED)
-    model_args = ModelArguments(backbone=BUILTIN_BACKBONE, backbone_overrides=NO_DROPOUT)
+    model_args = PretrainingModelArguments(backbone=BUILTIN_BACKBONE, backbone_overrides=NO_DROPOUT)
     return build_pretraining_model(model_args, load_data(DataArguments(data=BUILTIN_DATA)))[0]
 
 

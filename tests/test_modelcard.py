@@ -19,8 +19,8 @@ from hf_cllm4rec import (
     hub,
 )
 from hf_cllm4rec.hub.modelcard import CITATION, model_card, write_model_card
-from hf_cllm4rec.training import CLLM4RecTrainingArguments
-from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, run_finetuning
+from hf_cllm4rec.training import FineTuningArguments
+from hf_cllm4rec.training.recipes import DataArguments, FineTuningModelArguments, run_finetuning
 
 HUB_FILES = {
     "README.md",
@@ -44,7 +44,7 @@ def tiny_finetuning_run(tmp_path):
     pretrained.load_state_dict(model.state_dict())
     pretrained.save_pretrained(tmp_path / "pretrained")
     tokenizer.save_pretrained(tmp_path / "pretrained")
-    training_args = CLLM4RecTrainingArguments(
+    training_args = FineTuningArguments(
         output_dir=str(tmp_path / "finetuned"),
         num_train_epochs=1,
         per_device_train_batch_size=8,
@@ -59,7 +59,7 @@ def tiny_finetuning_run(tmp_path):
         weight_average_decay=0.9,
     )
     metrics = run_finetuning(
-        ModelArguments(pretrained=str(tmp_path / "pretrained")),
+        FineTuningModelArguments(pretrained=str(tmp_path / "pretrained")),
         DataArguments(data=str(tmp_path / "data")),
         training_args,
     )
@@ -276,7 +276,7 @@ def test_trainer_push_to_hub_uploads_the_same_files(monkeypatch, tmp_path):
     monkeypatch.setattr(hub.checkpoint, "HfApi", RecordingApi)
     data = tiny_data()
     model, tokenizer = tiny_item_prediction_model(data)
-    arguments = CLLM4RecTrainingArguments(
+    arguments = FineTuningArguments(
         output_dir=str(tmp_path / "cllm4rec-run"), report_to="none", use_cpu=True, eval_strategy="no"
     )
     trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
