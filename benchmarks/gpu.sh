@@ -12,11 +12,11 @@
 # 1. speed of every stage, GPT-2 small's shape (random weights) and SmolLM2-135M, prediction batches capped at
 #    65,536 padded tokens: the two runs one after the other, alone on the GPU (a few minutes together);
 # 2. quality, SmolLM2-135M, two runs side by side: the paper's configuration on a shortened schedule (one content
-#    warm-up epoch, 3 pretraining and 2 fine-tuning rounds, batch 256 instead of 20), and the best CPU recipe
-#    (LoRA adapters from the start, vocabulary-drawn IDs with their own item head and dropout 0.3, documents grouped
-#    by length, batch 32, learning rate 2e-3 decaying linearly over 6 epochs, weight decay 0.3, tested over 8
-#    history orders as well) with what a CPU cannot afford: item content documents in every round and the mutual
-#    regularization between the two sides.
+#    warm-up epoch as long as a round, 3 pretraining and 2 fine-tuning rounds, batch 256 instead of 20), and the best
+#    CPU recipe (LoRA adapters from the start, vocabulary-drawn IDs with their own item head and dropout 0.3,
+#    documents grouped by length, batch 32, learning rate 2e-3 decaying linearly over 6 epochs, weight decay 0.3,
+#    tested over 8 history orders as well) with what a CPU cannot afford: item content documents in every round and
+#    the mutual regularization between the two sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 smollm2=${1:?usage: bash benchmarks/gpu.sh SMOLLM2_FOLDER [GPT2_TOKENIZER]}

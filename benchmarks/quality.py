@@ -28,9 +28,16 @@ from benchmarks.baselines import run_baselines_on_data  # noqa: E402
 from benchmarks.provenance import device_name, git_commit, recorded_arguments, recorded_location, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
-from hf_cllm4rec.training import CLLM4RecTrainingArguments  # noqa: E402
+from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
-from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, load_data, run_finetuning, run_pretraining  # noqa: E402
+from hf_cllm4rec.training.recipes import (  # noqa: E402
+    DataArguments,
+    FineTuningModelArguments,
+    PretrainingModelArguments,
+    load_data,
+    run_finetuning,
+    run_pretraining,
+)
 
 PAPER = {
     "warmup_epochs": 10,
@@ -62,7 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="The paper's schedule and hyperparameters as defaults; options given explicitly still win.",
     )
-    parser.add_argument("--warmup_epochs", type=int, default=2)
+    parser.add_argument(
+        "--warmup_epochs",
+        type=int,
+        default=None,
+        help="Content-only epochs before the pretraining rounds, each as long as a round (default: 2, or 0 with "
+        "--no_content_steps).",
+    )
     parser.add_argument("--pretrain_rounds", type=int, default=10)
     parser.add_argument("--finetune_rounds", type=int, default=20, help="0: no fine-tuning.")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -98,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         choices=["frozen", "full", "lora"],
         help="What of the backbone trains in pretraining; default: as --backbone_training, but frozen for 'lora'. "
-        "LoRA adapters added in pretraining stay for fine-tuning (then --backbone_training lora).",
+        "LoRA adapters of pretraining are merged into the backbone that fine-tuning starts from.",
     )
     parser.add_argument("--lora_rank", type=int, default=8, help="Rank of the LoRA adapters, wherever they train.")
     parser.add_argument("--lora_dropout", type=float, default=0.0, help="Dropout on the LoRA branch.")
@@ -145,20 +158,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.pretrain_backbone_training is None:
         args.pretrain_backbone_training = "frozen" if args.backbone_training == "lora" else args.backbone_training
-    if args.pretrain_backbone_training == "lora" and args.finetune_rounds and args.backbone_training != "lora":
-        parser.error("LoRA adapters added in pretraining stay in fine-tuning: pass --backbone_training lora too.")
+    if args.warmup_epochs is None:
+        args.warmup_epochs = 0 if args.no_content_steps else 2
+    elif args.warmup_epochs and args.no_content_steps:
+        parser.error("--warmup_epochs trains content documents: it cannot go with --no_content_steps.")
     return args
 
 
-def training_arguments(
-    args, output_dir: Path, rounds: int, learning_rate: float, **extra
-) -> CLLM4RecTrainingArguments:
-    return CLLM4RecTrainingArguments(
+# Both stages evaluate every round on validation and keep the best one.
+SELECT_BEST_ROUND = {
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "load_best_model_at_end": True,
+    "save_total_limit": 1,
+}
+
+
+def training_arguments(args, stage: str, output_dir: Path):
+    """The training arguments of a stage of the run, `"pretraining"` or `"finetuning"`."""
+    if stage == "pretraining":
+        arguments_class, backbone_training = PretrainingArguments, args.pretrain_backbone_training
+        stage_options = {
+            "num_train_epochs": args.warmup_epochs + args.pretrain_rounds,
+            "content_warmup_epochs": args.warmup_epochs,
+            "learning_rate": args.pretrain_learning_rate,
+        }
+    else:
+        arguments_class, backbone_training = FineTuningArguments, args.backbone_training
+        stage_options = {"num_train_epochs": args.finetune_rounds, "learning_rate": args.finetune_learning_rate}
+    if backbone_training == "lora":
+        stage_options.update(lora_rank=args.lora_rank, lora_dropout=args.lora_dropout)
+    return arguments_class(
         output_dir=str(output_dir),
-        num_train_epochs=rounds,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=512,
-        learning_rate=learning_rate,
         lr_scheduler_type=args.lr_scheduler_type,
         warmup_steps=args.warmup_steps,
         weight_average_decay=args.weight_average_decay,
@@ -167,6 +200,7 @@ def training_arguments(
         train_sampling_strategy=args.train_sampling_strategy,
         content_documents=args.content_documents,
         content_steps=not args.no_content_steps,
+        backbone_training=backbone_training,
         bf16=args.bf16,
         use_cpu=not torch.cuda.is_available(),
         logging_steps=100,
@@ -174,7 +208,8 @@ def training_arguments(
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=4 if torch.cuda.is_available() else 0,
-        **extra,
+        **SELECT_BEST_ROUND,
+        **stage_options,
     )
 
 
@@ -189,65 +224,40 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
     start = time.perf_counter()
     data_args = DataArguments(data=args.data)
     root = Path(args.output_dir) / args.name
-    select_best_round = {
-        "eval_strategy": "epoch",
-        "save_strategy": "epoch",
-        "load_best_model_at_end": True,
-        "save_total_limit": 1,
-    }
-    model_args = ModelArguments(
+    model_args = PretrainingModelArguments(
         backbone=args.backbone,
         tokenizer=args.tokenizer,
         random_init=args.random_init,
         backbone_overrides=args.backbone_overrides,
         lambda_v=args.lambda_v,
-        backbone_training=args.pretrain_backbone_training,
-        lora_rank=args.lora_rank,
-        lora_dropout=args.lora_dropout,
         id_embedding_dropout=args.id_embedding_dropout,
         id_embedding_init=args.id_embedding_init,
         untie_item_head=args.untie_item_head,
     )
-    pretraining_args = training_arguments(
-        args,
-        root / "pretrain",
-        args.pretrain_rounds,
-        args.pretrain_learning_rate,
-        content_warmup_epochs=args.warmup_epochs,
-        **select_best_round,
-    )
-    pretrained = run_pretraining(model_args, data_args, pretraining_args)
+    pretrained = run_pretraining(model_args, data_args, training_arguments(args, "pretraining", root / "pretrain"))
     stages = {"pretraining": stage_results(pretrained, root / "pretrain", CLLM4RecForCollaborativeLM, args)}
     if args.finetune_rounds:
-        model_args = ModelArguments(
-            pretrained=str(root / "pretrain"),
-            backbone_training=args.backbone_training,
-            lora_rank=args.lora_rank,
-            lora_dropout=args.lora_dropout,
-            recommendation_prompt=args.recommendation_prompt,
+        model_args = FineTuningModelArguments(
+            pretrained=str(root / "pretrain"), recommendation_prompt=args.recommendation_prompt
         )
-        finetuning_args = training_arguments(
-            args, root / "finetune", args.finetune_rounds, args.finetune_learning_rate, **select_best_round
-        )
-        metrics = run_finetuning(model_args, data_args, finetuning_args)
+        metrics = run_finetuning(model_args, data_args, training_arguments(args, "finetuning", root / "finetune"))
         stages["finetuning"] = stage_results(metrics, root / "finetune", CLLM4RecForItemPrediction, args)
     return stages, time.perf_counter() - start
 
 
 def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args) -> dict:
-    history = json.loads((output_dir / "log_history.json").read_text())
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     results = {
         "test": {key.removeprefix("test_"): value for key, value in test_metrics.items()},
         "validation_per_round": [entry for entry in history if "eval_recall@20" in entry],
         "training_loss": [
-            {key: entry[key] for key in ("step", "round", "loss", "learning_rate")}
+            {key: entry[key] for key in ("step", "epoch", "loss", "learning_rate")}
             for entry in history
             if "loss" in entry
         ],
     }
     if args.history_permutations > 1:
-        model = model_class.from_pretrained(output_dir, history_permutations=args.history_permutations)
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        model = model_class.from_pretrained(output_dir).to("cuda" if torch.cuda.is_available() else "cpu")
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):  # as the Trainer evaluates
             results["test_over_history_orders"] = evaluate_model(
                 model,
@@ -256,6 +266,7 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
                 "test",
                 batch_size=512,
                 max_length=default_max_length(model.config),
+                history_permutations=args.history_permutations,
             )
     return results
 

@@ -249,6 +249,12 @@ def test_masked_history_leaves_out_users_with_fewer_than_two_items(tokenizer, hi
         RecommendationDocuments([items[:1] for items in histories], tokenizer, mask_ratio=0.2, max_length=None)
 
 
+@pytest.mark.parametrize("mask_ratio", [0.0, 1.0, -0.2, 1.5, float("nan"), float("inf")])
+def test_a_mask_ratio_outside_the_open_unit_interval_is_refused(tokenizer, histories, mask_ratio):
+    with pytest.raises(ValueError, match="mask_ratio must lie in"):
+        RecommendationDocuments(histories, tokenizer, mask_ratio=mask_ratio, max_length=None)
+
+
 def test_long_histories_lose_items_from_their_start_and_keep_the_prompt_end(tokenizer, histories):
     max_length = 12
     documents = RecommendationDocuments(histories, tokenizer, mask_ratio=0.2, max_length=max_length, seed=0)

@@ -1,13 +1,16 @@
+import json
 import math
-from types import SimpleNamespace
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from datasets import DatasetDict
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_prepare_cli import assert_usage_error, run_cli
 from tiny_models import tiny_cllm4rec_config, tiny_model
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 
 from hf_cllm4rec import (
     CLLM4RecConfig,
@@ -17,12 +20,25 @@ from hf_cllm4rec import (
 )
 from hf_cllm4rec.data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
 from hf_cllm4rec.evaluation import evaluate_model
-from hf_cllm4rec.training import CLLM4RecTrainer, CLLM4RecTrainingArguments
+from hf_cllm4rec.training import CLLM4RecTrainer, FineTuningArguments, PretrainingArguments, apply_backbone_training
+from hf_cllm4rec.training import trainer as trainer_module
+from hf_cllm4rec.training.recipes import (
+    BUILTIN_BACKBONE,
+    DataArguments,
+    FineTuningModelArguments,
+    PretrainingModelArguments,
+    run_finetuning,
+    run_pretraining,
+)
 from hf_cllm4rec.training.trainer import LOSS_COMPONENTS
 from hf_cllm4rec.training.weight_averaging import TRAINING_WEIGHTS_NAME, WeightAverage
 
-# 20 users, 30 items: 20 collaborative or masked-history documents and 30 item-text documents a round.
+# 20 users, 30 items: 20 collaborative or masked-history documents and 30 item-text documents a round; with batch 8,
+# a round (an epoch) is 3 + 4 = 7 steps.
 NUM_USERS, NUM_ITEMS = 20, 30
+STEPS_PER_EPOCH = 7
+MODEL_CLASSES = (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction)
+STAGE_ARGUMENTS = {CLLM4RecForCollaborativeLM: PretrainingArguments, CLLM4RecForItemPrediction: FineTuningArguments}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +52,10 @@ def base_tokenizer(data):
 
 
 def make_model(model_class, data, base_tokenizer, id_std: float = 0.5, **config):
-    """A tiny model sized to `data` (ID tables redrawn with a visible spread) and its tokenizer."""
+    """
+    A tiny model sized to `data` (ID tables redrawn with a visible spread), its backbone frozen as the trainer
+    freezes it by default, and its tokenizer.
+    """
     model = tiny_model(
         model_class,
         num_users=data.num_users,
@@ -45,15 +64,16 @@ def make_model(model_class, data, base_tokenizer, id_std: float = 0.5, **config)
         id_std=id_std,
         **config,
     )
+    apply_backbone_training(model, "frozen")
     return model, CLLM4RecTokenizer(base_tokenizer, model.config)
 
 
-def training_arguments(output_dir, **overrides) -> CLLM4RecTrainingArguments:
+def training_arguments(model_class, output_dir, **overrides):
+    """The training arguments of the stage of `model_class`: one round of SGD at a constant rate, nothing logged."""
     arguments = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=8,
         num_train_epochs=1,
-        content_warmup_epochs=1,
         content_documents="item",
         optim="sgd",
         learning_rate=0.5,
@@ -67,13 +87,17 @@ def training_arguments(output_dir, **overrides) -> CLLM4RecTrainingArguments:
         eval_strategy="no",
         logging_strategy="no",
     )
-    return CLLM4RecTrainingArguments(**{**arguments, **overrides})
+    return STAGE_ARGUMENTS[model_class](**{**arguments, **overrides})
 
 
 def trainable_parameters(model) -> dict[str, torch.Tensor]:
     return {
         name: parameter.detach().clone() for name, parameter in model.named_parameters() if parameter.requires_grad
     }
+
+
+def all_parameters(model) -> dict[str, torch.Tensor]:
+    return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
 
 
 # Item-text documents hold no user token: with them alone, the content user table has nothing to learn from.
@@ -91,9 +115,6 @@ def assert_same_parameters(expected: dict, actual: dict, before: dict, atol: flo
 
 def with_tables(data: RecommendationData, **tables) -> RecommendationData:
     return RecommendationData(tables=DatasetDict({**data.tables, **tables}), manifest=dict(data.manifest))
-
-
-# Pretraining, fine-tuning, logging, evaluation rounds and the best model
 
 
 def training_logs(trainer) -> list[dict]:
@@ -116,11 +137,12 @@ def assert_components_add_up(logs: list[dict], components: dict[str, tuple[str, 
     assert logged == set(components)
 
 
+# Pretraining, fine-tuning, logging, rounds as epochs and the best model
+
+
 def test_pretraining_then_fine_tuning(tmp_path, data, base_tokenizer):
     model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
-    arguments = training_arguments(
-        tmp_path / "pretrain",
-        num_train_epochs=2,
+    every_round = dict(
         logging_steps=1,
         logging_strategy="steps",
         eval_strategy="epoch",
@@ -129,20 +151,24 @@ def test_pretraining_then_fine_tuning(tmp_path, data, base_tokenizer):
         optim="adamw_torch",
         learning_rate=1e-2,
     )
+    arguments = training_arguments(
+        CLLM4RecForCollaborativeLM, tmp_path / "pretrain", num_train_epochs=3, content_warmup_epochs=1, **every_round
+    )
     trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
     trainer.train()
-    # one evaluation at the end of each round of the schedule: the content warm-up (one round), then two rounds
+    # every epoch is as long as a round; the content warm-up epoch is not evaluated, every round is
     evaluations = evaluation_logs(trainer)
-    assert len(trainer.schedule.rounds) == 3
-    assert [log["round"] for log in evaluations] == [0, 1, 2]
-    assert [log["step"] for log in evaluations] == list(np.cumsum(trainer.schedule.round_lengths()))
+    assert [log["epoch"] for log in evaluations] == [2, 3]
+    assert [log["step"] for log in evaluations] == [2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH]
     names = [
         "collaborative_lm_loss",
         "collaborative_regularization_loss",
         "content_lm_loss",
         "content_regularization_loss",
     ]
-    assert_components_add_up(training_logs(trainer), {name: LOSS_COMPONENTS[name] for name in names})
+    logs = training_logs(trainer)
+    assert_components_add_up(logs, {name: LOSS_COMPONENTS[name] for name in names})
+    assert not any("collaborative_lm_loss" in log for log in logs if log["step"] <= STEPS_PER_EPOCH)  # the warm-up
     for log in evaluations:
         assert all(0.0 <= log[f"eval_{name}"] <= 1.0 for name in ("recall@20", "recall@40", "ndcg@100"))
     best = max(log["eval_selection_score"] for log in evaluations)
@@ -153,22 +179,13 @@ def test_pretraining_then_fine_tuning(tmp_path, data, base_tokenizer):
     model = CLLM4RecForItemPrediction.from_pretrained(tmp_path / "pretrained")
     tokenizer = CLLM4RecTokenizer.from_pretrained(tmp_path / "pretrained")
     arguments = training_arguments(
-        tmp_path / "finetune",
-        num_train_epochs=3,
-        logging_steps=1,
-        logging_strategy="steps",
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        load_best_model_at_end=True,
-        save_total_limit=1,
-        optim="adamw_torch",
-        learning_rate=1e-2,
+        CLLM4RecForItemPrediction, tmp_path / "finetune", num_train_epochs=3, save_total_limit=1, **every_round
     )
-    before = trainable_parameters(model)
     trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+    before = trainable_parameters(model)
     trainer.train()
     evaluations = evaluation_logs(trainer)
-    assert [log["round"] for log in evaluations] == [0, 1, 2]
+    assert [log["epoch"] for log in evaluations] == [1, 2, 3]
     names = [
         "recommendation_loss",
         "recommendation_regularization_loss",
@@ -183,10 +200,196 @@ def test_pretraining_then_fine_tuning(tmp_path, data, base_tokenizer):
     assert {name for name in before if not torch.equal(after[name], before[name])} == set(before) - {CONTENT_USERS}
 
 
+def test_early_stopping_stops_after_patience_rounds_without_improvement(tmp_path, data, base_tokenizer):
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    arguments = training_arguments(
+        CLLM4RecForItemPrediction,
+        tmp_path,
+        num_train_epochs=10,
+        learning_rate=0.0,  # the validation score stays what it was after the first round
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+    )
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer, callbacks=[EarlyStoppingCallback(2)])
+    trainer.train()
+    assert [log["epoch"] for log in evaluation_logs(trainer)] == [1, 2, 3]
+    assert trainer.state.global_step == 3 * STEPS_PER_EPOCH
+
+
+def test_the_best_round_is_loaded_at_the_end(tmp_path, data, base_tokenizer):
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    arguments = training_arguments(
+        CLLM4RecForItemPrediction,
+        tmp_path,
+        num_train_epochs=4,
+        optim="adamw_torch",
+        learning_rate=1e-2,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+    )
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+    trainer.train()
+    scores = [log["eval_selection_score"] for log in evaluation_logs(trainer)]
+    chosen = int(np.argmax(scores))
+    assert len(scores) == 4 and chosen != 3 and scores[chosen] > scores[3]  # this run's best round is not its last
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{(chosen + 1) * STEPS_PER_EPOCH}")
+    assert trainer.evaluate()["eval_selection_score"] == pytest.approx(scores[chosen])
+
+
+# What trains, and how each option reaches the training
+
+
+@pytest.mark.parametrize("backbone_training", ["frozen", "full", "lora"])
+def test_backbone_training_sets_what_trains(tmp_path, data, base_tokenizer, backbone_training):
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    before = all_parameters(model)
+    arguments = training_arguments(CLLM4RecForCollaborativeLM, tmp_path, backbone_training=backbone_training)
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    if backbone_training == "lora":
+        assert trained and all("lora_" in name for name in trained if name.startswith("model.backbone."))
+    trainer.train()
+    # the final model holds plain weights: LoRA adapters are merged into the backbone
+    after = all_parameters(model)
+    assert after.keys() == before.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    backbone = {name for name in before if name.startswith("model.backbone.")}
+    id_tables = set(before) - backbone - {CONTENT_USERS}
+    assert id_tables <= changed
+    if backbone_training == "frozen":
+        assert not changed & backbone
+    elif backbone_training == "full":
+        assert changed >= backbone
+    else:  # the adapted projections change through the merge, nothing else of the backbone does
+        adapted = {name for name in backbone if name.endswith(("c_attn.weight", "c_proj.weight"))}
+        assert adapted and changed & backbone == adapted
+
+
+def test_lora_options_reach_the_adapters(tmp_path, data, base_tokenizer):
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    lora = dict(lora_rank=3, lora_alpha=6, lora_dropout=0.25, lora_target_modules=["c_fc"])
+    arguments = training_arguments(CLLM4RecForItemPrediction, tmp_path, backbone_training="lora", **lora)
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+    settings = trainer.lora_adapters.peft_config["default"]
+    assert (settings.r, settings.lora_alpha, settings.lora_dropout) == (3, 6, 0.25)
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in model.named_parameters() if ".lora_A." in name}
+    assert adapted and all(name.endswith("mlp.c_fc") for name in adapted)
+
+
+def test_checkpoints_of_a_run_with_lora_resume_with_the_same_adapters(tmp_path, data, base_tokenizer):
+    arguments = dict(num_train_epochs=2, save_strategy="steps", save_steps=5, backbone_training="lora")
+    arguments.update(optim="adamw_torch", learning_rate=1e-2, lora_rank=2)
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    CLLM4RecTrainer(
+        model, training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "run", **arguments), data, tokenizer
+    ).train()
+    uninterrupted = all_parameters(model)
+    checkpoint = tmp_path / "run" / "checkpoint-10"
+    with safe_open(checkpoint / "model.safetensors", "pt") as stored:
+        assert any("lora_B" in name for name in stored.keys())
+    # a checkpoint loads as a plain model too: its adapters are folded into the weights
+    assert not any("lora_" in name for name in CLLM4RecForCollaborativeLM.from_pretrained(checkpoint).state_dict())
+
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    resumed = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "resumed", **arguments)
+    CLLM4RecTrainer(model, resumed, data, tokenizer).train(resume_from_checkpoint=str(checkpoint))
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(all_parameters(model)[name], value, rtol=0, atol=1e-6)
+
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    frozen = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "frozen", num_train_epochs=2)
+    with pytest.raises(ValueError, match="with LoRA adapters: resume it with the backbone_training of that run"):
+        CLLM4RecTrainer(model, frozen, data, tokenizer).train(resume_from_checkpoint=str(checkpoint))
+
+
+def masked_history_lengths(trainer) -> tuple[list[int], list[int]]:
+    """Of the masked-history documents of the first epoch: the number of held-out items and of training items."""
+    documents = trainer.train_dataset.sources[0]
+    held_out, total = [], []
+    for batch in trainer.get_train_dataloader():
+        if batch["document_type"] == "recommendation":
+            held_out += (batch["labels"] >= 0).sum(-1).tolist()
+    for user in documents.users:
+        total.append(len(documents.histories[user]))
+    return held_out, total
+
+
+@pytest.mark.parametrize("mask_ratio", [0.2, 0.5])
+def test_mask_ratio_sets_the_held_out_share_of_the_fine_tuning_documents(tmp_path, data, base_tokenizer, mask_ratio):
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    arguments = training_arguments(CLLM4RecForItemPrediction, tmp_path, mask_ratio=mask_ratio)
+    held_out, total = masked_history_lengths(CLLM4RecTrainer(model, arguments, data, tokenizer))
+    assert sum(held_out) / sum(total) == pytest.approx(mask_ratio, abs=0.05)
+
+
+def run_demo_stages(tmp_path, pretraining_model=None, finetuning_model=None, **finetuning) -> tuple[dict, dict]:
+    """One pretraining and one fine-tuning round on the built-in data set; the two runs' trainer states."""
+    quick = dict(content_steps=False, per_device_eval_batch_size=64, logging_strategy="epoch")
+    pretraining_model = pretraining_model or PretrainingModelArguments(backbone=BUILTIN_BACKBONE)
+    run_pretraining(
+        pretraining_model,
+        DataArguments(),
+        training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "pre", **quick),
+    )
+    finetuning_model = finetuning_model or FineTuningModelArguments(pretrained=str(tmp_path / "pre"))
+    run_finetuning(
+        finetuning_model,
+        DataArguments(),
+        training_arguments(CLLM4RecForItemPrediction, tmp_path / "fine", **{**quick, **finetuning}),
+    )
+    return tuple(json.loads((tmp_path / stage / "trainer_state.json").read_text()) for stage in ("pre", "fine"))
+
+
+def test_fine_tuning_overrides_reach_the_model(tmp_path):
+    _, default = run_demo_stages(tmp_path / "default")
+    pretrained = str(tmp_path / "default" / "pre")
+    overrides = FineTuningModelArguments(pretrained=pretrained, lambda_v=0.0, id_embedding_dropout=0.3)
+    _, changed = run_demo_stages(tmp_path / "changed", finetuning_model=overrides)
+    config = json.loads((tmp_path / "changed" / "fine" / "config.json").read_text())
+    assert config["lambda_v"] == 0.0 and config["id_embedding_dropout"] == 0.3
+    # lambda_v is the weight of the regularization term of the loss
+    assert default["log_history"][0]["recommendation_regularization_loss"] > 0
+    assert changed["log_history"][0]["recommendation_regularization_loss"] == 0
+    # dropout on the ID embeddings acts in training: two forward passes differ
+    model = CLLM4RecForItemPrediction.from_pretrained(tmp_path / "changed" / "fine").train()
+    prompt = torch.tensor([[model.config.user_token_offset, model.config.item_token_offset + 1]])
+    assert not torch.equal(model(prompt).logits, model(prompt).logits)
+
+
+def test_history_permutations_reach_evaluation(tmp_path, data, base_tokenizer, monkeypatch):
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    arguments = training_arguments(CLLM4RecForItemPrediction, tmp_path, history_permutations=3)
+    orders = []
+
+    def recording_evaluate_model(*args, **kwargs):
+        orders.append(kwargs["history_permutations"])
+        return evaluate_model(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate_model", recording_evaluate_model)
+    metrics = CLLM4RecTrainer(model, arguments, data, tokenizer).evaluate()
+    expected = evaluate_model(model, tokenizer, data, "validation", max_length=64, history_permutations=3)
+    assert orders == [3]
+    assert {name: metrics[f"eval_{name}"] for name in expected} == pytest.approx(expected)
+
+
+def test_a_recipe_refuses_the_arguments_of_the_other_stage(tmp_path):
+    with pytest.raises(TypeError, match="Expected PretrainingArguments, got FineTuningArguments"):
+        run_pretraining(
+            PretrainingModelArguments(backbone=BUILTIN_BACKBONE),
+            DataArguments(),
+            training_arguments(CLLM4RecForItemPrediction, tmp_path),
+        )
+    model = tiny_model(CLLM4RecForItemPrediction)
+    with pytest.raises(TypeError, match="CLLM4RecForItemPrediction trains with FineTuningArguments"):
+        CLLM4RecTrainer(model, training_arguments(CLLM4RecForCollaborativeLM, tmp_path), None, None)
+
+
 # Exactness: gradient accumulation and resuming
 
 
-@pytest.mark.parametrize("model_class", [CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction])
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
 def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path, data, base_tokenizer, model_class):
     """Batch 8 in one step, or batches of 4 accumulated over two: the same parameters after every step."""
     results = {}
@@ -194,6 +397,7 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path, dat
         model, tokenizer = make_model(model_class, data, base_tokenizer)
         before = trainable_parameters(model)
         arguments = training_arguments(
+            model_class,
             tmp_path / f"{batch_size}x{accumulation}",
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
@@ -214,11 +418,13 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path, dat
             assert whole_log.get(name) == pytest.approx(accumulated_log.get(name), abs=2e-4)
 
 
-@pytest.mark.parametrize("model_class", [CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction])
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
 def test_documents_of_a_batch_differ_in_length(tmp_path, data, base_tokenizer, model_class):
     """The accumulation test is only meaningful with padding: documents of one batch differ in length."""
     model, tokenizer = make_model(model_class, data, base_tokenizer)
-    arguments = training_arguments(tmp_path, per_device_train_batch_size=4, content_documents="user_item,item")
+    arguments = training_arguments(
+        model_class, tmp_path, per_device_train_batch_size=4, content_documents="user_item,item"
+    )
     trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
     padded = {}
     for batch in trainer.get_train_dataloader():
@@ -232,27 +438,70 @@ def test_documents_of_a_batch_differ_in_length(tmp_path, data, base_tokenizer, m
     }
 
 
-@pytest.mark.parametrize("model_class", [CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction])
-def test_resuming_from_a_checkpoint_ends_like_an_uninterrupted_run(tmp_path, data, base_tokenizer, model_class):
-    # checkpoint-9 lies inside an epoch of a source: in pretraining the round-1 content epoch (steps 8 to 11, after
-    # 4 warm-up steps and 3 collaborative ones), in fine-tuning the round-2 masked-history epoch (steps 8 to 10)
-    arguments = dict(
-        num_train_epochs=2, save_strategy="steps", save_steps=3, optim="adamw_torch", lr_scheduler_type="linear"
-    )
+RESUMED_RUNS = [
+    # checkpoint-9 lies inside the second epoch (steps 8 to 14), in its ID documents (steps 8 to 10)
+    (CLLM4RecForCollaborativeLM, dict(num_train_epochs=2)),
+    (CLLM4RecForItemPrediction, dict(num_train_epochs=2)),
+    # after a content warm-up epoch
+    (CLLM4RecForCollaborativeLM, dict(num_train_epochs=3, content_warmup_epochs=1)),
+]
+
+
+@pytest.mark.parametrize("model_class, schedule", RESUMED_RUNS)
+def test_resuming_from_a_checkpoint_ends_like_an_uninterrupted_run(
+    tmp_path, data, base_tokenizer, model_class, schedule
+):
+    arguments = dict(save_strategy="steps", save_steps=3, optim="adamw_torch", lr_scheduler_type="linear", **schedule)
     model, tokenizer = make_model(model_class, data, base_tokenizer)
     before = trainable_parameters(model)
-    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "run", **arguments), data, tokenizer)
+    trainer = CLLM4RecTrainer(model, training_arguments(model_class, tmp_path / "run", **arguments), data, tokenizer)
     trainer.train()
     uninterrupted = trainable_parameters(model)
     total_steps = trainer.state.global_step
-    assert total_steps >= 14 and (tmp_path / "run" / "checkpoint-9").is_dir()
+    assert total_steps == schedule["num_train_epochs"] * STEPS_PER_EPOCH
 
     # a new process: the same fresh model, resumed from the checkpoint in the middle of the run
     model, tokenizer = make_model(model_class, data, base_tokenizer)
-    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "resumed", **arguments), data, tokenizer)
+    arguments = training_arguments(model_class, tmp_path / "resumed", **arguments)
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
     trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-9"))
     assert trainer.state.global_step == total_steps
     assert_same_parameters(uninterrupted, trainable_parameters(model), before, atol=1e-6, untrained={CONTENT_USERS})
+
+
+def test_a_checkpoint_left_incomplete_is_not_resumed_from(tmp_path, data, base_tokenizer):
+    arguments = dict(num_train_epochs=2, save_strategy="steps", save_steps=3, optim="adamw_torch")
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    before = trainable_parameters(model)
+    run = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "run", **arguments)
+    CLLM4RecTrainer(model, run, data, tokenizer).train()
+    uninterrupted = trainable_parameters(model)
+    # a kill while checkpoint-12 was written, and the run's later checkpoint gone
+    shutil.rmtree(tmp_path / "run" / "checkpoint-14")
+    (tmp_path / "run" / "checkpoint-12" / "trainer_state.json").unlink()
+
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    trainer = CLLM4RecTrainer(model, run, data, tokenizer)
+    with pytest.raises(ValueError, match="checkpoint-12 is not a complete checkpoint"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-12"))
+    trainer.train(resume_from_checkpoint=True)  # from checkpoint-9, the last complete one
+    assert_same_parameters(uninterrupted, trainable_parameters(model), before, atol=1e-6, untrained={CONTENT_USERS})
+    empty = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "empty")
+    with pytest.raises(ValueError, match="No complete checkpoint"):
+        CLLM4RecTrainer(model, empty, data, tokenizer).train(resume_from_checkpoint=True)
+
+
+def test_a_checkpoint_of_another_data_set_is_refused(tmp_path, data, base_tokenizer):
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    arguments = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "run", save_strategy="epoch")
+    CLLM4RecTrainer(model, arguments, data, tokenizer).train()
+    other = make_synthetic_data(num_users=NUM_USERS + 5, num_items=NUM_ITEMS)
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, other, make_synthetic_tokenizer(other))
+    trainer = CLLM4RecTrainer(
+        model, training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "other"), other, tokenizer
+    )
+    with pytest.raises(ValueError, match="has 20 users and 30 items, but the data set .* has 25 and 30"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "run" / f"checkpoint-{STEPS_PER_EPOCH}"))
 
 
 # Weight averaging
@@ -279,12 +528,12 @@ def expected_average(weights: dict[int, dict], decay: float, last_step: int) -> 
     return average
 
 
-@pytest.mark.parametrize("model_class", [CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction])
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
 def test_weight_averaging(tmp_path, data, base_tokenizer, model_class):
     """Training follows the raw weights; evaluation, checkpoints and the final model hold their average."""
     arguments = dict(num_train_epochs=2, optim="adamw_torch", learning_rate=1e-2, save_strategy="epoch")
     model, tokenizer = make_model(model_class, data, base_tokenizer)
-    plain = CLLM4RecTrainer(model, training_arguments(tmp_path / "plain", **arguments), data, tokenizer)
+    plain = CLLM4RecTrainer(model, training_arguments(model_class, tmp_path / "plain", **arguments), data, tokenizer)
     plain.train()
     raw_final = trainable_parameters(model)
 
@@ -292,7 +541,9 @@ def test_weight_averaging(tmp_path, data, base_tokenizer, model_class):
     recorder = RecordWeights()
     trainer = CLLM4RecTrainer(
         model,
-        training_arguments(tmp_path / "averaged", weight_average_decay=0.9, eval_strategy="epoch", **arguments),
+        training_arguments(
+            model_class, tmp_path / "averaged", weight_average_decay=0.9, eval_strategy="epoch", **arguments
+        ),
         data,
         tokenizer,
         callbacks=[recorder],
@@ -312,42 +563,66 @@ def test_weight_averaging(tmp_path, data, base_tokenizer, model_class):
     assert last_evaluation["step"] == steps
     assert trainer.evaluate()["eval_selection_score"] == pytest.approx(last_evaluation["eval_selection_score"])
     # a checkpoint holds the average as the model and the raw weights beside it
-    first_round_end = trainer.schedule.round_lengths()[0]
-    checkpoint = tmp_path / "averaged" / f"checkpoint-{first_round_end}"
+    checkpoint = tmp_path / "averaged" / f"checkpoint-{STEPS_PER_EPOCH}"
     saved = model_class.from_pretrained(checkpoint)
     raw = load_file(checkpoint / TRAINING_WEIGHTS_NAME)
-    average = expected_average(recorder.weights, 0.9, first_round_end)
-    for name, value in trainable_parameters(saved).items():
-        torch.testing.assert_close(value, average[name], rtol=0, atol=1e-5)
-        torch.testing.assert_close(raw[name], recorder.weights[first_round_end][name], rtol=0, atol=0)
+    average = expected_average(recorder.weights, 0.9, STEPS_PER_EPOCH)
+    assert raw.keys() == average.keys()
+    saved_weights = all_parameters(saved)  # loading freezes nothing: the trained ones are the averaged ones
+    for name, value in average.items():
+        torch.testing.assert_close(saved_weights[name], value, rtol=0, atol=1e-5)
+        torch.testing.assert_close(raw[name], recorder.weights[STEPS_PER_EPOCH][name], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("model_class", [CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction])
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
 def test_resuming_with_weight_averaging_ends_like_an_uninterrupted_run(tmp_path, data, base_tokenizer, model_class):
     arguments = dict(
         num_train_epochs=2, save_strategy="steps", save_steps=3, optim="adamw_torch", weight_average_decay=0.8
     )
     model, tokenizer = make_model(model_class, data, base_tokenizer)
     before = trainable_parameters(model)
-    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "run", **arguments), data, tokenizer)
+    trainer = CLLM4RecTrainer(model, training_arguments(model_class, tmp_path / "run", **arguments), data, tokenizer)
     trainer.train()
     uninterrupted = trainable_parameters(model)
 
     model, tokenizer = make_model(model_class, data, base_tokenizer)
-    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "resumed", **arguments), data, tokenizer)
+    arguments = training_arguments(model_class, tmp_path / "resumed", **arguments)
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
     trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-9"))
     assert_same_parameters(uninterrupted, trainable_parameters(model), before, atol=1e-6, untrained={CONTENT_USERS})
+
+
+def test_an_averaged_checkpoint_resumes_only_with_its_decay(tmp_path, data, base_tokenizer):
+    arguments = dict(save_strategy="steps", save_steps=3)
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    run = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "run", weight_average_decay=0.8, **arguments)
+    CLLM4RecTrainer(model, run, data, tokenizer).train()
+    checkpoint = str(tmp_path / "run" / "checkpoint-3")
+    for decay, message in [(None, "averaged its weights"), (0.9, "weight_average_decay=0.8")]:
+        model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+        resumed = training_arguments(
+            CLLM4RecForCollaborativeLM, tmp_path / "resumed", weight_average_decay=decay, **arguments
+        )
+        with pytest.raises(ValueError, match=message):
+            CLLM4RecTrainer(model, resumed, data, tokenizer).train(resume_from_checkpoint=checkpoint)
 
 
 def test_resuming_from_raw_weights_of_another_model_is_refused(tmp_path, data, base_tokenizer):
     arguments = dict(save_strategy="steps", save_steps=3, weight_average_decay=0.8)
     model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
-    CLLM4RecTrainer(model, training_arguments(tmp_path / "run", **arguments), data, tokenizer).train()
+    CLLM4RecTrainer(
+        model, training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "run", **arguments), data, tokenizer
+    ).train()
     checkpoint = tmp_path / "run" / "checkpoint-3"
     raw = load_file(checkpoint / TRAINING_WEIGHTS_NAME)
-    save_file({name: value for name, value in raw.items() if "item" not in name}, checkpoint / TRAINING_WEIGHTS_NAME)
+    with safe_open(checkpoint / TRAINING_WEIGHTS_NAME, "pt") as stored:
+        metadata = stored.metadata()
+    partial = {name: value for name, value in raw.items() if "item" not in name}
+    save_file(partial, checkpoint / TRAINING_WEIGHTS_NAME, metadata=metadata)
     model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
-    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path / "resumed", **arguments), data, tokenizer)
+    trainer = CLLM4RecTrainer(
+        model, training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "resumed", **arguments), data, tokenizer
+    )
     with pytest.raises(ValueError, match="other trainable weights than the model's"):
         trainer.train(resume_from_checkpoint=str(checkpoint))
 
@@ -358,14 +633,16 @@ def test_the_weight_average_of_bfloat16_weights_is_kept_in_float32():
     start = model.weight.detach().float().clone()
     average = WeightAverage(0.999)
     average.start_from(model)
+    average.average.n_averaged.fill_(10**6)  # past the warm-up of the decay
     with torch.no_grad():
         model.weight.add_(1.0)
     target = model.weight.detach().float()
-    for step in range(10**6, 10**6 + 10):  # past the warm-up of the decay
-        average.on_step_end(None, SimpleNamespace(global_step=step), None, model=model)
+    for _ in range(10):
+        average.on_step_end(None, None, None, model=model)
     expected = start + (1 - 0.999**10) * (target - start)
-    assert average.average["weight"].dtype == torch.float32
-    torch.testing.assert_close(average.average["weight"], expected, rtol=0, atol=1e-6)
+    averaged = average.averaged_weights()["weight"]
+    assert averaged.dtype == torch.float32
+    torch.testing.assert_close(averaged, expected, rtol=0, atol=1e-6)
 
 
 # Bad input, refused before any training
@@ -379,36 +656,38 @@ def test_a_model_of_another_catalogue_is_refused(tmp_path, data, base_tokenizer)
         model = tiny_model(CLLM4RecForCollaborativeLM, vocab_size=len(base_tokenizer), **sizes)
         tokenizer = CLLM4RecTokenizer(base_tokenizer, model.config)
         with pytest.raises(ValueError, match="cannot be trained on this one"):
-            CLLM4RecTrainer(model, training_arguments(tmp_path), data, tokenizer)
+            CLLM4RecTrainer(model, training_arguments(CLLM4RecForCollaborativeLM, tmp_path), data, tokenizer)
 
 
 def test_content_steps_need_text(tmp_path, data, base_tokenizer):
     items = data.tables["items"].remove_columns("text").add_column("text", [""] * data.num_items)
     no_text = with_tables(data, items=items, reviews=data.tables["reviews"].select([]))
-    for model_class in (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction):
+    for model_class in MODEL_CLASSES:
         model, tokenizer = make_model(model_class, data, base_tokenizer)
         for content_documents in ("item", "user_item", "user_item,item"):
-            arguments = training_arguments(tmp_path, content_documents=content_documents)
+            arguments = training_arguments(model_class, tmp_path, content_documents=content_documents)
             with pytest.raises(ValueError, match="no review or item text"):
                 CLLM4RecTrainer(model, arguments, no_text, tokenizer)
         # without content steps the same data set trains
-        CLLM4RecTrainer(model, training_arguments(tmp_path, content_steps=False), no_text, tokenizer)
+        CLLM4RecTrainer(model, training_arguments(model_class, tmp_path, content_steps=False), no_text, tokenizer)
 
 
 def test_evaluation_needs_held_out_items(tmp_path, base_tokenizer):
     data = make_synthetic_data(num_users=NUM_USERS, num_items=NUM_ITEMS, validation_fraction=0.0)
     assert data.tables["validation"].num_rows == 0
     model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, make_synthetic_tokenizer(data))
+
+    def arguments(**overrides):
+        return training_arguments(CLLM4RecForCollaborativeLM, tmp_path, **overrides)
+
     for strategy in ("epoch", "steps"):
-        arguments = training_arguments(tmp_path, eval_strategy=strategy, eval_steps=5)
         with pytest.raises(ValueError, match="no held-out items"):
-            CLLM4RecTrainer(model, arguments, data, tokenizer)
+            CLLM4RecTrainer(model, arguments(eval_strategy=strategy, eval_steps=5), data, tokenizer)
     for split in ("dev", "reviews", "train"):
-        arguments = training_arguments(tmp_path, eval_strategy="epoch", eval_split=split)
         with pytest.raises(ValueError, match="a held-out split of its data set"):
-            CLLM4RecTrainer(model, arguments, data, tokenizer)
-    CLLM4RecTrainer(model, training_arguments(tmp_path, eval_strategy="epoch", eval_split="test"), data, tokenizer)
-    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path), data, tokenizer)
+            CLLM4RecTrainer(model, arguments(eval_strategy="epoch", eval_split=split), data, tokenizer)
+    CLLM4RecTrainer(model, arguments(eval_strategy="epoch", eval_split="test"), data, tokenizer)
+    trainer = CLLM4RecTrainer(model, arguments(), data, tokenizer)
     # evaluate() and predict() refuse what they cannot rank, rather than ranking another split
     for eval_dataset, message in [("validation", "no held-out items"), ("train", "held-out split"), (data, "got")]:
         with pytest.raises(ValueError, match=message):
@@ -427,27 +706,57 @@ def test_a_negative_regularization_weight_is_refused(tmp_path, data, base_tokeni
     model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
     model.config.lambda_v = -1.0
     with pytest.raises(ValueError, match="lambda_v"):
-        CLLM4RecTrainer(model, training_arguments(tmp_path), data, tokenizer)
+        CLLM4RecTrainer(model, training_arguments(CLLM4RecForCollaborativeLM, tmp_path), data, tokenizer)
+
+
+@pytest.mark.parametrize("lambda_v", [float("nan"), float("inf"), -1.0])
+def test_a_regularization_weight_that_is_not_a_finite_number_is_refused(lambda_v):
+    with pytest.raises(ValueError, match="lambda_v must be a finite number >= 0"):
+        PretrainingModelArguments(backbone=BUILTIN_BACKBONE, lambda_v=lambda_v)
+    with pytest.raises(ValueError, match="lambda_v must be a finite number >= 0"):
+        FineTuningModelArguments(pretrained="runs/pretrained", lambda_v=lambda_v)
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    "model_class, overrides, message",
     [
-        (dict(content_warmup_epochs=-1), "content_warmup_epochs"),
-        (dict(alternation="step"), "alternation"),
-        (dict(content_documents="reviews"), "content_documents"),
-        (dict(max_length=4), "max_length"),
-        (dict(recall_ks=[0]), "recall_ks"),
-        (dict(num_train_epochs=1.5), "whole number"),
-        (dict(weight_average_decay=1.0), "weight_average_decay"),
-        (dict(weight_average_decay=0.0), "weight_average_decay"),
-        (dict(eval_max_tokens=0), "eval_max_tokens"),
-        (dict(train_sampling_strategy="sorted"), "train_sampling_strategy must be one of"),
+        (CLLM4RecForCollaborativeLM, dict(content_warmup_epochs=-1), "content_warmup_epochs"),
+        (CLLM4RecForCollaborativeLM, dict(content_warmup_epochs=1), "fewer than num_train_epochs"),
+        (
+            CLLM4RecForCollaborativeLM,
+            dict(num_train_epochs=3, content_warmup_epochs=1, content_steps=False),
+            "needs content steps",
+        ),
+        (CLLM4RecForItemPrediction, dict(mask_ratio=0.0), "mask_ratio"),
+        (CLLM4RecForItemPrediction, dict(mask_ratio=1.0), "mask_ratio"),
+        (CLLM4RecForItemPrediction, dict(mask_ratio=float("nan")), "mask_ratio"),
+        (CLLM4RecForItemPrediction, dict(alternation="step"), "alternation"),
+        (CLLM4RecForItemPrediction, dict(content_documents="reviews"), "content_documents"),
+        (CLLM4RecForItemPrediction, dict(max_length=4), "max_length"),
+        (CLLM4RecForItemPrediction, dict(recall_ks=[0]), "recall_ks"),
+        (CLLM4RecForItemPrediction, dict(num_train_epochs=1.5), "whole number"),
+        (CLLM4RecForItemPrediction, dict(weight_average_decay=1.0), "weight_average_decay"),
+        (CLLM4RecForItemPrediction, dict(weight_average_decay=float("nan")), "weight_average_decay"),
+        (CLLM4RecForItemPrediction, dict(eval_max_tokens=0), "eval_max_tokens"),
+        (CLLM4RecForItemPrediction, dict(train_sampling_strategy="sorted"), "train_sampling_strategy must be one of"),
+        (CLLM4RecForItemPrediction, dict(backbone_training="partial"), "backbone_training"),
+        (CLLM4RecForItemPrediction, dict(backbone_training="lora", lora_rank=0), "lora_rank must be a whole"),
+        (CLLM4RecForItemPrediction, dict(backbone_training="lora", lora_alpha=float("inf")), "lora_alpha must be"),
+        (CLLM4RecForItemPrediction, dict(backbone_training="lora", lora_dropout=1.0), "lora_dropout must lie"),
+        (CLLM4RecForItemPrediction, dict(history_permutations=0), "history_permutations"),
+        (CLLM4RecForItemPrediction, dict(lora_rank=4), "lora_rank apply to backbone_training='lora'"),
+        (CLLM4RecForCollaborativeLM, dict(lora_target_modules=["c_fc"]), "lora_target_modules apply to"),
     ],
 )
-def test_bad_training_arguments(tmp_path, overrides, message):
+def test_bad_training_arguments(tmp_path, model_class, overrides, message):
     with pytest.raises(ValueError, match=message):
-        training_arguments(tmp_path, **overrides)
+        training_arguments(model_class, tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("arguments_class", [PretrainingArguments, FineTuningArguments])
+def test_training_needs_an_output_folder(arguments_class):
+    with pytest.raises(ValueError, match="output_dir is required"):
+        arguments_class()
 
 
 # Evaluation
@@ -456,7 +765,8 @@ def test_bad_training_arguments(tmp_path, overrides, message):
 @pytest.mark.parametrize("bf16", [False, True])
 def test_evaluation_runs_in_the_trainings_mixed_precision(tmp_path, data, base_tokenizer, bf16):
     model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
-    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path, bf16=bf16), data, tokenizer)
+    arguments = training_arguments(CLLM4RecForItemPrediction, tmp_path, bf16=bf16)
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
     dtypes = set()
     projection = model.base_model.backbone.base_model.h[0].mlp.c_fc
     hook = projection.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
@@ -469,7 +779,7 @@ def test_evaluation_runs_in_the_trainings_mixed_precision(tmp_path, data, base_t
 
 
 def test_evaluate_model_metrics_lie_in_the_unit_interval(data, base_tokenizer):
-    for model_class in (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction):
+    for model_class in MODEL_CLASSES:
         model, tokenizer = make_model(model_class, data, base_tokenizer)
         model.train()
         metrics = evaluate_model(model, tokenizer, data, "validation", batch_size=7, recall_ks=(5, 10), ndcg_ks=(10,))
@@ -479,102 +789,24 @@ def test_evaluate_model_metrics_lie_in_the_unit_interval(data, base_tokenizer):
         assert metrics["num_users"] == len(np.unique(data.tables["validation"]["user_id"]))
 
 
-def test_evaluate_model_batches_by_prompt_tokens(data, base_tokenizer, monkeypatch):
-    """A token limit changes how users are batched (short prompts in larger batches), not the metrics."""
-    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
-    score_items, batches = model.score_items, []
-
-    def recording_score_items(user_ids, user_histories, **kwargs):
-        input_ids, _ = model.prompt_batch(tokenizer, user_ids, user_histories, kwargs.get("max_length"))
-        batches.append(input_ids.shape)
-        return score_items(user_ids, user_histories, **kwargs)
-
-    monkeypatch.setattr(model, "score_items", recording_score_items)
-    by_users = evaluate_model(model, tokenizer, data, "validation", batch_size=4)
-    users_batches, batches[:] = list(batches), []
-    by_tokens = evaluate_model(model, tokenizer, data, "validation", batch_size=1000, max_tokens=150)
-    assert by_tokens == pytest.approx(by_users)
-    assert all(rows <= 4 for rows, _ in users_batches)
-    assert all(rows * width <= 150 or rows == 1 for rows, width in batches)
-    assert sum(rows for rows, _ in batches) == sum(rows for rows, _ in users_batches)
-    assert batches[0][0] > 4 and len(batches) < len(users_batches), "short prompts share larger batches"
-    assert [width for _, width in batches] == sorted(width for _, width in batches), "shortest prompts first"
-
-
-def test_evaluate_model_excludes_training_items(data, base_tokenizer, monkeypatch):
-    """A model that scores the training items highest, then the held-out ones, is perfect once training items go."""
-    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
-    train, validation = data.to_sparse("train").toarray(), data.to_sparse("validation").toarray()
-    noise = torch.rand(data.num_users, data.num_items, generator=torch.Generator().manual_seed(0))
-    scores = torch.as_tensor(10 * train + 5 * validation, dtype=torch.float32) + noise
-    histories = data.histories("train")
-
-    def score_items(user_ids, user_histories, *, tokenizer, max_length=None):
-        for user, history in zip(user_ids, user_histories, strict=True):
-            assert np.array_equal(history, histories[user])
-        return scores[list(user_ids)]
-
-    monkeypatch.setattr(model, "score_items", score_items)
-    fewest_held_out = int(validation.sum(1)[validation.sum(1) > 0].min())
-    metrics = evaluate_model(model, tokenizer, data, "validation", batch_size=6, recall_ks=(1, 20), ndcg_ks=(20,))
-    assert metrics["recall@1"] == metrics["recall@20"] == metrics["ndcg@20"] == 1.0
-    assert fewest_held_out >= 1 and math.isclose(metrics["num_users"], (validation.sum(1) > 0).sum())
-
-
-def test_evaluate_model_scores_users_without_history_without_a_forward_pass(data, base_tokenizer, monkeypatch):
-    """Users with no training item join a batch of prompted users: no batch of theirs alone, no extra forward pass."""
-    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
-    histories = data.histories("train")
-    validation_users = np.unique(data.tables["validation"]["user_id"])
-    emptied = set(validation_users[:3].tolist())
-    for user in emptied:
-        histories[user] = histories[user][:0]
-    monkeypatch.setattr(data, "histories", lambda split: histories)
-    score_items, calls = model.score_items, []
-
-    def recording_score_items(user_ids, user_histories, **kwargs):
-        calls.append(list(user_ids))
-        return score_items(user_ids, user_histories, **kwargs)
-
-    monkeypatch.setattr(model, "score_items", recording_score_items)
-    metrics = evaluate_model(model, tokenizer, data, "validation", batch_size=1, lockstep=True)
-    assert len(calls) == len(validation_users) - len(emptied), "one forward pass per prompted user, none for others"
-    assert not emptied & {user for batch in calls for user in batch}
-    assert metrics["num_users"] == len(validation_users)
-
-
-@pytest.mark.parametrize(
-    "overrides, rounds",
-    [
-        (dict(content_warmup_epochs=3, num_train_epochs=2), [(1, 1, 1), (0, 1), (0, 1)]),
-        (dict(content_warmup_epochs=0, num_train_epochs=2), [(0, 1), (0, 1)]),
-        (dict(content_steps=False, num_train_epochs=2), [(0,), (0,)]),
-    ],
-)
-def test_pretraining_schedule_has_the_warm_up_as_one_round(tmp_path, data, base_tokenizer, overrides, rounds):
+@pytest.mark.parametrize("warmup_epochs", [0, 2])
+def test_pretraining_begins_with_content_warmup_epochs(tmp_path, data, base_tokenizer, warmup_epochs):
     model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
-    trainer = CLLM4RecTrainer(model, training_arguments(tmp_path, **overrides), data, tokenizer)
-    assert trainer.schedule.rounds == rounds
+    arguments = training_arguments(
+        CLLM4RecForCollaborativeLM, tmp_path, num_train_epochs=3, content_warmup_epochs=warmup_epochs
+    )
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+    assert trainer.schedule.warmup_epochs == warmup_epochs and len(trainer.schedule) == STEPS_PER_EPOCH
+    for epoch in range(3):
+        trainer.schedule.set_epoch(epoch)
+        sources = {source for batch in trainer.schedule for source, _, _ in batch}
+        assert sources == ({1} if epoch < warmup_epochs else {0, 1})
 
 
 def test_fine_tuning_with_another_recommendation_prompt(tmp_path):
-    from hf_cllm4rec.training.recipes import (
-        BUILTIN_BACKBONE,
-        DataArguments,
-        ModelArguments,
-        run_finetuning,
-        run_pretraining,
-    )
-
-    quick = dict(content_steps=False, num_train_epochs=1, per_device_eval_batch_size=64)
-    run_pretraining(
-        ModelArguments(backbone=BUILTIN_BACKBONE), DataArguments(), training_arguments(tmp_path / "pre", **quick)
-    )
     prompt = "{user} has interacted with {history}"
-    run_finetuning(
-        ModelArguments(pretrained=str(tmp_path / "pre"), recommendation_prompt=prompt),
-        DataArguments(),
-        training_arguments(tmp_path / "fine", **quick),
+    run_demo_stages(
+        tmp_path, finetuning_model=FineTuningModelArguments(str(tmp_path / "pre"), recommendation_prompt=prompt)
     )
     model = CLLM4RecForItemPrediction.from_pretrained(tmp_path / "fine")
     tokenizer = CLLM4RecTokenizer.from_pretrained(tmp_path / "fine")
@@ -582,7 +814,51 @@ def test_fine_tuning_with_another_recommendation_prompt(tmp_path):
     assert tokenizer.decode(tokenizer.render("recommendation_prompt", user=3, history=[1, 2])).endswith("<item_2>")
     with pytest.raises(ValueError, match="recommendation_prompt"):
         run_finetuning(
-            ModelArguments(pretrained=str(tmp_path / "pre"), recommendation_prompt="{history} only"),
+            FineTuningModelArguments(pretrained=str(tmp_path / "pre"), recommendation_prompt="{history} only"),
             DataArguments(),
-            training_arguments(tmp_path / "bad", **quick),
+            training_arguments(CLLM4RecForItemPrediction, tmp_path / "bad"),
         )
+
+
+# The command line
+
+
+def test_each_command_takes_the_options_of_its_stage(capsys, tmp_path):
+    output = ("--output_dir", str(tmp_path / "run"))
+    assert_usage_error(
+        capsys, "pretrain", "--mask_ratio", "0.3", *output, message="--mask_ratio: an option of `cllm4rec finetune`"
+    )
+    assert_usage_error(
+        capsys,
+        "finetune",
+        "--pretrained",
+        "p",
+        "--random_init",
+        *output,
+        message="--random_init: an option of `cllm4rec pretrain`",
+    )
+    assert_usage_error(
+        capsys,
+        "finetune",
+        "--pretrained",
+        "p",
+        "--content_warmup_epochs",
+        "2",
+        *output,
+        message="of `cllm4rec pretrain`",
+    )
+    assert_usage_error(capsys, "pretrain", "--backbone", BUILTIN_BACKBONE, message="output_dir is required")
+    assert_usage_error(capsys, "finetune", *output, message="--pretrained")
+
+
+def test_training_commands_end_with_the_test_metrics_and_the_model_folder(capsys, tmp_path):
+    quick = ("--num_train_epochs", "1", "--content_steps", "false", "--report_to", "none", "--use_cpu", "true")
+    pretrained = tmp_path / "pretrained"
+    assert run_cli("pretrain", "--backbone", BUILTIN_BACKBONE, "--output_dir", str(pretrained), *quick) == 0
+    stdout = capsys.readouterr().out
+    measured = json.loads((pretrained / "test_results.json").read_text())
+    assert f"Test metrics ({int(measured['test_num_users'])} users):" in stdout
+    for name in ("recall@20", "recall@40", "ndcg@100"):
+        assert f"  {name:<12}{measured['test_' + name]:.4f}" in stdout
+    assert stdout.rstrip().endswith(f"to {pretrained}") and "{'test_" not in stdout
+    assert math.isfinite(measured["test_recall@20"])

@@ -1,11 +1,17 @@
 """CLLM4Rec model configuration."""
 
+import math
 import string
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+# Most users or items a config may count: far above any catalogue, it refuses a damaged count before tables of that
+# many rows are allocated, and keeps every token id within int32.
+MAX_ID_COUNT = 2**31 - 1
 
 # Placeholders each prompt template must (and may) contain.
 TEMPLATE_PLACEHOLDERS = {
@@ -15,6 +21,18 @@ TEMPLATE_PLACEHOLDERS = {
     "recommendation_prompt": ({"user", "history"}, {"user", "history"}),
     "cold_start_prompt": ({"history"}, {"history"}),
 }
+
+
+# Fields that configs of earlier versions hold, now options of training or of scoring: ignored when such a config loads.
+RETIRED_FIELDS = (
+    "mask_ratio",
+    "backbone_training",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "history_permutations",
+)
 
 
 def template_placeholders(template: str) -> list[str]:
@@ -52,18 +70,6 @@ class CLLM4RecConfig(PreTrainedConfig):
             Prompt for users without a user token (new users), with `{history}` only.
         lambda_v (`float`, *optional*, defaults to 1.0):
             Weight of the mutual regularization between collaborative and content embeddings.
-        mask_ratio (`float`, *optional*, defaults to 0.2):
-            Share of a user's history held out as the target in recommendation-oriented fine-tuning.
-        backbone_training (`str`, *optional*, defaults to `"frozen"`):
-            `"frozen"` (only ID embeddings train, as in the paper), `"full"` or `"lora"`.
-        lora_rank (`int`, *optional*, defaults to 8):
-            LoRA rank when `backbone_training="lora"`.
-        lora_alpha (`int`, *optional*, defaults to 16):
-            LoRA scaling numerator.
-        lora_dropout (`float`, *optional*, defaults to 0.0):
-            Dropout on the LoRA branch.
-        lora_target_modules (`list[str]`, *optional*):
-            Backbone modules that receive LoRA adapters; defaults to peft's choice for the backbone's model type.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialization of the ID embeddings.
         id_embedding_init (`str`, *optional*, defaults to `"normal"`):
@@ -103,12 +109,6 @@ class CLLM4RecConfig(PreTrainedConfig):
     recommendation_prompt: str = "{user} has interacted with {history}, {user} will interact with"
     cold_start_prompt: str = "A new user has interacted with {history}, the user will interact with"
     lambda_v: float | int = 1.0
-    mask_ratio: float = 0.2
-    backbone_training: Literal["frozen", "full", "lora"] = "frozen"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float | int = 0.0
-    lora_target_modules: list[str] | None = None
     initializer_range: float = 0.02
     id_embedding_init: Literal["normal", "vocabulary"] = "normal"
     id_embedding_dropout: float | int = 0.0
@@ -116,26 +116,41 @@ class CLLM4RecConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        for name in RETIRED_FIELDS:
+            kwargs.pop(name, None)
         super().__post_init__(**kwargs)
         self.validate_values()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """
+        Like `PreTrainedConfig.from_dict`, but a field of the wrong type is a one-line `ValueError`, and overrides in
+        `kwargs` are validated like the stored fields.
+        """
+        try:
+            loaded = super().from_dict(config_dict, **kwargs)
+        except StrictDataclassError as error:  # names the field, its value and the expected type
+            reason = " ".join(str(error.__cause__ or error).split())
+            raise ValueError(f"Invalid CLLM4Rec config: {reason}") from None
+        (loaded[0] if isinstance(loaded, tuple) else loaded).validate_values()
+        return loaded
 
     def validate_values(self):
         """Raises a `ValueError` naming the first invalid field."""
         for name in ("num_users", "num_items"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID_COUNT:
+                raise ValueError(f"`{name}` must be a positive integer of at most {MAX_ID_COUNT}, got {value!r}.")
+        for name in ("lambda_v", "initializer_range", "id_embedding_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
         if self.lambda_v < 0:
             raise ValueError(f"`lambda_v` must be >= 0, got {self.lambda_v}.")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"`mask_ratio` must lie in (0, 1), got {self.mask_ratio}.")
         if self.initializer_range <= 0:
             raise ValueError(f"`initializer_range` must be > 0, got {self.initializer_range}.")
-        if self.lora_rank <= 0:
-            raise ValueError(f"`lora_rank` must be a positive integer, got {self.lora_rank}.")
-        for name in ("lora_dropout", "id_embedding_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"`{name}` must lie in [0, 1), got {getattr(self, name)}.")
+        if not 0.0 <= self.id_embedding_dropout < 1.0:
+            raise ValueError(f"`id_embedding_dropout` must lie in [0, 1), got {self.id_embedding_dropout}.")
         for name, (required, allowed) in TEMPLATE_PLACEHOLDERS.items():
             template = getattr(self, name)
             try:

@@ -1,6 +1,7 @@
 """CLLM4Rec models: a causal-LM backbone with collaborative and content embeddings for user and item tokens."""
 
 import itertools
+import json
 import os
 from dataclasses import dataclass
 
@@ -15,15 +16,17 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import ModelOutput
 
-from .configuration_cllm4rec import CLLM4RecConfig
+from .configuration_cllm4rec import RETIRED_FIELDS, CLLM4RecConfig
 
 DOCUMENT_TYPES = ("collaborative", "content")
 
 # Main-text targets scored at once by the language-modelling losses; above it, logits are recomputed in backward.
 LOSS_CHUNK_SIZE = 4096
 
-# Default LoRA targets by backbone model type, for backbones peft has no default for.
-LORA_TARGET_MODULES = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+# LoRA adapters saved beside the weights of the modules they adapt, by the checkpoints of a training run with LoRA
+# (their rank and alpha in `lora_adapters.json`) and by earlier versions (in config.json).
+LORA_WEIGHT_SUFFIXES = (".lora_A.default.weight", ".lora_B.default.weight")
+LORA_ADAPTERS_NAME = "lora_adapters.json"
 
 
 @dataclass
@@ -80,6 +83,8 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
+    # saved LoRA adapters are folded into the weights they adapt (see `from_pretrained`)
+    _keys_to_ignore_on_load_unexpected = [r"\.lora_[AB]\.default\.weight$"]
 
     def get_input_embeddings(self) -> nn.Module:
         """The backbone's word embeddings (user and item tokens have tables of their own)."""
@@ -90,7 +95,21 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Like `PreTrainedModel.from_pretrained`, but a checkpoint that does not fit the requested config fails."""
+        """
+        Like `PreTrainedModel.from_pretrained`, but a checkpoint that does not fit the requested config fails, and
+        LoRA adapters saved in the checkpoint (by a training run in progress, or an earlier version) are folded into
+        the backbone's weights: the model loads with plain weights.
+
+        A damaged checkpoint fails with a `ValueError` that names the problem: a weights file that is not a valid
+        safetensors file, counts of the config that the weights do not have, weights missing, unexpected or of
+        another shape, weights that are not finite. Pass `output_loading_info=True` to judge missing and unexpected
+        weights yourself, `ignore_mismatched_sizes=True` to initialize weights of another shape anew.
+        """
+        refuse_retired_fields(kwargs)
+        check_keys = not kwargs.get("output_loading_info", False)
+        check_shapes = not kwargs.get("ignore_mismatched_sizes", False)
+        kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)  # judged below instead
+        lora_scaling = None
         if pretrained_model_name_or_path is not None:
             hub_kwargs = {
                 key: kwargs[key]
@@ -99,10 +118,18 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
             }
             stored, _ = CLLM4RecConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
             check_checkpoint_compatibility(stored, kwargs, pretrained_model_name_or_path)
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        # loading replaces every parameter with a new, trainable one: freeze again what the config freezes
-        (loaded[0] if isinstance(loaded, tuple) else loaded).base_model.apply_backbone_training()
-        return loaded
+            check_weight_files(pretrained_model_name_or_path, stored if check_shapes else None, hub_kwargs)
+            lora_scaling = saved_lora_scaling(pretrained_model_name_or_path, stored, hub_kwargs)
+            if lora_scaling is not None:  # the adapted modules' own weights are saved as `<module>.base_layer.*`
+                kwargs["key_mapping"] = {r"\.base_layer\.": "."}
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if lora_scaling is not None:
+            adapters = saved_lora_adapters(pretrained_model_name_or_path, hub_kwargs)
+            fold_lora_adapters(model, adapters, lora_scaling)
+        source = pretrained_model_name_or_path or "the given state dict"
+        check_loading_info(loading_info, source, check_keys, check_shapes)
+        check_finite_weights(model, source)
+        return model if check_keys else (model, loading_info)
 
     @classmethod
     def from_backbone(
@@ -115,6 +142,7 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
         `revision`, ...) go to `AutoModelForCausalLM.from_pretrained`. The new ID embeddings are initialized as
         `id_embedding_init` says (default N(0, `initializer_range`)); the backbone keeps its pretrained weights.
         """
+        refuse_retired_fields(kwargs)
         config_fields = set(CLLM4RecConfig.__dataclass_fields__) - {"text_config"}
         config_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in config_fields}
         backbone = AutoModelForCausalLM.from_pretrained(backbone_name_or_path, **kwargs)
@@ -130,6 +158,67 @@ class CLLM4RecPreTrainedModel(PreTrainedModel):
         return cls(config, backbone=backbone)
 
 
+def refuse_retired_fields(kwargs: dict) -> None:
+    """Raises a `ValueError` for keyword arguments that were config fields of earlier versions."""
+    retired = sorted(set(kwargs) & set(RETIRED_FIELDS))
+    if retired:
+        raise ValueError(
+            f"{', '.join(retired)} no longer belong to the model's config: `mask_ratio`, `backbone_training` and "
+            "the LoRA options are training arguments (see `hf_cllm4rec.training`), `history_permutations` an option "
+            "of scoring (`Recommender`, `evaluate_model`)."
+        )
+
+
+def saved_lora_scaling(pretrained_model_name_or_path, stored: dict, hub_kwargs: dict) -> float | None:
+    """The scaling of the LoRA adapters a checkpoint holds (`lora_alpha / r`), `None` when it holds none."""
+    from transformers.utils import cached_file
+
+    if stored.get("backbone_training") == "lora":  # a config of an earlier version
+        return stored.get("lora_alpha", 16) / stored.get("lora_rank", 8)
+    path = cached_file(
+        pretrained_model_name_or_path, LORA_ADAPTERS_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+    )
+    if path is None:
+        return None
+    with open(path) as file:
+        lora_config = json.load(file)
+    rank = lora_config["r"]
+    return lora_config["lora_alpha"] / (rank**0.5 if lora_config.get("use_rslora") else rank)
+
+
+def saved_lora_adapters(pretrained_model_name_or_path, hub_kwargs: dict) -> dict[str, torch.Tensor]:
+    """The LoRA adapter weights saved in a checkpoint's safetensors files, by name."""
+    from transformers.modeling_utils import load_state_dict
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+    from transformers.utils.hub import get_checkpoint_shard_files
+
+    options = {**hub_kwargs, "_raise_exceptions_for_missing_entries": False}
+    single = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **options)
+    if single is not None:
+        files = [single]
+    else:
+        index = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_INDEX_NAME, **hub_kwargs)
+        files, _ = get_checkpoint_shard_files(pretrained_model_name_or_path, index, **hub_kwargs)
+    weights = {}
+    for file in files:  # memory-mapped: only the adapters are read
+        weights.update(load_state_dict(file))
+    return {key: value for key, value in weights.items() if key.endswith(LORA_WEIGHT_SUFFIXES)}
+
+
+@torch.no_grad()
+def fold_lora_adapters(model: nn.Module, adapters: dict[str, torch.Tensor], scaling: float) -> None:
+    """Adds `scaling * B @ A` of each saved adapter to the weight of the module it adapts (transposed for `Conv1D`)."""
+    down_suffix, up_suffix = LORA_WEIGHT_SUFFIXES
+    for key, down in adapters.items():
+        if not key.endswith(down_suffix):
+            continue
+        name = key.removesuffix(down_suffix)
+        module = model.get_submodule(name)
+        delta = scaling * (adapters[name + up_suffix].float() @ down.float())
+        weight = module.weight
+        weight.add_((delta.T if isinstance(module, Conv1D) else delta).to(weight.dtype))
+
+
 def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
     """Raises a `ValueError` when a stored CLLM4Rec config does not fit the config or overrides asked for."""
     if stored.get("model_type") != CLLM4RecConfig.model_type:
@@ -139,7 +228,7 @@ def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
         )
     requested = kwargs.get("config")
     requested = requested.to_dict() if isinstance(requested, CLLM4RecConfig) else {}
-    overridable = ("num_users", "num_items", "backbone_training", "tie_item_head")
+    overridable = ("num_users", "num_items", "tie_item_head")
     requested.update({key: kwargs[key] for key in overridable if key in kwargs})
     for key in ("num_users", "num_items"):
         if key in requested and requested[key] != stored.get(key):
@@ -147,13 +236,6 @@ def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
                 f"The checkpoint {source} has {key}={stored.get(key)}, but {key}={requested[key]} was requested: "
                 f"a checkpoint only loads into a model of the same user and item catalogue."
             )
-    stored_training = stored.get("backbone_training", "frozen")
-    if "backbone_training" in requested and (requested["backbone_training"] == "lora") != (stored_training == "lora"):
-        raise ValueError(
-            f"The checkpoint {source} has backbone_training={stored_training!r}, but "
-            f"backbone_training={requested['backbone_training']!r} was requested: LoRA adapters rename the backbone's "
-            f"weights, so load the checkpoint as saved (`model.model.enable_lora()` adds adapters to a loaded model)."
-        )
     stored_tie = stored.get("tie_item_head", True)
     if "tie_item_head" in requested and requested["tie_item_head"] != stored_tie:
         raise ValueError(
@@ -168,6 +250,131 @@ def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
                     f"The checkpoint {source} has a backbone with {key}={have}, but the requested config has "
                     f"{key}={want}: the backbones do not match."
                 )
+
+
+# The config count that gives the rows of each ID table (keys as a head model saves them, less the `model.` prefix).
+ID_TABLE_COUNTS = {
+    "user_collaborative_embeddings.weight": "num_users",
+    "user_content_embeddings.weight": "num_users",
+    "item_collaborative_embeddings.weight": "num_items",
+    "item_content_embeddings.weight": "num_items",
+    "item_head.weight": "num_items",
+}
+
+
+def check_weight_files(source, stored: dict | None, hub_kwargs: dict) -> None:
+    """
+    Raises a `ValueError` naming a safetensors file of checkpoint `source` that is not valid, or a count of its config
+    `stored` (`num_users`, `num_items`) that its ID tables do not have (unless `stored` is `None`). Reads the files'
+    headers only, before any weight is allocated.
+    """
+    shapes = {}
+    for path in checkpoint_safetensors_files(source, hub_kwargs):
+        shapes.update(safetensors_shapes(path))
+    for key, shape in shapes.items() if stored is not None else ():
+        field = ID_TABLE_COUNTS.get(key.removeprefix("model."))
+        if field is not None and isinstance(stored.get(field), int) and shape[:1] != [stored[field]]:
+            raise ValueError(
+                f"The config of {source} has {field}={stored[field]}, but its weights `{key}` have the shape "
+                f"{tuple(shape)}: config.json does not describe these weights."
+            )
+
+
+def checkpoint_safetensors_files(source, hub_kwargs: dict) -> list[str]:
+    """The safetensors files of checkpoint `source`: one, or the shards its index names; none if it has none."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+    from transformers.utils.hub import get_checkpoint_shard_files
+
+    options = {**hub_kwargs, "_raise_exceptions_for_missing_entries": False}
+    single = cached_file(source, SAFE_WEIGHTS_NAME, **options)
+    if single is not None:
+        return [single]
+    index = cached_file(source, SAFE_WEIGHTS_INDEX_NAME, **options)
+    return [] if index is None else get_checkpoint_shard_files(source, index, **hub_kwargs)[0]
+
+
+def safetensors_shapes(path) -> dict[str, list[int]]:
+    """
+    The shape of each tensor of the safetensors file `path`, from its header alone; a `ValueError` naming the file
+    when it is not a valid safetensors file: empty, cut short, or something else altogether.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        header_size = int.from_bytes(file.read(8), "little")
+        header = file.read(header_size) if 8 + header_size <= size else None
+    try:
+        tensors = json.loads(header) if header else None
+    except (ValueError, RecursionError):
+        tensors = None
+    if not isinstance(tensors, dict):
+        problem = "it is empty" if size == 0 else "its header is cut short or is not a safetensors header"
+        raise ValueError(f"{path} is not a valid safetensors file: {problem}. Save or download the checkpoint again.")
+    tensors.pop("__metadata__", None)
+    is_valid = all(
+        isinstance(entry, dict)
+        and all(isinstance(entry.get(name), list) for name in ("shape", "data_offsets"))
+        and all(type(value) is int and value >= 0 for value in entry["shape"] + entry["data_offsets"])
+        and len(entry["data_offsets"]) == 2
+        for entry in tensors.values()
+    )
+    data_size = size - 8 - header_size
+    if not is_valid or max((entry["data_offsets"][1] for entry in tensors.values()), default=0) != data_size:
+        raise ValueError(
+            f"{path} is not a valid safetensors file: its header does not describe its {data_size} bytes of data "
+            "(cut short?). Save or download the checkpoint again."
+        )
+    return {key: entry["shape"] for key, entry in tensors.items()}
+
+
+def check_loading_info(loading_info: dict, source, check_keys: bool, check_shapes: bool) -> None:
+    """
+    Raises a `ValueError` naming the weights that a checkpoint lacks or holds in excess (when `check_keys`), and those
+    it holds in another shape (when `check_shapes`). Weights tied by design (a backbone's LM head tied to its word
+    embeddings) are not saved, and transformers does not count them missing.
+    """
+    problems = []
+    if check_keys and loading_info["missing_keys"]:
+        problems.append(f"missing {listed(loading_info['missing_keys'])}")
+    if check_keys and loading_info["unexpected_keys"]:
+        problems.append(f"unexpected {listed(loading_info['unexpected_keys'])}")
+    if check_shapes and loading_info["mismatched_keys"]:
+        mismatched = [
+            f"{key} {tuple(saved)} instead of {tuple(expected)}"
+            for key, saved, expected in loading_info["mismatched_keys"]
+        ]
+        problems.append(f"of another shape {listed(mismatched)}")
+    if problems:
+        raise ValueError(
+            f"The weights of {source} do not fit the model: {'; '.join(problems)}. The checkpoint is incomplete or "
+            "damaged, or its config.json does not describe its weights."
+        )
+
+
+@torch.no_grad()
+def check_finite_weights(model: nn.Module, source) -> None:
+    """Raises a `ValueError` naming the parameters of a loaded model that hold NaN or infinite values."""
+    non_finite = [
+        name
+        for name, parameter in model.named_parameters()
+        # float8 has no reductions; offloaded parameters stay on the meta device
+        if parameter.is_floating_point()
+        and parameter.dtype.itemsize > 1
+        and parameter.device.type != "meta"
+        and parameter.numel()
+        and not torch.isfinite(torch.stack(torch.aminmax(parameter))).all()
+    ]
+    if non_finite:
+        raise ValueError(
+            f"The weights of {source} hold NaN or infinite values, in {listed(non_finite)}: the checkpoint is damaged, "
+            "or the training run that wrote it diverged."
+        )
+
+
+def listed(names, shown: int = 5) -> str:
+    """The first `shown` of `names`, sorted and comma-separated, with the number of the others."""
+    names = sorted(names)
+    listing = ", ".join(names[:shown])
+    return listing if len(names) <= shown else f"{listing} and {len(names) - shown} more"
 
 
 class CLLM4RecModel(CLLM4RecPreTrainedModel):
@@ -187,54 +394,9 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self.user_content_embeddings = nn.Embedding(config.num_users, hidden_size)
         self.item_content_embeddings = nn.Embedding(config.num_items, hidden_size)
         self.item_head = None if config.tie_item_head else nn.Linear(hidden_size, config.num_items, bias=False)
-        if config.backbone_training == "lora":
-            self._inject_lora()
-        self.apply_backbone_training()
         self.post_init()
         if config.id_embedding_init == "vocabulary":
             self.init_id_embeddings_from_vocabulary()
-
-    def apply_backbone_training(self) -> None:
-        """Makes the ID tables trainable, and the backbone (`"full"`), its LoRA adapters (`"lora"`) or nothing else."""
-        backbone_training = self.config.backbone_training
-        for name, parameter in self.named_parameters():
-            if name.startswith("backbone."):
-                parameter.requires_grad_(
-                    backbone_training == "full" or (backbone_training == "lora" and "lora_" in name)
-                )
-            else:
-                parameter.requires_grad_(True)
-
-    def _inject_lora(self) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
-
-        config = self.config
-        target_modules = config.lora_target_modules or LORA_TARGET_MODULES.get(config.text_config.model_type)
-        lora_config = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=target_modules,
-            # GPT-2's projections are `Conv1D`s, which store their weight transposed
-            fan_in_fan_out=any(isinstance(module, Conv1D) for module in self.backbone.modules()),
-        )
-        inject_adapter_in_model(lora_config, self.backbone)
-        # peft has initialized the adapters (B = 0, so training starts from the backbone): keep post_init off them
-        for name, module in self.backbone.named_modules():
-            if "lora_" in name:
-                module._is_hf_initialized = True
-
-    def enable_lora(
-        self, rank: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None
-    ):
-        """Adds LoRA adapters to the (frozen) backbone of a loaded model; saved checkpoints keep them."""
-        if self.config.backbone_training == "lora":
-            raise ValueError("This model already has LoRA adapters.")
-        self.config.backbone_training = "lora"
-        self.config.lora_rank, self.config.lora_alpha, self.config.lora_dropout = rank, alpha, dropout
-        self.config.lora_target_modules = target_modules
-        self._inject_lora()
-        self.apply_backbone_training()
 
     def init_id_embeddings_from_vocabulary(self) -> None:
         """Draws each ID embedding's dimensions from the mean and standard deviation of the word embeddings' ones."""

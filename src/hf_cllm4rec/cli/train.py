@@ -3,50 +3,77 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .common import DataclassArgumentParser
 
-
-def add_pretrain_command(subparsers: argparse._SubParsersAction) -> None:
-    _add_training_command(
-        subparsers,
-        "pretrain",
+# Each command: its help, the recipe it runs, its (model, training) argument classes, and the other stage's command.
+STAGES = {
+    "pretrain": (
         "Pretrain the user and item embeddings of a backbone (collaborative and content language modelling).",
         "run_pretraining",
-    )
+        ("PretrainingModelArguments", "PretrainingArguments"),
+        "finetune",
+    ),
+    "finetune": (
+        "Fine-tune a pretraining checkpoint for item prediction (--pretrained).",
+        "run_finetuning",
+        ("FineTuningModelArguments", "FineTuningArguments"),
+        "pretrain",
+    ),
+}
+
+
+def add_pretrain_command(subparsers: argparse._SubParsersAction) -> None:
+    _add_training_command(subparsers, "pretrain")
 
 
 def add_finetune_command(subparsers: argparse._SubParsersAction) -> None:
-    _add_training_command(
-        subparsers,
-        "finetune",
-        "Fine-tune a pretraining checkpoint for item prediction (--pretrained), keeping the best round.",
-        "run_finetuning",
-    )
+    _add_training_command(subparsers, "finetune")
 
 
-def _add_training_command(subparsers: argparse._SubParsersAction, name: str, help: str, recipe: str) -> None:
-    # every argument, --help included, goes to the HfArgumentParser of the recipe's dataclasses
+def _add_training_command(subparsers: argparse._SubParsersAction, name: str) -> None:
+    # every argument, --help included, goes to the HfArgumentParser of the stage's dataclasses
+    help = STAGES[name][0]
     parser = subparsers.add_parser(name, add_help=False, help=help, description=help)
-    parser.set_defaults(handler=train, recipe=recipe, forwards_arguments=True)
+    parser.set_defaults(handler=train, forwards_arguments=True)
+
+
+def stage_parser(command: str) -> DataclassArgumentParser:
+    """The parser of `cllm4rec pretrain` or `cllm4rec finetune`: the stage's model, data and training arguments."""
+    from .. import training
+    from ..training import recipes
+
+    model_arguments, training_arguments = STAGES[command][2]
+    dataclasses = (getattr(recipes, model_arguments), recipes.DataArguments, getattr(training, training_arguments))
+    return DataclassArgumentParser(dataclasses, prog=f"cllm4rec {command}")
+
+
+def option_names(parser: argparse.ArgumentParser) -> set[str]:
+    return {option for action in parser._actions for option in action.option_strings}
 
 
 def train(args: argparse.Namespace) -> int:
-    """Runs `cllm4rec pretrain` / `finetune`: the recipe of `training/recipes.py` on the forwarded arguments."""
+    """Runs `cllm4rec pretrain` / `finetune`: the recipe of `training/recipes.py`, then prints the test metrics."""
     from accelerate import PartialState
 
-    from ..training import CLLM4RecTrainingArguments, recipes
+    from ..training import recipes
 
-    parser = DataclassArgumentParser(
-        (recipes.ModelArguments, recipes.DataArguments, CLLM4RecTrainingArguments), prog=f"cllm4rec {args.command}"
-    )
+    parser = stage_parser(args.command)
     model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
         args=args.forwarded, return_remaining_strings=True
     )
     if unknown:
+        other = STAGES[args.command][3]
+        elsewhere = [
+            option
+            for option in unknown
+            if option.split("=")[0] in option_names(stage_parser(other)) - option_names(parser)
+        ]
+        if elsewhere:
+            parser.error(f"{', '.join(elsewhere)}: an option of `cllm4rec {other}`, not of `cllm4rec {args.command}`")
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    metrics = getattr(recipes, args.recipe)(model_args, data_args, training_args)
+    metrics = getattr(recipes, STAGES[args.command][1])(model_args, data_args, training_args)
     PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
-    print(json.dumps(metrics, indent=2))
+    if training_args.should_log:
+        print(recipes.results_summary(metrics, training_args.output_dir))
     return 0

@@ -200,6 +200,8 @@ class RecommendationDocuments(DocumentSource):
         max_length: int | None,
         seed: int = 0,
     ):
+        if not 0 < mask_ratio < 1:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}.")
         self.users = np.array([user for user, items in enumerate(histories) if len(items) >= 2], dtype=np.int64)
         if not len(self.users):
             raise ValueError("No user has two or more training items: masked-history documents cannot be built.")
@@ -230,10 +232,21 @@ class RecommendationDocuments(DocumentSource):
 
 
 class ScheduledDocuments(TorchDataset):
-    """Several document sources behind one dataset, indexed by `(source, draw, index)` triples."""
+    """
+    Several document sources behind one dataset, indexed by `(source, draw, index)` triples.
 
-    def __init__(self, sources: Sequence[DocumentSource]):
+    `schedule`, the batch sampler that orders them by epoch, is told the epoch through the dataset's `set_epoch` too:
+    a data loader that cannot reach a batch sampler it has wrapped (accelerate's, resuming mid-epoch on several
+    processes) tells the dataset.
+    """
+
+    def __init__(self, sources: Sequence[DocumentSource], schedule=None):
         self.sources = list(sources)
+        self.schedule = schedule
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.schedule is not None:
+            self.schedule.set_epoch(epoch)
 
     def __len__(self) -> int:
         return sum(len(source) for source in self.sources)

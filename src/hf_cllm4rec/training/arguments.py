@@ -1,10 +1,12 @@
-"""Training arguments of CLLM4Rec pretraining and fine-tuning."""
+"""Training arguments of CLLM4Rec: what both stages share, and what only pretraining or only fine-tuning takes."""
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 from ..data.documents import CONTENT_DOCUMENT_KINDS
+from .backbone import BACKBONE_TRAINING
 from .schedule import ALTERNATIONS
 
 # How an epoch's documents are dealt into steps: at random (the paper) or grouped by length.
@@ -14,33 +16,35 @@ SAMPLING_STRATEGIES = ("random", "group_by_length")
 @dataclass
 class CLLM4RecTrainingArguments(TrainingArguments):
     r"""
-    [`TrainingArguments`] with CLLM4Rec's schedule. `num_train_epochs` counts rounds: in pretraining a round is one
-    collaborative and one content epoch, in fine-tuning one masked-history epoch and one content epoch (the
-    paper's alternation). Evaluation and saving with the `"epoch"` strategy happen at the end of every round.
+    [`TrainingArguments`] with the options both stages of CLLM4Rec share; train with [`PretrainingArguments`] or
+    [`FineTuningArguments`]. Every epoch is a round of the paper's alternation: in pretraining one collaborative and
+    one content epoch, in fine-tuning one masked-history and one content epoch, so `eval_strategy="epoch"`,
+    `save_strategy="epoch"`, `load_best_model_at_end` and early stopping act on rounds. `output_dir` is required.
 
     Schedule:
-        content_warmup_epochs: content-only epochs before the first pretraining round (the paper: 10).
         alternation: `"epoch"` (the paper) or `"batch"` granularity of the alternation between document types.
         content_documents: which content documents to build: `"user_item"`, `"item"` or both, comma-separated.
-        content_steps: whether content epochs are interleaved (the paper does); without them pretraining is
-            collaborative only (no warm-up) and fine-tuning masked-history only.
-
-    Documents and evaluation:
-        max_length: longest document in tokens; longer histories lose items, longer texts their end.
-        recall_ks / ndcg_ks: cut-offs of the reported Recall@K / NDCG@K.
-        eval_split: split evaluated by `evaluate()` during training.
+        content_steps: whether content epochs are interleaved (the paper does); without them a round is an epoch of
+            ID documents alone.
         train_sampling_strategy: `"random"` (default) or `"group_by_length"` (documents of similar length share a
             step, drawn from windows of a random permutation: faster, at some cost in quality).
+        max_length: longest document in tokens; longer histories lose items, longer texts their end.
 
-    Weights:
+    What trains:
+        backbone_training: `"frozen"` (the paper: only the user and item embeddings), `"full"` or `"lora"`.
+        lora_rank / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapters of `backbone_training="lora"`,
+            merged into the backbone's weights when training ends (checkpoints in between hold them apart).
         weight_average_decay: keep an exponential moving average of the trainable weights with this decay per
             optimizer step (e.g. 0.999); evaluation, checkpoints and the final model use the average. Off (the paper)
             by default.
+
+    Evaluation:
+        eval_split: split evaluated by `evaluate()` during training.
+        recall_ks / ndcg_ks: cut-offs of the reported Recall@K / NDCG@K.
+        history_permutations: random orders of each history whose item probabilities evaluation averages.
+        eval_max_tokens: padded prompt tokens per evaluation batch at most.
     """
 
-    content_warmup_epochs: int = field(
-        default=10, metadata={"help": "Content-only epochs before the first pretraining round (the paper uses 10)."}
-    )
     alternation: str = field(
         default="epoch",
         metadata={"help": "Alternate document types every epoch (the paper) or every batch.", "choices": ALTERNATIONS},
@@ -55,20 +59,6 @@ class CLLM4RecTrainingArguments(TrainingArguments):
     content_steps: bool = field(
         default=True, metadata={"help": "Interleave content epochs, as the paper does (off: ID documents only)."}
     )
-    max_length: int | None = field(
-        default=None,
-        metadata={"help": "Longest document in tokens; defaults to the backbone's context (at most 1024)."},
-    )
-    recall_ks: list[int] = field(default_factory=lambda: [20, 40], metadata={"help": "Cut-offs of Recall@K."})
-    ndcg_ks: list[int] = field(default_factory=lambda: [100], metadata={"help": "Cut-offs of NDCG@K."})
-    eval_split: str = field(default="validation", metadata={"help": "Split evaluated during training."})
-    eval_max_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "Padded prompt tokens per evaluation batch at most; batches of short prompts then hold up to "
-            "per_device_eval_batch_size users, those of long prompts fewer. Default: no token limit."
-        },
-    )
     train_sampling_strategy: str = field(
         default="random",
         metadata={
@@ -78,11 +68,50 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             "choices": SAMPLING_STRATEGIES,
         },
     )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest document in tokens; defaults to the backbone's context (at most 1024)."},
+    )
+    backbone_training: str = field(
+        default="frozen",
+        metadata={
+            "help": "What of the backbone trains besides the user and item embeddings: nothing ('frozen', the "
+            "paper), every weight ('full') or LoRA adapters ('lora', merged into the backbone when training ends).",
+            "choices": BACKBONE_TRAINING,
+        },
+    )
+    lora_rank: int = field(default=8, metadata={"help": "Rank of the LoRA adapters (backbone_training='lora')."})
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: the update is alpha / rank."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the input of the LoRA adapters."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Backbone modules that receive LoRA adapters; default: the attention projections of GPT-2 and "
+            "Llama-type backbones, peft's choice for other model types."
+        },
+    )
     weight_average_decay: float | None = field(
         default=None,
         metadata={
             "help": "Decay of an exponential moving average of the trainable weights (e.g. 0.999), which evaluation, "
             "checkpoints and the final model use; off by default, as in the paper."
+        },
+    )
+    eval_split: str = field(default="validation", metadata={"help": "Split evaluated during training."})
+    recall_ks: list[int] = field(default_factory=lambda: [20, 40], metadata={"help": "Cut-offs of Recall@K."})
+    ndcg_ks: list[int] = field(default_factory=lambda: [100], metadata={"help": "Cut-offs of NDCG@K."})
+    history_permutations: int = field(
+        default=1,
+        metadata={
+            "help": "Random orders of each history whose item probabilities evaluation (validation and test) "
+            "averages; 1 reads each history once."
+        },
+    )
+    eval_max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Padded prompt tokens per evaluation batch at most; batches of short prompts then hold up to "
+            "per_device_eval_batch_size users, those of long prompts fewer. Default: no token limit."
         },
     )
     metric_for_best_model: str | None = field(
@@ -98,9 +127,14 @@ class CLLM4RecTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.output_dir is None:
+            raise ValueError("output_dir is required: the folder that receives the checkpoints and the trained model.")
         super().__post_init__()
-        if self.content_warmup_epochs < 0:
-            raise ValueError(f"content_warmup_epochs must be >= 0, got {self.content_warmup_epochs}.")
+        if self.num_train_epochs != int(self.num_train_epochs) or self.num_train_epochs < 1:
+            raise ValueError(
+                f"num_train_epochs counts rounds, every epoch being one: a positive whole number, got "
+                f"{self.num_train_epochs}."
+            )
         if self.alternation not in ALTERNATIONS:
             raise ValueError(f"alternation must be one of {ALTERNATIONS}, got {self.alternation!r}.")
         unknown = set(self.content_document_kinds) - set(CONTENT_DOCUMENT_KINDS)
@@ -114,16 +148,25 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             )
         if self.max_length is not None and self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}.")
-        if self.eval_max_tokens is not None and self.eval_max_tokens <= 0:
-            raise ValueError(f"eval_max_tokens must be positive, got {self.eval_max_tokens}.")
-        if any(k <= 0 for k in [*self.recall_ks, *self.ndcg_ks]):
-            raise ValueError("recall_ks and ndcg_ks must be positive.")
+        if self.backbone_training not in BACKBONE_TRAINING:
+            raise ValueError(f"backbone_training must be one of {BACKBONE_TRAINING}, got {self.backbone_training!r}.")
+        fields = self.__dataclass_fields__
+        lora_set = [name for name, value in self.lora_options.items() if value != fields[name].default]
+        if lora_set and self.backbone_training != "lora":
+            raise ValueError(
+                f"{', '.join(lora_set)} apply to backbone_training='lora', not {self.backbone_training!r}."
+            )
+        check_whole(lora_rank=self.lora_rank, history_permutations=self.history_permutations)
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}.")
         if self.weight_average_decay is not None and not 0 < self.weight_average_decay < 1:
             raise ValueError(f"weight_average_decay must lie in (0, 1), got {self.weight_average_decay}.")
-        if self.num_train_epochs != int(self.num_train_epochs) or self.num_train_epochs < 0:
-            raise ValueError(
-                f"num_train_epochs counts rounds and must be a whole number, got {self.num_train_epochs}."
-            )
+        if any(k <= 0 for k in [*self.recall_ks, *self.ndcg_ks]):
+            raise ValueError("recall_ks and ndcg_ks must be positive.")
+        if self.eval_max_tokens is not None and self.eval_max_tokens <= 0:
+            raise ValueError(f"eval_max_tokens must be positive, got {self.eval_max_tokens}.")
 
     @property
     def groups_by_length(self) -> bool:
@@ -133,5 +176,74 @@ class CLLM4RecTrainingArguments(TrainingArguments):
     def content_document_kinds(self) -> list[str]:
         return [kind.strip() for kind in self.content_documents.split(",") if kind.strip()]
 
+    @property
+    def lora_options(self) -> dict:
+        """The LoRA settings, as [`apply_backbone_training`] takes them."""
+        return {
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "lora_target_modules": self.lora_target_modules,
+        }
 
-__all__ = ["CLLM4RecTrainingArguments"]
+
+@dataclass
+class PretrainingArguments(CLLM4RecTrainingArguments):
+    r"""
+    [`CLLM4RecTrainingArguments`] of pretraining: mutual-regularized collaborative and content language modelling of
+    a [`CLLM4RecForCollaborativeLM`].
+
+    Schedule:
+        content_warmup_epochs: the first epochs of `num_train_epochs` train content documents only (the paper
+            begins with 10 content epochs). Every epoch takes as many steps as a round, so a warm-up epoch goes
+            through the content documents more than once; warm-up epochs are not evaluated.
+    """
+
+    content_warmup_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "The first epochs of num_train_epochs train content documents only, each as many steps as a "
+            "round (the paper: 10 content epochs); they are not evaluated."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_whole(content_warmup_epochs=self.content_warmup_epochs, minimum=0)
+        if self.content_warmup_epochs and not self.content_steps:
+            raise ValueError("content_warmup_epochs needs content steps: the warm-up trains content documents.")
+        if self.content_warmup_epochs >= self.num_train_epochs:
+            raise ValueError(
+                f"content_warmup_epochs ({self.content_warmup_epochs}) must be fewer than num_train_epochs "
+                f"({int(self.num_train_epochs)}), which counts the warm-up epochs and the rounds after them."
+            )
+
+
+@dataclass
+class FineTuningArguments(CLLM4RecTrainingArguments):
+    r"""
+    [`CLLM4RecTrainingArguments`] of recommendation-oriented fine-tuning of a [`CLLM4RecForItemPrediction`].
+
+    Documents:
+        mask_ratio: share of a user's training items held out as the targets of a masked-history document (the
+            paper: 0.2), drawn anew in every epoch.
+    """
+
+    mask_ratio: float = field(
+        default=0.2, metadata={"help": "Share of a history held out as the targets of a masked-history document."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}.")
+
+
+def check_whole(minimum: int = 1, **values) -> None:
+    """Raises a `ValueError` for a value that is not a whole number of at least `minimum`."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be a whole number of at least {minimum}, got {value!r}.")
+
+
+__all__ = ["CLLM4RecTrainingArguments", "PretrainingArguments", "FineTuningArguments", "SAMPLING_STRATEGIES"]

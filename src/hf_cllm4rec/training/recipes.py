@@ -1,6 +1,7 @@
 """The pretraining and fine-tuning runs behind the example scripts and the command line."""
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,15 +14,13 @@ from ..hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..serving import IdMappings
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
-from .arguments import CLLM4RecTrainingArguments
+from .arguments import FineTuningArguments, PretrainingArguments
 from .trainer import CLLM4RecTrainer
 
 BUILTIN_DATA = "builtin"
 # The demo backbone: a two-layer GPT-2 over the built-in data set's word-level vocabulary.
 BUILTIN_BACKBONE = "builtin-tiny-gpt2"
 BUILTIN_BACKBONE_CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256}
-# Model arguments that override the config only where given (`None`: the default, or in fine-tuning the checkpoint's).
-OPTIONAL_SETTINGS = ("history_permutations", "id_embedding_dropout")
 
 
 @dataclass
@@ -35,18 +34,15 @@ class DataArguments:
 
 
 @dataclass
-class ModelArguments:
-    """The backbone and the CLLM4Rec options of pretraining, or the checkpoint that fine-tuning starts from."""
+class PretrainingModelArguments:
+    """The backbone that pretraining builds a CLLM4Rec model around, and the settings of the model's config."""
 
     backbone: str = field(
         default="gpt2",
         metadata={
-            "help": "Hub name or folder of a causal LM (pretraining), or 'builtin-tiny-gpt2' (a tiny GPT-2 over the "
-            "built-in data set's words, for demos)."
+            "help": "Hub name or folder of a causal LM, or 'builtin-tiny-gpt2' (a tiny GPT-2 over the built-in data "
+            "set's words, for demos)."
         },
-    )
-    pretrained: str | None = field(
-        default=None, metadata={"help": "Fine-tuning: the CLLM4RecForCollaborativeLM checkpoint to start from."}
     )
     tokenizer: str | None = field(
         default=None, metadata={"help": "Tokenizer folder or Hub name; default: the backbone's."}
@@ -66,13 +62,6 @@ class ModelArguments:
         },
     )
     lambda_v: float = field(default=1.0, metadata={"help": "Weight of the mutual regularization."})
-    mask_ratio: float = field(default=0.2, metadata={"help": "Share of a history held out in fine-tuning."})
-    backbone_training: str = field(
-        default="frozen",
-        metadata={"help": "'frozen' (the paper), 'full' or 'lora'.", "choices": ["frozen", "full", "lora"]},
-    )
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank with backbone_training='lora'."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
     id_embedding_init: str = field(
         default="normal",
         metadata={
@@ -88,27 +77,57 @@ class ModelArguments:
             "paper's tied head): item scores start small even with --id_embedding_init vocabulary."
         },
     )
+    id_embedding_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on the input embeddings of user and item tokens in training."}
+    )
+
+    def __post_init__(self):
+        check_model_settings(lambda_v=self.lambda_v, id_embedding_dropout=self.id_embedding_dropout)
+        if self.backbone == BUILTIN_BACKBONE and self.tokenizer is not None:
+            raise ValueError(f"tokenizer: the {BUILTIN_BACKBONE} backbone has a tokenizer of its own.")
+        try:
+            overrides = json.loads(self.backbone_overrides or "{}")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"backbone_overrides is not valid JSON ({error}): {self.backbone_overrides!r}.") from None
+        if not isinstance(overrides, dict):
+            raise ValueError(f"backbone_overrides must be a JSON object, got {self.backbone_overrides!r}.")
+
+
+@dataclass
+class FineTuningModelArguments:
+    """The pretraining checkpoint that fine-tuning starts from, and the settings of its config to change."""
+
+    pretrained: str = field(metadata={"help": "The CLLM4RecForCollaborativeLM checkpoint to start from."})
+    lambda_v: float | None = field(
+        default=None, metadata={"help": "Weight of the mutual regularization; default: the checkpoint's."}
+    )
     id_embedding_dropout: float | None = field(
         default=None,
-        metadata={
-            "help": "Dropout on the input embeddings of user and item tokens in training; default: the "
-            "checkpoint's, 0 for a new model."
-        },
-    )
-    history_permutations: int | None = field(
-        default=None,
-        metadata={
-            "help": "Random orders of each history whose item probabilities are averaged when scoring (validation, "
-            "test and the saved model's recommendations); default: the checkpoint's, 1 for a new model."
-        },
+        metadata={"help": "Dropout on the input embeddings of user and item tokens; default: the checkpoint's."},
     )
     recommendation_prompt: str | None = field(
         default=None,
         metadata={
-            "help": "Fine-tuning: another recommendation prompt than the checkpoint's, e.g. '{user} has interacted "
-            "with {history}' (the pretraining read-out: the next item after the history)."
+            "help": "Another recommendation prompt than the checkpoint's, e.g. '{user} has interacted with "
+            "{history}' (the pretraining read-out: the next item after the history)."
         },
     )
+
+    def __post_init__(self):
+        check_model_settings(lambda_v=self.lambda_v, id_embedding_dropout=self.id_embedding_dropout)
+
+    def config_overrides(self) -> dict:
+        """The settings of the checkpoint's config that the run changes, by name."""
+        names = ("lambda_v", "id_embedding_dropout", "recommendation_prompt")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+def check_model_settings(lambda_v: float | None, id_embedding_dropout: float | None) -> None:
+    """Raises a `ValueError` for a regularization weight or an ID dropout the model cannot take."""
+    if lambda_v is not None and not (math.isfinite(lambda_v) and lambda_v >= 0):
+        raise ValueError(f"lambda_v must be a finite number >= 0, got {lambda_v}.")
+    if id_embedding_dropout is not None and not 0 <= id_embedding_dropout < 1:
+        raise ValueError(f"id_embedding_dropout must lie in [0, 1), got {id_embedding_dropout}.")
 
 
 def load_data(data_args: DataArguments) -> RecommendationData:
@@ -117,25 +136,16 @@ def load_data(data_args: DataArguments) -> RecommendationData:
     return RecommendationData.load(data_args.data)
 
 
-def optional_settings_given(model_args: ModelArguments) -> dict:
-    """The `OPTIONAL_SETTINGS` the run gives, by name."""
-    return {name: getattr(model_args, name) for name in OPTIONAL_SETTINGS if getattr(model_args, name) is not None}
-
-
 def build_pretraining_model(
-    model_args: ModelArguments, data: RecommendationData
+    model_args: PretrainingModelArguments, data: RecommendationData
 ) -> tuple[CLLM4RecForCollaborativeLM, CLLM4RecTokenizer]:
     """A fresh CLLM4Rec model around the backbone, sized to the data set, and its tokenizer."""
     options = {
         "lambda_v": model_args.lambda_v,
-        "mask_ratio": model_args.mask_ratio,
-        "backbone_training": model_args.backbone_training,
-        "lora_rank": model_args.lora_rank,
-        "lora_dropout": model_args.lora_dropout,
         "id_embedding_init": model_args.id_embedding_init,
+        "id_embedding_dropout": model_args.id_embedding_dropout,
         "tie_item_head": not model_args.untie_item_head,
     }
-    options.update(optional_settings_given(model_args))
     if model_args.backbone == BUILTIN_BACKBONE:
         base_tokenizer = make_synthetic_tokenizer(data)
         special_ids = {"bos_token_id": base_tokenizer.eos_token_id, "eos_token_id": base_tokenizer.eos_token_id}
@@ -146,8 +156,7 @@ def build_pretraining_model(
             text_config = random_backbone_config(model_args.backbone)
         else:
             text_config = AutoConfig.from_pretrained(model_args.backbone)
-    overrides = json.loads(model_args.backbone_overrides or "{}")
-    for key, value in overrides.items():
+    for key, value in json.loads(model_args.backbone_overrides or "{}").items():
         if not hasattr(text_config, key):
             raise ValueError(f"backbone_overrides: the backbone's {type(text_config).__name__} has no field {key!r}.")
         setattr(text_config, key, value)
@@ -168,10 +177,23 @@ def random_backbone_config(backbone: str):
     return AutoConfig.from_pretrained(backbone)
 
 
+def load_finetuning_model(
+    model_args: FineTuningModelArguments,
+) -> tuple[CLLM4RecForItemPrediction, CLLM4RecTokenizer]:
+    """The pretraining checkpoint as an item predictor, with the run's config changes, and its tokenizer."""
+    model = CLLM4RecForItemPrediction.from_pretrained(model_args.pretrained)
+    for name, value in model_args.config_overrides().items():
+        setattr(model.config, name, value)
+    model.config.validate_values()
+    base_tokenizer = CLLM4RecTokenizer.from_pretrained(model_args.pretrained).base_tokenizer
+    return model, CLLM4RecTokenizer(base_tokenizer, model.config)
+
+
 def run_pretraining(
-    model_args: ModelArguments, data_args: DataArguments, training_args: CLLM4RecTrainingArguments
+    model_args: PretrainingModelArguments, data_args: DataArguments, training_args: PretrainingArguments
 ) -> dict[str, float]:
     """Pretrains on the data set and saves the model and tokenizer to `output_dir`; returns test metrics."""
+    check_argument_types(model_args, PretrainingModelArguments, training_args, PretrainingArguments)
     set_seed(training_args.seed)
     data = load_data(data_args)
     model, tokenizer = build_pretraining_model(model_args, data)
@@ -181,43 +203,39 @@ def run_pretraining(
 
 
 def run_finetuning(
-    model_args: ModelArguments, data_args: DataArguments, training_args: CLLM4RecTrainingArguments
+    model_args: FineTuningModelArguments, data_args: DataArguments, training_args: FineTuningArguments
 ) -> dict[str, float]:
-    """Fine-tunes a pretraining checkpoint for item prediction, keeps the best round, saves it; returns test metrics."""
-    if model_args.pretrained is None:
-        raise ValueError("Fine-tuning starts from a pretraining checkpoint: pass --pretrained PATH.")
+    """Fine-tunes a pretraining checkpoint for item prediction, saves it to `output_dir`; returns test metrics."""
+    check_argument_types(model_args, FineTuningModelArguments, training_args, FineTuningArguments)
     set_seed(training_args.seed)
     data = load_data(data_args)
-    model = CLLM4RecForItemPrediction.from_pretrained(model_args.pretrained)
-    if model_args.backbone_training == "lora" and model.config.backbone_training != "lora":
-        model.model.enable_lora(rank=model_args.lora_rank, dropout=model_args.lora_dropout)
-    if model_args.recommendation_prompt is not None:
-        model.config.recommendation_prompt = model_args.recommendation_prompt
-    for name, value in optional_settings_given(model_args).items():
-        setattr(model.config, name, value)
-    model.config.validate_values()
-    tokenizer = CLLM4RecTokenizer(
-        CLLM4RecTokenizer.from_pretrained(model_args.pretrained).base_tokenizer, model.config
-    )
+    model, tokenizer = load_finetuning_model(model_args)
     trainer = CLLM4RecTrainer(model, training_args, data, tokenizer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     return _finish(trainer, data)
 
 
+def check_argument_types(model_args, model_arguments_class: type, training_args, training_arguments_class: type):
+    """Raises a `TypeError` when a recipe is given the arguments of the other stage."""
+    for given, expected in ((model_args, model_arguments_class), (training_args, training_arguments_class)):
+        if not isinstance(given, expected):
+            raise TypeError(f"Expected {expected.__name__}, got {type(given).__name__}.")
+
+
 def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, float]:
     """
-    Test metrics, then the model, tokenizer, id mappings, metrics and model card saved to `output_dir`; with
-    `push_to_hub`, what `hub.save_for_hub` writes is uploaded to `hub_model_id`.
+    Test metrics, then the model, tokenizer, id mappings, metrics, trainer state and model card saved to
+    `output_dir`; with `push_to_hub`, what `hub.save_for_hub` writes is uploaded to `hub_model_id`.
     """
     args = trainer.args
     metrics = trainer.evaluate(eval_dataset="test", metric_key_prefix="test")
     trainer.save_model(args.output_dir)
+    trainer.save_state()
     if trainer.is_world_process_zero():
         data_files = Path(args.output_dir)
         IdMappings.from_data(data).save(data_files)
         (data_files / TEST_RESULTS_NAME).write_text(json.dumps(metrics, indent=2))
         (data_files / TRAINING_ARGS_NAME).write_text(args.to_json_string())
-        (data_files / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
         card_inputs = {"data": data, "metrics": metrics, "training_args": args}
         write_model_card(data_files, model_id=args.hub_model_id, **card_inputs)
         if args.push_to_hub:
@@ -228,11 +246,25 @@ def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, flo
     return metrics
 
 
+def results_summary(metrics: dict[str, float], output_dir: str | Path) -> str:
+    """The test metrics of a run, one per line, and where its model was saved: what the scripts print at the end."""
+    users = metrics.get("test_num_users")
+    lines = [f"Test metrics ({int(users)} users):" if users is not None else "Test metrics:"]
+    for name, value in metrics.items():
+        if name not in ("test_num_users", "test_selection_score"):
+            lines.append(f"  {name.removeprefix('test_'):<12}{value:.4f}")
+    lines.append(f"Saved the model, its tokenizer and its model card to {output_dir}")
+    return "\n".join(lines)
+
+
 __all__ = [
     "DataArguments",
-    "ModelArguments",
+    "PretrainingModelArguments",
+    "FineTuningModelArguments",
     "build_pretraining_model",
     "load_data",
+    "load_finetuning_model",
+    "results_summary",
     "run_pretraining",
     "run_finetuning",
 ]

@@ -1,25 +1,26 @@
 """The CLLM4Rec trainer: mutual-regularized pretraining and recommendation-oriented fine-tuning."""
 
-import math
+import json
 import os
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from ..data.collators import CLLM4RecDataCollator
 from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
 from ..data.prepared import RecommendationData
 from ..evaluation import check_model_fits_data, default_max_length, evaluate_model, scoring_view
-from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
+from ..modeling_cllm4rec import LORA_ADAPTERS_NAME, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
-from .arguments import CLLM4RecTrainingArguments
+from .arguments import CLLM4RecTrainingArguments, FineTuningArguments, PretrainingArguments
+from .backbone import apply_backbone_training
 from .schedule import ScheduleBatchSampler
-from .weight_averaging import WeightAverage
+from .weight_averaging import TRAINING_WEIGHTS_NAME, WeightAverage
 
 # The splits whose items are held out from the prompts (training items are excluded from every ranking).
 EVALUATION_SPLITS = ("validation", "test")
@@ -32,22 +33,28 @@ LOSS_COMPONENTS = {
     "recommendation_loss": ("recommendation", "recommendation_loss"),
     "recommendation_regularization_loss": ("recommendation", "regularization_loss"),
 }
+# The training arguments of each stage, by the model class it trains.
+STAGE_ARGUMENTS = {CLLM4RecForCollaborativeLM: PretrainingArguments, CLLM4RecForItemPrediction: FineTuningArguments}
 
 
 class CLLM4RecTrainer(Trainer):
     """
     [`Trainer`] for CLLM4Rec, built from a prepared data set instead of a `train_dataset`.
 
-    With a [`CLLM4RecForCollaborativeLM`] it pretrains: `content_warmup_epochs` content epochs, then
-    `num_train_epochs` rounds of a collaborative and a content epoch. With a [`CLLM4RecForItemPrediction`] it
-    fine-tunes: rounds of a masked-history epoch and (with `content_steps`) a content epoch. Each step carries the
-    mutual regularization toward the other side's embeddings. `evaluate()` ranks all items for the users of
-    `args.eval_split` with the paper's protocol and reports Recall@K, NDCG@K and their `selection_score`. With
-    `args.weight_average_decay`, evaluation, checkpoints and the final model use the averaged weights.
+    With a [`CLLM4RecForCollaborativeLM`] and [`PretrainingArguments`] it pretrains: after `content_warmup_epochs`
+    epochs of content documents, every epoch is a round of a collaborative and a content epoch. With a
+    [`CLLM4RecForItemPrediction`] and [`FineTuningArguments`] it fine-tunes: every epoch is a round of a
+    masked-history epoch and (with `content_steps`) a content epoch. Each step carries the mutual regularization
+    toward the other side's embeddings. `evaluate()` ranks all items for the users of `args.eval_split` with the
+    paper's protocol and reports Recall@K, NDCG@K and their `selection_score`.
+
+    The trainer sets what trains (`args.backbone_training`): LoRA adapters live through training and its
+    checkpoints, and are merged into the backbone when `train()` ends. With `args.weight_average_decay`, evaluation,
+    checkpoints and the final model use the averaged weights.
 
     Args:
         model: a CLLM4Rec model whose user and item counts match `data`.
-        args: [`CLLM4RecTrainingArguments`].
+        args: [`PretrainingArguments`] or [`FineTuningArguments`], as the model's stage.
         data: the prepared [`RecommendationData`].
         processing_class: the model's [`CLLM4RecTokenizer`], saved with every checkpoint.
     """
@@ -60,29 +67,32 @@ class CLLM4RecTrainer(Trainer):
         processing_class: CLLM4RecTokenizer,
         **kwargs,
     ):
-        if not isinstance(args, CLLM4RecTrainingArguments):
-            raise TypeError("CLLM4RecTrainer needs CLLM4RecTrainingArguments.")
-        model.config.validate_values()  # a config edited after construction (lambda_v, mask_ratio) is checked here
+        check_stage(model, args)
+        model.config.validate_values()  # a config edited after construction (lambda_v, a prompt) is checked here
         check_model_fits_data(model, data)
         self.data = data
         self.max_length = args.max_length or default_max_length(model.config)
-        sources, rounds = build_schedule(model, data, processing_class, args, self.max_length)
+        self.lora_adapters = apply_backbone_training(model, args.backbone_training, **args.lora_options)
+        sources = document_sources(model, data, processing_class, args, self.max_length)
         # an optimizer step takes one batch per accumulation step on every process
         self.micro_batches_per_step = micro_batches_per_step = args.gradient_accumulation_steps * args.world_size
+        warmup_epochs = getattr(args, "content_warmup_epochs", 0)
         self.schedule = ScheduleBatchSampler(
             [len(source) for source in sources],
-            rounds,
+            range(len(sources)),
             args.per_device_train_batch_size,
             args.alternation,
             args.seed,
             micro_batches_per_step=micro_batches_per_step,
             lengths=[source.document_lengths() for source in sources] if args.groups_by_length else None,
+            warmup_epochs=warmup_epochs,
+            warmup_source=1 if warmup_epochs else None,
         )
         self._check_eval_split(args)
         super().__init__(
             model=model,
             args=args,
-            train_dataset=ScheduledDocuments(sources),
+            train_dataset=ScheduledDocuments(sources, self.schedule),
             eval_dataset=args.eval_split,
             data_collator=CLLM4RecDataCollator(processing_class.pad_token_id),
             processing_class=processing_class,
@@ -91,14 +101,35 @@ class CLLM4RecTrainer(Trainer):
         # the models divide summed losses by the targets of the whole accumulated, all-process batch
         self.model_accepts_loss_kwargs = True
         self._component_sums = torch.zeros(2, len(LOSS_COMPONENTS), dtype=torch.float64)
-        self.round_end = RoundEndCallback(self.schedule.round_lengths(), micro_batches_per_step)
-        self.add_callback(self.round_end)
+        if warmup_epochs:
+            self.add_callback(UnevaluatedWarmup(warmup_epochs))
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        if sharded and (self.lora_adapters is not None or args.weight_average_decay is not None):
+            raise ValueError(
+                "backbone_training='lora' (merged into the backbone at the end) and weight_average_decay need "
+                "unsharded weights: train on one process or with DDP."
+            )
         self.weight_average = None
         if args.weight_average_decay is not None:
-            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-                raise ValueError("weight_average_decay needs unsharded weights: train on one process or with DDP.")
             self.weight_average = WeightAverage(args.weight_average_decay)
             self.add_callback(self.weight_average)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """
+        [`Trainer.train`], resuming only from a complete checkpoint (`True`: the last complete one in
+        `output_dir`); LoRA adapters are merged into the backbone's weights when training ends.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+        elif resume_from_checkpoint:
+            check_complete_checkpoint(resume_from_checkpoint)
+        output = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
+        if self.lora_adapters is not None:
+            self.lora_adapters.merge_and_unload()
+            self.lora_adapters = None
+        return output
 
     def predict(self, test_dataset=None, ignore_keys=None, metric_key_prefix: str = "test"):
         raise NotImplementedError(
@@ -131,14 +162,6 @@ class CLLM4RecTrainer(Trainer):
         )
         return self.accelerator.prepare(dataloader)
 
-    def set_initial_training_values(self, args, dataloader):
-        """The whole schedule (all rounds) is one pass over the dataloader: one Trainer epoch."""
-        values = super().set_initial_training_values(args, dataloader)
-        if args.max_steps > 0:
-            return values
-        _, steps_per_pass, num_examples, _, total_batch_size, steps_in_epoch, _ = values
-        return 1, steps_per_pass, num_examples, num_examples, total_batch_size, steps_in_epoch, steps_per_pass
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         document_type = inputs["document_type"]
@@ -158,8 +181,6 @@ class CLLM4RecTrainer(Trainer):
                 if sums[1, column] > 0:
                     logs[name] = round(float(sums[0, column] * self.micro_batches_per_step / sums[1, column]), 4)
             self._component_sums.zero_()
-        # here, not in a callback's `on_log`: callbacks see the logs after they are stored and printed
-        logs["round"] = self.round_end.current_round(self.state.global_step)
         super().log(logs, start_time)
 
     def averaged_weights(self):
@@ -167,21 +188,49 @@ class CLLM4RecTrainer(Trainer):
         return self.weight_average.applied(self.model) if self.weight_average else nullcontext()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Saves the model (the averaged weights where they are kept), with the settings of its LoRA adapters."""
         with self.averaged_weights():
             super().save_model(output_dir, _internal_call)
+        if self.lora_adapters is not None and self.args.should_save:  # what `from_pretrained` folds them in by
+            lora_config = self.lora_adapters.peft_config["default"]
+            settings = {"r": lora_config.r, "lora_alpha": lora_config.lora_alpha, "use_rslora": lora_config.use_rslora}
+            (Path(output_dir or self.args.output_dir) / LORA_ADAPTERS_NAME).write_text(json.dumps(settings))
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
         if self.weight_average is not None and self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
+            # before the Trainer's state, which marks the checkpoint complete
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             self.weight_average.save_training_weights(self.model, folder)
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        self._check_checkpoint_fits(resume_from_checkpoint)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.weight_average is not None:
             self.weight_average.resume(model or self.model, resume_from_checkpoint)
+
+    def _check_checkpoint_fits(self, folder: str) -> None:
+        """Raises a `ValueError` for a checkpoint of another data set or of another setup of this run."""
+        stored = json.loads((Path(folder) / "config.json").read_text())
+        config = self.model.config
+        if (stored.get("num_users"), stored.get("num_items")) != (config.num_users, config.num_items):
+            raise ValueError(
+                f"The checkpoint {folder} has {stored.get('num_users')} users and {stored.get('num_items')} items, "
+                f"but the data set {self.data.name!r} has {config.num_users} and {config.num_items}: it is the "
+                "checkpoint of a run on another data set."
+            )
+        has_lora = (Path(folder) / LORA_ADAPTERS_NAME).is_file()
+        if has_lora != (self.lora_adapters is not None):
+            raise ValueError(
+                f"The checkpoint {folder} was saved by a run {'with' if has_lora else 'without'} LoRA adapters: "
+                f"resume it with the backbone_training of that run, not {self.args.backbone_training!r}."
+            )
+        if self.weight_average is None and (Path(folder) / TRAINING_WEIGHTS_NAME).is_file():
+            raise ValueError(
+                f"The checkpoint {folder} was saved by a run that averaged its weights (its model weights are the "
+                f"average, the raw ones lie in {TRAINING_WEIGHTS_NAME}): resume it with the weight_average_decay of "
+                "that run."
+            )
 
     def push_to_hub(self, commit_message: str | None = "End of training", token: str | None = None, **kwargs):
         """Uploads what `hub.save_for_hub` writes: weights, code files, tokenizer, id mappings and the model card."""
@@ -223,6 +272,7 @@ class CLLM4RecTrainer(Trainer):
                 max_length=self.max_length,
                 recall_ks=self.args.recall_ks,
                 ndcg_ks=self.args.ndcg_ks,
+                history_permutations=self.args.history_permutations,
                 disable_tqdm=self.args.disable_tqdm or not self.is_local_process_zero(),
                 distributed=self.accelerator.num_processes > 1,
                 # DeepSpeed ZeRO-3 gathers each layer's parameters in its forward pass, on all processes together
@@ -234,52 +284,57 @@ class CLLM4RecTrainer(Trainer):
         return metrics
 
 
-class RoundEndCallback(TrainerCallback):
-    """
-    Evaluates and saves at the end of every round when the strategy is `"epoch"`; `current_round` numbers the rounds.
+class UnevaluatedWarmup(TrainerCallback):
+    """Leaves the content warm-up epochs of pretraining unevaluated: nothing has trained the item read-out yet."""
 
-    `round_lengths` counts the batches of each round, on all processes together, `micro_batches_per_step` to an
-    optimizer step (gradient accumulation steps x processes), as [`ScheduleBatchSampler`] lays them out.
-    """
-
-    def __init__(self, round_lengths: list[int], micro_batches_per_step: int):
-        ends = np.cumsum(round_lengths)
-        self.round_end_steps = [math.ceil(end / micro_batches_per_step) for end in ends]
-
-    def current_round(self, global_step: int) -> int:
-        return int(np.searchsorted(self.round_end_steps, global_step, side="left"))
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step in self.round_end_steps:
-            control.should_evaluate = control.should_evaluate or args.eval_strategy == "epoch"
-            control.should_save = control.should_save or args.save_strategy == "epoch"
-        return control
+    def __init__(self, warmup_epochs: int):
+        self.warmup_epochs = warmup_epochs
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        # the schedule is one Trainer epoch; its last round already triggered evaluation and saving
-        control.should_evaluate = control.should_evaluate and args.eval_strategy != "epoch"
-        control.should_save = control.should_save and args.save_strategy != "epoch"
+        if round(state.epoch) <= self.warmup_epochs:
+            control.should_evaluate = False
         return control
 
 
-def build_schedule(model, data, tokenizer, args, max_length: int):
-    """The document sources and the rounds of the schedule for pretraining or fine-tuning."""
+def check_stage(model, args) -> None:
+    """Raises a `TypeError` unless `args` are the training arguments of the model's stage."""
+    stage_arguments = next((arguments for cls, arguments in STAGE_ARGUMENTS.items() if isinstance(model, cls)), None)
+    if stage_arguments is None:
+        raise TypeError(f"CLLM4RecTrainer trains CLLM4Rec models, got {type(model).__name__}.")
+    if not isinstance(args, stage_arguments):
+        raise TypeError(f"A {type(model).__name__} trains with {stage_arguments.__name__}, got {type(args).__name__}.")
+
+
+def document_sources(model, data, tokenizer, args, max_length: int) -> list:
+    """The stage's ID documents (collaborative, or masked-history), then with `content_steps` the content ones."""
     histories = data.histories("train")
-    content = lambda: ContentDocuments(data, tokenizer, max_length, args.content_document_kinds)  # noqa: E731
-    rounds = int(args.num_train_epochs)
     if isinstance(model, CLLM4RecForCollaborativeLM):
-        collaborative = CollaborativeDocuments(histories, tokenizer, max_length, seed=args.seed)
-        if not args.content_steps:
-            return [collaborative], [(0,)] * rounds
-        # the whole warm-up is one round, so it is evaluated (and saved) once, at its end
-        warmup = [(1,) * args.content_warmup_epochs] if args.content_warmup_epochs else []
-        return [collaborative, content()], warmup + [(0, 1)] * rounds
-    if isinstance(model, CLLM4RecForItemPrediction):
-        documents = RecommendationDocuments(histories, tokenizer, model.config.mask_ratio, max_length, seed=args.seed)
-        if not args.content_steps:
-            return [documents], [(0,)] * rounds
-        return [documents, content()], [(0, 1)] * rounds
-    raise TypeError(f"CLLM4RecTrainer trains CLLM4Rec models, got {type(model).__name__}.")
+        sources = [CollaborativeDocuments(histories, tokenizer, max_length, seed=args.seed)]
+    else:
+        sources = [RecommendationDocuments(histories, tokenizer, args.mask_ratio, max_length, seed=args.seed)]
+    if args.content_steps:
+        sources.append(ContentDocuments(data, tokenizer, max_length, args.content_document_kinds))
+    return sources
 
 
-__all__ = ["CLLM4RecTrainer", "RoundEndCallback", "LOSS_COMPONENTS"]
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """
+    The last fully written checkpoint folder in `output_dir`: the Trainer writes a checkpoint's state last, so a kill
+    while saving leaves a folder without it.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    complete = [folder for folder in sort_checkpoints(output_dir) if os.path.isfile(Path(folder) / TRAINER_STATE_NAME)]
+    return complete[-1] if complete else None
+
+
+def check_complete_checkpoint(folder: str) -> None:
+    """Raises a `ValueError` for a checkpoint folder that was not fully written."""
+    if not os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)):
+        raise ValueError(
+            f"{folder} is not a complete checkpoint (it has no {TRAINER_STATE_NAME}: was the run stopped while "
+            "saving it?). Resume from an earlier checkpoint."
+        )
+
+
+__all__ = ["CLLM4RecTrainer", "LOSS_COMPONENTS", "STAGE_ARGUMENTS"]
