@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
+from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer, Recommender
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_item_prediction_and_recommendation(backbone_dir, tokenizer):
     prompt = tokenizer.render("recommendation_prompt", user=2, history=[4, 9, 11])
     output = predictor(torch.tensor([prompt]), labels=torch.tensor([[0, 7]]))
     assert output.logits.shape == (1, NUM_ITEMS) and torch.isfinite(output.loss)
-    recommended = predictor.recommend([2, None], [[4, 9, 11], [1]], k=NUM_ITEMS - 3, tokenizer=tokenizer)
+    recommended = Recommender(predictor, tokenizer).recommend([2, None], [[4, 9, 11], [1]], k=NUM_ITEMS - 3)
     assert not set(recommended.item_ids[0].tolist()) & {4, 9, 11}
     assert 1 not in recommended.item_ids[1].tolist()
 
