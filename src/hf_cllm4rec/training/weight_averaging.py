@@ -24,7 +24,7 @@ def ema_with_warmup(decay: float):
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         steps = num_averaged.double()
-        weight = 1 - torch.clamp((1 + steps) / (10 + steps), max=decay)
+        weight = (1 - torch.clamp((1 + steps) / (10 + steps), max=decay)).to(averaged[0].dtype)
         torch._foreach_lerp_(
             averaged, [tensor.to(average.dtype) for tensor, average in zip(current, averaged, strict=True)], weight
         )
