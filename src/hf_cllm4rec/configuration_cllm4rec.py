@@ -1,6 +1,7 @@
 """CLLM4Rec model configuration."""
 
 import math
+import reprlib
 import string
 from typing import Literal
 
@@ -134,6 +135,19 @@ class CLLM4RecConfig(PreTrainedConfig):
             raise ValueError(f"Invalid CLLM4Rec config: {reason}") from None
         (loaded[0] if isinstance(loaded, tuple) else loaded).validate_values()
         return loaded
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        """The object a config file holds; a `ValueError` naming the file when it holds none."""
+        try:
+            config_dict = super()._dict_from_json_file(json_file)
+        except RecursionError:
+            raise ValueError(f"{json_file} is not a valid config: its JSON is nested too deeply.") from None
+        if not isinstance(config_dict, dict):
+            raise ValueError(
+                f"{json_file} is not a valid config: it holds {reprlib.repr(config_dict)}, not a JSON object."
+            )
+        return config_dict
 
     def validate_values(self):
         """Raises a `ValueError` naming the first invalid field."""

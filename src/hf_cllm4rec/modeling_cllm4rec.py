@@ -262,6 +262,10 @@ ID_TABLE_COUNTS = {
 }
 
 
+# The largest header the safetensors library reads: a longer one is garbage, not read into memory.
+SAFETENSORS_MAX_HEADER_SIZE = 100_000_000
+
+
 def check_weight_files(source, stored: dict | None, hub_kwargs: dict) -> None:
     """
     Raises a `ValueError` naming a safetensors file of checkpoint `source` that is not valid, or a count of its config
@@ -301,7 +305,7 @@ def safetensors_shapes(path) -> dict[str, list[int]]:
     size = os.path.getsize(path)
     with open(path, "rb") as file:
         header_size = int.from_bytes(file.read(8), "little")
-        header = file.read(header_size) if 8 + header_size <= size else None
+        header = file.read(header_size) if header_size <= min(size - 8, SAFETENSORS_MAX_HEADER_SIZE) else None
     try:
         tensors = json.loads(header) if header else None
     except (ValueError, RecursionError):
