@@ -194,7 +194,12 @@ class CLLM4RecTokenizer:
 
     def _id_token_ids(self, ids, kind: str) -> np.ndarray:
         count, offset = self._id_layout[kind]
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        try:
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        except OverflowError:
+            raise ValueError(
+                f"a {kind} id is out of range: this model has {count} {kind}s (ids 0 to {count - 1})."
+            ) from None
         if ids.size and (ids.min() < 0 or ids.max() >= count):
             bad = int(ids[(ids < 0) | (ids >= count)][0])
             raise ValueError(

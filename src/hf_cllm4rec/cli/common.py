@@ -54,7 +54,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
 def load_checkpoint(path: str, dtype: str = "float32"):
     """The model (by its saved architecture, in `dtype`) and tokenizer of a checkpoint folder or Hub repository, for
     inference."""
-    from .. import CLLM4RecConfig, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer
+    from ..configuration_cllm4rec import CLLM4RecConfig
+    from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
+    from ..tokenization_cllm4rec import CLLM4RecTokenizer
 
     local = Path(path).expanduser()
     if not local.exists() and (local.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1):
