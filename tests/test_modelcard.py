@@ -269,8 +269,13 @@ def test_trainer_push_to_hub_uploads_the_same_files(monkeypatch, tmp_path):
         def create_repo(self, repo_id, private=None, exist_ok=False):
             return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
 
+        def create_branch(self, repo_id, branch, exist_ok=False):
+            pass
+
         def upload_folder(self, repo_id, folder_path, commit_message, revision):
-            uploaded.update(repo_id=repo_id, files={path.name for path in Path(folder_path).iterdir()})
+            files = {path.name: path for path in Path(folder_path).iterdir()}
+            uploaded.update(repo_id=repo_id, revision=revision, files=set(files))
+            uploaded["card"] = files["README.md"].read_text()
             return "commit"
 
     monkeypatch.setattr(hub.checkpoint, "HfApi", RecordingApi)
@@ -281,5 +286,10 @@ def test_trainer_push_to_hub_uploads_the_same_files(monkeypatch, tmp_path):
     )
     trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
     assert trainer.push_to_hub() == "commit"
-    assert uploaded["repo_id"] == "someone/cllm4rec-run"
+    assert uploaded["repo_id"] == "someone/cllm4rec-run" and uploaded["revision"] is None
     assert uploaded["files"] == HUB_FILES
+    # the run's revision, and the metrics measured for the card: the one upload path honours both
+    trainer.args.hub_revision = "round-3"
+    assert trainer.push_to_hub(metrics={"test_recall@20": 0.4321}) == "commit"
+    assert uploaded["revision"] == "round-3" and "0.4321" in uploaded["card"]
+    assert trainer.push_to_hub(revision="v2") == "commit" and uploaded["revision"] == "v2"

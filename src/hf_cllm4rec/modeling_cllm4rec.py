@@ -1,11 +1,9 @@
 """CLLM4Rec models: a causal-LM backbone with collaborative and content embeddings for user and item tokens."""
 
-import itertools
 import json
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -770,17 +768,6 @@ def summed_cross_entropy(
 
 def _summed_cross_entropy(head, hidden_states: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden_states).float(), targets, reduction="sum")
-
-
-def pad_sequences(
-    sequences: list[list[int]], pad_value: int, device: torch.device | str | None = None
-) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Right-pads integer sequences with `pad_value`: `(padded, mask)`, both `(len(sequences), longest)`."""
-    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-    mask = np.arange(lengths.max()) < lengths[:, None]
-    padded = np.full(mask.shape, pad_value, dtype=np.int64)
-    padded[mask] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
-    return torch.from_numpy(padded).to(device), torch.from_numpy(mask.astype(np.int64)).to(device)
 
 
 __all__ = [

@@ -1,8 +1,10 @@
 """Batching of CLLM4Rec documents."""
 
+import itertools
 from dataclasses import dataclass
 
-from ..modeling_cllm4rec import pad_sequences
+import numpy as np
+import torch
 
 
 @dataclass
@@ -29,6 +31,15 @@ class CLLM4RecDataCollator:
             "labels": labels,
             "document_type": document_types.pop(),
         }
+
+
+def pad_sequences(sequences: list[list[int]], pad_value: int) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Right-pads integer sequences with `pad_value`: `(padded, mask)`, both `(len(sequences), longest)`."""
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    mask = np.arange(lengths.max()) < lengths[:, None]
+    padded = np.full(mask.shape, pad_value, dtype=np.int64)
+    padded[mask] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    return torch.from_numpy(padded), torch.from_numpy(mask.astype(np.int64))
 
 
 __all__ = ["CLLM4RecDataCollator"]

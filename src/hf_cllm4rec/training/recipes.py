@@ -9,7 +9,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
 
 from ..configuration_cllm4rec import CLLM4RecConfig
 from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
-from ..hub import push_to_hub, write_model_card
+from ..hub import write_model_card
 from ..hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..serving import IdMappings
@@ -239,9 +239,7 @@ def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, flo
         card_inputs = {"data": data, "metrics": metrics, "training_args": args}
         write_model_card(data_files, model_id=args.hub_model_id, **card_inputs)
         if args.push_to_hub:
-            repo_id = args.hub_model_id or data_files.resolve().name
-            hub_options = {"token": args.hub_token, "private": args.hub_private_repo, "revision": args.hub_revision}
-            push_to_hub(trainer.model, trainer.processing_class, repo_id, **hub_options, **card_inputs)
+            trainer.push_to_hub(metrics=metrics)
     trainer.accelerator.wait_for_everyone()  # no process exits while the main one still writes
     return metrics
 

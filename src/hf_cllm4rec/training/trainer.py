@@ -232,19 +232,34 @@ class CLLM4RecTrainer(Trainer):
                 "that run."
             )
 
-    def push_to_hub(self, commit_message: str | None = "End of training", token: str | None = None, **kwargs):
-        """Uploads what `hub.save_for_hub` writes: weights, code files, tokenizer, id mappings and the model card."""
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        token: str | None = None,
+        revision: str | None = None,
+        metrics: dict[str, float] | None = None,
+        **kwargs,
+    ):
+        """
+        Uploads what `hub.save_for_hub` writes (weights, code files, tokenizer, id mappings and the model card with
+        `metrics`) to `args.hub_model_id`, at `revision` (default: `args.hub_revision`); the main process uploads.
+        """
         from ..hub import push_to_hub
 
-        repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
+        if kwargs:
+            raise TypeError(f"CLLM4RecTrainer.push_to_hub does not take {', '.join(sorted(kwargs))}.")
+        if not self.is_world_process_zero():
+            return None
         return push_to_hub(
             self.model,
             self.processing_class,
-            repo_id,
+            self.args.hub_model_id or Path(self.args.output_dir).resolve().name,
             token=token or self.args.hub_token,
             private=self.args.hub_private_repo,
+            revision=revision or self.args.hub_revision,
             commit_message=commit_message or "Upload CLLM4Rec model",
             data=self.data,
+            metrics=metrics,
             training_args=self.args,
         )
 
