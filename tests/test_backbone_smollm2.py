@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer, Recommender
+from hf_cllm4rec.training import apply_backbone_training
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,8 @@ def test_the_id_extension_leaves_the_backbone_unchanged_on_plain_text(backbone_d
     # a pretrained model, not a random one: per-token perplexity far below the vocabulary size
     assert expected.loss.item() < 5
     assert actual.regularization_loss == 0  # no ID token in plain text
-    # only the ID tables train; the backbone stays frozen
+    # frozen by the training code, only the ID tables train
+    apply_backbone_training(model, "frozen")
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert trainable == {
         f"model.{kind}_{side}_embeddings.weight" for kind in ("user", "item") for side in ("collaborative", "content")
