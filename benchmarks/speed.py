@@ -7,10 +7,10 @@ Speed of every CLLM4Rec stage on a prepared data set, and how prediction time gr
     python benchmarks/speed.py --data data/beauty --backbone gpt2 --random_init \
         --backbone_overrides '{"n_layer": 2, "n_embd": 256, "n_head": 4}'              # the CPU quality runs' shape
 
-Stages, each one real optimizer steps (or, for prediction, real top-k) through the package's own documents,
-collator and model, timed after a warm-up (the share spent waiting for the data loader reported too), with
-documents grouped by length (`--train_sampling_strategy group_by_length` in training; the default, random
-batching, pads more):
+Stages, each one real optimizer steps of the ID tables with the backbone frozen, as in the paper (or, for
+prediction, real top-k) through the package's own documents, collator and model, timed after a warm-up (the share
+spent waiting for the data loader reported too), with documents grouped by length (`--train_sampling_strategy
+group_by_length` in training; the default, random batching, pads more):
 - content epoch: one document per training pair, `<user_u> writes the following review for <item_i>:` + the item's
   text (the Beauty split has no reviews);
 - collaborative epoch: one document per user; fine-tuning epoch: one masked-history document per user;
@@ -41,7 +41,13 @@ from benchmarks.provenance import device_name, git_commit, recorded_location, ve
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction, Recommender  # noqa: E402
 from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments  # noqa: E402
 from hf_cllm4rec.data.documents import ScheduledDocuments  # noqa: E402
-from hf_cllm4rec.training.recipes import DataArguments, ModelArguments, build_pretraining_model, load_data  # noqa: E402
+from hf_cllm4rec.training import FineTuningArguments, apply_backbone_training  # noqa: E402
+from hf_cllm4rec.training.recipes import (  # noqa: E402
+    DataArguments,
+    PretrainingModelArguments,
+    build_pretraining_model,
+    load_data,
+)
 from hf_cllm4rec.training.schedule import ScheduleBatchSampler  # noqa: E402
 
 STAGES = ("content", "collaborative", "finetuning", "prediction")
@@ -52,6 +58,8 @@ SDPA_BACKENDS = {
     "CUDNN_ATTENTION": torch.backends.cuda.cudnn_sdp_enabled,
     "MATH": torch.backends.cuda.math_sdp_enabled,
 }
+# Share of a history held out by the timed masked-history documents: fine-tuning's default.
+MASK_RATIO = FineTuningArguments.mask_ratio
 # The authors' code on one H200 (GPT-2 small, batch 20, Beauty): seconds per epoch and users per second.
 AUTHORS_H200 = {
     "content_epoch_s": 230.0,
@@ -144,7 +152,7 @@ def measure_stage(device: torch.device, time_stage: Callable[[], dict]) -> dict:
 def time_training(model, source, batch_size, pad_token_id, args, device) -> dict:
     """Optimizer steps over `source` (or a sample of it); seconds per epoch, extrapolated when sampled."""
     size = len(source) if args.sample is None else min(args.sample, len(source))
-    sampler = ScheduleBatchSampler([len(source)], [(0,)], batch_size, seed=0, lengths=[source.document_lengths()])
+    sampler = ScheduleBatchSampler([len(source)], [0], batch_size, seed=0, lengths=[source.document_lengths()])
     batches = list(sampler)[: math.ceil(size / batch_size)]
     loader = DataLoader(
         ScheduledDocuments([source]),
@@ -268,7 +276,7 @@ def main() -> None:
     commit = git_commit()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_data(DataArguments(data=args.data))
-    model_args = ModelArguments(
+    model_args = PretrainingModelArguments(
         backbone=args.backbone,
         tokenizer=args.tokenizer,
         random_init=args.random_init,
@@ -279,6 +287,7 @@ def main() -> None:
     pretraining_model.to(device)
     model = CLLM4RecForItemPrediction(config)
     model.model = pretraining_model.model  # the two heads share one backbone and one set of ID embeddings
+    apply_backbone_training(model, "frozen")  # both heads train the ID tables alone, as in the paper
     max_length = min(getattr(config.text_config, "max_position_embeddings", 1024) or 1024, 1024)
     histories = data.histories("train")
 
@@ -287,7 +296,7 @@ def main() -> None:
     for name, stage_model, source in (
         ("content", pretraining_model, partial(ContentDocuments, data, tokenizer, max_length, ("user_item",))),
         ("collaborative", pretraining_model, partial(CollaborativeDocuments, histories, tokenizer, max_length)),
-        ("finetuning", model, partial(RecommendationDocuments, histories, tokenizer, config.mask_ratio, max_length)),
+        ("finetuning", model, partial(RecommendationDocuments, histories, tokenizer, MASK_RATIO, max_length)),
     ):
         if name not in args.stages:
             continue
