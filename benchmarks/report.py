@@ -49,14 +49,31 @@ def baseline_epochs(name: str, baseline: dict) -> str:
 
 def quality_epochs(result: dict, fine_tuned: bool = False) -> str:
     """
-    The epochs a quality run trained up to its pretrained model, or its fine-tuned one: the content warm-up, then
-    its rounds, two epochs each where content epochs are interleaved.
+    The epochs a quality run trained up to its pretrained model, or its fine-tuned one: the content warm-up
+    (`warmup_epochs_trained`), then its rounds, two epochs each where content epochs are interleaved.
     """
     configuration = result["configuration"]
     rounds = configuration["pretrain_rounds"] + (configuration["finetune_rounds"] if fine_tuned else 0)
     if configuration.get("no_content_steps"):
         return str(rounds)
-    return str(configuration.get("warmup_epochs", 0) + 2 * rounds)
+    return str(warmup_epochs_trained(result) + 2 * rounds)
+
+
+def warmup_epochs_trained(result: dict) -> int:
+    """
+    The content warm-up of a quality run in epochs' worth of steps. Since warm-up epochs are epochs of the Trainer,
+    each takes as many steps as a round, a collaborative and a content epoch: two. Before, each was one content
+    epoch. The validation log tells the two apart: earlier runs trained all of pretraining as one Trainer epoch, so
+    their log counts fractions of one, where later runs first evaluate after the warm-up and a round, at epoch 2 or
+    more.
+    """
+    warmup = result["configuration"].get("warmup_epochs", 0)
+    if not warmup:
+        return 0
+    validation = result["cllm4rec_pretrained"]["validation_per_round"]
+    if not validation:
+        raise SystemExit(f"{result['_file']} has a content warm-up but no validation log that tells its length.")
+    return warmup * (2 if validation[0]["epoch"] > 1 else 1)
 
 
 def hours(seconds: float) -> str:
@@ -283,7 +300,8 @@ def render_results(results: list[dict]) -> list[str]:
                 "Test split, all items ranked, training items excluded (`quality.py`, baselines also from "
                 "`baselines.py`; a baseline result that several files share is listed once). Passes/user: forward "
                 "passes per user in the test (history orders averaged); epochs: every epoch trained up to the "
-                "stage's model; hours: wall-clock time of the whole run, its tests included:",
+                "stage's model, a content warm-up epoch counted as two where it was as long as a round (runs since "
+                "warm-up epochs are Trainer epochs); hours: wall-clock time of the whole run, its tests included:",
                 LINE_LENGTH,
             ),
             "",

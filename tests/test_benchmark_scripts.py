@@ -24,7 +24,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     results = tmp_path / "results"
     run(
         "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "smoke",
-        "--warmup_epochs", "0", "--pretrain_rounds", "1", "--finetune_rounds", "2", "--baselines", "popularity,ease",
+        "--warmup_epochs", "2", "--pretrain_rounds", "1", "--finetune_rounds", "2", "--baselines", "popularity,ease",
         "--train_sampling_strategy", "group_by_length",
         "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
@@ -150,10 +150,11 @@ def test_quality_speed_and_report_scripts(tmp_path):
     ]  # one row per history-order count, none for the fine-tuning it skipped
     assert f"{over_orders['ndcg@100']:.4f}" in pretrain_only_rows[1]
     smoke_rows = [line for line in text.splitlines() if line.startswith("| `quality-smoke.json` | CLLM4Rec")]
-    # epochs up to each stage's model: 1 pretraining round, then 2 fine-tuning rounds, each with a content epoch
+    # epochs up to each stage's model: 2 warm-up epochs, each as long as a round, 1 pretraining round, then 2
+    # fine-tuning rounds, each round a content epoch and another
     assert [row.split(" | ")[1:4] for row in smoke_rows] == [
-        ["CLLM4Rec, pretrained", "1", "2"],
-        ["CLLM4Rec, fine-tuned", "1", "6"],
+        ["CLLM4Rec, pretrained", "1", "6"],
+        ["CLLM4Rec, fine-tuned", "1", "10"],
     ]
     assert any(line.startswith("| `archive/seed1.json` |") for line in text.splitlines())
 
@@ -170,6 +171,30 @@ def test_quality_speed_and_report_scripts(tmp_path):
     )
     failed = subprocess.run([sys.executable, *report], cwd=ROOT, capture_output=True, text=True)
     assert failed.returncode != 0 and "result files that do not exist: gone.json" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    "first_evaluation_epoch, pretrained_epochs, fine_tuned_epochs",
+    [
+        (0.07, "12", "14"),  # all of pretraining one Trainer epoch: a warm-up epoch was one content epoch
+        (3.0, "14", "16"),  # warm-up epochs are Trainer epochs, as long as a round: the first evaluation at epoch 3
+    ],
+)
+def test_a_content_warmup_epoch_counts_the_epochs_its_steps_take(
+    first_evaluation_epoch, pretrained_epochs, fine_tuned_epochs
+):
+    from benchmarks.report import quality_epochs
+
+    result = {
+        "_file": "quality-warmup.json",
+        "configuration": {"warmup_epochs": 2, "pretrain_rounds": 5, "finetune_rounds": 1, "no_content_steps": False},
+        "cllm4rec_pretrained": {"validation_per_round": [{"epoch": first_evaluation_epoch, "eval_recall@20": 0.1}]},
+    }
+    assert quality_epochs(result) == pretrained_epochs
+    assert quality_epochs(result, fine_tuned=True) == fine_tuned_epochs
+    result["cllm4rec_pretrained"]["validation_per_round"] = []
+    with pytest.raises(SystemExit, match="quality-warmup.json has a content warm-up but no validation log"):
+        quality_epochs(result)
 
 
 def test_results_record_local_folders_by_name_and_not_where_outputs_went():
