@@ -279,6 +279,30 @@ def test_report_tables_in_the_readmes_are_those_of_the_result_files():
     assert len(lines) <= 150 and all(len(line) <= 119 for line in lines if line not in commands)
 
 
+def test_committed_model_cards_are_what_the_template_renders_from_them():
+    run("benchmarks/regenerate_cards.py", "--check")
+
+
+def test_a_card_is_regenerated_with_its_figures_and_checked_against_the_result_it_cites(tmp_path):
+    card = "cllm4rec-amazon-beauty-gpt2-256d.md"
+    committed = (ROOT / "model_cards" / card).read_text()
+    stale = committed.replace("history_permutations=24)", "history_permutations=24, outdated=True)", 1)
+    assert stale != committed
+    (tmp_path / card).write_text(stale)
+    run("benchmarks/regenerate_cards.py", "--cards_dir", str(tmp_path))
+    assert (tmp_path / card).read_text() == committed
+
+    measured = "      value: 0.18209215660888173\n"
+    (tmp_path / card).write_text(committed.replace(measured, "      value: 0.19\n"))
+    failed = subprocess.run(
+        [sys.executable, "benchmarks/regenerate_cards.py", "--cards_dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode != 0 and "test_recall@20: card 0.19, result 0.18209215660888173" in failed.stderr
+
+
 def test_gpu_script_drives_the_benchmarks_with_options_they_accept(tmp_path):
     """`benchmarks/gpu.sh` runs with a `python` that only records its calls: every benchmark call must parse."""
     from benchmarks import quality, speed
