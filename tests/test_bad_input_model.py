@@ -353,12 +353,11 @@ def test_a_failed_save_leaves_the_earlier_id_mappings_whole(tmp_path, monkeypatc
     write_mappings(tmp_path)
     before = (tmp_path / "id_mappings.json").read_bytes()
 
-    def write_half_then_fail(self, data, *args, **kwargs):
-        with open(self, "w") as file:
-            file.write(data[: len(data) // 2])
+    def write_half_then_fail(value, file, **kwargs):
+        file.write(json.dumps(value)[:10])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", write_half_then_fail)
+    monkeypatch.setattr(json, "dump", write_half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         IdMappings(["a", "b", "c"], ["x", "y"], ["", ""], [[1], [0], [0, 1]]).save(tmp_path)
     monkeypatch.undo()

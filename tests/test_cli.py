@@ -13,9 +13,9 @@ from test_prepare_cli import assert_usage_error, run_cli
 from tiny_checkpoints import save_tiny_checkpoint
 
 from hf_cllm4rec import CLLM4RecForItemPrediction, IdMappings, Recommender
-from hf_cllm4rec.cli.common import replacing
 from hf_cllm4rec.evaluation import evaluate_model
 from hf_cllm4rec.serving.embeddings import EMBEDDINGS_NAME, TABLES_NAME
+from hf_cllm4rec.writing import replaced_file
 
 TINY_TRAINING = (
     "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--content_documents", "item",
@@ -169,11 +169,11 @@ def test_recommend_all_users_in_batches_by_prompt_length(checkpoint, capsys, tmp
 def test_outputs_replace_a_file_only_once_fully_written(tmp_path):
     path = tmp_path / "top.json"
     path.write_text("earlier")
-    with pytest.raises(RuntimeError), replacing(path) as file:
+    with pytest.raises(RuntimeError), replaced_file(path) as file:
         file.write("half")
         raise RuntimeError("interrupted")
     assert path.read_text() == "earlier" and list(tmp_path.iterdir()) == [path]
-    with replacing(path) as file:
+    with replaced_file(path) as file:
         file.write("new")
     assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]
 

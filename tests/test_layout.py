@@ -7,11 +7,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "src" / "hf_cllm4rec"
 
 # Lower layers never import higher ones. What ships in a checkpoint (configuration, modeling, tokenization) sits at
-# the bottom; training, which writes model cards and checkpoints, sits above everything it uses; the entry points
+# the bottom, then the writes that leave a file whole or as it was; training, which writes model cards and checkpoints, sits above everything it uses; the entry points
 # (the package's own `__init__`, the command line and the `evaluate` metric module) sit on top.
 LAYERS = [
     {"configuration_cllm4rec"},
     {"modeling_cllm4rec", "tokenization_cllm4rec"},
+    {"writing"},
     {"data"},
     {"serving"},
     {"evaluation"},

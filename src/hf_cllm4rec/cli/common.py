@@ -1,10 +1,8 @@
-"""What the `cllm4rec` commands share: one-line usage errors, scoring options, checkpoint loading, safe writes."""
+"""What the `cllm4rec` commands share: one-line usage errors, scoring options, checkpoint loading, output checks."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -86,15 +84,3 @@ def check_output_file(path: Path, suffixes: tuple[str, ...] = ()) -> None:
         raise UsageError(f"--output {path}: the folder {path.parent} does not exist")
     if suffixes and path.suffix not in suffixes:
         raise UsageError(f"--output must be a {' or '.join(suffixes)} file, got {path}")
-
-
-@contextmanager
-def replacing(path: Path):
-    """A text file that takes the place of `path` once fully written: a failure leaves `path` as it was."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with partial.open("w", newline="") as file:
-            yield file
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

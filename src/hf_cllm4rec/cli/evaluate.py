@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import UsageError, add_scoring_arguments, check_output_file, check_positive, load_checkpoint, replacing
+from ..writing import replaced_file
+from .common import UsageError, add_scoring_arguments, check_output_file, check_positive, load_checkpoint
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +63,6 @@ def evaluate(args: argparse.Namespace) -> int:
         if name != "num_users":
             print(f"  {name:<16}{value:.4f}")
     if args.output:
-        with replacing(Path(args.output)) as file:
+        with replaced_file(args.output) as file:
             json.dump({f"{args.split}_{name}": value for name, value in metrics.items()}, file)
     return 0

@@ -18,8 +18,12 @@ def add_export_embeddings_command(subparsers: argparse._SubParsersAction) -> Non
         "prompt with the item head's rows (the item collaborative embeddings, unless the head is untied).",
     )
     parser.add_argument("--model", required=True, help="Folder or Hub name of a CLLM4Rec checkpoint.")
-    parser.add_argument("--out", required=True, help="Directory to write to (new or empty, unless --overwrite).")
-    parser.add_argument("--overwrite", action="store_true", help="Write into --out even if it holds files.")
+    parser.add_argument("--out", required=True, help="Folder to write to: new or empty, unless --overwrite.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an export already at --out (a folder that holds anything else is never replaced).",
+    )
     parser.set_defaults(handler=export_embeddings)
 
 
@@ -28,10 +32,12 @@ def export_embeddings(args: argparse.Namespace) -> int:
     from ..serving import IdMappings, embeddings
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise UsageError(f"{out} already exists and is not an empty directory; pass --overwrite to write into it")
+    try:  # before the checkpoint is loaded
+        embeddings.check_exportable(out, args.overwrite)
+    except FileExistsError as error:
+        raise UsageError(str(error).replace("overwrite=True", "--overwrite")) from None
     model, _ = load_checkpoint(args.model)
-    embeddings.export_embeddings(model, out, IdMappings.load(args.model))
+    embeddings.export_embeddings(model, out, IdMappings.load(args.model), overwrite=args.overwrite)
     config = model.config
     print(f"Wrote {config.num_users} user and {config.num_items} item embeddings ({config.hidden_size} dims) to {out}")
     return 0

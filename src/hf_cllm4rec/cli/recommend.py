@@ -9,14 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .common import (
-    UsageError,
-    add_scoring_arguments,
-    check_output_file,
-    check_positive,
-    load_checkpoint,
-    replacing,
-)
+from ..writing import replaced_file
+from .common import UsageError, add_scoring_arguments, check_output_file, check_positive, load_checkpoint
 
 
 def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
@@ -157,7 +151,7 @@ def _read_histories(path: Path) -> dict[str, list[str]]:
 
 
 def _write_recommendations(results: dict[str, list[dict]], path: Path) -> None:
-    with replacing(path) as file:
+    with replaced_file(path) as file:
         if path.suffix == ".json":
             json.dump(results, file, indent=2)
         else:

@@ -11,18 +11,11 @@ tables, and that user and item ids run 0..n-1 in order.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 import re
-import shutil
-import signal
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +24,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from datasets import Dataset, DatasetDict, Features, Value, load_from_disk
+
+from ..writing import foreign_entries, listed, replaced_folder
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -46,12 +41,14 @@ MANIFEST_KEYS = (
 )
 SPLITS = ("train", "validation", "test")
 TABLES = (*SPLITS, "users", "items", "reviews")
-# The files `save` writes: the manifest and `DatasetDict.save_to_disk`'s own beside the tables, in each table its
-# shards and metadata, and the cache files that `datasets` adds there when a loaded table is mapped.
-DATA_SET_FILES = re.compile(r"manifest\.json|dataset_dict\.json")
-TABLE_FILES = re.compile(r"data-\d{5}-of-\d{5}\.arrow|dataset_info\.json|state\.json|cache-[0-9a-f]+\.arrow")
-# A staging folder no file of which changed for this long belongs to a save that was killed.
-STALE_STAGING_SECONDS = 60
+# The files `save` writes, by path in the data set's folder: the manifest and `DatasetDict.save_to_disk`'s own beside
+# the tables, in each table its shards and metadata, and the cache files that `datasets` adds there when a loaded
+# table is mapped.
+DATA_SET_FOLDERS = re.compile("|".join(TABLES))
+DATA_SET_FILES = re.compile(
+    rf"manifest\.json|dataset_dict\.json|({DATA_SET_FOLDERS.pattern})/"
+    r"(data-\d{5}-of-\d{5}\.arrow|dataset_info\.json|state\.json|cache-[0-9a-f]+\.arrow)"
+)
 
 USER_FEATURES = Features({"user_id": Value("int64"), "raw_id": Value("string")})
 ITEM_FEATURES = Features({"item_id": Value("int64"), "raw_id": Value("string"), "text": Value("string")})
@@ -216,29 +213,12 @@ class RecommendationData:
         With `overwrite=True`, a prepared data set at `path` is replaced, but only if it holds nothing but what `save`
         writes; a folder that is not one, or that holds other files, is never replaced (`FileExistsError`).
         """
-        path = Path(path)
         check_writable(path, overwrite)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(path)
-        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        replaced = staging.with_name(staging.name + ".old")
-        with _sigterm_raises() as hold_sigterm:
-            try:
-                staging.mkdir()
-                # An empty table needs one explicit (empty) shard, or `load_from_disk` cannot read it back.
-                empty_tables = {name: 1 for name, table in self.tables.items() if table.num_rows == 0}
-                self.tables.save_to_disk(staging, num_shards=empty_tables or None)
-                (staging / MANIFEST_NAME).write_text(json.dumps(self.manifest, indent=2) + "\n")
-                check_writable(path, overwrite)
-                if path.exists():
-                    path.rename(replaced)
-                staging.rename(path)
-            finally:
-                hold_sigterm()
-                if replaced.exists() and not path.exists():  # stopped between the two renames
-                    replaced.rename(path)
-                shutil.rmtree(staging, ignore_errors=True)
-                shutil.rmtree(replaced, ignore_errors=True)
+        with replaced_folder(path, check=lambda: check_writable(path, overwrite)) as staging:
+            # An empty table needs one explicit (empty) shard, or `load_from_disk` cannot read it back.
+            empty_tables = {name: 1 for name, table in self.tables.items() if table.num_rows == 0}
+            self.tables.save_to_disk(staging, num_shards=empty_tables or None)
+            (staging / MANIFEST_NAME).write_text(json.dumps(self.manifest, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RecommendationData:
@@ -297,11 +277,10 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
     problem = _manifest_problem(path)
     if problem:
         raise FileExistsError(f"{path} exists and is not a prepared data set: {problem}; refusing to replace it")
-    others = _other_files(path)
+    others = foreign_entries(path, DATA_SET_FILES, DATA_SET_FOLDERS)
     if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise FileExistsError(
-            f"{path} holds files that are not part of a prepared data set: {shown}; refusing to replace it"
+            f"{path} holds files that are not part of a prepared data set: {listed(others)}; refusing to replace it"
         )
 
 
@@ -323,79 +302,6 @@ def _manifest_problem(path: Path) -> str | None:
     ):
         return f"its {MANIFEST_NAME} is not one this package wrote"
     return None
-
-
-def _other_files(path: Path) -> list[str]:
-    """Entries of the data set folder `path` that `save` does not write, as sorted relative paths."""
-    others = []
-    for entry in path.iterdir():
-        if entry.is_dir() and not entry.is_symlink() and entry.name in TABLES:
-            others += [
-                f"{entry.name}/{file.name}"
-                for file in entry.iterdir()
-                if file.is_symlink() or not file.is_file() or not TABLE_FILES.fullmatch(file.name)
-            ]
-        elif entry.is_symlink() or not entry.is_file() or not DATA_SET_FILES.fullmatch(entry.name):
-            others.append(entry.name)
-    return sorted(others)
-
-
-def _remove_stale_staging(path: Path) -> None:
-    """Removes the staging folders of `path` that a killed save left, judging by how long nothing in them changed."""
-    for staging in path.parent.glob(f".{glob.escape(path.name)}.{'[0-9a-f]' * 32}.tmp"):
-        try:
-            stale = time.time() - _last_change(staging) > STALE_STAGING_SECONDS
-        except OSError:  # removed meanwhile by the save it belongs to
-            continue
-        if stale:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _last_change(folder: Path) -> float:
-    """The latest modification time of `folder` and everything in it."""
-    times = [folder.stat().st_mtime]
-    for root, names, files in os.walk(folder):
-        times += [os.stat(os.path.join(root, name)).st_mtime for name in (*names, *files)]
-    return max(times)
-
-
-class _Terminated(BaseException):
-    """SIGTERM arrived during a save; a `BaseException`, so that no `except Exception` swallows it."""
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[Callable[[], None]]:
-    """
-    In the main thread, SIGTERM inside the block raises `_Terminated` (once), so that `finally` clauses clean up; the
-    block gets a function that holds any later SIGTERM back, for its clean-up. On leaving the block the previous
-    handler comes back and, if a SIGTERM came, it is sent again: by default the process then ends as it would have.
-    """
-    state = {"armed": True, "received": False}
-
-    def hold() -> None:
-        state["armed"] = False
-
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-    if previous is None or previous == signal.SIG_IGN:  # not ours to handle
-        yield hold
-        return
-
-    def terminate(signum, frame):
-        state["received"] = True
-        if state["armed"]:
-            state["armed"] = False
-            raise _Terminated
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield hold
-    except _Terminated:
-        raise InterruptedError("the save was interrupted by SIGTERM") from None
-    finally:
-        state["armed"] = False
-        signal.signal(signal.SIGTERM, previous)
-        if state["received"]:
-            signal.raise_signal(signal.SIGTERM)
 
 
 def _lookup(indices: dict[str, int], raw_id: str, kind: str, name: str) -> int:

@@ -17,17 +17,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..writing import foreign_entries, listed, replaced_folder
 from .id_mappings import IdMappings
 
 EMBEDDINGS_NAME = "embeddings.safetensors"
 TABLES_NAME = "tables"
 SIDES = ("collaborative", "content")
+# What an export holds, by path in its folder: the tensors, and the tables as `DatasetDict.save_to_disk` writes them
+# (with the cache files that `datasets` adds when a loaded table is mapped).
+EXPORT_FOLDERS = re.compile(rf"{TABLES_NAME}(/(users|items))?")
+EXPORT_FILES = re.compile(
+    rf"{re.escape(EMBEDDINGS_NAME)}|{TABLES_NAME}/dataset_dict\.json|{TABLES_NAME}/(users|items)/"
+    r"(data-\d{5}-of-\d{5}\.arrow|dataset_info\.json|state\.json|cache-[0-9a-f]+\.arrow)"
+)
 
 
 def id_embeddings(model) -> dict[str, torch.Tensor]:
@@ -45,7 +54,7 @@ def id_embeddings(model) -> dict[str, torch.Tensor]:
     return {name: weight.detach().to("cpu", torch.float32, copy=True).contiguous() for name, weight in weights.items()}
 
 
-def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) -> Path:
+def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings, overwrite: bool = False) -> Path:
     """
     Writes a model's collaborative and content user and item embeddings, with the data set's raw ids, to `folder`:
 
@@ -55,14 +64,14 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) ->
     - `tables/`: a `DatasetDict` (`datasets.load_from_disk`) with a `users` table (`id`, `raw_id`, `collaborative`,
       `content`) and an `items` table (the same, `head` and `text`), ready for `Dataset.add_faiss_index(column=...)`.
 
-    Returns the folder.
+    The folder appears whole or not at all (see [`hf_cllm4rec.writing`]); it must be new or empty, or with
+    `overwrite=True` an export to replace (see [`check_exportable`]). Returns the folder.
     """
     from datasets import Dataset, DatasetDict, Features, List, Value
 
     config = model.config
     mappings.check_fits(config)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_exportable(folder, overwrite)
     tables = id_embeddings(model)
     metadata = {
         "format": "pt",
@@ -70,8 +79,6 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) ->
         "user_raw_ids": json.dumps(mappings.users),
         "item_raw_ids": json.dumps(mappings.items),
     }
-    save_file(tables, folder / EMBEDDINGS_NAME, metadata=metadata)
-
     vector = List(Value("float32"), length=config.hidden_size)
     item_vectors = (*SIDES, "head")
     columns = {"id": Value("int64"), "raw_id": Value("string")}
@@ -85,8 +92,29 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings) ->
         | {name: tables[f"item_{name}"].numpy() for name in item_vectors},
         features=Features(columns | {"text": Value("string")} | {name: vector for name in item_vectors}),
     )
-    DatasetDict({"users": users, "items": items}).save_to_disk(str(folder / TABLES_NAME))
-    return folder
+    with replaced_folder(folder, check=lambda: check_exportable(folder, overwrite)) as staging:
+        save_file(tables, staging / EMBEDDINGS_NAME, metadata=metadata)
+        DatasetDict({"users": users, "items": items}).save_to_disk(str(staging / TABLES_NAME))
+    return Path(folder)
+
+
+def check_exportable(folder: str | os.PathLike, overwrite: bool) -> None:
+    """
+    Raises a `FileExistsError` unless [`export_embeddings`] may write `folder`: a new or empty folder, or with
+    `overwrite` a folder that holds an export and nothing else (another file in it is never deleted).
+    """
+    folder = Path(folder)
+    if not (folder.exists() or folder.is_symlink()) or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{folder} already exists and is not an empty folder; pass overwrite=True to replace it")
+    if folder.is_symlink() or not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder; refusing to replace it")
+    others = foreign_entries(folder, EXPORT_FILES, EXPORT_FOLDERS)
+    if others:
+        raise FileExistsError(
+            f"{folder} holds files that are not part of exported embeddings: {listed(others)}; refusing to replace it"
+        )
 
 
 @torch.no_grad()
@@ -118,4 +146,11 @@ def user_query_vectors(
     return torch.cat(queries)
 
 
-__all__ = ["export_embeddings", "user_query_vectors", "id_embeddings", "EMBEDDINGS_NAME", "TABLES_NAME"]
+__all__ = [
+    "check_exportable",
+    "export_embeddings",
+    "user_query_vectors",
+    "id_embeddings",
+    "EMBEDDINGS_NAME",
+    "TABLES_NAME",
+]

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from transformers.utils import cached_file
 
+from ..writing import replaced_file
+
 ID_MAPPINGS_NAME = "id_mappings.json"
 
 
@@ -94,12 +96,8 @@ class IdMappings:
         stored = {"users": self.users, "items": self.items, "item_texts": self.item_texts}
         if self.histories:
             stored["histories"] = self.histories
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            partial.write_text(json.dumps(stored), encoding="utf-8")
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        with replaced_file(path) as file:
+            json.dump(stored, file)
         return path
 
     def check_fits(self, config) -> None:
