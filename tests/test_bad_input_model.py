@@ -403,6 +403,35 @@ def test_out_of_range_token_ids_are_refused_by_the_model():
             model(torch.tensor([[1, token_id]]))
 
 
+LONG = torch.ones(1, 257, dtype=torch.long)
+MALFORMED_INPUTS = {
+    "lists": (([], []), r"`input_ids` must be a tensor of shape \(batch, length\), got list"),
+    "no rows": ((torch.zeros(0, 3, dtype=torch.long),), r"at least one token, got shape \(0, 3\)"),
+    "no tokens": ((torch.zeros(2, 0, dtype=torch.long),), r"at least one token, got shape \(2, 0\)"),
+    "one dimension": ((torch.zeros(5, dtype=torch.long),), r"at least one token, got shape \(5,\)"),
+    "float ids": ((torch.zeros(1, 3),), "must hold integer token ids, got torch.float32"),
+    "beyond the context": (
+        (LONG, torch.ones_like(LONG)),
+        "holds 257 tokens per row, more than the backbone's context",
+    ),
+    "mask of a list": ((torch.ones(1, 3, dtype=torch.long), [[1, 1, 1]]), "`attention_mask` must be a tensor"),
+    "mask of another shape": ((torch.ones(1, 3, dtype=torch.long), torch.ones(1, 2)), "does not fit `input_ids`"),
+    "a row without a token": (
+        (torch.ones(2, 3, dtype=torch.long), torch.tensor([[1, 1, 0], [0, 0, 0]])),
+        "masks every token",
+    ),
+}
+
+
+@pytest.mark.parametrize("inputs, phrase", MALFORMED_INPUTS.values(), ids=MALFORMED_INPUTS)
+@pytest.mark.parametrize("model_class", [CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM])
+def test_malformed_prompts_are_refused_by_the_model(model_class, inputs, phrase):
+    model = tiny_model(model_class, num_users=NUM_USERS, num_items=NUM_ITEMS)
+    for call in (model.recommend, model.score_items):
+        with pytest.raises(ValueError, match=phrase):
+            call(*inputs)
+
+
 @pytest.mark.parametrize(
     "content, phrase",
     [

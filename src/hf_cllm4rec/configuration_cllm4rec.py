@@ -194,6 +194,12 @@ class CLLM4RecConfig(PreTrainedConfig):
         return self.text_config.hidden_size
 
     @property
+    def context_length(self) -> int | None:
+        """The backbone's context in tokens (`max_position_embeddings` or `n_positions`); `None` if it names none."""
+        text_config = self.text_config
+        return getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
+
+    @property
     def user_token_offset(self) -> int:
         return self.vocab_size
 

@@ -372,6 +372,37 @@ def check_finite_weights(model: nn.Module, source) -> None:
         )
 
 
+def check_token_inputs(input_ids, attention_mask, context_length: int | None) -> None:
+    """
+    Raises a `ValueError` unless `input_ids` is a non-empty `(batch, length)` tensor of integer token ids no longer
+    than the backbone's context, and `attention_mask` (if given) a tensor that fits it.
+    """
+    for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"`{name}` must be a tensor of shape (batch, length), got {type(value).__name__}: the model's "
+                "CLLM4RecTokenizer turns user ids and histories into them."
+            )
+    if input_ids.ndim != 2 or not input_ids.numel():
+        raise ValueError(
+            f"`input_ids` must be a (batch, length) tensor with at least one token, got shape {tuple(input_ids.shape)}."
+        )
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"`input_ids` must hold integer token ids, got {input_ids.dtype}.")
+    if context_length is not None and input_ids.shape[1] > context_length:
+        raise ValueError(
+            f"`input_ids` holds {input_ids.shape[1]} tokens per row, more than the backbone's context of "
+            f"{context_length}: shorten the prompts (the CLLM4RecTokenizer keeps them within the context)."
+        )
+    # a cache may make the mask longer than the new tokens, never shorter
+    if attention_mask is not None and attention_mask.ndim == 2:
+        if attention_mask.shape[0] != input_ids.shape[0] or attention_mask.shape[1] < input_ids.shape[1]:
+            raise ValueError(
+                f"`attention_mask` of shape {tuple(attention_mask.shape)} does not fit `input_ids` of shape "
+                f"{tuple(input_ids.shape)}."
+            )
+
+
 def listed(names, shown: int = 5) -> str:
     """The first `shown` of `names`, sorted and comma-separated, with the number of the others."""
     names = sorted(names)
@@ -446,13 +477,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         document_type: str = "collaborative",
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        if attention_mask is not None and attention_mask.ndim == 2:
-            # a cache may make the mask longer than the new tokens, never shorter
-            if attention_mask.shape[0] != input_ids.shape[0] or attention_mask.shape[1] < input_ids.shape[1]:
-                raise ValueError(
-                    f"`attention_mask` of shape {tuple(attention_mask.shape)} does not fit `input_ids` of shape "
-                    f"{tuple(input_ids.shape)}."
-                )
+        check_token_inputs(input_ids, attention_mask, self.config.context_length)
         inputs_embeds = self.embed_tokens(input_ids, document_type)
         return self.backbone.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
@@ -472,9 +497,9 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Hidden state `(batch, hidden)` of each sequence's last real token (left or right padding)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         hidden_states = self(input_ids, attention_mask, "collaborative").last_hidden_state
+        if attention_mask is None:
+            return hidden_states[:, -1]
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         last_positions = (attention_mask.bool() * positions).argmax(-1)
         return hidden_states[torch.arange(input_ids.shape[0], device=input_ids.device), last_positions]
@@ -585,6 +610,9 @@ class ItemScoringMixin:
     @torch.no_grad()
     def score_items(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 scores `(batch, num_items)` of every item, read at each prompt's last real token."""
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 and attention_mask.numel():
+            if not bool(attention_mask.bool().any(-1).all()):
+                raise ValueError("A row of `attention_mask` masks every token: each prompt needs a real token.")
         return self.model.last_token_item_logits(input_ids, attention_mask).float()
 
     @torch.no_grad()
