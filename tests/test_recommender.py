@@ -148,7 +148,7 @@ def test_recommender_settings_are_checked():
         with pytest.raises(ValueError, match=f"`{name}` must be a positive integer"):
             tiny_recommender(**{name: 0})
     with pytest.raises(ValueError, match="exceeds the backbone's context of 256 tokens"):
-        tiny_recommender(max_length=300).score_batch([0], [[1]])
+        tiny_recommender(max_length=300)  # up front, before any user is scored
 
 
 # Recommendations

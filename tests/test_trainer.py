@@ -744,6 +744,7 @@ def test_a_regularization_weight_that_is_not_a_finite_number_is_refused(lambda_v
         (CLLM4RecForItemPrediction, dict(backbone_training="lora", lora_alpha=float("inf")), "lora_alpha must be"),
         (CLLM4RecForItemPrediction, dict(backbone_training="lora", lora_dropout=1.0), "lora_dropout must lie"),
         (CLLM4RecForItemPrediction, dict(history_permutations=0), "history_permutations"),
+        (CLLM4RecForCollaborativeLM, dict(history_permutations=65), "history_permutations is at most 64, got 65"),
         (CLLM4RecForItemPrediction, dict(lora_rank=4), "lora_rank apply to backbone_training='lora'"),
         (CLLM4RecForCollaborativeLM, dict(lora_target_modules=["c_fc"]), "lora_target_modules apply to"),
     ],
@@ -751,6 +752,19 @@ def test_a_regularization_weight_that_is_not_a_finite_number_is_refused(lambda_v
 def test_bad_training_arguments(tmp_path, model_class, overrides, message):
     with pytest.raises(ValueError, match=message):
         training_arguments(model_class, tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_a_document_length_beyond_the_context_is_refused_before_training(tmp_path, data, base_tokenizer, model_class):
+    model, tokenizer = make_model(model_class, data, base_tokenizer)
+    context = model.config.context_length
+    with pytest.raises(ValueError, match=f"max_length={context + 1} exceeds the backbone's context of {context}"):
+        CLLM4RecTrainer(
+            model, training_arguments(model_class, tmp_path / "run", max_length=context + 1), data, tokenizer
+        )
+    assert not (tmp_path / "run").exists()
+    trainer = CLLM4RecTrainer(model, training_arguments(model_class, tmp_path, max_length=context), data, tokenizer)
+    assert trainer.max_length == context
 
 
 @pytest.mark.parametrize("arguments_class", [PretrainingArguments, FineTuningArguments])

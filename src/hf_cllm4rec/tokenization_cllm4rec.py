@@ -60,8 +60,7 @@ class CLLM4RecTokenizer:
     @property
     def model_max_length(self) -> int | None:
         """The backbone's context in tokens (`max_position_embeddings` or `n_positions`); `None` if it names none."""
-        text_config = self.config.text_config
-        return getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
+        return self.config.context_length
 
     def __call__(
         self,
@@ -89,7 +88,7 @@ class CLLM4RecTokenizer:
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
         user_ids, histories = self.as_batch(user_ids, histories)
-        max_length = self._checked_max_length(max_length)
+        max_length = self.checked_max_length(max_length)
         cold = [row for row, user in enumerate(user_ids) if user is None]
         if prompt == "collaborative":
             if cold:
@@ -161,7 +160,11 @@ class CLLM4RecTokenizer:
             checked_histories.append(array.astype(np.int64, copy=False))
         return checked_users, checked_histories
 
-    def _checked_max_length(self, max_length: int | None) -> int | None:
+    def checked_max_length(self, max_length: int | None) -> int | None:
+        """
+        The longest prompt for a `max_length` asked for: itself, or by default the backbone's context; a `ValueError`
+        for one that is not a positive integer or exceeds the context.
+        """
         context = self.model_max_length
         if max_length is None:
             return context

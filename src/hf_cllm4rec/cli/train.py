@@ -45,7 +45,8 @@ def stage_parser(command: str) -> DataclassArgumentParser:
 
     model_arguments, training_arguments = STAGES[command][2]
     dataclasses = (getattr(recipes, model_arguments), recipes.DataArguments, getattr(training, training_arguments))
-    return DataclassArgumentParser(dataclasses, prog=f"cllm4rec {command}")
+    # no abbreviations: an option of the other stage is named as such, not taken for the start of one of this stage
+    return DataclassArgumentParser(dataclasses, prog=f"cllm4rec {command}", allow_abbrev=False)
 
 
 def option_names(parser: argparse.ArgumentParser) -> set[str]:

@@ -13,7 +13,7 @@ from .metrics import evaluate_recommender, model_selection_score
 
 def default_max_length(config) -> int:
     """The default longest document: the backbone's context, at most 1024 tokens."""
-    return min(getattr(config.text_config, "max_position_embeddings", 1024) or 1024, 1024)
+    return min(config.context_length or 1024, 1024)
 
 
 def check_model_fits_data(model, data: RecommendationData) -> None:

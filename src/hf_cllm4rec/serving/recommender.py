@@ -111,6 +111,7 @@ class Recommender:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        self.tokenizer.checked_max_length(self.max_length)  # a prompt length beyond the context fails here, up front
         if self.id_mappings is not None:
             self.id_mappings.check_fits(self.model.config)
 

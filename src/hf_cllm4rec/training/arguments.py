@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..data.documents import CONTENT_DOCUMENT_KINDS
+from ..serving.recommender import MAX_HISTORY_PERMUTATIONS
 from .backbone import BACKBONE_TRAINING
 from .schedule import ALTERNATIONS
 
@@ -41,7 +42,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
     Evaluation:
         eval_split: split evaluated by `evaluate()` during training.
         recall_ks / ndcg_ks: cut-offs of the reported Recall@K / NDCG@K.
-        history_permutations: random orders of each history whose item probabilities evaluation averages.
+        history_permutations: random orders of each history whose item probabilities evaluation averages (at most
+            64).
         eval_max_tokens: padded prompt tokens per evaluation batch at most.
     """
 
@@ -157,6 +159,10 @@ class CLLM4RecTrainingArguments(TrainingArguments):
                 f"{', '.join(lora_set)} apply to backbone_training='lora', not {self.backbone_training!r}."
             )
         check_whole(lora_rank=self.lora_rank, history_permutations=self.history_permutations)
+        if self.history_permutations > MAX_HISTORY_PERMUTATIONS:  # refused before training, not at its evaluation
+            raise ValueError(
+                f"history_permutations is at most {MAX_HISTORY_PERMUTATIONS}, got {self.history_permutations}."
+            )
         if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha}.")
         if not 0 <= self.lora_dropout < 1:

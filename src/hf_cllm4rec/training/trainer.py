@@ -71,6 +71,7 @@ class CLLM4RecTrainer(Trainer):
         model.config.validate_values()  # a config edited after construction (lambda_v, a prompt) is checked here
         check_model_fits_data(model, data)
         self.data = data
+        processing_class.checked_max_length(args.max_length)  # a document length beyond the context fails up front
         self.max_length = args.max_length or default_max_length(model.config)
         self.lora_adapters = apply_backbone_training(model, args.backbone_training, **args.lora_options)
         sources = document_sources(model, data, processing_class, args, self.max_length)
