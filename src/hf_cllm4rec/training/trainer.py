@@ -117,9 +117,12 @@ class CLLM4RecTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """
-        [`Trainer.train`], resuming only from a complete checkpoint (`True`: the last complete one in
-        `output_dir`); LoRA adapters are merged into the backbone's weights when training ends.
+        [`Trainer.train`], resuming only from a complete checkpoint (`True`, or `"true"` as the command line gives
+        it: the last complete one in `output_dir`); LoRA adapters are merged into the backbone's weights when
+        training ends.
         """
+        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() == "true":
+            resume_from_checkpoint = resume_from_checkpoint if os.path.exists(resume_from_checkpoint) else True
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
@@ -345,7 +348,12 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
 
 
 def check_complete_checkpoint(folder: str) -> None:
-    """Raises a `ValueError` for a checkpoint folder that was not fully written."""
+    """Raises a `ValueError` for a checkpoint folder that is not there or was not fully written."""
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"No checkpoint folder at {folder}: give a checkpoint-N folder of an earlier run, or true to resume from "
+            "the last complete one in output_dir."
+        )
     if not os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)):
         raise ValueError(
             f"{folder} is not a complete checkpoint (it has no {TRAINER_STATE_NAME}: was the run stopped while "
