@@ -3,12 +3,14 @@
 import math
 import reprlib
 import string
+from pathlib import Path
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import CONFIG_NAME
 
 # Most users or items a config may count: far above any catalogue, it refuses a damaged count before tables of that
 # many rows are allocated, and keeps every token id within int32.
@@ -135,6 +137,17 @@ class CLLM4RecConfig(PreTrainedConfig):
             raise ValueError(f"Invalid CLLM4Rec config: {reason}") from None
         (loaded[0] if isinstance(loaded, tuple) else loaded).validate_values()
         return loaded
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Like `PreTrainedConfig.from_pretrained`, but an invalid config is a `ValueError` that names where it is."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as error:
+            overridden = set(kwargs) & set(cls.__dataclass_fields__)  # the fault may lie with an override
+            if overridden or str(pretrained_model_name_or_path) in str(error):
+                raise
+            raise ValueError(f"{Path(pretrained_model_name_or_path) / CONFIG_NAME}: {error}") from None
 
     @classmethod
     def _dict_from_json_file(cls, json_file):

@@ -75,6 +75,12 @@ class IdMappings:
     @classmethod
     def load(cls, path_or_repo_id: str | os.PathLike, **hub_kwargs) -> IdMappings:
         """Reads `id_mappings.json` from a checkpoint folder or Hub repository (`revision`, `token`, ... allowed)."""
+        folder = Path(path_or_repo_id)
+        if folder.is_dir() and not (folder / ID_MAPPINGS_NAME).is_file():
+            raise FileNotFoundError(
+                f"{folder} has no {ID_MAPPINGS_NAME}, the data set's own ids of the model's users and items: training "
+                "and `save_for_hub` write it beside the model; build one with `IdMappings.from_data` and save it there."
+            )
         path = cached_file(str(path_or_repo_id), ID_MAPPINGS_NAME, **hub_kwargs)
         try:
             stored = json.loads(Path(path).read_text(encoding="utf-8"))
