@@ -1,12 +1,19 @@
 """How the `cllm4rec` command line reports errors: one line, `cllm4rec: error: ...`, exit code 2."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
+from safetensors.torch import load_file, save_file
 from test_prepare_cli import assert_usage_error
 from tiny_checkpoints import save_tiny_checkpoint
 
 from hf_cllm4rec import Recommender, cli
 from hf_cllm4rec.data import RecommendationData
 from hf_cllm4rec.training import CLLM4RecTrainer, recipes
+
+ITEM_TABLE = "model.item_collaborative_embeddings.weight"
 
 
 def failing_command(error: Exception):
@@ -94,3 +101,109 @@ def test_an_option_of_the_other_stage_is_named_even_where_it_begins_an_option_of
     )
     args = ("finetune", "--pretrained", "p", "--output_dir", str(tmp_path / "run"), "--mask", "0.3")
     assert_usage_error(capsys, *args, message="unrecognized arguments: --mask 0.3")
+
+
+def edit_json(path: Path, edit) -> None:
+    stored = json.loads(path.read_text())
+    edit(stored)
+    path.write_text(json.dumps(stored))
+
+
+def edit_weights(folder: Path, edit) -> None:
+    weights = load_file(folder / "model.safetensors")
+    edit(weights)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def put_nan(weights: dict) -> None:
+    weights[ITEM_TABLE] = weights[ITEM_TABLE].clone()
+    weights[ITEM_TABLE][0, 0] = float("nan")
+
+
+# Each damage of a checkpoint folder, and a phrase of the error that names it (the file or the weights).
+DAMAGED_CHECKPOINTS = {
+    "missing item table": (
+        lambda folder: edit_weights(folder, lambda weights: weights.pop(ITEM_TABLE)),
+        f"do not fit the model: missing {ITEM_TABLE}",
+    ),
+    "NaN weights": (lambda folder: edit_weights(folder, put_nan), f"hold NaN or infinite values, in {ITEM_TABLE}"),
+    "truncated weights": (lambda folder: cut_in_half(folder / "model.safetensors"), "not a valid safetensors file"),
+    "empty weights": (lambda folder: (folder / "model.safetensors").write_bytes(b""), "it is empty"),
+    "garbage weights": (
+        lambda folder: (folder / "model.safetensors").write_bytes(b"\x00" * 8 + b"garbage" * 50),
+        "not a valid safetensors file",
+    ),
+    "counts the weights do not have": (
+        lambda folder: edit_json(folder / "config.json", lambda config: config.update(num_items=31)),
+        "has num_items=31, but its weights",
+    ),
+    "a field of the wrong type": (
+        lambda folder: edit_json(folder / "config.json", lambda config: config.update(num_items="30")),
+        "config.json: Invalid CLLM4Rec config: Field 'num_items' expected int",
+    ),
+    "a count read as a huge number": (
+        lambda folder: edit_json(folder / "config.json", lambda config: config.update(num_items=10**12)),
+        "`num_items` must be a positive integer of at most",
+    ),
+    "a regularization weight of nan": (
+        lambda folder: edit_json(folder / "config.json", lambda config: config.update(lambda_v=float("nan"))),
+        "config.json: `lambda_v` must be a finite number, got nan",
+    ),
+    "deeply nested config": (
+        lambda folder: (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000),
+        "config.json is not a valid config: its JSON is nested too deeply",
+    ),
+}
+ID_MAPPINGS_DAMAGE = {
+    "id mappings shorter than the catalogue": (
+        lambda folder: edit_json(
+            folder / "id_mappings.json",
+            lambda mappings: mappings.update(users=mappings["users"][:-2], histories=mappings["histories"][:-2]),
+        ),
+        "The id mappings hold 22 users and 30 items, but the model has 24 users and 30 items",
+    ),
+    "id mappings with fewer items than the histories name": (
+        lambda folder: edit_json(
+            folder / "id_mappings.json",
+            lambda mappings: mappings.update(items=mappings["items"][:5], item_texts=mappings["item_texts"][:5]),
+        ),
+        "id_mappings.json is not valid id mappings: The history of user",
+    ),
+    "duplicate raw ids in the id mappings": (
+        lambda folder: edit_json(
+            folder / "id_mappings.json", lambda mappings: mappings["users"].__setitem__(1, mappings["users"][0])
+        ),
+        "appears twice (users 0 and 1): raw ids must be unique",
+    ),
+    "no id mappings": (lambda folder: (folder / "id_mappings.json").unlink(), "has no id_mappings.json"),
+}
+
+
+def assert_refused(checkpoint, tmp_path, capsys, command, damage, message):
+    root, data = checkpoint
+    folder = Path(shutil.copytree(root / "checkpoint", tmp_path / "checkpoint"))
+    damage(folder)
+    output = str(tmp_path / "top.json")
+    args = {
+        "recommend": ("recommend", "--model", str(folder), "--users", data.user_raw_ids[0], "--output", output),
+        "evaluate": ("evaluate", "--model", str(folder), "--data", str(root / "data"), "--output", output),
+        "export-embeddings": ("export-embeddings", "--model", str(folder), "--out", str(tmp_path / "embeddings")),
+    }[command]
+    assert_usage_error(capsys, *args, message=message)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint"]  # nothing written
+
+
+@pytest.mark.parametrize("damage, message", DAMAGED_CHECKPOINTS.values(), ids=DAMAGED_CHECKPOINTS)
+@pytest.mark.parametrize("command", ["recommend", "evaluate", "export-embeddings"])
+def test_a_damaged_checkpoint_is_a_one_line_error(checkpoint, tmp_path, capsys, command, damage, message):
+    assert_refused(checkpoint, tmp_path, capsys, command, damage, message)
+
+
+@pytest.mark.parametrize("damage, message", ID_MAPPINGS_DAMAGE.values(), ids=ID_MAPPINGS_DAMAGE)
+@pytest.mark.parametrize("command", ["recommend", "export-embeddings"])  # evaluate reads no id mappings
+def test_damaged_id_mappings_are_a_one_line_error(checkpoint, tmp_path, capsys, command, damage, message):
+    assert_refused(checkpoint, tmp_path, capsys, command, damage, message)

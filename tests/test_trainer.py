@@ -1,6 +1,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from hf_cllm4rec import (
 )
 from hf_cllm4rec.data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
 from hf_cllm4rec.evaluation import evaluate_model
+from hf_cllm4rec.hub import checkpoint as hub_checkpoint
 from hf_cllm4rec.training import CLLM4RecTrainer, FineTuningArguments, PretrainingArguments, apply_backbone_training
 from hf_cllm4rec.training import trainer as trainer_module
 from hf_cllm4rec.training.recipes import (
@@ -484,7 +486,9 @@ def test_a_checkpoint_left_incomplete_is_not_resumed_from(tmp_path, data, base_t
     trainer = CLLM4RecTrainer(model, run, data, tokenizer)
     with pytest.raises(ValueError, match="checkpoint-12 is not a complete checkpoint"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-12"))
-    trainer.train(resume_from_checkpoint=True)  # from checkpoint-9, the last complete one
+    with pytest.raises(ValueError, match="No checkpoint folder at .*checkpoint-15"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-15"))
+    trainer.train(resume_from_checkpoint="true")  # as the command line gives it: from checkpoint-9, the last complete
     assert_same_parameters(uninterrupted, trainable_parameters(model), before, atol=1e-6, untrained={CONTENT_USERS})
     empty = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "empty")
     with pytest.raises(ValueError, match="No complete checkpoint"):
@@ -876,3 +880,34 @@ def test_training_commands_end_with_the_test_metrics_and_the_model_folder(capsys
         assert f"  {name:<12}{measured['test_' + name]:.4f}" in stdout
     assert stdout.rstrip().endswith(f"to {pretrained}") and "{'test_" not in stdout
     assert math.isfinite(measured["test_recall@20"])
+
+
+def test_the_hub_gets_no_pickle_of_the_run(tmp_path, data, base_tokenizer, monkeypatch):
+    """The Trainer writes `training_args.bin` (a pickle) beside the model; the package never loads it nor uploads it."""
+    uploaded = []
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision):
+            uploaded.extend(path.relative_to(folder_path).as_posix() for path in Path(folder_path).rglob("*"))
+
+    monkeypatch.setattr(hub_checkpoint, "HfApi", RecordingApi)
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    arguments = training_arguments(CLLM4RecForItemPrediction, tmp_path, save_strategy="epoch")
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+    trainer.train()
+    trainer.save_model()
+    assert (tmp_path / "training_args.bin").is_file() and (tmp_path / "checkpoint-7" / "training_args.bin").is_file()
+    trainer.push_to_hub()
+    assert "model.safetensors" in uploaded and "id_mappings.json" in uploaded
+    pickles = [name for name in uploaded if name.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
+    assert not pickles, f"uploaded pickles: {pickles}"
+    package = Path(hub_checkpoint.__file__).parents[1]
+    for source in package.rglob("*.py"):
+        text = source.read_text()
+        assert "training_args.bin" not in text and "torch.load(" not in text, f"{source} reads a pickle of a run"
