@@ -9,9 +9,10 @@ import torch
 from datasets import DatasetDict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_modeling import tiny_text_config
 from test_prepare_cli import assert_usage_error, run_cli
-from tiny_models import tiny_cllm4rec_config, tiny_model
-from transformers import EarlyStoppingCallback, TrainerCallback
+from tiny_models import tiny_cllm4rec_config, tiny_model, tiny_word_tokenizer
+from transformers import AutoModelForCausalLM, EarlyStoppingCallback, TrainerCallback
 
 from hf_cllm4rec import (
     CLLM4RecConfig,
@@ -29,6 +30,7 @@ from hf_cllm4rec.training.recipes import (
     DataArguments,
     FineTuningModelArguments,
     PretrainingModelArguments,
+    build_pretraining_model,
     run_finetuning,
     run_pretraining,
 )
@@ -911,3 +913,35 @@ def test_the_hub_gets_no_pickle_of_the_run(tmp_path, data, base_tokenizer, monke
     for source in package.rglob("*.py"):
         text = source.read_text()
         assert "training_args.bin" not in text and "torch.load(" not in text, f"{source} reads a pickle of a run"
+
+
+def test_each_pretraining_model_option_reaches_the_model(tmp_path):
+    backbone, other_tokenizer = tmp_path / "backbone", tmp_path / "tokenizer"
+    torch.manual_seed(0)
+    pretrained = AutoModelForCausalLM.from_config(tiny_text_config("gpt2"))
+    pretrained.save_pretrained(backbone)
+    tiny_word_tokenizer().save_pretrained(backbone)
+    tiny_word_tokenizer().save_pretrained(other_tokenizer)
+    data = make_synthetic_data(num_users=6, num_items=9)
+
+    def build(**options):
+        return build_pretraining_model(PretrainingModelArguments(backbone=str(backbone), **options), data)
+
+    model, tokenizer = build()
+    assert model.config.tie_item_head and model.model.item_head is None
+    assert model.config.lambda_v == 1.0 and model.config.id_embedding_dropout == 0.0
+    assert model.config.id_embedding_init == "normal"
+    for name, weight in pretrained.state_dict().items():
+        assert torch.equal(model.model.backbone.state_dict()[name], weight), name
+    model, _ = build(lambda_v=0.25, id_embedding_dropout=0.3, id_embedding_init="vocabulary", untie_item_head=True)
+    assert model.config.lambda_v == 0.25 and model.config.id_embedding_dropout == 0.3
+    assert model.config.id_embedding_init == "vocabulary"
+    assert not model.config.tie_item_head and model.model.item_head.weight.shape == (9, model.config.hidden_size)
+    model, _ = build(random_init=True)
+    weights = pretrained.state_dict()
+    assert not torch.equal(
+        model.model.backbone.state_dict()["transformer.h.0.attn.c_attn.weight"],
+        weights["transformer.h.0.attn.c_attn.weight"],
+    )
+    _, tokenizer = build(tokenizer=str(other_tokenizer))
+    assert tokenizer.base_tokenizer.name_or_path == str(other_tokenizer)
