@@ -1,9 +1,11 @@
+import io
 import json
 import subprocess
 import sys
 
 import pytest
 from datasets import DatasetDict
+from test_data_sources import write_json_lines
 
 from hf_cllm4rec.cli import main
 from hf_cllm4rec.data import RecommendationData
@@ -148,3 +150,27 @@ def test_console_script(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr == "cllm4rec: error: --source amazon needs --reviews\n"
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, where progress bars show by default."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_reading_a_source_shows_progress_on_a_terminal(tmp_path, monkeypatch, capsys):
+    records = [
+        {"reviewerID": f"u{user}", "asin": f"i{item}", "overall": 5.0, "unixReviewTime": user * 10 + item}
+        for user in range(6)
+        for item in range(6)
+    ]
+    reviews = write_json_lines(tmp_path / "reviews.json", records)
+    args = ("prepare", "--source", "amazon", "--reviews", str(reviews), "--k-core", "2")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert run_cli(*args, "--out", str(tmp_path / "shown")) == 0
+    assert "Reading reviews.json: " in terminal.getvalue() and "36 lines" in terminal.getvalue()
+    monkeypatch.undo()
+    assert run_cli(*args, "--out", str(tmp_path / "hidden")) == 0
+    assert "Reading" not in capsys.readouterr().err, "no progress bar where stderr is no terminal"
