@@ -1,3 +1,4 @@
+import inspect
 import json
 import math
 import shutil
@@ -12,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from test_modeling import tiny_text_config
 from test_prepare_cli import assert_usage_error, run_cli
 from tiny_models import tiny_cllm4rec_config, tiny_model, tiny_word_tokenizer
-from transformers import AutoModelForCausalLM, EarlyStoppingCallback, TrainerCallback
+from transformers import AutoModelForCausalLM, EarlyStoppingCallback, Trainer, TrainerCallback
 
 from hf_cllm4rec import (
     CLLM4RecConfig,
@@ -945,3 +946,13 @@ def test_each_pretraining_model_option_reaches_the_model(tmp_path):
     )
     _, tokenizer = build(tokenizer=str(other_tokenizer))
     assert tokenizer.base_tokenizer.name_or_path == str(other_tokenizer)
+
+
+def test_the_private_trainer_hooks_it_overrides_are_still_the_trainers():
+    """A private hook that a transformers release renames or reshapes would stop being called without a sound."""
+    overridden = [name for name in vars(CLLM4RecTrainer) if name.startswith("_") and not name.startswith("__")]
+    hooks = [name for name in overridden if callable(getattr(CLLM4RecTrainer, name)) and hasattr(Trainer, name)]
+    assert hooks == ["_save_checkpoint", "_issue_warnings_after_load"]
+    for name in hooks:
+        ours, theirs = inspect.signature(getattr(CLLM4RecTrainer, name)), inspect.signature(getattr(Trainer, name))
+        assert list(ours.parameters) == list(theirs.parameters), name

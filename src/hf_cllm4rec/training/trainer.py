@@ -11,6 +11,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
+from ..configuration_cllm4rec import CLLM4RecConfig
 from ..data.collators import CLLM4RecDataCollator
 from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
 from ..data.prepared import RecommendationData
@@ -129,6 +130,10 @@ class CLLM4RecTrainer(Trainer):
                 raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
         elif resume_from_checkpoint:
             check_complete_checkpoint(resume_from_checkpoint)
+        if resume_from_checkpoint:
+            self._check_checkpoint_fits(resume_from_checkpoint)
+        if self.weight_average is not None:  # the average continues from the checkpoint's when training begins
+            self.weight_average.resume_from = resume_from_checkpoint or None
         output = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
         if self.lora_adapters is not None:
             self.lora_adapters.merge_and_unload()
@@ -207,15 +212,9 @@ class CLLM4RecTrainer(Trainer):
             self.weight_average.save_training_weights(self.model, folder)
         super()._save_checkpoint(model, trial)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        self._check_checkpoint_fits(resume_from_checkpoint)
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self.weight_average is not None:
-            self.weight_average.resume(model or self.model, resume_from_checkpoint)
-
     def _check_checkpoint_fits(self, folder: str) -> None:
         """Raises a `ValueError` for a checkpoint of another data set or of another setup of this run."""
-        stored = json.loads((Path(folder) / "config.json").read_text())
+        stored = CLLM4RecConfig.get_config_dict(folder)[0]
         config = self.model.config
         if (stored.get("num_users"), stored.get("num_items")) != (config.num_users, config.num_items):
             raise ValueError(

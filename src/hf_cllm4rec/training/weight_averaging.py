@@ -46,6 +46,8 @@ class WeightAverage(TrainerCallback):
         self.names: list[str] = []
         self.weights = nn.ParameterList()
         self.average: AveragedModel | None = None
+        # the checkpoint a resumed run continues from, set by the trainer before training begins
+        self.resume_from: str | os.PathLike | None = None
 
     @staticmethod
     def trainable(model) -> dict[str, nn.Parameter]:
@@ -60,7 +62,10 @@ class WeightAverage(TrainerCallback):
         self.average = AveragedModel(start, multi_avg_fn=ema_with_warmup(self.decay))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.average is None:  # a resumed run has restored its average from the checkpoint
+        # the model holds the weights training starts from: a resumed run's, those of its checkpoint (the average)
+        if self.resume_from is not None:
+            self.resume(model, self.resume_from)
+        else:
             self.start_from(model)
         # the average holds the weights of `global_step` steps and those training started from
         self.average.n_averaged.fill_(state.global_step + 1)
@@ -72,7 +77,7 @@ class WeightAverage(TrainerCallback):
         # a best checkpoint loaded at the end already holds its average; otherwise the model takes the last one
         if not (args.load_best_model_at_end and state.best_model_checkpoint is not None):
             self.copy_into(model, self.averaged_weights())
-        self.average = None
+        self.average = self.resume_from = None
 
     def averaged_weights(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.average.module, strict=True))
