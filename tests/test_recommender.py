@@ -276,3 +276,15 @@ def test_id_mappings_of_another_catalogue_are_refused(served):
     mappings.items, mappings.item_texts = mappings.items[:-1], mappings.item_texts[:-1]
     with pytest.raises(ValueError, match=str(data.num_items)):
         Recommender(recommender.model, recommender.tokenizer, mappings)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_a_history_longer_than_the_context_is_served_from_its_latest_items(model_class):
+    model = tiny_model(model_class, id_std=1.0, num_users=30, num_items=40, text_overrides={"n_positions": 16})
+    recommender = Recommender(model, CLLM4RecTokenizer(tiny_word_tokenizer(), model.config))
+    history = list(range(30))  # a prompt of more than 16 tokens
+    output = recommender.recommend([3], [history], k=5)
+    assert not set(output.item_ids[0].tolist()) & set(history), "the whole history stays out of the recommendations"
+    encoding = recommender.tokenizer([3], [history], prompt=recommender.prompt)
+    assert encoding["input_ids"].shape[1] == 16 and encoding["input_ids"][0, -1] != recommender.tokenizer.pad_token_id
+    torch.testing.assert_close(recommender.score([3], [history]), model.score_items(**encoding))
