@@ -394,6 +394,21 @@ def test_protocol_refuses_bad_values(column, row, value, message):
         apply_protocol(interactions, min_rating=None, k_core=0)
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--num-users", "100000000000", "num_users must be a whole number from 1 to 100,000, got 100000000000"),
+        ("--num-items", "-5", "num_items must be a whole number from 1 to 100,000, got -5"),
+        ("--seed", "-1", "seed must be a non-negative whole number, got -1"),
+    ],
+)
+def test_prepare_refuses_synthetic_counts_out_of_bounds(tmp_path, capsys, option, value, message):
+    assert_usage_error(
+        capsys, "prepare", "--source", "synthetic", option, value, "--out", str(tmp_path / "out"), message=message
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_prepare_refuses_a_negative_k_core(tmp_path, capsys):
     table = tmp_path / "ratings.csv"
     table.write_text("user,item\nu1,a\nu2,b\n")

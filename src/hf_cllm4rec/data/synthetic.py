@@ -23,6 +23,8 @@ THEMES = (
     ("painting", ("colorful", "vivid", "abstract", "bold"), ("canvas", "brush", "watercolor", "easel")),
     ("cycling", ("fast", "aerodynamic", "sturdy", "sleek"), ("bicycle", "helmet", "pedals", "wheels")),
 )
+# The most users or items of the built-in data set: a demo, built in memory in seconds.
+MAX_SYNTHETIC_COUNT = 100_000
 REVIEW_TEMPLATES = (
     "I love this {noun}, so {adjective}.",
     "A {adjective} {noun} for any {genre} fan.",
@@ -60,6 +62,15 @@ def make_synthetic_data(
     (300, 120)
     ```
     """
+    for name, value in (("num_users", num_users), ("num_items", num_items)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 1 <= value <= MAX_SYNTHETIC_COUNT
+        ):
+            raise ValueError(f"{name} must be a whole number from 1 to {MAX_SYNTHETIC_COUNT:,}, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative whole number, got {seed!r}")
     if not 1 <= num_clusters <= len(THEMES):
         raise ValueError(f"num_clusters must be between 1 and {len(THEMES)}, got {num_clusters}")
     low, high = interactions_per_user or (min(8, num_items), min(24, num_items))
