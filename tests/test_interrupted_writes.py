@@ -6,6 +6,7 @@ after SIGTERM, and when told to overwrite a folder that holds anything else.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import DatasetDict
 from test_prepare_cli import assert_usage_error, run_cli
 from tiny_checkpoints import save_tiny_checkpoint
 
-from hf_cllm4rec import IdMappings
+from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer, IdMappings, save_for_hub
 from hf_cllm4rec.serving.embeddings import EMBEDDINGS_NAME, export_embeddings
 from hf_cllm4rec.writing import replaced_file
 
@@ -141,7 +143,7 @@ INTERRUPTED_WRITE = """
 import json, sys, time
 from pathlib import Path
 from datasets import DatasetDict
-from hf_cllm4rec import IdMappings
+from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer, IdMappings, save_for_hub
 from hf_cllm4rec.cli import main
 
 kind, target, ready, root = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
@@ -165,6 +167,11 @@ DatasetDict.save_to_disk, json.dump = slow_save_to_disk, slow_dump
 model, data = str(root / "checkpoint"), str(root / "data")
 if kind == "id mappings":
     IdMappings.load(model).save(target.parent)
+elif kind == "save_for_hub":
+    from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer, save_for_hub
+
+    loaded = CLLM4RecForItemPrediction.from_pretrained(model)
+    save_for_hub(loaded, CLLM4RecTokenizer.from_pretrained(model), target, mappings=IdMappings.load(model))
 elif kind == "export-embeddings":
     main(["export-embeddings", "--model", model, "--out", str(target), "--overwrite"])
 elif kind == "recommend":
@@ -175,15 +182,18 @@ else:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be sent to a process on Windows")
-@pytest.mark.parametrize("kind", ["id mappings", "export-embeddings", "recommend", "evaluate"])
+@pytest.mark.parametrize("kind", ["id mappings", "export-embeddings", "recommend", "evaluate", "save_for_hub"])
 @pytest.mark.parametrize("earlier", [False, True], ids=["new", "replacing"])
 def test_sigterm_during_a_write_leaves_no_staging_path(checkpoint, tmp_path, kind, earlier):
     root, model, _ = checkpoint
     folder = tmp_path / "out"
     folder.mkdir()
-    target = folder / {"id mappings": "id_mappings.json", "export-embeddings": "embeddings"}.get(kind, "out.json")
+    names = {"id mappings": "id_mappings.json", "export-embeddings": "embeddings", "save_for_hub": "model"}
+    target = folder / names.get(kind, "out.json")
     if earlier and kind == "export-embeddings":
         export_embeddings(model, target, IdMappings.load(root / "checkpoint"))
+    elif earlier and kind == "save_for_hub":
+        shutil.copytree(root / "checkpoint", target)
     elif earlier:
         target.write_text("earlier")
     before = snapshot(folder)
@@ -204,3 +214,30 @@ def test_sigterm_during_a_write_leaves_no_staging_path(checkpoint, tmp_path, kin
     assert snapshot(folder) == before
     if earlier and kind == "export-embeddings":
         assert (target / EMBEDDINGS_NAME).is_file()
+
+
+def test_a_failed_save_for_hub_leaves_the_folder_as_it_was(checkpoint, tmp_path, monkeypatch):
+    root, model, _ = checkpoint
+    folder = Path(shutil.copytree(root / "checkpoint", tmp_path / "model"))
+    (folder / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(IdMappings, "save", full_disk)  # after the weights and the tokenizer are written
+    with pytest.raises(OSError, match="No space left on device"):
+        save_for_hub(model, CLLM4RecTokenizer.from_pretrained(folder), folder, mappings=IdMappings.load(folder))
+    assert snapshot(tmp_path) == before
+
+
+def test_save_for_hub_keeps_other_files_and_replaces_weights_saved_in_other_shards(checkpoint, tmp_path):
+    root, model, data = checkpoint
+    folder = tmp_path / "model"
+    model.save_pretrained(folder, max_shard_size="20KB")
+    shards = sorted(path.name for path in folder.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (folder / "model.safetensors.index.json").is_file()
+    (folder / "notes.txt").write_text("mine")
+    save_for_hub(model, CLLM4RecTokenizer.from_pretrained(root / "checkpoint"), folder, data=data)
+    assert not any((folder / shard).exists() for shard in shards)
+    assert not (folder / "model.safetensors.index.json").exists() and (folder / "notes.txt").read_text() == "mine"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+    loaded = CLLM4RecForItemPrediction.from_pretrained(folder)
+    for name, weight in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], weight), name

@@ -1,6 +1,6 @@
 """
-Writes that leave a file or folder whole or as it was: prepared data sets, id mappings, exported embeddings and the
-command line's outputs all go through here.
+Writes that leave a file or folder whole or as it was: prepared data sets, id mappings, exported embeddings, the
+folders `save_for_hub` writes and the command line's outputs all go through here.
 
 Everything is written to a hidden staging path beside the target (`.NAME.<random>.tmp`), which takes the target's
 place by a rename once complete. A failure, or SIGTERM (in the main thread), removes the staging path and leaves the
@@ -53,6 +53,37 @@ def replaced_folder(path: str | os.PathLike, check: Callable[[], None] | None = 
                 replaced.rename(path)
             shutil.rmtree(staging, ignore_errors=True)
             remove(replaced)
+
+
+@contextmanager
+def replaced_files(folder: str | os.PathLike, superseded: re.Pattern | None = None) -> Iterator[Path]:
+    """
+    A new, empty staging folder whose files, when the block ends without an error, each take the place of the file of
+    the same relative path in the folder `folder` (created if needed); of the rest of `folder`, the files whose
+    relative path matches `superseded` are removed, the others stay. No file there is ever half-written, and a
+    failure or SIGTERM inside the block leaves `folder` as it was.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(folder)
+    staging = staging_path(folder)
+    with sigterm_raises() as hold_sigterm:
+        try:
+            staging.mkdir()
+            yield staging
+            hold_sigterm()  # the files move in together: a SIGTERM now ends the process once they have
+            folder.mkdir(exist_ok=True)
+            written = {path.relative_to(staging) for path in staging.rglob("*") if path.is_file()}
+            for relative in sorted(written):
+                (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / relative, folder / relative)
+            for path in folder.rglob("*") if superseded is not None else ():
+                relative = path.relative_to(folder)
+                if relative not in written and path.is_file() and superseded.fullmatch(relative.as_posix()):
+                    path.unlink()
+        finally:
+            hold_sigterm()
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextmanager
@@ -167,4 +198,4 @@ def sigterm_raises() -> Iterator[Callable[[], None]]:
             signal.raise_signal(signal.SIGTERM)
 
 
-__all__ = ["foreign_entries", "replaced_file", "replaced_folder", "sigterm_raises"]
+__all__ = ["foreign_entries", "replaced_file", "replaced_files", "replaced_folder", "sigterm_raises"]

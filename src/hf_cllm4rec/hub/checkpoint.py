@@ -17,6 +17,7 @@ A checkpoint folder (or Hub repository) written by [`save_for_hub`] holds:
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from ..configuration_cllm4rec import CLLM4RecConfig
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..serving.id_mappings import IdMappings
+from ..writing import replaced_files, sigterm_raises
 from .modelcard import model_card
 
 
@@ -38,6 +40,10 @@ def _code_name(cls) -> str:
 # Both heads keep their weights under `model.*`: `AutoModel` loads either checkpoint as the item predictor, which
 # serves recommendations (the collaborative LM's logits are over items, so it is no `AutoModelForCausalLM`).
 AUTO_MAP = {"AutoConfig": _code_name(CLLM4RecConfig), "AutoModel": _code_name(CLLM4RecForItemPrediction)}
+
+
+# The weights files of a checkpoint: one file, or shards and their index.
+WEIGHT_FILES = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
 
 
 @contextmanager
@@ -94,18 +100,8 @@ def save_for_hub(
     """
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # the tokenizer saves a copy of the config: write it first, so the model's config (with `auto_map`) wins
-    tokenizer.save_pretrained(folder)
-    with _code_in_checkpoint(model):
-        model.save_pretrained(folder)
-    # the code files `auto_map` names, with the modules they import
-    for code in (model, tokenizer):
-        custom_object_save(code, folder)
     if mappings is None and data is not None:
         mappings = IdMappings.from_data(data)
-    if mappings is not None:
-        mappings.save(folder)
     card = model_card(
         model.config,
         model_id=model_id or folder.resolve().name,
@@ -116,7 +112,18 @@ def save_for_hub(
         license=license,
         dataset_id=dataset_id,
     )
-    card.save(folder / "README.md")
+    # no file of the folder is ever half-written, and weights saved there earlier in other shards do not stay
+    with replaced_files(folder, superseded=WEIGHT_FILES) as staging:
+        # the tokenizer saves a copy of the config: write it first, so the model's config (with `auto_map`) wins
+        tokenizer.save_pretrained(staging)
+        with _code_in_checkpoint(model):
+            model.save_pretrained(staging)
+        # the code files `auto_map` names, with the modules they import
+        for code in (model, tokenizer):
+            custom_object_save(code, staging)
+        if mappings is not None:
+            mappings.save(staging)
+        card.save(staging / "README.md")
     return folder
 
 
@@ -143,7 +150,7 @@ def push_to_hub(
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision is not None and not revision.startswith("refs/pr/"):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    with tempfile.TemporaryDirectory() as folder:
+    with sigterm_raises(), tempfile.TemporaryDirectory() as folder:  # removed on SIGTERM too
         save_for_hub(model, tokenizer, folder, model_id=repo_id, **save_kwargs)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)
 

@@ -14,6 +14,7 @@ from ..hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..serving import IdMappings
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
+from ..writing import replaced_file
 from .arguments import FineTuningArguments, PretrainingArguments
 from .trainer import CLLM4RecTrainer
 
@@ -234,8 +235,10 @@ def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, flo
     if trainer.is_world_process_zero():
         data_files = Path(args.output_dir)
         IdMappings.from_data(data).save(data_files)
-        (data_files / TEST_RESULTS_NAME).write_text(json.dumps(metrics, indent=2))
-        (data_files / TRAINING_ARGS_NAME).write_text(args.to_json_string())
+        with replaced_file(data_files / TEST_RESULTS_NAME) as file:
+            json.dump(metrics, file, indent=2)
+        with replaced_file(data_files / TRAINING_ARGS_NAME) as file:
+            file.write(args.to_json_string())
         card_inputs = {"data": data, "metrics": metrics, "training_args": args}
         write_model_card(data_files, model_id=args.hub_model_id, **card_inputs)
         if args.push_to_hub:
