@@ -147,7 +147,7 @@ from pathlib import Path
 from datasets import DatasetDict
 from hf_cllm4rec.data import make_synthetic_data
 
-out, ready, stage = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+ready, out, stage = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 
 def wait_for_sigterm():
     ready.touch()
@@ -171,6 +171,24 @@ make_synthetic_data(num_users=30, num_items=20, num_clusters=2, seed=1).save(out
 """
 
 
+def terminate_when_ready(tmp_path: Path, script: str, *args: str) -> None:
+    """
+    Runs `script` in a new interpreter with a file path and `args` as its arguments, sends it SIGTERM once it has
+    created that file (on reaching the step to interrupt), and checks that the signal still ended it.
+    """
+    path, ready = tmp_path / "interrupted.py", tmp_path / "ready"
+    path.write_text(textwrap.dedent(script))
+    process = subprocess.Popen([sys.executable, str(path), str(ready), *args], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the script never reached the step to interrupt"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM  # the signal still ends the process, after the clean-up
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be sent to a process on Windows")
 @pytest.mark.parametrize(
     "previous, stage",
@@ -178,20 +196,10 @@ make_synthetic_data(num_users=30, num_items=20, num_clusters=2, seed=1).save(out
     ids=["new", "replacing", "between the renames"],
 )
 def test_sigterm_during_save_leaves_no_staging_folder(tmp_path, previous, stage):
-    out, ready = tmp_path / "data" / "out", tmp_path / "ready"
+    out = tmp_path / "data" / "out"
     if previous:
         small_data().save(out)
-    script = tmp_path / "save.py"
-    script.write_text(textwrap.dedent(INTERRUPTED_SAVE))
-    process = subprocess.Popen([sys.executable, str(script), str(out), str(ready), stage], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "the save never reached its slow step"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGTERM  # the signal still ends the process, after the clean-up
+    terminate_when_ready(tmp_path, INTERRUPTED_SAVE, str(out), stage)
     assert [path.name for path in (tmp_path / "data").iterdir()] == (["out"] if previous else [])
     if previous:
         assert RecommendationData.load(out).manifest == small_data().manifest

@@ -7,16 +7,14 @@ after SIGTERM, and when told to overwrite a folder that holds anything else.
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import DatasetDict
+from test_bad_input_data import terminate_when_ready
 from test_prepare_cli import assert_usage_error, run_cli
 from tiny_checkpoints import save_tiny_checkpoint
 
@@ -146,7 +144,7 @@ from datasets import DatasetDict
 from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer, IdMappings, save_for_hub
 from hf_cllm4rec.cli import main
 
-kind, target, ready, root = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+ready, kind, target, root = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
 
 def wait_for_sigterm():
     ready.touch()
@@ -197,20 +195,7 @@ def test_sigterm_during_a_write_leaves_no_staging_path(checkpoint, tmp_path, kin
     elif earlier:
         target.write_text("earlier")
     before = snapshot(folder)
-    script = tmp_path / "write.py"
-    script.write_text(textwrap.dedent(INTERRUPTED_WRITE))
-    ready = tmp_path / "ready"
-    process = subprocess.Popen(
-        [sys.executable, str(script), kind, str(target), str(ready), str(root)], stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "the write never reached its slow step"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGTERM  # the signal still ends the process, after the clean-up
+    terminate_when_ready(tmp_path, INTERRUPTED_WRITE, kind, str(target), str(root))
     assert snapshot(folder) == before
     if earlier and kind == "export-embeddings":
         assert (target / EMBEDDINGS_NAME).is_file()
