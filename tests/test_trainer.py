@@ -956,3 +956,19 @@ def test_the_private_trainer_hooks_it_overrides_are_still_the_trainers():
     for name in hooks:
         ours, theirs = inspect.signature(getattr(CLLM4RecTrainer, name)), inspect.signature(getattr(Trainer, name))
         assert list(ours.parameters) == list(theirs.parameters), name
+
+
+def test_the_data_loader_draws_once_from_the_global_generator_whatever_the_epochs(data, base_tokenizer, tmp_path):
+    """Dropout draws from the global generator: what it draws must not depend on how many epochs have begun."""
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    trainer = CLLM4RecTrainer(model, training_arguments(CLLM4RecForItemPrediction, tmp_path), data, tokenizer)
+    torch.manual_seed(0)
+    dataloader = trainer.get_train_dataloader()
+    for epoch in range(3):
+        dataloader.set_epoch(epoch)
+        for _ in dataloader:
+            pass
+    after_three_epochs = torch.rand(1)
+    torch.manual_seed(0)
+    torch.empty((), dtype=torch.int64).random_()  # the one draw that seeds the loader's own generator
+    assert torch.equal(after_three_epochs, torch.rand(1))

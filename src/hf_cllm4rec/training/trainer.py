@@ -161,9 +161,13 @@ class CLLM4RecTrainer(Trainer):
             raise ValueError(f"{message} {remedy}" if remedy else message)
 
     def get_train_dataloader(self) -> DataLoader:
+        # The loader draws a seed at every epoch: from a generator of its own, seeded by one draw of the global one,
+        # so that dropout, which draws from the global generator, does not depend on how many epochs have begun
+        generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
         dataloader = DataLoader(
             self.train_dataset,
             batch_sampler=self.schedule,
+            generator=generator,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory and torch.accelerator.is_available(),
