@@ -143,7 +143,6 @@ class Recommender:
             ])  # fmt: skip
         return length_grouped_batches(lengths, self.batch_size, self.max_tokens)
 
-    @torch.no_grad()
     def score_batch(self, user_ids: Sequence[int | None], histories: Sequence) -> torch.Tensor:
         """
         Float32 scores `(len(user_ids), num_items)` of one batch, on the model's device: the item logits of each
@@ -151,7 +150,11 @@ class Recommender:
         that many random orders of each history. The orders are drawn per user and history, so a user's scores do
         not depend on the rest of the batch.
         """
-        user_ids, histories = self.tokenizer.as_batch(user_ids, histories)
+        return self._checked_scores(*self.tokenizer.as_batch(user_ids, histories))
+
+    @torch.no_grad()
+    def _checked_scores(self, user_ids: list[int | None], histories: list[np.ndarray]) -> torch.Tensor:
+        """[`score_batch`] of users and histories that `CLLM4RecTokenizer.as_batch` has checked."""
         if self.history_permutations == 1:
             return self._score_prompts(user_ids, histories)
         generators = [
@@ -175,8 +178,11 @@ class Recommender:
         self, user_ids: Sequence[int | None], histories: Sequence, k: int = 10
     ) -> RecommendationOutput:
         """The `k` best items of one batch outside each history, best first, on the model's device."""
-        user_ids, histories = self.tokenizer.as_batch(user_ids, histories)
-        scores = self.score_batch(user_ids, histories)
+        return self._checked_top_k(*self.tokenizer.as_batch(user_ids, histories), k)
+
+    def _checked_top_k(self, user_ids: list[int | None], histories: list[np.ndarray], k: int) -> RecommendationOutput:
+        """[`recommend_batch`] of users and histories that `CLLM4RecTokenizer.as_batch` has checked."""
+        scores = self._checked_scores(user_ids, histories)
         exclude = pad_sequence(
             [torch.from_numpy(history) for history in histories], batch_first=True, padding_value=-1
         )
@@ -187,7 +193,9 @@ class Recommender:
         user_ids, histories = self.tokenizer.as_batch(user_ids, histories)
         scores = torch.empty(len(user_ids), self.model.config.num_items)
         for batch in self._progress(self.batches(user_ids, histories), "Scoring"):
-            scores[batch] = self.score_batch([user_ids[row] for row in batch], [histories[row] for row in batch]).cpu()
+            scores[batch] = self._checked_scores(
+                [user_ids[row] for row in batch], [histories[row] for row in batch]
+            ).cpu()
         return scores
 
     def recommend(self, user_ids: Sequence[int | None], histories: Sequence, k: int = 10) -> RecommendationOutput:
@@ -202,7 +210,7 @@ class Recommender:
         item_ids = torch.empty(len(user_ids), k, dtype=torch.long)
         scores = torch.empty(len(user_ids), k)
         for batch in self._progress(self.batches(user_ids, histories), "Recommending"):
-            output = self.recommend_batch([user_ids[row] for row in batch], [histories[row] for row in batch], k)
+            output = self._checked_top_k([user_ids[row] for row in batch], [histories[row] for row in batch], k)
             item_ids[batch], scores[batch] = output.item_ids.cpu(), output.scores.cpu()
         return RecommendationOutput(item_ids=item_ids, scores=scores)
 
