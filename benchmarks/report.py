@@ -6,7 +6,8 @@ Writes the generated parts of the README and of `benchmarks/README.md` from the 
     python benchmarks/report.py --check    # exits 1 when a section is not what the JSON files give
 
 - README.md, between the headline markers: the recipes that `benchmarks/headline.json` names, each averaged over
-  its runs (seeds) and set against the baselines, with what a run costs.
+  its runs (seeds) and set against the baselines, with what a run costs; between the scale markers: the full-size
+  `scale.py` result.
 - `benchmarks/results/headline.png`: the validation Recall@20 of those recipes per round, against the baselines.
 - benchmarks/README.md, between the results markers: every run of every script.
 
@@ -288,6 +289,44 @@ def scaling_rows(results: list[dict]) -> list[str]:
     return header + rows
 
 
+# The keys every row of a scale stage has; any others are the stage's own figures.
+SCALE_ROW_KEYS = ("stage", "case", "users", "items", "interactions", "wall_s", "peak_rss_gib")
+
+
+def scale_figure(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def scale_rows(result: dict, extra_figures: bool = True) -> list[str]:
+    """One table row per measured case of a `scale.py` result."""
+    rows = []
+    for row in result["rows"]:
+        counts = [scale_figure(row[key]) if row.get(key) else "-" for key in ("users", "items", "interactions")]
+        cells = [row["stage"], row["case"], *counts, f"{row['wall_s']:,.1f}", f"{row['peak_rss_gib']:.2f}"]
+        if extra_figures:
+            others = [f"{key} {scale_figure(value)}" for key, value in row.items() if key not in SCALE_ROW_KEYS]
+            cells.append("; ".join(others) or "-")
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def render_scale(results: list[dict]) -> list[str]:
+    """The README's scale table: the full-size `scale.py` result on this machine's CPU."""
+    full = [result for result in results if result.get("benchmark") == "scale" and not result["quick"]]
+    if not full:
+        return ["No full-size `benchmarks/scale.py` result yet."]
+    result = full[-1]
+    return [
+        f"`python benchmarks/scale.py` on {result['device']}, `benchmarks/results/{result['_file']}`:",
+        "",
+        "| stage | case | users | items | interactions | seconds | peak GiB |",
+        "|---|---|---|---|---|---|---|",
+        *scale_rows(result, extra_figures=False),
+    ]
+
+
 def render_results(results: list[dict]) -> list[str]:
     quality = quality_rows([result for result in results if result.get("benchmark") in ("quality", "baselines")])
     speed_results = [result for result in results if result.get("benchmark") == "speed"]
@@ -328,6 +367,19 @@ def render_results(results: list[dict]) -> list[str]:
             "",
             *scaling_rows(speed_results),
         ]
+    for result in (result for result in results if result.get("benchmark") == "scale" and not result["quick"]):
+        lines += [
+            "",
+            *textwrap.wrap(
+                f"Cost against size (`scale.py`, `{result['_file']}`, {result['device']}): wall seconds and peak "
+                "resident memory of the work measured, each in a process of its own:",
+                LINE_LENGTH,
+            ),
+            "",
+            "| stage | case | users | items | interactions | seconds | peak GiB | figures |",
+            "|---|---|---|---|---|---|---|---|",
+            *scale_rows(result),
+        ]
     return lines
 
 
@@ -363,13 +415,15 @@ def main() -> None:
     results = load_results(results_dir)
     headline = json.loads(Path(args.headline).read_text())
     sections = {
-        Path(args.readme): ("headline", render_headline(results, headline)),
-        Path(args.benchmarks_readme): ("results", render_results(results)),
+        Path(args.readme): {"headline": render_headline(results, headline), "scale": render_scale(results)},
+        Path(args.benchmarks_readme): {"results": render_results(results)},
     }
     updates = {}
-    for path, (name, lines) in sections.items():
-        text = path.read_text()
-        updates[path] = (text, replace_section(text, name, lines, path))
+    for path, path_sections in sections.items():
+        text = updated = path.read_text()
+        for name, lines in path_sections.items():
+            updated = replace_section(updated, name, lines, path)
+        updates[path] = (text, updated)
     if args.check:
         stale = [str(path) for path, (text, updated) in updates.items() if updated != text]
         if stale:
