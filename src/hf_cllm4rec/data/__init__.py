@@ -9,7 +9,7 @@ from .sources import (
     read_interaction_table,
     read_movielens,
 )
-from .synthetic import make_synthetic_data, make_synthetic_tokenizer
+from .synthetic import make_power_law_interactions, make_synthetic_data, make_synthetic_tokenizer
 
 __all__ = [
     "DataFormatError",
@@ -18,6 +18,7 @@ __all__ = [
     "apply_protocol",
     "deduplicate_pairs",
     "filter_k_core",
+    "make_power_law_interactions",
     "make_synthetic_data",
     "make_synthetic_tokenizer",
     "CLLM4RecDataCollator",
