@@ -25,7 +25,6 @@ TEMPLATE_PLACEHOLDERS = {
     "cold_start_prompt": ({"history"}, {"history"}),
 }
 
-
 # Fields that configs of earlier versions hold, now options of training or of scoring: ignored when such a config loads.
 RETIRED_FIELDS = (
     "mask_ratio",
@@ -87,6 +86,14 @@ class CLLM4RecConfig(PreTrainedConfig):
             embeddings, as in the paper. `False` gives the head a table of its own, N(0, `initializer_range`): the
             item scores then start small whatever the scale of the ID tokens' input embeddings, which a pretrained
             backbone wants near that of its words (`id_embedding_init="vocabulary"`).
+        history_attention (`str`, *optional*, defaults to `"causal"`):
+            How the history of a read-out prompt (the prompts that items are scored after: recommendation,
+            cold-start, and a collaborative prompt cut after the history) is read. `"causal"`: each token sees the
+            tokens before it, as the backbone reads text. `"bidirectional"`: the history's item tokens see each
+            other in both directions, while the words around them and the read-out token stay causal. `"set"`: as
+            `"bidirectional"`, and every history item takes the position of the first one, so the scores read
+            after the history (by the recommendation and cold-start prompts) do not depend on its order at all. Pretraining's collaborative documents, which predict each
+            item from the ones before it, are always read causally.
 
     Example:
 
@@ -116,6 +123,7 @@ class CLLM4RecConfig(PreTrainedConfig):
     id_embedding_init: Literal["normal", "vocabulary"] = "normal"
     id_embedding_dropout: float | int = 0.0
     tie_item_head: bool = True
+    history_attention: Literal["causal", "bidirectional", "set"] = "causal"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

@@ -496,13 +496,52 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
     def last_token_hidden_states(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Hidden state `(batch, hidden)` of each sequence's last real token (left or right padding)."""
-        hidden_states = self(input_ids, attention_mask, "collaborative").last_hidden_state
+        """
+        Hidden state `(batch, hidden)` of each sequence's last real token (left or right padding), the history read
+        as `config.history_attention` says.
+        """
+        if self.config.history_attention == "causal":
+            hidden_states = self(input_ids, attention_mask, "collaborative").last_hidden_state
+        else:
+            read_out_inputs = self.history_attention_inputs(input_ids, attention_mask)
+            hidden_states = self(input_ids, document_type="collaborative", **read_out_inputs).last_hidden_state
         if attention_mask is None:
             return hidden_states[:, -1]
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         last_positions = (attention_mask.bool() * positions).argmax(-1)
         return hidden_states[torch.arange(input_ids.shape[0], device=input_ids.device), last_positions]
+
+    def history_attention_inputs(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """
+        The backbone's `attention_mask` `(batch, 1, length, length)` for a read-out prompt whose history (its item
+        tokens) is read in both directions: a token sees the real tokens before it and, if it is a history item, every
+        history item; each token sees itself, padding nothing else. With `history_attention="set"` also `position_ids`
+        where the history takes one position, that of its first item.
+        """
+        implementation = self.backbone.config._attn_implementation
+        if implementation not in ("eager", "sdpa"):
+            raise ValueError(
+                f"history_attention={self.config.history_attention!r} needs a backbone with 'eager' or 'sdpa' "
+                f"attention, which take a 4D attention mask; this one has {implementation!r}."
+            )
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        is_history = real & (input_ids >= self.config.item_token_offset)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        causal = positions[:, None] >= positions[None, :]
+        visible = (causal | (is_history[:, :, None] & is_history[:, None, :])) & real[:, :, None] & real[:, None, :]
+        visible = (visible | (positions[:, None] == positions[None, :]))[:, None]
+        if implementation == "eager":  # an additive mask
+            dtype = self.get_input_embeddings().weight.dtype
+            visible = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+                ~visible, torch.finfo(dtype).min
+            )
+        inputs = {"attention_mask": visible}
+        if self.config.history_attention == "set":
+            follows_history = is_history & F.pad(is_history[:, :-1], (1, 0))
+            inputs["position_ids"] = (~follows_history).cumsum(-1) - 1
+        return inputs
 
     def last_token_item_logits(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Item scores `(batch, num_items)` read at each sequence's last real token."""
