@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
-from datasets import Dataset, DatasetDict, Features, Value, load_from_disk
+from datasets import Dataset, DatasetDict, DatasetInfo, Features, Value, load_from_disk
 
 from ..writing import foreign_entries, listed, replaced_folder
 
@@ -113,21 +114,43 @@ class RecommendationData:
         Builds the tables and the manifest from id-numbered frames: `splits` maps each split name to a frame with
         `user_id`, `item_id` and optionally `rating`, `timestamp`; `reviews` has `user_id`, `item_id`, `text`.
         """
+        return cls.from_tables(
+            name=name,
+            splits={split: pa.Table.from_pandas(frame, preserve_index=False) for split, frame in splits.items()},
+            user_raw_ids=pa.array(user_raw_ids, pa.string()),
+            item_raw_ids=pa.array(item_raw_ids, pa.string()),
+            item_texts=pa.array(item_texts, pa.string()),
+            reviews=None if reviews is None else pa.Table.from_pandas(reviews, preserve_index=False),
+            protocol=protocol,
+            sources=sources,
+        )
+
+    @classmethod
+    def from_tables(
+        cls,
+        name: str,
+        splits: Mapping[str, pa.Table],
+        user_raw_ids: pa.Array,
+        item_raw_ids: pa.Array,
+        item_texts: pa.Array,
+        reviews: pa.Table | None = None,
+        protocol: Mapping | None = None,
+        sources: Mapping[str, str] | None = None,
+    ) -> RecommendationData:
+        """
+        `from_frames` for Arrow tables and arrays, without a copy to Python objects: the way large data sets are built.
+        """
         tables = DatasetDict()
         for split in SPLITS:
-            frame = splits[split]
-            features = Features({column: INTERACTION_FEATURES[column] for column in frame.columns})
-            tables[split] = Dataset.from_pandas(frame, features=features, preserve_index=False)
-        tables["users"] = Dataset.from_dict(
-            {"user_id": np.arange(len(user_raw_ids)), "raw_id": list(user_raw_ids)}, features=USER_FEATURES
-        )
-        tables["items"] = Dataset.from_dict(
-            {"item_id": np.arange(len(item_raw_ids)), "raw_id": list(item_raw_ids), "text": list(item_texts)},
-            features=ITEM_FEATURES,
-        )
+            features = Features({column: INTERACTION_FEATURES[column] for column in splits[split].column_names})
+            tables[split] = _dataset(splits[split], features)
+        users = {"user_id": np.arange(len(user_raw_ids)), "raw_id": user_raw_ids}
+        tables["users"] = _dataset(pa.table(users), USER_FEATURES)
+        items = {"item_id": np.arange(len(item_raw_ids)), "raw_id": item_raw_ids, "text": item_texts}
+        tables["items"] = _dataset(pa.table(items), ITEM_FEATURES)
         if reviews is None:
-            reviews = pd.DataFrame({column: [] for column in REVIEW_FEATURES})
-        tables["reviews"] = Dataset.from_pandas(reviews, features=REVIEW_FEATURES, preserve_index=False)
+            reviews = REVIEW_FEATURES.arrow_schema.empty_table()
+        tables["reviews"] = _dataset(reviews, REVIEW_FEATURES)
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -302,6 +325,11 @@ def _manifest_problem(path: Path) -> str | None:
     ):
         return f"its {MANIFEST_NAME} is not one this package wrote"
     return None
+
+
+def _dataset(table: pa.Table, features: Features) -> Dataset:
+    """A `Dataset` over an Arrow table, its columns cast to `features`."""
+    return Dataset(table.select(list(features)).cast(features.arrow_schema), info=DatasetInfo(features=features))
 
 
 def _lookup(indices: dict[str, int], raw_id: str, kind: str, name: str) -> int:

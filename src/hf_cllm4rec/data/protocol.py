@@ -10,6 +10,8 @@ from numbers import Real
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .prepared import SPLITS, RecommendationData
 
@@ -17,21 +19,16 @@ from .prepared import SPLITS, RecommendationData
 def deduplicate_pairs(interactions: pd.DataFrame) -> pd.DataFrame:
     """Keeps one row per user-item pair: the latest (by `timestamp` when present, else the last in file order)."""
     interactions = interactions.reset_index(drop=True)
-    if "timestamp" in interactions:
-        interactions = interactions.sort_values("timestamp", kind="stable")
-    return interactions.drop_duplicates(["user", "item"], keep="last").sort_index()
+    users, _ = _codes(interactions["user"])
+    items, _ = _codes(interactions["item"])
+    return interactions.iloc[_latest_rows(users, items, _timestamps(interactions))]
 
 
 def filter_k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
     """Repeatedly drops users and items with fewer than `k` interactions until every one has at least `k`."""
-    while len(interactions):
-        user_counts = interactions.groupby("user")["item"].transform("size")
-        item_counts = interactions.groupby("item")["user"].transform("size")
-        keep = (user_counts >= k) & (item_counts >= k)
-        if keep.all():
-            break
-        interactions = interactions[keep]
-    return interactions
+    users, _ = _codes(interactions["user"])
+    items, _ = _codes(interactions["item"])
+    return interactions[_k_core_mask(users, items, k)]
 
 
 def apply_protocol(
@@ -71,33 +68,39 @@ def apply_protocol(
     """
     _check_parameters(min_rating, k_core, seed, validation_fraction, test_fraction)
     _check_interactions(interactions)
+    users, user_raw_ids = _codes(interactions["user"])
+    items, item_raw_ids = _codes(interactions["item"])
+    ratings = _ratings(interactions)
 
-    interactions = deduplicate_pairs(interactions)
+    rows = _latest_rows(users, items, _timestamps(interactions))
     if min_rating is not None:
-        if "rating" not in interactions:
+        if ratings is None:
             raise ValueError(f"min_rating={min_rating} needs a 'rating' column; pass min_rating=None to keep all")
-        interactions = interactions[interactions["rating"] > min_rating]
-    interactions = filter_k_core(interactions, k_core)
-    if interactions.empty:
+        rows = rows[ratings[rows] > min_rating]
+    rows = rows[_k_core_mask(users[rows], items[rows], k_core)]
+    if not len(rows):
         raise ValueError(
             f"no interactions left after filtering (min_rating={min_rating}, k_core={k_core}); "
             "lower min_rating or k_core"
         )
 
+    # Users: the kept ones in raw-id order (codes follow it), shuffled; rows then walk them in that order.
     rng = np.random.RandomState(seed)
-    user_raw_ids = np.sort(np.asarray(interactions["user"].unique(), dtype=object))
-    user_raw_ids = user_raw_ids[rng.permutation(len(user_raw_ids))]
-    user_ids = pd.Series(np.arange(len(user_raw_ids)), index=user_raw_ids)
-    interactions = interactions.assign(user_id=interactions["user"].map(user_ids))
-    interactions = interactions.sort_values("user_id", kind="stable", ignore_index=True)
-    item_raw_ids = np.asarray(interactions["item"].unique(), dtype=object)
-    item_ids = pd.Series(np.arange(len(item_raw_ids)), index=item_raw_ids)
-    interactions["item_id"] = interactions["item"].map(item_ids)
+    user_order = np.unique(users[rows])
+    user_order = user_order[rng.permutation(len(user_order))]
+    user_ids = _numbering(user_order, len(user_raw_ids))[users[rows]]
+    by_user = np.argsort(user_ids, kind="stable")
+    rows, user_ids = rows[by_user], user_ids[by_user]
+    # Items: numbered by first appearance along that walk.
+    item_codes, first_rows = np.unique(items[rows], return_index=True)
+    item_order = item_codes[np.argsort(first_rows, kind="stable")]
+    item_ids = _numbering(item_order, len(item_raw_ids))[items[rows]]
 
-    shuffled = np.lexsort((rng.random_sample(len(interactions)), interactions["user_id"].to_numpy()))
-    interactions = interactions.iloc[shuffled].reset_index(drop=True)
-    per_user = interactions.groupby("user_id")["item_id"]
-    position, count = per_user.cumcount().to_numpy(), per_user.transform("size").to_numpy()
+    shuffled = np.lexsort((rng.random_sample(len(rows)), user_ids))
+    rows, user_ids, item_ids = rows[shuffled], user_ids[shuffled], item_ids[shuffled]
+    count = np.bincount(user_ids)
+    position = np.arange(len(rows)) - (np.cumsum(count) - count)[user_ids]
+    count = count[user_ids]
     num_validation = _holdout_sizes(count, validation_fraction)
     num_test = _holdout_sizes(count, test_fraction)
     without_training = count - num_validation - num_test < 1
@@ -108,16 +111,21 @@ def apply_protocol(
         )
     split_index = np.where(position < num_validation, 1, np.where(position < num_validation + num_test, 2, 0))
 
-    columns = ["user_id", "item_id", *(column for column in ("rating", "timestamp") if column in interactions)]
-    splits = {
-        split: interactions.loc[split_index == index, columns].sort_values(["user_id", "item_id"], ignore_index=True)
-        for index, split in enumerate(SPLITS)
-    }
+    values = {"rating": ratings, "timestamp": _timestamps(interactions)}
+    values = {name: column for name, column in values.items() if column is not None}
+    splits = {}
+    for index, split in enumerate(SPLITS):
+        chosen = np.flatnonzero(split_index == index)
+        chosen = chosen[np.lexsort((item_ids[chosen], user_ids[chosen]))]
+        columns = {"user_id": user_ids[chosen], "item_id": item_ids[chosen]}
+        splits[split] = pa.table(columns | {name: column[rows[chosen]] for name, column in values.items()})
     reviews = None
     if "text" in interactions:
-        train = interactions[(split_index == 0) & (interactions["text"].str.strip() != "")]
-        reviews = train[["user_id", "item_id", "text"]].sort_values(["user_id", "item_id"], ignore_index=True)
-    item_text = item_text or {}
+        train = np.flatnonzero(split_index == 0)
+        train = train[np.lexsort((item_ids[train], user_ids[train]))]
+        text = _strings(interactions["text"].fillna("")).take(rows[train])
+        written = pc.not_equal(pc.utf8_trim_whitespace(text), "")
+        reviews = pa.table({"user_id": user_ids[train], "item_id": item_ids[train], "text": text}).filter(written)
     protocol = {
         "min_rating": min_rating,
         "k_core": k_core,
@@ -125,16 +133,83 @@ def apply_protocol(
         "validation_fraction": validation_fraction,
         "test_fraction": test_fraction,
     }
-    return RecommendationData.from_frames(
+    user_raw_ids, item_raw_ids = user_raw_ids.take(user_order), item_raw_ids.take(item_order)
+    return RecommendationData.from_tables(
         name=name,
         splits=splits,
-        user_raw_ids=list(user_raw_ids),
-        item_raw_ids=list(item_raw_ids),
-        item_texts=[item_text.get(raw_id, "") for raw_id in item_raw_ids],
+        user_raw_ids=user_raw_ids,
+        item_raw_ids=item_raw_ids,
+        item_texts=_item_texts(item_raw_ids, item_text or {}),
         reviews=reviews,
         protocol=protocol,
         sources=sources,
     )
+
+
+def _codes(ids: pd.Series) -> tuple[np.ndarray, pa.Array]:
+    """
+    Dictionary-encodes ids: int32 codes (int64 past 2**31 distinct ids) into the distinct ids as strings, whose
+    order is that of the ids (string ids by code point, integer ids by value), so that a code's rank is its id's.
+    """
+    codes, distinct = pd.factorize(ids, sort=True)
+    distinct = pa.array(distinct)
+    if not pa.types.is_string(distinct.type):
+        distinct = distinct.cast(pa.string())
+    return codes.astype(np.int32 if len(distinct) < 2**31 else np.int64), distinct
+
+
+def _latest_rows(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
+    """The rows (in file order) left when each user-item pair keeps its latest row: by timestamp, then file order."""
+    order = np.arange(len(users)) if timestamps is None else np.argsort(timestamps, kind="stable")
+    pairs = users[order].astype(np.int64) * (int(items.max(initial=0)) + 1) + items[order]
+    by_pair = np.argsort(pairs, kind="stable")
+    pairs = pairs[by_pair]
+    last = np.append(pairs[1:] != pairs[:-1], True)
+    return np.sort(order[by_pair[last]])
+
+
+def _k_core_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Which rows survive the iterative `k`-core on users and items."""
+    keep = np.ones(len(users), dtype=bool)
+    while keep.any():
+        user_counts = np.bincount(users[keep], minlength=len(users) and int(users.max()) + 1)
+        item_counts = np.bincount(items[keep], minlength=len(items) and int(items.max()) + 1)
+        survivors = keep & (user_counts[users] >= k) & (item_counts[items] >= k)
+        if np.array_equal(survivors, keep):
+            break
+        keep = survivors
+    return keep
+
+
+def _numbering(order: np.ndarray, num_codes: int) -> np.ndarray:
+    """Maps each code in `order` to its position there."""
+    numbers = np.full(num_codes, -1, dtype=np.int64)
+    numbers[order] = np.arange(len(order))
+    return numbers
+
+
+def _timestamps(interactions: pd.DataFrame) -> np.ndarray | None:
+    return interactions["timestamp"].to_numpy() if "timestamp" in interactions else None
+
+
+def _ratings(interactions: pd.DataFrame) -> np.ndarray | None:
+    if "rating" not in interactions:
+        return None
+    return pd.to_numeric(interactions["rating"]).to_numpy(np.float32)
+
+
+def _strings(values: pd.Series) -> pa.ChunkedArray:
+    strings = pa.array(values, from_pandas=True)
+    strings = strings if isinstance(strings, pa.ChunkedArray) else pa.chunked_array([strings])
+    return strings if pa.types.is_string(strings.type) else strings.cast(pa.string())
+
+
+def _item_texts(item_raw_ids: pa.Array, item_text: Mapping[str, str]) -> pa.Array:
+    """Each item's text, `""` for items without one."""
+    if not item_text:
+        return pa.array([""] * len(item_raw_ids), pa.string())
+    known = pc.index_in(item_raw_ids, value_set=pa.array(list(item_text), pa.string()))
+    return pc.fill_null(pa.array(list(item_text.values()), pa.string()).take(known), "")
 
 
 def _check_parameters(
@@ -161,7 +236,15 @@ def _check_interactions(interactions: pd.DataFrame) -> None:
     if missing:
         raise ValueError(f"interactions need the columns 'user' and 'item'; missing {sorted(missing)}")
     for column in ("user", "item"):
-        bad = ~interactions[column].map(lambda value: isinstance(value, str) or _is_integer(value)).to_numpy(bool)
+        ids = interactions[column]
+        if pd.api.types.is_integer_dtype(ids.dtype) and not pd.api.types.is_bool_dtype(ids.dtype):
+            continue
+        if ids.dtype == object:  # a frame built by hand: each value is checked
+            bad = ~ids.map(lambda value: isinstance(value, str) or _is_integer(value)).to_numpy(bool)
+        elif pd.api.types.is_string_dtype(ids.dtype):
+            bad = ids.isna().to_numpy(bool)
+        else:
+            bad = np.ones(len(ids), dtype=bool)
         if bad.any():
             _refuse_value(interactions, column, bad, "is not a string or an integer id")
     if "rating" in interactions:
