@@ -21,6 +21,9 @@ DOCUMENT_TYPES = ("collaborative", "content")
 # Main-text targets scored at once by the language-modelling losses; above it, logits are recomputed in backward.
 LOSS_CHUNK_SIZE = 4096
 
+# Items scored at once by the top k and the fine-tuning loss: a batch's scores are never held for more items than this.
+ITEM_CHUNK_SIZE = 65536
+
 # LoRA adapters saved beside the weights of the modules they adapt, by the checkpoints of a training run with LoRA
 # (their rank and alpha in `lora_adapters.json`) and by earlier versions (in config.json).
 LORA_WEIGHT_SUFFIXES = (".lora_A.default.weight", ".lora_B.default.weight")
@@ -57,7 +60,8 @@ class CLLM4RecItemPredictionOutput(ModelOutput):
         loss: multinomial negative log-likelihood of the target items plus the mutual-regularization term.
         recommendation_loss: the multinomial negative log-likelihood of the targets, per target.
         regularization_loss: the mutual-regularization term, per target.
-        logits: item scores `(batch, num_items)` read at each prompt's last real token.
+        logits: item scores `(batch, num_items)` read at each prompt's last real token; with `labels`, only for a
+            catalogue of at most `ITEM_CHUNK_SIZE` items (the loss of a larger one scores the items in chunks).
     """
 
     loss: torch.FloatTensor | None = None
@@ -647,12 +651,23 @@ class ItemScoringMixin:
     """
 
     @torch.no_grad()
-    def score_items(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Float32 scores `(batch, num_items)` of every item, read at each prompt's last real token."""
+    def query_vectors(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states `(batch, hidden)` of each prompt's last real token: the scores are these times the item head."""
         if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 and attention_mask.numel():
             if not bool(attention_mask.bool().any(-1).all()):
                 raise ValueError("A row of `attention_mask` masks every token: each prompt needs a real token.")
-        return self.model.last_token_item_logits(input_ids, attention_mask).float()
+        return self.model.last_token_hidden_states(input_ids, attention_mask)
+
+    @torch.no_grad()
+    def item_scores(self, query_vectors: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Float32 scores `(batch, stop - start)` of the items `start` to `stop` (default: all) for `query_vectors`."""
+        weight = self.model.item_head_weight()[start:stop]
+        return (query_vectors @ weight.to(query_vectors.dtype).T).float()
+
+    @torch.no_grad()
+    def score_items(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 scores `(batch, num_items)` of every item, read at each prompt's last real token."""
+        return self.item_scores(self.query_vectors(input_ids, attention_mask))
 
     @torch.no_grad()
     def recommend(
@@ -664,12 +679,19 @@ class ItemScoringMixin:
         exclude_item_ids: torch.LongTensor | None = None,
     ) -> RecommendationOutput:
         """
-        The `k` best items for each prompt, in one forward pass.
+        The `k` best items for each prompt, in one forward pass, the items scored `ITEM_CHUNK_SIZE` at a time.
 
         `exclude_item_ids` `(batch, n)` holds the 0-based ids of items never to recommend to each row (its history),
         padded with -1.
         """
-        return top_k_items(self.score_items(input_ids, attention_mask), k, exclude_item_ids)
+        queries = self.query_vectors(input_ids, attention_mask)
+        return chunked_top_k_items(
+            lambda start, stop: self.item_scores(queries, start, stop),
+            len(queries),
+            self.config.num_items,
+            k,
+            exclude_item_ids,
+        )
 
 
 def top_k_items(
@@ -680,33 +702,82 @@ def top_k_items(
     0-based, padded with -1); a `ValueError` where fewer than `k` items are left or a score is NaN.
     """
     batch_size, num_items = scores.shape
+    return chunked_top_k_items(
+        lambda start, stop: scores[:, start:stop], batch_size, num_items, k, exclude_item_ids, max(num_items, 1)
+    )
+
+
+def chunked_top_k_items(
+    item_scores,
+    batch_size: int,
+    num_items: int,
+    k: int,
+    exclude_item_ids: torch.LongTensor | None = None,
+    chunk_size: int | None = None,
+) -> RecommendationOutput:
+    """
+    [`top_k_items`] of scores computed `chunk_size` items at a time (default `ITEM_CHUNK_SIZE`): `item_scores(start,
+    stop)` returns the scores `(batch_size, stop - start)` of items `start` to `stop`, and a running top k keeps the
+    best of the chunks seen, so no more than one chunk of scores is held. A catalogue of one chunk is ranked by one
+    `topk`, as the full score matrix would be.
+    """
+    check_top_k(k, num_items, exclude_item_ids, batch_size)
+    chunk_size = ITEM_CHUNK_SIZE if chunk_size is None else chunk_size
+    best_scores = best_item_ids = None
+    for start in range(0, num_items, chunk_size):
+        stop = min(start + chunk_size, num_items)
+        scores = item_scores(start, stop)
+        if scores.isnan().any():
+            raise ValueError(
+                "The model's weights hold NaN: its item scores are NaN, which rank nothing. Check the checkpoint, or "
+                "the training run that wrote it."
+            )
+        if exclude_item_ids is not None:
+            # one column past the chunk takes the ids outside it (and the padding), and is dropped
+            local = exclude_item_ids.to(scores.device, torch.long) - start
+            local = local.masked_fill((local < 0) | (local >= stop - start), stop - start)
+            excluded = torch.zeros(batch_size, stop - start + 1, dtype=torch.bool, device=scores.device)
+            scores = scores.masked_fill(excluded.scatter_(1, local, True)[:, :-1], -torch.inf)
+        top_scores, top_item_ids = scores.topk(min(k, stop - start), dim=-1)
+        if best_scores is None:
+            best_scores, best_item_ids = top_scores, top_item_ids + start
+            continue
+        # earlier (lower) item ids first, as in one topk over all items
+        candidates = torch.cat([best_scores, top_scores], dim=-1)
+        best_scores, positions = candidates.topk(min(k, candidates.shape[1]), dim=-1)
+        best_item_ids = torch.cat([best_item_ids, top_item_ids + start], dim=-1).gather(1, positions)
+    return RecommendationOutput(item_ids=best_item_ids, scores=best_scores)
+
+
+def check_top_k(
+    k: int, num_items: int, exclude_item_ids: torch.LongTensor | None = None, batch_size: int | None = None
+) -> None:
+    """
+    Raises a `ValueError` unless `k` lies in `[1, num_items]` and `exclude_item_ids` (if given) is `(batch_size, n)`
+    with item ids in `[0, num_items)` padded with -1, leaving at least `k` items to each row.
+    """
     if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= num_items:
         raise ValueError(f"k must lie in [1, {num_items}], got {k}.")
-    # one column past the items takes the padding, and is dropped
-    excluded = torch.zeros(batch_size, num_items + 1, dtype=torch.bool, device=scores.device)
-    if exclude_item_ids is not None:
-        if exclude_item_ids.ndim != 2 or exclude_item_ids.shape[0] != batch_size:
-            raise ValueError(
-                f"`exclude_item_ids` must be (batch, n) with the batch size of the prompts ({batch_size}), "
-                f"got shape {tuple(exclude_item_ids.shape)}."
-            )
-        exclude_item_ids = exclude_item_ids.to(scores.device, torch.long)
-        if exclude_item_ids.numel() and not -1 <= exclude_item_ids.min() <= exclude_item_ids.max() < num_items:
-            raise ValueError(f"`exclude_item_ids` must hold item ids in [0, {num_items}), padded with -1.")
-        excluded.scatter_(1, exclude_item_ids.masked_fill(exclude_item_ids < 0, num_items), True)
-        fewest_left = num_items - int(excluded[:, :num_items].sum(-1).max())
-        if k > fewest_left:
-            raise ValueError(
-                f"k={k}, but a user has only {fewest_left} items outside their history, and recommendations never "
-                "repeat the history."
-            )
-    if scores.isnan().any():
+    if exclude_item_ids is None:
+        return
+    if exclude_item_ids.ndim != 2 or exclude_item_ids.shape[0] != batch_size:
         raise ValueError(
-            "The model's weights hold NaN: its item scores are NaN, which rank nothing. Check the checkpoint, or the "
-            "training run that wrote it."
+            f"`exclude_item_ids` must be (batch, n) with the batch size of the prompts ({batch_size}), "
+            f"got shape {tuple(exclude_item_ids.shape)}."
         )
-    top_scores, item_ids = scores.masked_fill(excluded[:, :num_items], -torch.inf).topk(k, dim=-1)
-    return RecommendationOutput(item_ids=item_ids, scores=top_scores)
+    if not exclude_item_ids.numel():
+        return
+    if not -1 <= exclude_item_ids.min() <= exclude_item_ids.max() < num_items:
+        raise ValueError(f"`exclude_item_ids` must hold item ids in [0, {num_items}), padded with -1.")
+    ordered = exclude_item_ids.sort(dim=-1).values
+    is_new = torch.ones_like(ordered, dtype=torch.bool)
+    is_new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    fewest_left = num_items - int(((ordered >= 0) & is_new).sum(-1).max())
+    if k > fewest_left:
+        raise ValueError(
+            f"k={k}, but a user has only {fewest_left} items outside their history, and recommendations never "
+            "repeat the history."
+        )
 
 
 class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
@@ -781,9 +852,9 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
             )
         if document_type != "recommendation":
             raise ValueError(f"document_type must be 'recommendation' or 'content', got {document_type!r}.")
-        logits = self.model.last_token_item_logits(input_ids, attention_mask)
+        hidden_states = self.model.last_token_hidden_states(input_ids, attention_mask)
         if labels is None:
-            return CLLM4RecItemPredictionOutput(logits=logits)
+            return CLLM4RecItemPredictionOutput(logits=self.model.item_logits(hidden_states))
 
         if labels.ndim != 2 or labels.shape[0] != input_ids.shape[0]:
             raise ValueError(
@@ -796,9 +867,15 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         if int(labels.max()) >= self.config.num_items or int(labels[is_target].min()) < 0:
             raise ValueError(f"Target item ids must lie in [0, {self.config.num_items}).")
         normalizer = is_target.sum() if num_items_in_batch is None else num_items_in_batch
-        log_probabilities = F.log_softmax(logits.float(), dim=-1)
-        target_log_probabilities = log_probabilities.gather(1, labels.clamp(min=0)) * is_target
-        recommendation_loss = -target_log_probabilities.sum() / normalizer
+        if self.config.num_items <= ITEM_CHUNK_SIZE:
+            logits = self.model.item_logits(hidden_states)
+            target_log_probabilities = F.log_softmax(logits.float(), dim=-1).gather(1, labels.clamp(min=0))
+        else:  # the logits of a large catalogue are neither kept for backward nor returned
+            logits, item_head = None, self.model.item_head_weight()
+            target_rows = item_head[labels.clamp(min=0)].to(hidden_states.dtype)
+            target_logits = (target_rows @ hidden_states[..., None]).squeeze(-1).float()
+            target_log_probabilities = target_logits - chunked_item_logsumexp(hidden_states, item_head)[:, None]
+        recommendation_loss = -(target_log_probabilities * is_target).sum() / normalizer
         regularization_loss = (
             self.model.mutual_regularization(input_ids, attention_mask, "collaborative", extra_item_ids=labels)
             / normalizer
@@ -835,6 +912,25 @@ def summed_cross_entropy(
 
 def _summed_cross_entropy(head, hidden_states: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden_states).float(), targets, reduction="sum")
+
+
+def chunked_item_logsumexp(hidden_states: torch.Tensor, item_head: torch.Tensor) -> torch.Tensor:
+    """
+    Float32 `logsumexp` over all items of `hidden_states @ item_head.T`, per row, `ITEM_CHUNK_SIZE` items at a time: each
+    chunk keeps only its inputs and recomputes its logits in the backward pass, so memory is bounded by the batch times
+    one chunk rather than the batch times the catalogue.
+    """
+    return torch.stack(
+        [
+            checkpoint(_item_logsumexp, hidden_states, item_head[start : start + ITEM_CHUNK_SIZE], use_reentrant=False)
+            for start in range(0, len(item_head), ITEM_CHUNK_SIZE)
+        ],
+        dim=-1,
+    ).logsumexp(-1)
+
+
+def _item_logsumexp(hidden_states: torch.Tensor, item_head: torch.Tensor) -> torch.Tensor:
+    return (hidden_states @ item_head.to(hidden_states.dtype).T).float().logsumexp(-1)
 
 
 __all__ = [

@@ -18,6 +18,7 @@ own ids. The pipeline, the command line and evaluation all go through it.
 
 from __future__ import annotations
 
+import math
 import warnings
 import zlib
 from collections.abc import Iterable, Sequence
@@ -28,7 +29,15 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, RecommendationOutput, top_k_items
+from .. import modeling_cllm4rec
+from ..modeling_cllm4rec import (
+    CLLM4RecForCollaborativeLM,
+    RecommendationOutput,
+    check_top_k,
+    chunked_item_logsumexp,
+    chunked_top_k_items,
+    top_k_items,
+)
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .id_mappings import IdMappings
 
@@ -157,22 +166,31 @@ class Recommender:
         """[`score_batch`] of users and histories that `CLLM4RecTokenizer.as_batch` has checked."""
         if self.history_permutations == 1:
             return self._score_prompts(user_ids, histories)
+        probabilities = 0
+        for shuffled in self._history_orders(user_ids, histories):
+            probabilities = probabilities + self._score_prompts(user_ids, shuffled).softmax(-1)
+        return (probabilities / self.history_permutations).log()
+
+    def _history_orders(self, user_ids: list[int | None], histories: list[np.ndarray]):
+        """The `history_permutations` orders of the histories: as given for one, else drawn per user and history."""
+        if self.history_permutations == 1:
+            yield histories
+            return
         generators = [
             np.random.default_rng([0 if user is None else user + 1, zlib.crc32(history.tobytes())])
             for user, history in zip(user_ids, histories, strict=True)
         ]
-        probabilities = 0
         for _ in range(self.history_permutations):
-            shuffled = [
-                generator.permutation(history) for generator, history in zip(generators, histories, strict=True)
-            ]
-            probabilities = probabilities + self._score_prompts(user_ids, shuffled).softmax(-1)
-        return (probabilities / self.history_permutations).log()
+            yield [generator.permutation(history) for generator, history in zip(generators, histories, strict=True)]
 
-    def _score_prompts(self, user_ids: list[int | None], histories: list[np.ndarray]) -> torch.Tensor:
+    def _prompts(self, user_ids: list[int | None], histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `input_ids` and `attention_mask` of the users' prompts, on the model's device."""
         encoding = self.tokenizer(user_ids, histories, prompt=self.prompt, max_length=self.max_length)
         encoding = encoding.to(self.model.device)
-        return self.model.score_items(encoding["input_ids"], encoding["attention_mask"])
+        return encoding["input_ids"], encoding["attention_mask"]
+
+    def _score_prompts(self, user_ids: list[int | None], histories: list[np.ndarray]) -> torch.Tensor:
+        return self.model.score_items(*self._prompts(user_ids, histories))
 
     def recommend_batch(
         self, user_ids: Sequence[int | None], histories: Sequence, k: int = 10
@@ -180,13 +198,37 @@ class Recommender:
         """The `k` best items of one batch outside each history, best first, on the model's device."""
         return self._checked_top_k(*self.tokenizer.as_batch(user_ids, histories), k)
 
+    @torch.no_grad()
     def _checked_top_k(self, user_ids: list[int | None], histories: list[np.ndarray], k: int) -> RecommendationOutput:
-        """[`recommend_batch`] of users and histories that `CLLM4RecTokenizer.as_batch` has checked."""
-        scores = self._checked_scores(user_ids, histories)
+        """
+        [`recommend_batch`] of users and histories that `CLLM4RecTokenizer.as_batch` has checked. A catalogue above
+        `ITEM_CHUNK_SIZE` items is scored a chunk of items at a time, with a running top k: the users' scores over all
+        items are never held at once.
+        """
         exclude = pad_sequence(
             [torch.from_numpy(history) for history in histories], batch_first=True, padding_value=-1
         )
-        return top_k_items(scores, k, exclude)
+        num_items = self.model.config.num_items
+        if num_items <= modeling_cllm4rec.ITEM_CHUNK_SIZE:
+            return top_k_items(self._checked_scores(user_ids, histories), k, exclude)
+        model = self.model
+        queries = [
+            model.query_vectors(*self._prompts(user_ids, shuffled))
+            for shuffled in self._history_orders(user_ids, histories)
+        ]
+        if len(queries) == 1:
+            return chunked_top_k_items(
+                lambda start, stop: model.item_scores(queries[0], start, stop), len(user_ids), num_items, k, exclude
+            )
+        # the log of the item probabilities averaged over the orders, each order's normalizer computed first
+        item_head = model.base_model.item_head_weight()
+        log_normalizers = torch.stack([chunked_item_logsumexp(query, item_head) for query in queries])[..., None]
+
+        def ensemble_scores(start: int, stop: int) -> torch.Tensor:
+            scores = torch.stack([model.item_scores(query, start, stop) for query in queries])
+            return (scores - log_normalizers).logsumexp(0) - math.log(len(queries))
+
+        return chunked_top_k_items(ensemble_scores, len(user_ids), num_items, k, exclude)
 
     def score(self, user_ids: Sequence[int | None], histories: Sequence) -> torch.Tensor:
         """Float32 scores `(len(user_ids), num_items)` of any number of users, scored in [`batches`], on the CPU."""
@@ -206,7 +248,7 @@ class Recommender:
         user_ids, histories = self.tokenizer.as_batch(user_ids, histories)
         widest = max(histories, key=lambda history: len(np.unique(history)))
         # fails as that user's batch would, before any forward pass
-        top_k_items(torch.zeros(1, self.model.config.num_items), k, torch.from_numpy(widest)[None])
+        check_top_k(k, self.model.config.num_items, torch.from_numpy(widest)[None], batch_size=1)
         item_ids = torch.empty(len(user_ids), k, dtype=torch.long)
         scores = torch.empty(len(user_ids), k)
         for batch in self._progress(self.batches(user_ids, histories), "Recommending"):
