@@ -8,6 +8,7 @@ from transformers import TrainingArguments
 from ..data.documents import CONTENT_DOCUMENT_KINDS
 from ..serving.recommender import MAX_HISTORY_PERMUTATIONS
 from .backbone import BACKBONE_TRAINING
+from .optimization import ID_EMBEDDINGS_OPTIMIZERS
 from .schedule import ALTERNATIONS
 
 # How an epoch's documents are dealt into steps: at random (the paper) or grouped by length.
@@ -35,6 +36,9 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         backbone_training: `"frozen"` (the paper: only the user and item embeddings), `"full"` or `"lora"`.
         lora_rank / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapters of `backbone_training="lora"`,
             merged into the backbone's weights when training ends (checkpoints in between hold them apart).
+        id_embeddings_optimizer: `"adamw"` (every row of the ID tables moves through AdamW at every step) or
+            `"sparse_adamw"` (the tables that receive gradients by lookup alone update only the rows the step
+            touched, weight decay included; one process only). The item head stays under dense AdamW.
         weight_average_decay: keep an exponential moving average of the trainable weights with this decay per
             optimizer step (e.g. 0.999); evaluation, checkpoints and the final model use the average. Off (the paper)
             by default.
@@ -90,6 +94,15 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         metadata={
             "help": "Backbone modules that receive LoRA adapters; default: the attention projections of GPT-2 and "
             "Llama-type backbones, peft's choice for other model types."
+        },
+    )
+    id_embeddings_optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": "'adamw': every row of the ID tables moves through AdamW (momentum, weight decay) at every step; "
+            "'sparse_adamw': the tables read by lookup alone (all but the item head) get sparse gradients and "
+            "AdamW updates only the rows a step touched (lazy moments and weight decay; one process only).",
+            "choices": ID_EMBEDDINGS_OPTIMIZERS,
         },
     )
     weight_average_decay: float | None = field(
@@ -167,6 +180,10 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha}.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}.")
+        if self.id_embeddings_optimizer not in ID_EMBEDDINGS_OPTIMIZERS:
+            raise ValueError(
+                f"id_embeddings_optimizer must be one of {ID_EMBEDDINGS_OPTIMIZERS}, got {self.id_embeddings_optimizer!r}."
+            )
         if self.weight_average_decay is not None and not 0 < self.weight_average_decay < 1:
             raise ValueError(f"weight_average_decay must lie in (0, 1), got {self.weight_average_decay}.")
         if any(k <= 0 for k in [*self.recall_ks, *self.ndcg_ks]):

@@ -20,6 +20,7 @@ from ..modeling_cllm4rec import LORA_ADAPTERS_NAME, CLLM4RecForCollaborativeLM, 
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments, FineTuningArguments, PretrainingArguments
 from .backbone import apply_backbone_training
+from .optimization import clip_grad_norm, id_tables_optimizer
 from .schedule import ScheduleBatchSampler
 from .weight_averaging import TRAINING_WEIGHTS_NAME, WeightAverage
 
@@ -159,6 +160,23 @@ class CLLM4RecTrainer(Trainer):
         if self.data.tables[split].num_rows == 0:
             message = f"The {split!r} split has no held-out items: evaluation would measure nothing."
             raise ValueError(f"{message} {remedy}" if remedy else message)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, updating only the ID tables' touched rows with `id_embeddings_optimizer`."""
+        self.optimizer = id_tables_optimizer(
+            self.model if model is None else model, self.args, super().create_optimizer(model)
+        )
+        return self.optimizer
+
+    def _clip_grad_norm(self, model):
+        if self.args.id_embeddings_optimizer == "sparse_adamw":  # sparse gradients, which clip_grad_norm_ refuses
+            return clip_grad_norm(model.parameters(), self.args.max_grad_norm)
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None and self.args.id_embeddings_optimizer == "sparse_adamw":
+            grad_norm = clip_grad_norm(model.parameters(), float("inf"))
+        return super()._get_grad_norm(model, grad_norm)
 
     def get_train_dataloader(self) -> DataLoader:
         # The loader draws a seed at every epoch: from a generator of its own, seeded by one draw of the global one,
