@@ -21,14 +21,20 @@ import pickle
 import warnings
 import zipfile
 import zlib
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pj
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 from tqdm.auto import tqdm
+from tqdm.utils import CallbackIOWrapper
 
 from .prepared import SPLITS, DataFormatError, RecommendationData, file_sha256
 
@@ -81,9 +87,6 @@ def read_amazon_reviews(reviews: str | os.PathLike, meta: str | os.PathLike | No
     `categories` (2014) or `category` (2018).
     """
     reviews = _existing_file(reviews)
-    records, lines = _read_json_lines(reviews)
-    for record in records:
-        record["review"] = _review_text(record.get("summary"), record.get("reviewText"))
     columns = {
         "user": "reviewerID",
         "item": "asin",
@@ -91,8 +94,13 @@ def read_amazon_reviews(reviews: str | os.PathLike, meta: str | os.PathLike | No
         "timestamp": "unixReviewTime",
         "text": "review",
     }
-    frame = pd.DataFrame.from_records(records)
-    interactions = _typed_columns(frame, columns, reviews, lines, optional=("rating", "timestamp"))
+
+    def typed(frame: pd.DataFrame, lines: Sequence[int]) -> pd.DataFrame:
+        frame["review"] = _review_texts(frame.get("summary"), frame.get("reviewText"), len(frame))
+        return _typed_columns(frame, columns, reviews, lines, optional=("rating", "timestamp"))
+
+    fields = ("reviewerID", "asin", "overall", "unixReviewTime", "summary", "reviewText")
+    interactions = _typed_json_lines(reviews, fields, typed)
     raw = RawInteractions(interactions, sources={reviews.name: file_sha256(reviews)})
     if meta is not None:
         meta = _existing_file(meta)
@@ -141,13 +149,11 @@ def read_interaction_table(
         "timestamp": timestamp_column,
         "text": text_column,
     }
-    frame, lines, unit = _read_table(path)
     columns = {name: column for name, column in columns.items() if column is not None}
-    raw = RawInteractions(_typed_columns(frame, columns, path, lines, unit), sources={path.name: file_sha256(path)})
+    raw = RawInteractions(_read_typed_table(path, columns), sources={path.name: file_sha256(path)})
     if item_text_path is not None:
         item_text_path = _existing_file(item_text_path)
-        frame, lines, unit = _read_table(item_text_path)
-        items = _typed_columns(frame, {"item": item_column, "text": item_text_column}, item_text_path, lines, unit)
+        items = _read_typed_table(item_text_path, {"item": item_column, "text": item_text_column})
         raw.item_text = dict(zip(items["item"], items["text"], strict=True))
         raw.sources[item_text_path.name] = file_sha256(item_text_path)
     return raw
@@ -212,6 +218,14 @@ def _progress(lines: Iterable[str], path: Path) -> Iterable[str]:
     return tqdm(lines, desc=f"Reading {path.name}", unit=" lines", disable=None)
 
 
+@contextmanager
+def _byte_progress(file: BinaryIO, path: Path) -> Iterator[BinaryIO]:
+    """`file`, showing the bytes read on a progress bar (on a terminal)."""
+    total = path.stat().st_size
+    with tqdm(desc=f"Reading {path.name}", total=total, unit="B", unit_scale=True, disable=None) as bar:
+        yield CallbackIOWrapper(bar.update, file, "read")
+
+
 def _iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """Yields `(line number, text)` of a text file, gzipped if its name ends in `.gz`; blank lines are skipped."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -258,24 +272,50 @@ def _read_json_lines(path: Path) -> tuple[list[dict], list[int]]:
     return list(records), list(lines)
 
 
-def _read_table(path: Path) -> tuple[pd.DataFrame, Sequence[int], str]:
-    """Reads a table; returns it with the line (or row) number of each record and the word for that number."""
+def _read_typed_table(path: Path, columns: dict[str, str]) -> pd.DataFrame:
+    """Reads a table's `columns` (our name -> the file's name) and types them as `_typed_columns` does."""
     kind = next((suffix.lower() for suffix in reversed(path.suffixes) if suffix.lower() != ".gz"), "")
+    if kind in (".json", ".jsonl"):
+        return _typed_json_lines(
+            path, columns.values(), lambda frame, lines: _typed_columns(frame, columns, path, lines)
+        )
     try:
         if kind in (".csv", ".tsv"):
             frame = pd.read_csv(path, sep="," if kind == ".csv" else "\t", dtype=str, keep_default_na=False)
-            return frame, np.arange(len(frame)) + 2, "line"
+            return _typed_columns(frame, columns, path, np.arange(len(frame)) + 2)
         if kind == ".parquet":
-            frame = pd.read_parquet(path)
-            return frame, np.arange(len(frame)) + 1, "row"
+            names = pq.read_schema(path).names
+            wanted = [column for column in dict.fromkeys(columns.values()) if column in names]
+            frame = pq.read_table(path, columns=wanted).to_pandas() if wanted else pd.DataFrame(columns=names)
+            return _typed_columns(frame, columns, path, np.arange(len(frame)) + 1, unit="row", names=names)
     except GZIP_ERRORS as error:
         raise DataFormatError(f"{path}: corrupt or truncated gzip data ({error})") from None
-    except (ValueError, OSError) as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+    except (ValueError, OSError, pa.ArrowException) as error:  # parser errors and UnicodeDecodeError are ValueErrors
+        if isinstance(error, DataFormatError):
+            raise
         raise DataFormatError(f"{path} cannot be read: {error}") from None
-    if kind in (".json", ".jsonl"):
-        records, lines = _read_json_lines(path)
-        return pd.DataFrame.from_records(records), lines, "line"
     raise DataFormatError(f"{path}: unknown table format {kind!r}; expected .csv, .tsv, .parquet, .json or .jsonl")
+
+
+def _typed_json_lines(
+    path: Path, fields: Collection[str], typed: Callable[[pd.DataFrame, Sequence[int]], pd.DataFrame]
+) -> pd.DataFrame:
+    """
+    Reads the `fields` of JSON lines and types them with `typed(frame, line numbers)`. Arrow parses the file in
+    blocks; where it
+    cannot (a line that is not a JSON object, values of different kinds in one field) or a value is refused, the
+    file is read again record by record, so that what is accepted and every error are those of that reading, with
+    the line named.
+    """
+    try:
+        with open(path, "rb") as file, _byte_progress(file, path) as progress:
+            stream = pa.CompressedInputStream(progress, "gzip") if path.suffix == ".gz" else progress
+            table = pj.read_json(stream, parse_options=pj.ParseOptions(newlines_in_values=False))
+        frame = table.select([field for field in fields if field in table.column_names]).to_pandas()
+        return typed(frame, np.arange(len(frame)) + 1)
+    except (pa.ArrowException, OSError, ValueError, *GZIP_ERRORS):  # DataFormatError and UnicodeDecodeError included
+        records, lines = _read_json_lines(path)
+        return typed(pd.DataFrame.from_records(records), lines)
 
 
 def _typed_columns(
@@ -285,17 +325,20 @@ def _typed_columns(
     lines: Sequence[int],
     unit: str = "line",
     optional: Collection[str] = (),
+    names: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """
     Takes the file's `columns` (our name -> the file's name) out of `frame` and types them: `user` and `item` are
     non-empty strings (an integer or a whole float becomes its digits), `rating` is a finite float32, `timestamp`
     int64 Unix seconds (from numbers or dates), anything else text. A list or mapping where one value belongs is an
     error. Names in `optional` are skipped when the file lacks them; any other missing column is an error. A bad value
-    is reported with its `unit` number taken from `lines`.
+    is reported with its `unit` number taken from `lines`. `names` are the file's columns, where `frame` holds only
+    those read.
     """
     missing = [column for name, column in columns.items() if column not in frame and name not in optional]
     if missing:
-        raise DataFormatError(f"{path} has no column {', '.join(map(repr, missing))} (it has {', '.join(frame)})")
+        names = frame.columns if names is None else names
+        raise DataFormatError(f"{path} has no column {', '.join(map(repr, missing))} (it has {', '.join(names)})")
     if frame.empty:
         raise DataFormatError(f"{path} holds no records")
     typed = pd.DataFrame(index=frame.index)
@@ -305,7 +348,7 @@ def _typed_columns(
         values = frame[column]
         checks = [("holds a list or mapping, not one value", values.map(_is_nested))] if values.dtype == object else []
         if name in ("user", "item"):
-            ids = values.map(_id_text)
+            ids = _id_texts(values)
             checks += [
                 ("is empty", values.isna() | (ids == "")),
                 ("is not a string or an integer", ids.isna() & values.notna()),
@@ -342,8 +385,26 @@ def _is_nested(value) -> bool:
     return isinstance(value, (list, tuple, dict, set, np.ndarray))
 
 
+def _id_texts(values: pd.Series) -> pd.Series:
+    """
+    Raw ids as text: strings stripped, integers and whole floats as their digits; missing (`NA`) where a value is
+    anything else. Vectorized for columns of one type; a column of mixed values (from JSON lines) goes value by value.
+    """
+    dtype = values.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return pd.Series(pd.NA, index=values.index, dtype="str")
+    if pd.api.types.is_integer_dtype(dtype):
+        return values.astype("str")
+    if pd.api.types.is_float_dtype(dtype):
+        whole = (values % 1 == 0) & (values.abs() < 2**53)
+        return values.where(whole).astype("Int64").astype("str")
+    if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
+        return values.str.strip()
+    return values.map(_id_text).astype("str")
+
+
 def _id_text(value) -> str | None:
-    """A raw id as text: a string stripped, an integer or a whole float as its digits; `None` for anything else."""
+    """One raw id as text, as `_id_texts` makes it."""
     if isinstance(value, str):
         return value.strip()
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -369,12 +430,23 @@ def _unix_seconds(values: pd.Series) -> pd.Series:
     return seconds
 
 
-def _review_text(summary: str | None, body: str | None) -> str:
-    """The summary and the review as one text, as in "Five stars. Leaves my hair soft."."""
-    parts = [part.strip() for part in (summary, body) if isinstance(part, str) and part.strip()]
-    if len(parts) == 2 and parts[0][-1] not in ".!?":
-        parts[0] += "."
-    return " ".join(parts)
+def _review_texts(summary: pd.Series | None, body: pd.Series | None, length: int) -> pd.Series:
+    """The summary and the review as one text, as in "Five stars. Leaves my hair soft."; non-text parts are left out."""
+    summary, body = (_stripped_texts(part, length) for part in (summary, body))
+    both = (summary != "") & (body != "")
+    summary = summary.where(~both | summary.str.endswith((".", "!", "?")), summary + ".")
+    return (summary + " " + body).where(both, summary + body)
+
+
+def _stripped_texts(values: pd.Series | None, length: int) -> pd.Series:
+    """Text values stripped; `""` where there is none or a value is not text."""
+    if values is None:
+        return pd.Series([""] * length, dtype="str")
+    if values.dtype == object:
+        values = values.map(lambda value: value if isinstance(value, str) else None)
+    elif not pd.api.types.is_string_dtype(values.dtype):
+        return pd.Series([""] * length, index=values.index, dtype="str")
+    return values.astype("str").str.strip().fillna("")
 
 
 def _read_amazon_metadata(path: Path) -> dict[str, str]:
