@@ -165,3 +165,20 @@ def test_a_model_sharded_across_processes_evaluates_like_one_process(tmp_path):
         for sharding in ("fsdp", "fsdp2"):
             for case, expected in results["one_process"].items():
                 assert results[sharding][case] == pytest.approx(expected, abs=1e-9), (rank, sharding, case)
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_shards_the_id_tables_and_trains_like_one_process(tmp_path):
+    rows_file = tmp_path / "rows.json"
+    command = [sys.executable, str(REPOSITORY / "benchmarks" / "scale_stages" / "distributed.py"), "--quick"]
+    command += ["--workdir", str(tmp_path), "--out", str(rows_file)]
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(rows_file.read_text())
+    assert [(row["processes"], row["rank"]) for row in rows] == [(1, 0), (2, 0), (2, 1)]
+    users = rows[0]["users"]
+    assert set(rows[0]["id_table_rows_held"].values()) == {users}
+    for row in rows[1:]:  # each process holds half of every table's rows
+        assert set(row["id_table_rows_held"].values()) == {users // 2}
+    assert 0 < rows[0]["id_tables_max_abs_difference"] < 1e-5
