@@ -2,26 +2,32 @@
 CLLM4Rec recommendation-oriented fine-tuning: masked-history prompts, multinomial likelihood of the held-out items,
 content epochs interleaved, the best round kept by validation Recall@20 + Recall@40 + NDCG@100.
 
-    accelerate launch examples/finetune.py \
-        --data data/beauty --pretrained runs/beauty-pretrain --output_dir runs/beauty-finetune \
-        --num_train_epochs 150 --per_device_train_batch_size 20 --learning_rate 1e-4 \
-        --eval_strategy epoch --save_strategy epoch --load_best_model_at_end --save_total_limit 2
+    accelerate launch examples/finetune.py --recipe paper \
+        --data data/beauty --pretrained runs/beauty-pretrain --output_dir runs/beauty-finetune
 
-Every epoch is a round (one fine-tuning and one content epoch). The best model, tokenizer, id mappings and test
-metrics are saved to `--output_dir` by the main process; `--push_to_hub` pushes them.
+`--recipe` (`paper`, `small-cpu`, the default, or `smollm2`) sets the defaults of the options; options given
+explicitly win (`training/presets.py`). Every epoch is a round (one fine-tuning and, with content steps, one content
+epoch). The best model, tokenizer, id mappings and test metrics are saved to `--output_dir` by the main process;
+`--push_to_hub` pushes them.
 """
+
+import sys
 
 from accelerate import PartialState
 from transformers import HfArgumentParser
 
 from hf_cllm4rec.training import FineTuningArguments
+from hf_cllm4rec.training.presets import apply_recipe, describe_recipe
 from hf_cllm4rec.training.recipes import DataArguments, FineTuningModelArguments, results_summary, run_finetuning
 
 
 def main() -> None:
     parser = HfArgumentParser((FineTuningModelArguments, DataArguments, FineTuningArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
-    metrics = run_finetuning(model_args, data_args, training_args)
+    recipe = apply_recipe(parser, sys.argv[1:], "finetune")
+    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses()
+    if training_args.should_log:
+        print(describe_recipe(recipe))
+    metrics = run_finetuning(model_args, data_args, training_args, recipe)
     PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
     if training_args.should_log:
         print(results_summary(metrics, training_args.output_dir))

@@ -54,13 +54,27 @@ def option_names(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def train(args: argparse.Namespace) -> int:
-    """Runs `cllm4rec pretrain` / `finetune`: the recipe of `training/recipes.py`, then prints the test metrics."""
+    """
+    Runs `cllm4rec pretrain` / `finetune` with the defaults of `--recipe` (`training/presets.py`): the stage's run of
+    `training/recipes.py`, then prints the test metrics.
+    """
     from accelerate import PartialState
 
     from ..training import recipes
+    from ..training.presets import SEARCH_GRIDS, apply_recipe, describe_recipe, given_options
 
     parser = stage_parser(args.command)
-    model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
+    grid = SEARCH_GRIDS[args.command]
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="Train once for every combination of "
+        + ", ".join(f"{name} in {{{', '.join(map(str, values))}}}" for name, values in grid.items())
+        + ", each early-stopped on validation, and keep the best on validation (every trial is recorded in "
+        "recipe.json).",
+    )
+    recipe = apply_recipe(parser, args.forwarded, args.command)
+    model_args, data_args, training_args, options, unknown = parser.parse_args_into_dataclasses(
         args=args.forwarded, return_remaining_strings=True
     )
     if unknown:
@@ -73,7 +87,15 @@ def train(args: argparse.Namespace) -> int:
         if elsewhere:
             parser.error(f"{', '.join(elsewhere)}: an option of `cllm4rec {other}`, not of `cllm4rec {args.command}`")
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    metrics = getattr(recipes, STAGES[args.command][1])(model_args, data_args, training_args)
+    searched = sorted(given_options(parser, args.forwarded) & set(grid)) if options.search else []
+    if searched:
+        parser.error(f"--{', --'.join(searched)}: --search tries its own values of {', '.join(searched)}")
+    if training_args.should_log:
+        print(describe_recipe(recipe))
+    if options.search:
+        metrics = recipes.run_search(model_args, data_args, training_args, grid, recipe)
+    else:
+        metrics = getattr(recipes, STAGES[args.command][1])(model_args, data_args, training_args, recipe)
     PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
     if training_args.should_log:
         print(recipes.results_summary(metrics, training_args.output_dir))

@@ -13,6 +13,16 @@ from .schedule import ALTERNATIONS
 
 # How an epoch's documents are dealt into steps: at random (the paper) or grouped by length.
 SAMPLING_STRATEGIES = ("random", "group_by_length")
+# Learning-rate schedules whose length is the whole of num_train_epochs: early stopping would cut their decay short.
+DECAYS_OVER_ALL_STEPS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
 
 
 @dataclass
@@ -49,6 +59,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         history_permutations: random orders of each history whose item probabilities evaluation averages (at most
             64).
         eval_max_tokens: padded prompt tokens per evaluation batch at most.
+        early_stopping_patience: stop after this many evaluated rounds without a better validation selection score
+            and end with the best round's model; the learning rate must then not decay over `num_train_epochs`.
     """
 
     alternation: str = field(
@@ -129,6 +141,14 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             "per_device_eval_batch_size users, those of long prompts fewer. Default: no token limit."
         },
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop once this many evaluated rounds in a row bring no better validation selection score, and "
+            "keep the best round (needs eval_strategy and save_strategy 'epoch' and load_best_model_at_end). "
+            "Default: every round of num_train_epochs runs."
+        },
+    )
     metric_for_best_model: str | None = field(
         default="selection_score",
         metadata={"help": "The paper's model selection: Recall@20 + Recall@40 + NDCG@100 on validation."},
@@ -190,6 +210,22 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             raise ValueError("recall_ks and ndcg_ks must be positive.")
         if self.eval_max_tokens is not None and self.eval_max_tokens <= 0:
             raise ValueError(f"eval_max_tokens must be positive, got {self.eval_max_tokens}.")
+        if self.early_stopping_patience is not None:
+            self._check_early_stopping()
+
+    def _check_early_stopping(self) -> None:
+        check_whole(early_stopping_patience=self.early_stopping_patience)
+        if self.eval_strategy != "epoch" or self.save_strategy != "epoch" or not self.load_best_model_at_end:
+            raise ValueError(
+                "early_stopping_patience counts evaluated rounds and keeps the best: it needs eval_strategy='epoch', "
+                "save_strategy='epoch' and load_best_model_at_end."
+            )
+        if self.lr_scheduler_type in DECAYS_OVER_ALL_STEPS:
+            raise ValueError(
+                f"lr_scheduler_type={self.lr_scheduler_type.value!r} decays over num_train_epochs, which early "
+                "stopping cuts short: use 'constant' or 'constant_with_warmup' (the weight average anneals over the "
+                "steps run), or 'reduce_lr_on_plateau' (decays when validation stalls)."
+            )
 
     @property
     def groups_by_length(self) -> bool:

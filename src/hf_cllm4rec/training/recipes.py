@@ -1,8 +1,10 @@
 """The pretraining and fine-tuning runs behind the example scripts and the command line."""
 
+import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
@@ -19,8 +21,20 @@ from .arguments import FineTuningArguments, PretrainingArguments
 from .trainer import CLLM4RecTrainer
 
 BUILTIN_DATA = "builtin"
+# The recipe a run took its defaults from (`presets.apply_recipe`), saved beside its training arguments.
+RECIPE_NAME = "recipe.json"
 # The demo backbone: a two-layer GPT-2 over the built-in data set's word-level vocabulary.
 BUILTIN_BACKBONE = "builtin-tiny-gpt2"
+# The dropout probabilities of backbone configs that `backbone_dropout` sets, where a config has them.
+BACKBONE_DROPOUT_FIELDS = (
+    "embd_pdrop",
+    "resid_pdrop",
+    "attn_pdrop",
+    "attention_dropout",
+    "hidden_dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
 BUILTIN_BACKBONE_CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256}
 
 
@@ -62,6 +76,13 @@ class PretrainingModelArguments:
             '{"attention_dropout": 0.1} for a pretrained backbone.'
         },
     )
+    backbone_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Every dropout probability of the backbone config (GPT-2's embd_pdrop, resid_pdrop and "
+            "attn_pdrop, Llama's attention_dropout, ...); default: the config's."
+        },
+    )
     lambda_v: float = field(default=1.0, metadata={"help": "Weight of the mutual regularization."})
     id_embedding_init: str = field(
         default="normal",
@@ -84,6 +105,8 @@ class PretrainingModelArguments:
 
     def __post_init__(self):
         check_model_settings(lambda_v=self.lambda_v, id_embedding_dropout=self.id_embedding_dropout)
+        if self.backbone_dropout is not None and not 0 <= self.backbone_dropout < 1:
+            raise ValueError(f"backbone_dropout must lie in [0, 1), got {self.backbone_dropout}.")
         if self.backbone == BUILTIN_BACKBONE and self.tokenizer is not None:
             raise ValueError(f"tokenizer: the {BUILTIN_BACKBONE} backbone has a tokenizer of its own.")
         try:
@@ -161,6 +184,8 @@ def build_pretraining_model(
         if not hasattr(text_config, key):
             raise ValueError(f"backbone_overrides: the backbone's {type(text_config).__name__} has no field {key!r}.")
         setattr(text_config, key, value)
+    if model_args.backbone_dropout is not None:
+        set_backbone_dropout(text_config, model_args.backbone_dropout)
     if model_args.random_init or model_args.backbone == BUILTIN_BACKBONE:
         config = CLLM4RecConfig(text_config=text_config, num_users=data.num_users, num_items=data.num_items, **options)
         model = CLLM4RecForCollaborativeLM(config)  # random backbone weights: no `base_model_name_or_path`
@@ -169,6 +194,15 @@ def build_pretraining_model(
             model_args.backbone, num_users=data.num_users, num_items=data.num_items, config=text_config, **options
         )
     return model, CLLM4RecTokenizer(base_tokenizer, model.config)
+
+
+def set_backbone_dropout(text_config, dropout: float) -> None:
+    """Sets every dropout probability that the backbone config has; a `ValueError` for a config with none."""
+    names = [name for name in BACKBONE_DROPOUT_FIELDS if hasattr(text_config, name)]
+    if not names:
+        raise ValueError(f"backbone_dropout: the backbone's {type(text_config).__name__} has no dropout setting.")
+    for name in names:
+        setattr(text_config, name, dropout)
 
 
 def random_backbone_config(backbone: str):
@@ -191,29 +225,88 @@ def load_finetuning_model(
 
 
 def run_pretraining(
-    model_args: PretrainingModelArguments, data_args: DataArguments, training_args: PretrainingArguments
+    model_args: PretrainingModelArguments,
+    data_args: DataArguments,
+    training_args: PretrainingArguments,
+    recipe: dict | None = None,
 ) -> dict[str, float]:
-    """Pretrains on the data set and saves the model and tokenizer to `output_dir`; returns test metrics."""
+    """
+    Pretrains on the data set and saves the model and tokenizer to `output_dir`, with `recipe` (what
+    `presets.apply_recipe` records) in `recipe.json`; returns test metrics.
+    """
     check_argument_types(model_args, PretrainingModelArguments, training_args, PretrainingArguments)
-    set_seed(training_args.seed)
-    data = load_data(data_args)
-    model, tokenizer = build_pretraining_model(model_args, data)
-    trainer = CLLM4RecTrainer(model, training_args, data, tokenizer)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    return _finish(trainer, data)
+    return _finish(*_trained(model_args, data_args, training_args), recipe)
 
 
 def run_finetuning(
-    model_args: FineTuningModelArguments, data_args: DataArguments, training_args: FineTuningArguments
+    model_args: FineTuningModelArguments,
+    data_args: DataArguments,
+    training_args: FineTuningArguments,
+    recipe: dict | None = None,
 ) -> dict[str, float]:
-    """Fine-tunes a pretraining checkpoint for item prediction, saves it to `output_dir`; returns test metrics."""
+    """
+    Fine-tunes a pretraining checkpoint for item prediction, saves it to `output_dir`, with `recipe` in
+    `recipe.json`; returns test metrics.
+    """
     check_argument_types(model_args, FineTuningModelArguments, training_args, FineTuningArguments)
+    return _finish(*_trained(model_args, data_args, training_args), recipe)
+
+
+def run_search(
+    model_args: PretrainingModelArguments | FineTuningModelArguments,
+    data_args: DataArguments,
+    training_args: PretrainingArguments | FineTuningArguments,
+    grid: dict[str, Sequence],
+    recipe: dict | None = None,
+) -> dict[str, float]:
+    """
+    Trains the stage once for every combination of the grid's values (options of the model or training arguments
+    by name), each trial in `output_dir/trial-N` with its rounds selected (and early-stopped) on validation, then
+    finishes the trial with the best validation selection score as `run_pretraining` / `run_finetuning` do. Every
+    trial's settings, best validation score and rounds are recorded under `"search"` in `recipe.json`.
+    """
+    if not training_args.load_best_model_at_end:
+        raise ValueError(
+            "search chooses on validation: it needs eval_strategy='epoch', save_strategy='epoch' and "
+            "load_best_model_at_end."
+        )
+    stages = {PretrainingArguments: PretrainingModelArguments, FineTuningArguments: FineTuningModelArguments}
+    check_argument_types(model_args, stages[type(training_args)], training_args, type(training_args))
+    unknown = [name for name in grid if not hasattr(model_args, name) and not hasattr(training_args, name)]
+    if unknown:
+        raise ValueError(f"The search grid names {', '.join(unknown)}, not options of this stage.")
+    trials, best = [], None
+    for index, values in enumerate(itertools.product(*grid.values())):
+        settings = dict(zip(grid, values, strict=True))
+        trial_model_args = replace(model_args, **{k: v for k, v in settings.items() if hasattr(model_args, k)})
+        trial_training_args = replace(
+            training_args,
+            output_dir=str(Path(training_args.output_dir) / f"trial-{index}"),
+            **{name: value for name, value in settings.items() if not hasattr(model_args, name)},
+        )
+        trainer, data = _trained(trial_model_args, data_args, trial_training_args)
+        rounds = sum("eval_selection_score" in entry for entry in trainer.state.log_history)
+        trials.append(
+            {"settings": settings, "validation_selection_score": trainer.state.best_metric, "rounds": rounds}
+        )
+        if best is None or trainer.state.best_metric > best[0].state.best_metric:
+            best = trainer, data
+    trainer, data = best
+    trainer.args.output_dir = training_args.output_dir
+    return _finish(trainer, data, {**(recipe or {}), "search": trials})
+
+
+def _trained(model_args, data_args, training_args) -> tuple[CLLM4RecTrainer, RecommendationData]:
+    """The trainer of the stage that the arguments are of, after training, and the data set."""
     set_seed(training_args.seed)
     data = load_data(data_args)
-    model, tokenizer = load_finetuning_model(model_args)
+    if isinstance(training_args, PretrainingArguments):
+        model, tokenizer = build_pretraining_model(model_args, data)
+    else:
+        model, tokenizer = load_finetuning_model(model_args)
     trainer = CLLM4RecTrainer(model, training_args, data, tokenizer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    return _finish(trainer, data)
+    return trainer, data
 
 
 def check_argument_types(model_args, model_arguments_class: type, training_args, training_arguments_class: type):
@@ -223,10 +316,11 @@ def check_argument_types(model_args, model_arguments_class: type, training_args,
             raise TypeError(f"Expected {expected.__name__}, got {type(given).__name__}.")
 
 
-def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, float]:
+def _finish(trainer: CLLM4RecTrainer, data: RecommendationData, recipe: dict | None) -> dict[str, float]:
     """
-    Test metrics, then the model, tokenizer, id mappings, metrics, trainer state and model card saved to
-    `output_dir`; with `push_to_hub`, what `hub.save_for_hub` writes is uploaded to `hub_model_id`.
+    Test metrics, then the model, tokenizer, id mappings, metrics, trainer state, the record of the run's recipe
+    (`presets.apply_recipe`) and model card saved to `output_dir`; with `push_to_hub`, what `hub.save_for_hub` writes
+    is uploaded to `hub_model_id`.
     """
     args = trainer.args
     metrics = trainer.evaluate(eval_dataset="test", metric_key_prefix="test")
@@ -239,6 +333,9 @@ def _finish(trainer: CLLM4RecTrainer, data: RecommendationData) -> dict[str, flo
             json.dump(metrics, file, indent=2)
         with replaced_file(data_files / TRAINING_ARGS_NAME) as file:
             file.write(args.to_json_string())
+        if recipe is not None:
+            with replaced_file(data_files / RECIPE_NAME) as file:
+                json.dump(recipe, file, indent=2)
         card_inputs = {"data": data, "metrics": metrics, "training_args": args}
         write_model_card(data_files, model_id=args.hub_model_id, **card_inputs)
         if args.push_to_hub:
@@ -268,4 +365,5 @@ __all__ = [
     "results_summary",
     "run_pretraining",
     "run_finetuning",
+    "run_search",
 ]

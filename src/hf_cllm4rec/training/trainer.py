@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
@@ -116,6 +116,8 @@ class CLLM4RecTrainer(Trainer):
         if args.weight_average_decay is not None:
             self.weight_average = WeightAverage(args.weight_average_decay)
             self.add_callback(self.weight_average)
+        if args.early_stopping_patience is not None:  # evaluations are rounds: the patience counts rounds
+            self.add_callback(ValidationEarlyStopping(args.early_stopping_patience))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """
@@ -322,6 +324,14 @@ class CLLM4RecTrainer(Trainer):
         self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+class ValidationEarlyStopping(EarlyStoppingCallback):
+    """[`EarlyStoppingCallback`] that counts the evaluations of training alone, not the final test split's."""
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        if f"eval_{args.metric_for_best_model.removeprefix('eval_')}" in metrics:
+            super().on_evaluate(args, state, control, metrics, **kwargs)
 
 
 class UnevaluatedWarmup(TrainerCallback):

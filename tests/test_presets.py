@@ -1,0 +1,190 @@
+"""Named recipes of the training commands (`--recipe`), and early stopping on the validation selection score."""
+
+import itertools
+import json
+
+import pytest
+from test_prepare_cli import assert_usage_error, run_cli
+
+from hf_cllm4rec.cli.train import stage_parser
+from hf_cllm4rec.data import make_synthetic_data
+from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments
+from hf_cllm4rec.training.presets import DEFAULT_RECIPE, RECIPES, SEARCH_GRIDS, apply_recipe, get_recipe
+from hf_cllm4rec.training.recipes import (
+    BUILTIN_BACKBONE,
+    RECIPE_NAME,
+    PretrainingModelArguments,
+    build_pretraining_model,
+)
+
+QUICK = ("--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true", "--max_length", "64")
+
+
+def parsed(command: str, *args: str):
+    """The model, data and training arguments that `cllm4rec COMMAND ARGS` runs with, and its recipe record."""
+    parser = stage_parser(command)
+    record = apply_recipe(parser, list(args), command)
+    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(args=list(args))
+    return model_args, data_args, training_args, record
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_recipe_gives_valid_arguments_to_both_stages(name, tmp_path):
+    recipe = get_recipe(name)
+    model_args, _, training_args, record = parsed("pretrain", "--recipe", name, "--output_dir", str(tmp_path))
+    assert isinstance(training_args, PretrainingArguments) and record["recipe"] == name
+    for setting, value in recipe.pretraining.items():
+        assert getattr(training_args, setting, getattr(model_args, setting, None)) == value, setting
+    model_args, _, training_args, _ = parsed(
+        "finetune", "--recipe", name, "--pretrained", "p", "--output_dir", str(tmp_path)
+    )
+    assert isinstance(training_args, FineTuningArguments)
+    for setting, value in recipe.finetuning.items():
+        assert getattr(training_args, setting) == value, setting
+
+
+def test_the_default_recipe_is_small_cpu_and_the_papers_is_one_option_away(tmp_path):
+    assert DEFAULT_RECIPE == "small-cpu"
+    model_args, _, training_args, record = parsed("pretrain", "--output_dir", str(tmp_path))
+    assert record["recipe"] == "small-cpu"
+    assert model_args.random_init and json.loads(model_args.backbone_overrides)["n_layer"] == 2
+    assert training_args.early_stopping_patience == 3 and training_args.weight_average_decay == 0.999
+    assert not training_args.content_steps
+    model_args, _, training_args, _ = parsed("pretrain", "--recipe", "paper", "--output_dir", str(tmp_path))
+    assert (model_args.backbone, model_args.random_init) == ("gpt2", False)
+    assert (training_args.num_train_epochs, training_args.content_warmup_epochs) == (110, 10)
+    assert training_args.early_stopping_patience is None and training_args.content_steps
+
+
+def test_options_given_explicitly_win_over_the_recipe(tmp_path):
+    _, _, training_args, record = parsed(
+        "pretrain", "--output_dir", str(tmp_path), "--learning_rate=0.01", "--content_steps", "true"
+    )
+    assert training_args.learning_rate == 0.01 and training_args.content_steps
+    assert training_args.per_device_train_batch_size == 64  # the recipe's, not given
+    assert record["given_instead"] == ["content_steps", "learning_rate"]
+    assert "learning_rate" not in record["settings"]
+    _, _, training_args, _ = parsed("pretrain", "--output_dir", str(tmp_path), "--no_content_steps")
+    assert not training_args.content_steps
+
+
+def test_an_explicit_backbone_replaces_the_recipes_backbone_with_its_shape(tmp_path):
+    model_args, _, training_args, record = parsed(
+        "pretrain", "--backbone", "builtin-tiny-gpt2", "--output_dir", str(tmp_path)
+    )
+    assert (model_args.backbone, model_args.random_init, model_args.backbone_overrides) == (
+        "builtin-tiny-gpt2",
+        False,
+        None,
+    )
+    assert not {"random_init", "backbone_overrides"} & set(record["settings"])
+    assert training_args.weight_average_decay == 0.999  # the rest of the recipe stays
+
+
+def test_an_unknown_recipe_is_a_one_line_error_naming_the_recipes(capsys, tmp_path):
+    for command in ("pretrain", "finetune"):
+        message = "unknown recipe 'fast': choose one of paper, small-cpu, smollm2"
+        assert_usage_error(capsys, command, "--recipe", "fast", "--output_dir", str(tmp_path), message=message)
+    assert not any(tmp_path.iterdir())
+
+
+def test_help_names_the_recipes(capsys):
+    assert run_cli("pretrain", "--help") == 0
+    assert "--recipe" in capsys.readouterr().out and "small-cpu" in " ".join(RECIPES)
+
+
+def validation_scores(output_dir) -> list[float]:
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return [entry["eval_selection_score"] for entry in history if "eval_selection_score" in entry]
+
+
+def test_early_stopping_ends_after_patience_rounds_without_improvement_and_keeps_the_best(tmp_path, capsys):
+    output_dir, patience, max_rounds = tmp_path / "run", 1, 30
+    args = ("--backbone", "builtin-tiny-gpt2", "--output_dir", str(output_dir), "--learning_rate", "0.01", *QUICK)
+    args = (*args, "--logging_steps", "1")
+    assert run_cli("pretrain", *args, "--num_train_epochs", str(max_rounds), "--early_stopping_patience", "1") == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("Recipe small-cpu: ") and "given instead: backbone early_stopping_patience" in stdout
+    scores = validation_scores(output_dir)
+    best = max(range(len(scores)), key=scores.__getitem__)
+    assert len(scores) < max_rounds, "the run did not stop early"
+    assert len(scores) == best + 1 + patience
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["best_metric"] == pytest.approx(scores[best])
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{state['global_step'] // len(scores) * (best + 1)}")
+    # the learning rate does not depend on the maximum round count: it is constant over every step run
+    rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    assert rates and set(rates) == {0.01}
+    record = json.loads((output_dir / RECIPE_NAME).read_text())
+    assert record["recipe"] == "small-cpu" and record["settings"]["lr_scheduler_type"] == "constant"
+    saved = json.loads((output_dir / "training_args.json").read_text())
+    assert saved["early_stopping_patience"] == 1 and saved["per_device_train_batch_size"] == 64
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (("--recipe", "paper", "--early_stopping_patience", "2"), "needs eval_strategy='epoch', save_strategy="),
+        (("--load_best_model_at_end", "false"), "and load_best_model_at_end"),
+        (("--lr_scheduler_type", "linear"), "lr_scheduler_type='linear' decays over num_train_epochs"),
+        (("--early_stopping_patience", "0"), "early_stopping_patience must be a whole number of at least 1"),
+    ],
+)
+def test_early_stopping_refuses_settings_it_cannot_work_with(capsys, tmp_path, options, message):
+    args = ("pretrain", "--backbone", "builtin-tiny-gpt2", "--output_dir", str(tmp_path / "run"), *QUICK)
+    assert_usage_error(capsys, *args, *options, message=message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_explicit_eval_strategy_replaces_the_recipes_selection_of_rounds(tmp_path):
+    _, _, training_args, record = parsed("pretrain", "--output_dir", str(tmp_path), "--eval_strategy", "no")
+    assert training_args.early_stopping_patience is None and not training_args.load_best_model_at_end
+    assert training_args.save_strategy == "steps" and "per_device_eval_batch_size" not in record["settings"]
+
+
+def test_without_early_stopping_a_decaying_schedule_is_taken(tmp_path):
+    _, _, training_args, _ = parsed(
+        "pretrain", "--recipe", "paper", "--output_dir", str(tmp_path), "--lr_scheduler_type", "linear"
+    )
+    assert training_args.lr_scheduler_type == "linear"
+
+
+def test_search_trains_every_combination_of_its_grid_and_keeps_the_best_on_validation(tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    args = ("--backbone", "builtin-tiny-gpt2", "--output_dir", str(output_dir), "--num_train_epochs", "2", *QUICK)
+    assert run_cli("pretrain", *args, "--search") == 0
+    capsys.readouterr()
+    trials = json.loads((output_dir / RECIPE_NAME).read_text())["search"]
+    grid = SEARCH_GRIDS["pretrain"]
+    assert [trial["settings"] for trial in trials] == [
+        dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())
+    ]
+    for index, trial in enumerate(trials):
+        checkpoints = (output_dir / f"trial-{index}").glob("checkpoint-*")
+        last_checkpoint = max(checkpoints, key=lambda path: int(path.name.split("-")[1]))
+        assert trial["validation_selection_score"] == pytest.approx(max(validation_scores(last_checkpoint)))
+        assert trial["rounds"] == 2
+    best = max(trials, key=lambda trial: trial["validation_selection_score"])
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["text_config"]["attn_pdrop"] == best["settings"]["backbone_dropout"]
+    saved = json.loads((output_dir / "training_args.json").read_text())
+    assert saved["weight_decay"] == best["settings"]["weight_decay"] and saved["output_dir"] == str(output_dir)
+    assert (output_dir / "test_results.json").is_file() and (output_dir / "model.safetensors").is_file()
+
+
+def test_search_refuses_the_options_it_tries_and_runs_without_a_selection(capsys, tmp_path):
+    args = ("pretrain", "--backbone", "builtin-tiny-gpt2", "--output_dir", str(tmp_path / "run"), "--search", *QUICK)
+    message = "--weight_decay: --search tries its own values of weight_decay"
+    assert_usage_error(capsys, *args, "--weight_decay", "0.3", message=message)
+    assert_usage_error(capsys, *args, "--eval_strategy", "no", message="search chooses on validation")
+
+
+def test_backbone_dropout_sets_every_dropout_probability_of_the_backbone():
+    data = make_synthetic_data()
+    model, _ = build_pretraining_model(
+        PretrainingModelArguments(backbone=BUILTIN_BACKBONE, backbone_dropout=0.3), data
+    )
+    text_config = model.config.text_config
+    assert (text_config.embd_pdrop, text_config.resid_pdrop, text_config.attn_pdrop) == (0.3, 0.3, 0.3)
+    with pytest.raises(ValueError, match=r"backbone_dropout must lie in \[0, 1\), got 1.0"):
+        PretrainingModelArguments(backbone=BUILTIN_BACKBONE, backbone_dropout=1.0)
