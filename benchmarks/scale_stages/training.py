@@ -1,7 +1,7 @@
 """
 Training at scale: one pretraining and one fine-tuning step of CLLM4Rec with a tiny backbone (2-layer GPT-2, width
 64, frozen as in the paper) at 1M users x 1M items, with the ID tables under dense AdamW or under the row-sparse update
-(`id_embeddings_optimizer="sparse_adamw"`), at two batch shapes.
+(`id_embeddings_optimizer="sparse_adamw"`), at two batch shapes each.
 
     python benchmarks/scale_stages/training.py --workdir DIR --out ROWS.json [--quick]
 
@@ -32,8 +32,20 @@ WORDS = 1000
 BACKBONE = {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 512, "vocab_size": WORDS}
 BACKBONE.update(bos_token_id=WORDS - 1, eos_token_id=WORDS - 1)
 STAGES = {"pretraining": CLLM4RecForCollaborativeLM, "fine-tuning": CLLM4RecForItemPrediction}
-FULL = {"users": 1_000_000, "items": 1_000_000, "shapes": [(64, 64), (128, 128)], "timed_steps": 3}
-QUICK = {"users": 1000, "items": 1000, "shapes": [(4, 16), (8, 32)], "timed_steps": 1}
+# Batch x length per stage. A pretraining target is scored over all items: at 1M items its float32 logits take 4 MB,
+# so pretraining batches stay small until the loss scores items in chunks.
+FULL = {
+    "users": 1_000_000,
+    "items": 1_000_000,
+    "shapes": {"pretraining": [(4, 16), (8, 32)], "fine-tuning": [(64, 64), (128, 128)]},
+    "timed_steps": 3,
+}
+QUICK = {
+    "users": 1000,
+    "items": 1000,
+    "shapes": {"pretraining": [(4, 16), (8, 32)], "fine-tuning": [(4, 16), (8, 32)]},
+    "timed_steps": 1,
+}
 FINE_TUNING_TARGETS = 8  # held-out items per masked-history prompt
 
 
@@ -97,7 +109,7 @@ def main(argv=None) -> None:
     sizes = QUICK if args.quick else FULL
     rows = []
     for stage in STAGES:
-        for batch_size, length in sizes["shapes"]:
+        for batch_size, length in sizes["shapes"][stage]:
             for optimizer in ID_EMBEDDINGS_OPTIMIZERS:
                 case = {"stage": stage, "optimizer": optimizer, "batch_size": batch_size, "length": length}
                 case.update(users=sizes["users"], items=sizes["items"], timed_steps=sizes["timed_steps"])
