@@ -188,3 +188,20 @@ def test_backbone_dropout_sets_every_dropout_probability_of_the_backbone():
     assert (text_config.embd_pdrop, text_config.resid_pdrop, text_config.attn_pdrop) == (0.3, 0.3, 0.3)
     with pytest.raises(ValueError, match=r"backbone_dropout must lie in \[0, 1\), got 1.0"):
         PretrainingModelArguments(backbone=BUILTIN_BACKBONE, backbone_dropout=1.0)
+
+
+def test_a_learning_rate_reduced_on_plateau_follows_the_selection_score_up(tmp_path):
+    _, _, training_args, _ = parsed(
+        "pretrain", "--output_dir", str(tmp_path), "--lr_scheduler_type", "reduce_lr_on_plateau"
+    )
+    assert training_args.early_stopping_patience == 3 and training_args.lr_scheduler_kwargs == {"mode": "max"}
+    _, _, training_args, _ = parsed(
+        "pretrain",
+        "--output_dir",
+        str(tmp_path),
+        "--lr_scheduler_type",
+        "reduce_lr_on_plateau",
+        "--lr_scheduler_kwargs",
+        '{"factor": 0.5}',
+    )
+    assert training_args.lr_scheduler_kwargs == {"mode": "max", "factor": 0.5}

@@ -210,6 +210,9 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             raise ValueError("recall_ks and ndcg_ks must be positive.")
         if self.eval_max_tokens is not None and self.eval_max_tokens <= 0:
             raise ValueError(f"eval_max_tokens must be positive, got {self.eval_max_tokens}.")
+        if self.lr_scheduler_type == "reduce_lr_on_plateau":  # it steps on metric_for_best_model, by default a score
+            mode = "max" if self.greater_is_better else "min"
+            self.lr_scheduler_kwargs = {"mode": mode, **(self.lr_scheduler_kwargs or {})}
         if self.early_stopping_patience is not None:
             self._check_early_stopping()
 

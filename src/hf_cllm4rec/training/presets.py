@@ -186,8 +186,8 @@ def apply_recipe(parser: argparse.ArgumentParser, args: Sequence[str], stage: st
     parser.add_argument(
         "--recipe",
         default=DEFAULT_RECIPE,
-        help=f"Defaults of the options: one of {', '.join(RECIPES)} (default: {DEFAULT_RECIPE}); options given "
-        "explicitly win.",
+        help=f"The defaults of the options (default: {DEFAULT_RECIPE}); options given explicitly win. "
+        + " ".join(f"{name}: {recipe.description}" for name, recipe in RECIPES.items()),
     )
     recipe_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     recipe_parser.add_argument("--recipe", default=DEFAULT_RECIPE)
