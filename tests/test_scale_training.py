@@ -42,7 +42,7 @@ def base_tokenizer(data):
 
 
 def sparse_rows_gradient(rows: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    return torch.sparse_coo_tensor(rows[None], values, shape)
+    return torch.sparse_coo_tensor(rows[None], values, shape, check_invariants=True)
 
 
 def test_every_row_touched_is_adamw():
