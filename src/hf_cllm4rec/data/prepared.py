@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 from datasets import Dataset, DatasetDict, DatasetInfo, Features, Value, load_from_disk
+from datasets.fingerprint import generate_random_fingerprint
 
 from ..writing import foreign_entries, listed, replaced_folder
 
@@ -329,7 +330,9 @@ def _manifest_problem(path: Path) -> str | None:
 
 def _dataset(table: pa.Table, features: Features) -> Dataset:
     """A `Dataset` over an Arrow table, its columns cast to `features`."""
-    return Dataset(table.select(list(features)).cast(features.arrow_schema), info=DatasetInfo(features=features))
+    table = table.select(list(features)).cast(features.arrow_schema)
+    # A fingerprint of its own: `datasets` would otherwise hash the whole table to make one.
+    return Dataset(table, info=DatasetInfo(features=features), fingerprint=generate_random_fingerprint())
 
 
 def _lookup(indices: dict[str, int], raw_id: str, kind: str, name: str) -> int:

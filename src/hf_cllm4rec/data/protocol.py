@@ -91,16 +91,20 @@ def apply_protocol(
     user_ids = _numbering(user_order, len(user_raw_ids))[users[rows]]
     by_user = np.argsort(user_ids, kind="stable")
     rows, user_ids = rows[by_user], user_ids[by_user]
+    del by_user
     # Items: numbered by first appearance along that walk.
     item_codes, first_rows = np.unique(items[rows], return_index=True)
     item_order = item_codes[np.argsort(first_rows, kind="stable")]
+    del item_codes, first_rows
     item_ids = _numbering(item_order, len(item_raw_ids))[items[rows]]
 
+    # Per user, the items in a random order: the first ones held out.
     shuffled = np.lexsort((rng.random_sample(len(rows)), user_ids))
     rows, user_ids, item_ids = rows[shuffled], user_ids[shuffled], item_ids[shuffled]
-    count = np.bincount(user_ids)
-    position = np.arange(len(rows)) - (np.cumsum(count) - count)[user_ids]
-    count = count[user_ids]
+    del shuffled
+    counts = np.bincount(user_ids)
+    position = np.arange(len(rows), dtype=rows.dtype) - (np.cumsum(counts) - counts)[user_ids]
+    count = counts[user_ids]
     num_validation = _holdout_sizes(count, validation_fraction)
     num_test = _holdout_sizes(count, test_fraction)
     without_training = count - num_validation - num_test < 1
@@ -110,19 +114,19 @@ def apply_protocol(
             f"{int(count[without_training].min())} interactions no training item; raise k_core (now {k_core})"
         )
     split_index = np.where(position < num_validation, 1, np.where(position < num_validation + num_test, 2, 0))
+    split_index = split_index.astype(np.int8)
+    del position, count, num_validation, num_test, without_training
 
     values = {"rating": ratings, "timestamp": _timestamps(interactions)}
     values = {name: column for name, column in values.items() if column is not None}
     splits = {}
     for index, split in enumerate(SPLITS):
-        chosen = np.flatnonzero(split_index == index)
-        chosen = chosen[np.lexsort((item_ids[chosen], user_ids[chosen]))]
+        chosen = _by_user_and_item(np.flatnonzero(split_index == index), user_ids, item_ids, len(item_order))
         columns = {"user_id": user_ids[chosen], "item_id": item_ids[chosen]}
         splits[split] = pa.table(columns | {name: column[rows[chosen]] for name, column in values.items()})
     reviews = None
     if "text" in interactions:
-        train = np.flatnonzero(split_index == 0)
-        train = train[np.lexsort((item_ids[train], user_ids[train]))]
+        train = _by_user_and_item(np.flatnonzero(split_index == 0), user_ids, item_ids, len(item_order))
         text = _strings(interactions["text"].fillna("")).take(rows[train])
         written = pc.not_equal(pc.utf8_trim_whitespace(text), "")
         reviews = pa.table({"user_id": user_ids[train], "item_id": item_ids[train], "text": text}).filter(written)
@@ -151,21 +155,43 @@ def _codes(ids: pd.Series) -> tuple[np.ndarray, pa.Array]:
     Dictionary-encodes ids: int32 codes (int64 past 2**31 distinct ids) into the distinct ids as strings, whose
     order is that of the ids (string ids by code point, integer ids by value), so that a code's rank is its id's.
     """
-    codes, distinct = pd.factorize(ids, sort=True)
-    distinct = pa.array(distinct)
-    if not pa.types.is_string(distinct.type):
-        distinct = distinct.cast(pa.string())
+    if pd.api.types.is_string_dtype(ids.dtype) and not pd.api.types.is_object_dtype(ids.dtype):
+        encoded = pc.dictionary_encode(pa.array(ids))
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.unify_dictionaries()
+            distinct = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], pa.string())
+            indices = np.concatenate([chunk.indices.to_numpy() for chunk in encoded.chunks] or [[]])
+        else:
+            distinct, indices = encoded.dictionary, encoded.indices.to_numpy()
+        order = pc.sort_indices(distinct).to_numpy()
+        codes, distinct = _numbering(order, len(order))[indices], distinct.take(order)
+    else:
+        codes, distinct = pd.factorize(ids, sort=True)
+        distinct = pa.array(distinct)
+    distinct = distinct.cast(pa.string())
     return codes.astype(np.int32 if len(distinct) < 2**31 else np.int64), distinct
 
 
 def _latest_rows(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
     """The rows (in file order) left when each user-item pair keeps its latest row: by timestamp, then file order."""
-    order = np.arange(len(users)) if timestamps is None else np.argsort(timestamps, kind="stable")
-    pairs = users[order].astype(np.int64) * (int(items.max(initial=0)) + 1) + items[order]
-    by_pair = np.argsort(pairs, kind="stable")
+    pairs = users.astype(np.int64) * (int(items.max(initial=0)) + 1) + items
+    by_pair = np.argsort(pairs)
     pairs = pairs[by_pair]
-    last = np.append(pairs[1:] != pairs[:-1], True)
-    return np.sort(order[by_pair[last]])
+    repeated = np.zeros(len(pairs), dtype=bool)
+    repeated[1:] = pairs[1:] == pairs[:-1]
+    repeated[:-1] |= repeated[1:]
+    keep = np.ones(len(pairs), dtype=bool)
+    if repeated.any():  # only the rows of repeated pairs are sorted further
+        rows, pairs = by_pair[repeated], pairs[repeated]
+        latest = np.lexsort((rows, np.zeros(len(rows)) if timestamps is None else timestamps[rows], pairs))
+        rows, pairs = rows[latest], pairs[latest]
+        keep[rows[np.append(pairs[1:] == pairs[:-1], False)]] = False
+    return np.flatnonzero(keep)
+
+
+def _by_user_and_item(rows: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray, num_items: int) -> np.ndarray:
+    """`rows` ordered by user and item (each user-item pair is in one row at most)."""
+    return rows[np.argsort(user_ids[rows].astype(np.int64) * num_items + item_ids[rows])]
 
 
 def _k_core_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
@@ -183,7 +209,7 @@ def _k_core_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
 
 def _numbering(order: np.ndarray, num_codes: int) -> np.ndarray:
     """Maps each code in `order` to its position there."""
-    numbers = np.full(num_codes, -1, dtype=np.int64)
+    numbers = np.full(num_codes, -1, dtype=np.int32 if num_codes < 2**31 else np.int64)
     numbers[order] = np.arange(len(order))
     return numbers
 
@@ -269,4 +295,4 @@ def _holdout_sizes(num_interactions: np.ndarray, fraction: float) -> np.ndarray:
     """Held-out items per user: `max(1, int(fraction * n))`, or none when `fraction` is 0."""
     if fraction == 0:
         return np.zeros_like(num_interactions)
-    return np.maximum(1, (fraction * num_interactions).astype(np.int64))
+    return np.maximum(1, (fraction * num_interactions).astype(num_interactions.dtype))

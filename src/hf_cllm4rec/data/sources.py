@@ -43,6 +43,8 @@ MOVIELENS_GENRES = (
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 AUTHORS_SPLIT_FILES = {"train": "train_matrix.npz", "validation": "val_matrix.npz", "test": "test_matrix.npz"}
+# Text columns: pandas strings stored by Arrow, missing values as NaN.
+TEXT = pd.StringDtype("pyarrow", na_value=np.nan)
 # How a corrupt or truncated gzip stream fails, besides `gzip.BadGzipFile` (an `OSError`).
 GZIP_ERRORS = (gzip.BadGzipFile, zlib.error, EOFError)
 # How a malformed .npz fails: NumPy's checks, zip and zlib errors, and zipfile's NotImplementedError (an unknown
@@ -393,11 +395,11 @@ def _id_texts(values: pd.Series) -> pd.Series:
     dtype = values.dtype
     if pd.api.types.is_bool_dtype(dtype):
         return pd.Series(pd.NA, index=values.index, dtype="str")
-    if pd.api.types.is_integer_dtype(dtype):
-        return values.astype("str")
-    if pd.api.types.is_float_dtype(dtype):
-        whole = (values % 1 == 0) & (values.abs() < 2**53)
-        return values.where(whole).astype("Int64").astype("str")
+    if pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_float_dtype(dtype):
+        if pd.api.types.is_float_dtype(dtype):
+            values = values.where((values % 1 == 0) & (values.abs() < 2**53))
+        digits = pa.array(values.to_numpy(), from_pandas=True).cast(pa.int64()).cast(pa.large_string())
+        return pd.Series(digits, index=values.index, dtype=TEXT)
     if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
         return values.str.strip()
     return values.map(_id_text).astype("str")
