@@ -22,6 +22,7 @@ from hf_cllm4rec import (
     CLLM4RecTokenizer,
     IdMappings,
 )
+from hf_cllm4rec.serving import id_mappings
 
 NUM_USERS, NUM_ITEMS = 5, 7
 ITEM_TABLE = "model.item_collaborative_embeddings.weight"
@@ -263,7 +264,8 @@ def test_a_bad_override_is_refused(checkpoint, field, value):
         CLLM4RecForItemPrediction.from_pretrained(checkpoint, **{field: value})
 
 
-# 7. id_mappings.json: unique string ids, one history per user, item ids in range, valid JSON.
+# 7. id mappings (id_mappings.json of earlier versions here): unique string ids, one history per user, item ids in
+# range, valid JSON.
 
 
 def write_mappings(folder: Path, **overrides) -> Path:
@@ -353,16 +355,20 @@ def test_a_failed_save_leaves_the_earlier_id_mappings_whole(tmp_path, monkeypatc
     write_mappings(tmp_path)
     before = (tmp_path / "id_mappings.json").read_bytes()
 
-    def write_half_then_fail(value, file, **kwargs):
-        file.write(json.dumps(value)[:10])
+    def write_half_then_fail(tensors, path, **kwargs):
+        Path(path).write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(json, "dump", write_half_then_fail)
+    monkeypatch.setattr(id_mappings, "save_file", write_half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         IdMappings(["a", "b", "c"], ["x", "y"], ["", ""], [[1], [0], [0, 1]]).save(tmp_path)
     monkeypatch.undo()
     assert (tmp_path / "id_mappings.json").read_bytes() == before
     assert [path.name for path in tmp_path.iterdir()] == ["id_mappings.json"]
+    # a whole save replaces the file of earlier versions
+    IdMappings(["a", "b", "c"], ["x", "y"], ["", ""], [[1], [0], [0, 1]]).save(tmp_path)
+    assert [path.name for path in tmp_path.iterdir()] == ["id_mappings.safetensors"]
+    assert IdMappings.load(tmp_path).history(2) == [0, 1]
 
 
 # 8. Ids out of range given to the tokenizer or the model.

@@ -140,8 +140,10 @@ def test_recommend_all_users_in_batches_by_prompt_length(checkpoint, capsys, tmp
     root, model, tokenizer, data = checkpoint
     folder = tmp_path / "checkpoint"
     shutil.copytree(root / "checkpoint", folder)
-    mappings = IdMappings.load(folder)
-    mappings.histories[5] = []  # a user without training items gets no list
+    loaded = IdMappings.load(folder)
+    histories = list(loaded.histories)
+    histories[5] = []  # a user without training items gets no list
+    mappings = IdMappings(loaded.users, loaded.items, loaded.item_texts, histories)
     mappings.save(folder)
     users = [user for user, history in enumerate(mappings.histories) if history]
     expected = Recommender(model, tokenizer).recommend(users, [mappings.histories[user] for user in users], k=3)
@@ -159,8 +161,7 @@ def test_recommend_all_users_in_batches_by_prompt_length(checkpoint, capsys, tmp
     }
     assert sorted(path.name for path in tmp_path.iterdir()) == ["all.csv", "checkpoint"]
 
-    mappings.histories = []
-    mappings.save(folder)
+    IdMappings(loaded.users, loaded.items, loaded.item_texts).save(folder)
     assert_usage_error(
         capsys, "recommend", "--model", str(folder), "--all-users", message="holds no training histories"
     )

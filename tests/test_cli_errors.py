@@ -4,13 +4,16 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file as save_numpy_file
 from safetensors.torch import load_file, save_file
 from test_prepare_cli import assert_usage_error
 from tiny_checkpoints import save_tiny_checkpoint
 
-from hf_cllm4rec import Recommender, cli
+from hf_cllm4rec import IdMappings, Recommender, cli
 from hf_cllm4rec.data import RecommendationData
+from hf_cllm4rec.serving import id_mappings
 from hf_cllm4rec.training import CLLM4RecTrainer, recipes
 
 ITEM_TABLE = "model.item_collaborative_embeddings.weight"
@@ -109,6 +112,21 @@ def edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(stored))
 
 
+def edit_mappings(folder: Path, edit) -> None:
+    """Edits a checkpoint's id mappings as lists (`users`, `items`, `item_texts`, `histories`), saved unchecked."""
+    mappings = IdMappings.load(folder)
+    stored = {name: list(getattr(mappings, name)) for name in (*id_mappings.STRING_COLUMNS, "histories")}
+    edit(stored)
+    tensors = {}
+    for name in id_mappings.STRING_COLUMNS:
+        tensors[f"{name}_bytes"], tensors[f"{name}_offsets"] = id_mappings.encoded_strings(stored[name])
+    lengths = [len(history) for history in stored["histories"]]
+    tensors["history_indptr"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tensors["history_indices"] = np.array([item for history in stored["histories"] for item in history], np.int64)
+    metadata = {"format": id_mappings.FORMAT, "format_version": id_mappings.FORMAT_VERSION}
+    save_numpy_file(tensors, folder / id_mappings.ID_MAPPINGS_NAME, metadata=metadata)
+
+
 def edit_weights(folder: Path, edit) -> None:
     weights = load_file(folder / "model.safetensors")
     edit(weights)
@@ -160,26 +178,31 @@ DAMAGED_CHECKPOINTS = {
 }
 ID_MAPPINGS_DAMAGE = {
     "id mappings shorter than the catalogue": (
-        lambda folder: edit_json(
-            folder / "id_mappings.json",
+        lambda folder: edit_mappings(
+            folder,
             lambda mappings: mappings.update(users=mappings["users"][:-2], histories=mappings["histories"][:-2]),
         ),
         "The id mappings hold 22 users and 30 items, but the model has 24 users and 30 items",
     ),
     "id mappings with fewer items than the histories name": (
-        lambda folder: edit_json(
-            folder / "id_mappings.json",
+        lambda folder: edit_mappings(
+            folder,
             lambda mappings: mappings.update(items=mappings["items"][:5], item_texts=mappings["item_texts"][:5]),
         ),
-        "id_mappings.json is not valid id mappings: The history of user",
+        "id_mappings.safetensors is not valid id mappings: The history of user",
     ),
     "duplicate raw ids in the id mappings": (
-        lambda folder: edit_json(
-            folder / "id_mappings.json", lambda mappings: mappings["users"].__setitem__(1, mappings["users"][0])
-        ),
+        lambda folder: edit_mappings(folder, lambda mappings: mappings["users"].__setitem__(1, mappings["users"][0])),
         "appears twice (users 0 and 1): raw ids must be unique",
     ),
-    "no id mappings": (lambda folder: (folder / "id_mappings.json").unlink(), "has no id_mappings.json"),
+    "id mappings that are not a safetensors file": (
+        lambda folder: (folder / "id_mappings.safetensors").write_bytes(b"{not safetensors"),
+        "id_mappings.safetensors is not valid id mappings: not a safetensors file",
+    ),
+    "no id mappings": (
+        lambda folder: (folder / "id_mappings.safetensors").unlink(),
+        "has no id_mappings.safetensors",
+    ),
 }
 
 

@@ -143,6 +143,7 @@ from pathlib import Path
 from datasets import DatasetDict
 from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer, IdMappings, save_for_hub
 from hf_cllm4rec.cli import main
+from hf_cllm4rec.serving import id_mappings
 
 ready, kind, target, root = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
 
@@ -161,7 +162,12 @@ def slow_dump(value, file, **kwargs):
     file.flush()
     wait_for_sigterm()
 
+def slow_save_file(tensors, path, metadata=None):
+    Path(path).write_bytes(b"half")
+    wait_for_sigterm()
+
 DatasetDict.save_to_disk, json.dump = slow_save_to_disk, slow_dump
+id_mappings.save_file = slow_save_file
 model, data = str(root / "checkpoint"), str(root / "data")
 if kind == "id mappings":
     IdMappings.load(model).save(target.parent)
@@ -186,7 +192,7 @@ def test_sigterm_during_a_write_leaves_no_staging_path(checkpoint, tmp_path, kin
     root, model, _ = checkpoint
     folder = tmp_path / "out"
     folder.mkdir()
-    names = {"id mappings": "id_mappings.json", "export-embeddings": "embeddings", "save_for_hub": "model"}
+    names = {"id mappings": "id_mappings.safetensors", "export-embeddings": "embeddings", "save_for_hub": "model"}
     target = folder / names.get(kind, "out.json")
     if earlier and kind == "export-embeddings":
         export_embeddings(model, target, IdMappings.load(root / "checkpoint"))

@@ -31,7 +31,7 @@ HUB_FILES = {
     "tokenization_cllm4rec.py",
     "tokenizer.json",
     "tokenizer_config.json",
-    "id_mappings.json",
+    "id_mappings.safetensors",
 }
 
 

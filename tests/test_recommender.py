@@ -241,8 +241,9 @@ def test_bad_requests_are_refused_naming_the_problem(served, request_, error, me
 
 def test_users_without_training_items_and_mappings_without_histories(served):
     recommender, data = served
-    mappings = IdMappings.from_data(data)
-    mappings.histories[3] = []
+    histories = list(IdMappings.from_data(data).histories)
+    histories[3] = []
+    mappings = IdMappings(data.user_raw_ids, data.item_raw_ids, data.item_texts(), histories)
     without_items = Recommender(recommender.model, recommender.tokenizer, mappings)
     with pytest.raises(ValueError, match=f"User '{data.user_raw_ids[3]}' has no training items"):
         without_items.resolve(data.user_raw_ids[3])

@@ -1,18 +1,25 @@
 """Serving and fine-tuning at catalogue scale: items scored in chunks, id mappings stored as columns."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from tiny_checkpoints import tiny_data
 from tiny_models import tiny_model, tiny_word_tokenizer
 
 from hf_cllm4rec import (
     CLLM4RecForCollaborativeLM,
     CLLM4RecForItemPrediction,
     CLLM4RecTokenizer,
+    IdMappings,
     Recommender,
     modeling_cllm4rec,
 )
 from hf_cllm4rec.modeling_cllm4rec import chunked_top_k_items, top_k_items
+from hf_cllm4rec.serving.id_mappings import ID_MAPPINGS_NAME
 
 NUM_ITEMS = 40
 
@@ -156,3 +163,82 @@ def test_the_chunked_loss_and_its_gradients_equal_the_full_ones(tie_item_head, m
         torch.testing.assert_close(
             chunk_gradients[name], gradient, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
         )
+
+
+# Id mappings in columns
+
+
+def test_id_mappings_are_saved_in_columns_and_load_back(tmp_path):
+    data = tiny_data()
+    mappings = IdMappings.from_data(data)
+    assert list(mappings.histories) == [history.tolist() for history in data.histories("train")]
+    assert mappings.users == data.user_raw_ids and mappings.item_texts == data.item_texts()
+    path = mappings.save(tmp_path)
+    assert path.name == ID_MAPPINGS_NAME and [entry.name for entry in tmp_path.iterdir()] == [ID_MAPPINGS_NAME]
+    with safe_open(path, framework="np") as file:
+        assert file.metadata()["format"] == "cllm4rec-id-mappings"
+        assert set(file.keys()) == {
+            *(f"{name}_{part}" for name in ("users", "items", "item_texts") for part in ("bytes", "offsets")),
+            "history_indptr",
+            "history_indices",
+        }
+        assert file.get_tensor("history_indptr").dtype == np.int64 and len(file.get_tensor("users_offsets")) == 25
+    loaded = IdMappings.load(tmp_path)
+    assert loaded == mappings and loaded.history(3) == mappings.history(3)
+    assert loaded.user_index(data.user_raw_ids[7]) == 7
+    assert loaded.item_indices([data.item_raw_ids[4], "nope", data.item_raw_ids[4]]) == ([4], ["nope"])
+    without = IdMappings.from_data(data, include_histories=False)
+    without.save(tmp_path)
+    assert IdMappings.load(tmp_path) == without and not IdMappings.load(tmp_path).histories
+
+
+def test_id_mappings_of_earlier_versions_load_and_are_replaced_by_a_save(tmp_path):
+    stored = {"users": ["u1", "ü2"], "items": ["i1", "i2", "i3"], "item_texts": ["rouge à lèvres", "", "x"]}
+    (tmp_path / "id_mappings.json").write_text(json.dumps({**stored, "histories": [[2, 0], []]}))
+    legacy = IdMappings.load(tmp_path)
+    assert legacy == IdMappings.from_columns(*stored.values(), np.array([0, 2, 2]), np.array([2, 0]))
+    assert legacy.history(0) == [2, 0] and legacy.users_with_histories().tolist() == [0]
+    legacy.save(tmp_path)
+    assert [entry.name for entry in tmp_path.iterdir()] == [ID_MAPPINGS_NAME]
+    assert IdMappings.load(tmp_path) == legacy
+
+
+@pytest.mark.parametrize(
+    "indptr, indices, message",
+    [
+        ([0, 1], [0], "3 users but 1 histories"),
+        ([0, 2, 1, 3], [0, 1, 2], "must rise from 0 to the 3 history entries"),
+        ([0, 1, 2, 4], [0, 1, 2], "must rise from 0 to the 3 history entries"),
+        ([0, 1, 2, 3], [0, 1, 3], "history of user 'c' holds item id 3, outside \\[0, 3\\)"),
+        ([0, 1, 2, 3], [0, -1, 2], "history of user 'b' holds item id -1"),
+        ([0, 1, 2, 3], [0.0, 1.0, 2.0], "`history_indices` must be a 1-D array of integers"),
+        ([0, 1, 2, 3], None, "need both `history_indptr` and `history_indices`"),
+    ],
+)
+def test_histories_as_csr_are_checked(indptr, indices, message):
+    with pytest.raises(ValueError, match=message):
+        IdMappings.from_columns(
+            ["a", "b", "c"],
+            ["x", "y", "z"],
+            ["", "", ""],
+            np.array(indptr),
+            None if indices is None else np.array(indices),
+        )
+
+
+def test_damaged_columns_are_named(tmp_path):
+    IdMappings(["a", "b"], ["x"], ["t"]).save(tmp_path)
+    path = tmp_path / ID_MAPPINGS_NAME
+    with safe_open(path, framework="np") as file:
+        tensors, metadata = {key: file.get_tensor(key) for key in file.keys()}, file.metadata()
+    tensors["users_bytes"] = np.array([0xFF, 0xFE], dtype=np.uint8)  # not UTF-8
+    save_file(tensors, path, metadata=metadata)
+    with pytest.raises(ValueError, match=f"{ID_MAPPINGS_NAME} is not valid id mappings: `users` is damaged"):
+        IdMappings.load(tmp_path)
+    del tensors["items_offsets"]
+    save_file(tensors, path, metadata=metadata)
+    with pytest.raises(ValueError, match="lacks the tensors items_offsets"):
+        IdMappings.load(tmp_path)
+    save_file(tensors, path)
+    with pytest.raises(ValueError, match="does not name the format"):
+        IdMappings.load(tmp_path)

@@ -907,7 +907,7 @@ def test_the_hub_gets_no_pickle_of_the_run(tmp_path, data, base_tokenizer, monke
     trainer.save_model()
     assert (tmp_path / "training_args.bin").is_file() and (tmp_path / "checkpoint-7" / "training_args.bin").is_file()
     trainer.push_to_hub()
-    assert "model.safetensors" in uploaded and "id_mappings.json" in uploaded
+    assert "model.safetensors" in uploaded and "id_mappings.safetensors" in uploaded
     pickles = [name for name in uploaded if name.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
     assert not pickles, f"uploaded pickles: {pickles}"
     package = Path(hub_checkpoint.__file__).parents[1]

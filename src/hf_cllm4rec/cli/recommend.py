@@ -18,7 +18,7 @@ def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
         "recommend",
         help="Top-k items for known users (raw ids) or new users (histories of raw item ids).",
         description="Top-k items, with their text and score, for users of the training data (by their raw ids, "
-        "prompted with the training history the checkpoint ships in id_mappings.json) or for new users given by a "
+        "prompted with the training history the checkpoint ships in its id mappings) or for new users given by a "
         "history of raw item ids (the cold-start prompt). Items of a history the model does not know are reported "
         "on stderr and left out.",
     )
@@ -95,8 +95,8 @@ def recommend(args: argparse.Namespace) -> int:
 def _users_with_histories(mappings) -> list[str]:
     """The raw ids of every user with training items (`--all-users`); the others are counted on stderr."""
     if not mappings.histories:
-        raise UsageError("the checkpoint's id_mappings.json holds no training histories: give them with --histories")
-    users = [raw_id for raw_id, history in zip(mappings.users, mappings.histories, strict=True) if history]
+        raise UsageError("the checkpoint's id mappings file holds no training histories: give them with --histories")
+    users = [mappings.users[user] for user in mappings.users_with_histories().tolist()]
     if len(users) < len(mappings.users):
         print(
             f"cllm4rec: warning: {len(mappings.users) - len(users)} users without training items left out",

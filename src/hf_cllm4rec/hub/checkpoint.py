@@ -7,7 +7,7 @@ A checkpoint folder (or Hub repository) written by [`save_for_hub`] holds:
   (`configuration_cllm4rec.py`, `modeling_cllm4rec.py`, `tokenization_cllm4rec.py`), so that it loads with
   `trust_remote_code=True` where the package is not installed;
 - the backbone tokenizer's files, which [`CLLM4RecTokenizer`] wraps;
-- `id_mappings.json` ([`IdMappings`]): the data set's own user and item ids, item texts and the users' training
+- `id_mappings.safetensors` ([`IdMappings`]): the data set's own user and item ids, item texts and the users' training
   histories, so that users and items can be named as the data set names them;
 - `README.md`: the model card, generated from what was measured ([`hf_cllm4rec.hub.modelcard`]).
 
@@ -81,7 +81,7 @@ def save_for_hub(
 ) -> Path:
     """
     Writes into `folder` exactly what [`push_to_hub`] uploads: the model with its code files and `auto_map`, the
-    tokenizer, `id_mappings.json` and the model card `README.md`.
+    tokenizer, `id_mappings.safetensors` and the model card `README.md`.
 
     Args:
         model: a CLLM4Rec model ([`CLLM4RecForItemPrediction`] after fine-tuning).

@@ -24,7 +24,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_cllm4rec import CLLM4RecConfig
-from ..serving.id_mappings import ID_MAPPINGS_NAME, IdMappings
+from ..serving.id_mappings import ID_MAPPINGS_NAME, LEGACY_ID_MAPPINGS_NAME, IdMappings
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 TEST_RESULTS_NAME = "test_results.json"
@@ -184,7 +184,7 @@ def write_model_card(
     """
     Writes the model card of a checkpoint folder to `card_path` (default: the folder's `README.md`): the config is
     read from the folder, and so are the test metrics (`test_results.json`), the training arguments
-    (`training_args.json`) and the id mappings (`id_mappings.json`) when not given; `card_kwargs` go to
+    (`training_args.json`) and the id mappings (`id_mappings.safetensors`) when not given; `card_kwargs` go to
     [`model_card`]. Returns the card's path.
     """
     folder = Path(folder)
@@ -193,7 +193,7 @@ def write_model_card(
         metrics = json.loads((folder / TEST_RESULTS_NAME).read_text())
     if training_args is None and (folder / TRAINING_ARGS_NAME).is_file():
         training_args = json.loads((folder / TRAINING_ARGS_NAME).read_text())
-    if mappings is None and (folder / ID_MAPPINGS_NAME).is_file():
+    if mappings is None and any((folder / name).is_file() for name in (ID_MAPPINGS_NAME, LEGACY_ID_MAPPINGS_NAME)):
         mappings = IdMappings.load(folder)
     card = model_card(
         config,

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 
@@ -67,7 +68,7 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings, ov
     The folder appears whole or not at all (see [`hf_cllm4rec.writing`]); it must be new or empty, or with
     `overwrite=True` an export to replace (see [`check_exportable`]). Returns the folder.
     """
-    from datasets import Dataset, DatasetDict, Features, List, Value
+    from datasets import Dataset, DatasetDict
 
     config = model.config
     mappings.check_fits(config)
@@ -79,23 +80,32 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings, ov
         "user_raw_ids": json.dumps(mappings.users),
         "item_raw_ids": json.dumps(mappings.items),
     }
-    vector = List(Value("float32"), length=config.hidden_size)
-    item_vectors = (*SIDES, "head")
-    columns = {"id": Value("int64"), "raw_id": Value("string")}
-    users = Dataset.from_dict(
-        {"id": np.arange(config.num_users), "raw_id": mappings.users}
-        | {side: tables[f"user_{side}"].numpy() for side in SIDES},
-        features=Features(columns | {side: vector for side in SIDES}),
+    # Arrow columns built from the arrays themselves: no Python object per row or per number
+    users = Dataset(
+        pa.table(
+            {"id": np.arange(config.num_users), "raw_id": pa.array(mappings.users, pa.string())}
+            | {side: vectors(tables[f"user_{side}"]) for side in SIDES}
+        )
     )
-    items = Dataset.from_dict(
-        {"id": np.arange(config.num_items), "raw_id": mappings.items, "text": mappings.item_texts}
-        | {name: tables[f"item_{name}"].numpy() for name in item_vectors},
-        features=Features(columns | {"text": Value("string")} | {name: vector for name in item_vectors}),
+    items = Dataset(
+        pa.table(
+            {
+                "id": np.arange(config.num_items),
+                "raw_id": pa.array(mappings.items, pa.string()),
+                "text": pa.array(mappings.item_texts, pa.string()),
+            }
+            | {name: vectors(tables[f"item_{name}"]) for name in (*SIDES, "head")}
+        )
     )
     with replaced_folder(folder, check=lambda: check_exportable(folder, overwrite)) as staging:
         save_file(tables, staging / EMBEDDINGS_NAME, metadata=metadata)
         DatasetDict({"users": users, "items": items}).save_to_disk(str(staging / TABLES_NAME))
     return Path(folder)
+
+
+def vectors(matrix: torch.Tensor):
+    """The rows of a float32 matrix as an Arrow column of fixed-size lists (`List(Value("float32"), length=...)`)."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.numpy().reshape(-1)), matrix.shape[1])
 
 
 def check_exportable(folder: str | os.PathLike, overwrite: bool) -> None:
