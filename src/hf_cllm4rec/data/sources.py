@@ -43,6 +43,9 @@ MOVIELENS_GENRES = (
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 AUTHORS_SPLIT_FILES = {"train": "train_matrix.npz", "validation": "val_matrix.npz", "test": "test_matrix.npz"}
+# Peak memory of preparing one interaction beyond its text (codes, sort orders, masks, the split tables), measured
+# at 10M interactions, with headroom.
+PREPARATION_BYTES_PER_ROW = 140
 # Text columns: pandas strings stored by Arrow, missing values as NaN.
 TEXT = pd.StringDtype("pyarrow", na_value=np.nan)
 # How a corrupt or truncated gzip stream fails, besides `gzip.BadGzipFile` (an `OSError`).
@@ -137,13 +140,19 @@ def read_interaction_table(
     text_column: str | None = None,
     item_text_path: str | os.PathLike | None = None,
     item_text_column: str = "text",
+    memory_budget: int | None = None,
 ) -> RawInteractions:
     """
     Reads interactions from a table: CSV, TSV, Parquet or JSON lines (`.csv`, `.tsv`, `.parquet`, `.json`, `.jsonl`;
     text formats may be gzipped) with the given column names. Timestamps may be Unix seconds or dates.
     `item_text_path` is an optional table of item text, with columns `item_column` and `item_text_column`.
+
+    A table too large to prepare in `memory_budget` bytes (default: the memory available now) is refused before it
+    is read, with an estimate of what it needs: from the row count and column sizes in a Parquet file's metadata,
+    from the file size for the text formats.
     """
     path = _existing_file(path)
+    _check_memory(path, [column for column in (user_column, item_column, text_column) if column], memory_budget)
     columns = {
         "user": user_column,
         "item": item_column,
@@ -194,6 +203,63 @@ def read_authors_split(path: str | os.PathLike) -> RecommendationData:
         item_texts=_read_item_tags(_existing_file(path / "item_tags.json"), num_items),
         sources={name: file_sha256(path / name) for name in file_names},
     )
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new process now (`MemAvailable`), or the physical memory where unknown."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def preparation_memory(path: Path, text_columns: Sequence[str]) -> int:
+    """
+    Estimated peak bytes to read and prepare a table: `PREPARATION_BYTES_PER_ROW` per interaction plus twice the
+    text of `text_columns` (ids and reviews, held once read and once encoded). Parquet gives both in its metadata;
+    for a text format, a line counts as an interaction and every byte (decompressed, for gzip) as text.
+    """
+    if path.suffix.lower() == ".parquet":
+        try:
+            metadata = pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as error:
+            raise DataFormatError(f"{path} cannot be read: {error}") from None
+        text_bytes = sum(
+            chunk.total_uncompressed_size
+            for group in range(metadata.num_row_groups)
+            for chunk in (metadata.row_group(group).column(index) for index in range(metadata.num_columns))
+            if chunk.path_in_schema in text_columns
+        )
+        return metadata.num_rows * PREPARATION_BYTES_PER_ROW + 2 * text_bytes
+    text_bytes, lines = _text_size(path)
+    return 2 * text_bytes + lines * PREPARATION_BYTES_PER_ROW
+
+
+def _text_size(path: Path) -> tuple[int, int]:
+    """Bytes and lines of a text file (decompressed, for gzip), extrapolated from its first megabyte."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as raw:
+            sample = (gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw).read(1 << 20)
+            read = raw.tell()
+    except (OSError, *GZIP_ERRORS):  # the reader names the problem
+        return size, 0
+    text_bytes = len(sample) * size // max(read, 1)
+    return text_bytes, (sample.count(b"\n") + 1) * text_bytes // max(len(sample), 1)
+
+
+def _check_memory(path: Path, text_columns: Sequence[str], budget: int | None) -> None:
+    needed = preparation_memory(path, text_columns)
+    budget = available_memory() if budget is None else budget
+    if needed > budget:
+        raise DataFormatError(
+            f"{path} is too large to prepare in memory: it needs about {needed / 2**30:.1f} GiB, "
+            f"{budget / 2**30:.1f} GiB are available; split the table or prepare it on a larger machine"
+        )
 
 
 def _existing_file(path: str | os.PathLike) -> Path:
