@@ -2,16 +2,18 @@
 Recommendation quality of CLLM4Rec next to popularity, EASE and Multi-VAE, on one prepared data set.
 
     python benchmarks/quality.py --data data/beauty --backbone PATH_TO_SMOLLM2 --name smollm2
-    python benchmarks/quality.py --data data/beauty --backbone gpt2 --paper --name gpt2-paper   # the paper's setup
-    python benchmarks/quality.py ... --paper --pretrain_rounds 20 --finetune_rounds 20       # ... on a shorter schedule
+    python benchmarks/quality.py --data data/beauty --recipe small-cpu --tokenizer GPT2_TOKENIZER --name small
+    python benchmarks/quality.py --data data/beauty --backbone gpt2 --recipe paper --name gpt2-paper  # the paper's setup
+    python benchmarks/quality.py ... --recipe paper --pretrain_rounds 20 --finetune_rounds 20   # ... a shorter schedule
     python benchmarks/quality.py --data builtin --backbone builtin-tiny-gpt2 --name smoke \\
         --warmup_epochs 0 --pretrain_rounds 1 --finetune_rounds 1 --baselines popularity           # seconds
 
 Runs the full pipeline (pretrain, fine-tune with the best round kept on validation, test) and the baselines on the
 same split with the same protocol (training items excluded from the ranking; Recall@20, Recall@40, NDCG@100 on
 test). Writes `benchmarks/results/quality-<name>.json` (metrics, configuration, wall time, device, versions, git
-commit) and a PNG of validation Recall@20 per fine-tuning round. `--paper` is the paper-faithful configuration;
-every other option is reported as what it is.
+commit) and a PNG of validation Recall@20 per fine-tuning round. `--recipe NAME` takes the defaults of a recipe of
+`cllm4rec pretrain` / `finetune` (`--recipe paper`, or `--paper`: the paper-faithful configuration); every other
+option is reported as what it is.
 """
 
 import argparse
@@ -30,6 +32,7 @@ from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, C
 from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
+from hf_cllm4rec.training.presets import BACKBONE_OPTIONS, RECIPES, get_recipe  # noqa: E402
 from hf_cllm4rec.training.recipes import (  # noqa: E402
     DataArguments,
     FineTuningModelArguments,
@@ -39,21 +42,46 @@ from hf_cllm4rec.training.recipes import (  # noqa: E402
     run_pretraining,
 )
 
-PAPER = {
-    "warmup_epochs": 10,
-    "pretrain_rounds": 100,
-    "finetune_rounds": 150,
-    "batch_size": 20,
-    "pretrain_learning_rate": 1e-3,
-    "finetune_learning_rate": 1e-4,
-    "lambda_v": 1.0,
-    "content_documents": "user_item",
-    "backbone_training": "frozen",
-    "lr_scheduler_type": "constant",
-    "warmup_steps": 0,
-    "history_permutations": 1,
-    "weight_average_decay": None,
+# The options of this script that a recipe's settings give: option -> (stage, setting of that stage's command).
+RECIPE_OPTIONS = {
+    "backbone": ("pretrain", "backbone"),
+    "random_init": ("pretrain", "random_init"),
+    "backbone_overrides": ("pretrain", "backbone_overrides"),
+    "backbone_dropout": ("pretrain", "backbone_dropout"),
+    "lambda_v": ("pretrain", "lambda_v"),
+    "id_embedding_dropout": ("pretrain", "id_embedding_dropout"),
+    "id_embedding_init": ("pretrain", "id_embedding_init"),
+    "untie_item_head": ("pretrain", "untie_item_head"),
+    "warmup_epochs": ("pretrain", "content_warmup_epochs"),
+    "batch_size": ("pretrain", "per_device_train_batch_size"),
+    "pretrain_learning_rate": ("pretrain", "learning_rate"),
+    "finetune_learning_rate": ("finetune", "learning_rate"),
+    "lr_scheduler_type": ("pretrain", "lr_scheduler_type"),
+    "weight_decay": ("pretrain", "weight_decay"),
+    "weight_average_decay": ("pretrain", "weight_average_decay"),
+    "content_documents": ("pretrain", "content_documents"),
+    "train_sampling_strategy": ("pretrain", "train_sampling_strategy"),
+    "pretrain_backbone_training": ("pretrain", "backbone_training"),
+    "backbone_training": ("finetune", "backbone_training"),
+    "bf16": ("pretrain", "bf16"),
+    "early_stopping_patience": ("pretrain", "early_stopping_patience"),
 }
+
+
+def recipe_options(name: str) -> dict:
+    """The defaults of this script's options that the recipe `name` of `cllm4rec pretrain` / `finetune` gives."""
+    recipe = get_recipe(name)
+    stages = {"pretrain": recipe.pretraining, "finetune": recipe.finetuning}
+    options = {
+        option: stages[stage][setting]
+        for option, (stage, setting) in RECIPE_OPTIONS.items()
+        if setting in stages[stage]
+    }
+    warmup = recipe.pretraining.get("content_warmup_epochs", 0)
+    options["pretrain_rounds"] = recipe.pretraining["num_train_epochs"] - warmup
+    options["finetune_rounds"] = recipe.finetuning["num_train_epochs"] if recipe.fine_tunes else 0
+    options["no_content_steps"] = not recipe.pretraining.get("content_steps", True)
+    return options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,11 +91,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--random_init", action="store_true")
     parser.add_argument("--backbone_overrides", default=None)
+    parser.add_argument("--backbone_dropout", type=float, default=None, help="Every dropout of the backbone config.")
     parser.add_argument("--name", required=True, help="Names the run's JSON, PNG and output folders.")
     parser.add_argument(
-        "--paper",
-        action="store_true",
-        help="The paper's schedule and hyperparameters as defaults; options given explicitly still win.",
+        "--recipe",
+        choices=list(RECIPES),
+        help="The defaults of a recipe of `cllm4rec pretrain` / `finetune` (training/presets.py); options given "
+        "explicitly still win. Default: this script's own defaults.",
+    )
+    parser.add_argument("--paper", action="store_true", help="The same as --recipe paper.")
+    parser.add_argument(
+        "--early_stopping_patience",
+        type=int,
+        default=None,
+        help="Stop a stage after this many rounds without a better validation selection score (default: never).",
     )
     parser.add_argument(
         "--warmup_epochs",
@@ -153,8 +190,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="runs/quality", help="Where the trained models go.")
     parser.add_argument("--results_dir", default="benchmarks/results", help="Where the JSON and PNG go.")
     args = parser.parse_args(argv)
-    if args.paper:
-        parser.set_defaults(**PAPER)
+    if args.paper and args.recipe not in (None, "paper"):
+        parser.error(f"--paper is --recipe paper: it cannot go with --recipe {args.recipe}.")
+    if args.paper or args.recipe:
+        name = args.recipe or "paper"
+        options = recipe_options(name)
+        if "--backbone" in [arg.split("=")[0] for arg in (sys.argv[1:] if argv is None else argv)]:
+            options = {option: value for option, value in options.items() if option not in BACKBONE_OPTIONS}
+        parser.set_defaults(**options, recipe=name)
         args = parser.parse_args(argv)
     if args.pretrain_backbone_training is None:
         args.pretrain_backbone_training = "frozen" if args.backbone_training == "lora" else args.backbone_training
@@ -197,6 +240,7 @@ def training_arguments(args, stage: str, output_dir: Path):
         weight_average_decay=args.weight_average_decay,
         weight_decay=args.weight_decay,
         seed=args.seed,
+        early_stopping_patience=args.early_stopping_patience,
         train_sampling_strategy=args.train_sampling_strategy,
         content_documents=args.content_documents,
         content_steps=not args.no_content_steps,
@@ -229,6 +273,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         tokenizer=args.tokenizer,
         random_init=args.random_init,
         backbone_overrides=args.backbone_overrides,
+        backbone_dropout=args.backbone_dropout,
         lambda_v=args.lambda_v,
         id_embedding_dropout=args.id_embedding_dropout,
         id_embedding_init=args.id_embedding_init,

@@ -209,17 +209,33 @@ def test_results_record_local_folders_by_name_and_not_where_outputs_went():
     assert recorded_location(None) is None
 
 
-def test_paper_flag_sets_the_paper_configuration_and_explicit_options_win():
-    from benchmarks.quality import PAPER, parse_args
+@pytest.mark.parametrize("flags", [["--paper"], ["--recipe", "paper"]])
+def test_paper_flag_sets_the_paper_configuration_and_explicit_options_win(flags):
+    from benchmarks.quality import parse_args, recipe_options
 
-    paper = vars(parse_args(["--name", "paper", "--paper"]))
-    assert {key: paper[key] for key in PAPER} == PAPER
-    shorter = vars(parse_args(["--name", "short", "--paper", "--pretrain_rounds", "3", "--finetune_rounds", "2"]))
+    expected = recipe_options("paper")
+    assert (expected["warmup_epochs"], expected["pretrain_rounds"], expected["finetune_rounds"]) == (10, 100, 150)
+    assert (expected["batch_size"], expected["finetune_learning_rate"]) == (20, 1e-4)
+    paper = vars(parse_args(["--name", "paper", *flags]))
+    assert {key: paper[key] for key in expected} == expected and paper["recipe"] == "paper"
+    shorter = vars(parse_args(["--name", "short", *flags, "--pretrain_rounds", "3", "--finetune_rounds", "2"]))
     assert (shorter["pretrain_rounds"], shorter["finetune_rounds"]) == (3, 2)
-    assert {key: shorter[key] for key in PAPER if "rounds" not in key} == {
-        key: value for key, value in PAPER.items() if "rounds" not in key
+    assert {key: shorter[key] for key in expected if "rounds" not in key} == {
+        key: value for key, value in expected.items() if "rounds" not in key
     }
-    assert vars(parse_args(["--name", "ours"]))["batch_size"] != PAPER["batch_size"]
+    assert vars(parse_args(["--name", "ours"]))["batch_size"] != expected["batch_size"]
+
+
+def test_a_recipe_of_the_training_commands_is_this_scripts_defaults():
+    from benchmarks.quality import parse_args, training_arguments
+
+    args = parse_args(["--name", "small", "--recipe", "small-cpu", "--tokenizer", "t"])
+    assert (args.random_init, args.backbone_dropout, args.no_content_steps) == (True, 0.4, True)
+    assert (args.finetune_rounds, args.early_stopping_patience, args.weight_average_decay) == (0, 3, 0.999)
+    training = training_arguments(args, "pretraining", Path("runs/x"))
+    assert (training.num_train_epochs, training.early_stopping_patience) == (100, 3)
+    own = parse_args(["--name", "own", "--recipe", "small-cpu", "--backbone", "builtin-tiny-gpt2"])
+    assert (own.random_init, own.backbone_overrides, own.backbone_dropout) == (False, None, 0.4)
 
 
 @pytest.mark.parametrize(
