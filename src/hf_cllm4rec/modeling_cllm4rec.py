@@ -727,11 +727,6 @@ def chunked_top_k_items(
     for start in range(0, num_items, chunk_size):
         stop = min(start + chunk_size, num_items)
         scores = item_scores(start, stop)
-        if scores.isnan().any():
-            raise ValueError(
-                "The model's weights hold NaN: its item scores are NaN, which rank nothing. Check the checkpoint, or "
-                "the training run that wrote it."
-            )
         if exclude_item_ids is not None:
             # one column past the chunk takes the ids outside it (and the padding), and is dropped
             local = exclude_item_ids.to(scores.device, torch.long) - start
@@ -739,6 +734,11 @@ def chunked_top_k_items(
             excluded = torch.zeros(batch_size, stop - start + 1, dtype=torch.bool, device=scores.device)
             scores = scores.masked_fill(excluded.scatter_(1, local, True)[:, :-1], -torch.inf)
         top_scores, top_item_ids = scores.topk(min(k, stop - start), dim=-1)
+        if top_scores.isnan().any():  # topk ranks NaN above every number: a NaN score of a rankable item is here
+            raise ValueError(
+                "The model's weights hold NaN: its item scores are NaN, which rank nothing. Check the checkpoint, or "
+                "the training run that wrote it."
+            )
         if best_scores is None:
             best_scores, best_item_ids = top_scores, top_item_ids + start
             continue
