@@ -78,7 +78,7 @@ def train(sizes: dict, tables_path: str, figures_path: str) -> None:
     if sharded:
         fully_shard(model)  # every parameter, gradient and optimizer state split along dim 0 over the processes
     trainable = [param for param in model.parameters() if param.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3, weight_decay=0.01)  # the recipes' pretraining rate
     share = sizes["global_batch"] // world_size
     own = slice(rank * share, (rank + 1) * share)
     times = []
