@@ -1065,7 +1065,8 @@ def test_losses_scored_in_chunks_equal_the_whole_batch(document_type, monkeypatc
         }
 
     whole_loss, whole_gradients = loss_and_gradients()
-    monkeypatch.setattr(modeling_cllm4rec, "LOSS_CHUNK_SIZE", 2)  # fewer than the batch's targets: several chunks
+    # a budget below one target's logits: one target per chunk
+    monkeypatch.setattr(modeling_cllm4rec, "LOSS_CHUNK_ELEMENTS", 2)
     calls = []
     monkeypatch.setattr(
         modeling_cllm4rec, "checkpoint", lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs)

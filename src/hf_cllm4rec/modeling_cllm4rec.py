@@ -18,8 +18,10 @@ from .configuration_cllm4rec import RETIRED_FIELDS, CLLM4RecConfig
 
 DOCUMENT_TYPES = ("collaborative", "content")
 
-# Main-text targets scored at once by the language-modelling losses; above it, logits are recomputed in backward.
-LOSS_CHUNK_SIZE = 4096
+# Logits (targets x head width) the language-modelling losses hold at once: the targets are scored in chunks of
+# `LOSS_CHUNK_ELEMENTS // width` rows (at least one), whose logits are recomputed in backward. 2**26 float32 logits
+# are 256 MiB: 1,280 targets over GPT-2's words, 64 over a million items.
+LOSS_CHUNK_ELEMENTS = 2**26
 
 # Items scored at once by the top k and the fine-tuning loss: a batch's scores are never held for more items than this.
 ITEM_CHUNK_SIZE = 65536
@@ -589,7 +591,8 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         if document_type == "collaborative":
             targets = targets - config.item_token_offset
         normalizer = targets.numel() if num_items_in_batch is None else num_items_in_batch
-        lm_loss = summed_cross_entropy(head, hidden_states[:, :-1][is_target], targets, LOSS_CHUNK_SIZE) / normalizer
+        chunk_size = max(1, LOSS_CHUNK_ELEMENTS // (high - low))  # targets per chunk of at most the logits budget
+        lm_loss = summed_cross_entropy(head, hidden_states[:, :-1][is_target], targets, chunk_size) / normalizer
         regularization_loss = self.mutual_regularization(input_ids, attention_mask, document_type) / normalizer
         return CLLM4RecLMOutput(
             loss=lm_loss + regularization_loss,
