@@ -103,7 +103,9 @@ def test_quality_speed_and_report_scripts(tmp_path):
     (results / "archive").mkdir()
     (results / "archive" / "seed1.json").write_text(json.dumps(seed))
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- headline:start -->\nold\n<!-- headline:end -->\nend\n")
+    readme.write_text(
+        "intro\n<!-- headline:start -->\nold\n<!-- headline:end -->\n<!-- scale:start -->\n<!-- scale:end -->\nend\n"
+    )
     benchmarks_readme = tmp_path / "benchmarks-README.md"
     benchmarks_readme.write_text("notes\n<!-- results:start -->\nstale\n<!-- results:end -->\nend\n")
     headline = tmp_path / "headline.json"
@@ -115,6 +117,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run(*report)
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "No full-size `benchmarks/scale.py` result yet." in text
     assert (results / "headline.png").stat().st_size > 0
     wall_s = pretrain_only["cllm4rec"]["wall_s"]  # both seeds: the same run's time
     cost = "<0.01" if wall_s < 36 else f"{wall_s / 3600:.2f}"

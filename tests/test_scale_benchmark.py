@@ -1,0 +1,31 @@
+"""`benchmarks/scale.py --quick` runs every stage end to end at small sizes (a smoke test, not a timing)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("preparation", "training", "serving", "distributed")
+
+
+@pytest.mark.slow
+def test_every_stage_of_the_scale_benchmark_runs_quick_and_records_its_rows(tmp_path):
+    command = [sys.executable, "benchmarks/scale.py", "--quick", "--results_dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    recorded = json.loads((tmp_path / "scale-quick.json").read_text())
+    assert recorded["quick"] and recorded["stages"] == list(STAGES)
+    assert {row["stage"] for row in recorded["rows"]} == set(STAGES)
+    for row in recorded["rows"]:
+        assert row["wall_s"] > 0 and 0 < row["peak_rss_gib"] < 16, row
+    assert (tmp_path / "scale-quick.png").stat().st_size > 0
+
+
+def test_an_unknown_stage_is_refused_in_one_line():
+    command = [sys.executable, "benchmarks/scale.py", "--quick", "--stages", "preparation,tokenizing"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "unknown stage tokenizing" in result.stderr.strip().splitlines()[-1]
