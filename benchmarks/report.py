@@ -304,7 +304,8 @@ def scale_rows(result: dict, extra_figures: bool = True) -> list[str]:
     rows = []
     for row in result["rows"]:
         counts = [scale_figure(row[key]) if row.get(key) else "-" for key in ("users", "items", "interactions")]
-        cells = [row["stage"], row["case"], *counts, f"{row['wall_s']:,.1f}", f"{row['peak_rss_gib']:.2f}"]
+        memory = f"{row['peak_rss_gib']:.2f}" if row.get("peak_rss_gib") else "-"
+        cells = [row["stage"], row["case"], *counts, f"{row['wall_s']:,.1f}", memory]
         if extra_figures:
             others = [f"{key} {scale_figure(value)}" for key, value in row.items() if key not in SCALE_ROW_KEYS]
             cells.append("; ".join(others) or "-")

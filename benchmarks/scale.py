@@ -46,18 +46,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workdir", default=None, help="Where the stages write their data and models (default: a temporary folder)."
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Take the rows of a stage that already finished in --workdir (its <stage>.json) instead of rerunning it.",
+    )
     args = parser.parse_args(argv)
     args.stages = args.stages.split(",")
     unknown = [stage for stage in args.stages if stage not in STAGES]
     if unknown:
         parser.error(f"unknown stage {', '.join(unknown)}; expected some of {', '.join(STAGES)}")
+    if args.resume and args.workdir is None:
+        parser.error("--resume needs the --workdir of the earlier run")
     args.name = args.name or ("scale-quick" if args.quick else "scale-cpu")
     return args
 
 
-def run_stage(stage: str, workdir: Path, quick: bool) -> list[dict]:
+def run_stage(stage: str, workdir: Path, quick: bool, resume: bool) -> list[dict]:
     """Runs `benchmarks/scale_stages/<stage>.py` in a process of its own and returns its rows."""
     stage_dir, rows_path = workdir / stage, workdir / f"{stage}.json"
+    if resume and rows_path.is_file():
+        print(f"== {stage}: rows of the earlier run in {rows_path}", flush=True)
+        return json.loads(rows_path.read_text())
     stage_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(ROOT / "benchmarks" / "scale_stages" / f"{stage}.py")]
     command += ["--workdir", str(stage_dir), "--out", str(rows_path), *(["--quick"] if quick else [])]
@@ -78,7 +88,7 @@ def draw_costs(rows: list[dict], path: Path) -> None:
         points = sorted(
             (row["interactions"], row["wall_s"], row["peak_rss_gib"])
             for row in rows
-            if row["stage"] == stage and row.get("interactions")
+            if row["stage"] == stage and row.get("interactions") and row.get("peak_rss_gib")
         )
         if not points:
             continue
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     commit, started = git_commit(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cllm4rec-scale-") as temporary:
         workdir = Path(args.workdir or temporary)
-        rows = [row for stage in args.stages for row in run_stage(stage, workdir, args.quick)]
+        rows = [row for stage in args.stages for row in run_stage(stage, workdir, args.quick, args.resume)]
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     result = {
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     (results_dir / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     draw_costs(rows, results_dir / f"{args.name}.png")
     for row in rows:
-        print(f"{row['stage']:>12}  {row['case']:<40} {row['wall_s']:9.1f} s  {row['peak_rss_gib']:6.2f} GiB")
+        memory = f"{row['peak_rss_gib']:6.2f} GiB" if row.get("peak_rss_gib") else ""
+        print(f"{row['stage']:>12}  {row['case']:<50} {row['wall_s']:9.1f} s  {memory}")
     print(f"wrote {results_dir / args.name}.json and .png")
 
 
