@@ -291,6 +291,8 @@ def scaling_rows(results: list[dict]) -> list[str]:
 
 # The keys every row of a scale stage has; any others are the stage's own figures.
 SCALE_ROW_KEYS = ("stage", "case", "users", "items", "interactions", "wall_s", "peak_rss_gib")
+# The figure the README shows beside the wall time, the first of these that a row has.
+SCALE_KEY_FIGURES = ("users_per_s", "step_s", "load_s", "json_lines_rows_per_s")
 
 
 def scale_figure(value) -> str:
@@ -309,22 +311,40 @@ def scale_rows(result: dict, extra_figures: bool = True) -> list[str]:
         if extra_figures:
             others = [f"{key} {scale_figure(value)}" for key, value in row.items() if key not in SCALE_ROW_KEYS]
             cells.append("; ".join(others) or "-")
+        else:
+            key = next((key for key in SCALE_KEY_FIGURES if row.get(key) is not None), None)
+            cells.append(f"{key} {scale_figure(row[key])}" if key else "-")
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
+def readme_scale_rows(rows: list[dict]) -> list[dict]:
+    """
+    The README's share of a scale result: the largest preparation, each kind of training step with the default
+    optimizer at its largest shape, every serving case and the first process of the distributed run.
+    """
+    preparations = [row for row in rows if row["stage"] == "preparation" and row.get("peak_rss_gib")]
+    chosen = [max(preparations, key=lambda row: row["interactions"])] if preparations else []
+    steps = [row for row in rows if row["stage"] == "training" and row.get("id_embeddings_optimizer") == "adamw"]
+    for kind in dict.fromkeys(row["training_stage"] for row in steps):
+        chosen.append(max((row for row in steps if row["training_stage"] == kind), key=lambda row: row["batch_size"]))
+    chosen += [row for row in rows if row["stage"] == "serving"]
+    chosen += [row for row in rows if row["stage"] == "distributed" and row.get("rank", 0) == 0]
+    return chosen
+
+
 def render_scale(results: list[dict]) -> list[str]:
-    """The README's scale table: the full-size `scale.py` result on this machine's CPU."""
+    """The README's scale table, from the full-size `scale.py` result on this machine's CPU."""
     full = [result for result in results if result.get("benchmark") == "scale" and not result["quick"]]
     if not full:
         return ["No full-size `benchmarks/scale.py` result yet."]
     result = full[-1]
     return [
-        f"`python benchmarks/scale.py` on {result['device']}, `benchmarks/results/{result['_file']}`:",
+        f"{result['device']}, `benchmarks/results/{result['_file']}` (every case in `benchmarks/README.md`):",
         "",
-        "| stage | case | users | items | interactions | seconds | peak GiB |",
-        "|---|---|---|---|---|---|---|",
-        *scale_rows(result, extra_figures=False),
+        "| stage | case | users | items | interactions | seconds | peak GiB | figure |",
+        "|---|---|---|---|---|---|---|---|",
+        *scale_rows({"rows": readme_scale_rows(result["rows"])}, extra_figures=False),
     ]
 
 

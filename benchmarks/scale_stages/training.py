@@ -40,13 +40,14 @@ STAGES = {
     "content pretraining": (CLLM4RecForCollaborativeLM, "content"),
     "fine-tuning": (CLLM4RecForItemPrediction, "recommendation"),
 }
-# Batch x length per stage. A pretraining target is scored over all items: at 1M items its float32 logits take 4 MB,
-# so pretraining batches stay small until the loss scores items in chunks.
+# Batch x length per stage. A pretraining target is scored over all items (4 MB of float32 logits at 1M items); the
+# loss holds at most LOSS_CHUNK_ELEMENTS logits at once, so memory stays flat from the smaller shape to the larger,
+# while the time grows with the targets: pretraining shapes are smaller to keep a step within a minute on a CPU.
 FULL = {
     "users": 1_000_000,
     "items": 1_000_000,
     "shapes": {
-        "pretraining": [(4, 16), (8, 32)],
+        "pretraining": [(16, 32), (32, 64)],
         "content pretraining": [(64, 64), (128, 128)],
         "fine-tuning": [(64, 64), (128, 128)],
     },
