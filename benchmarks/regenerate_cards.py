@@ -181,7 +181,7 @@ def example_mappings(text: str, card: str) -> IdMappings:
     model (the items of which are the only ones they hold); with histories where the card says the checkpoint ships
     them.
     """
-    user = find(r'mappings\["users"\]\.index\("(.+?)"\)|--users (\S+) --k|"user": "(.+?)"', text, "example user", card)
+    user = find(r'users\.index\("(.+?)"\)|--users (\S+) --k|"user": "(.+?)"', text, "example user", card)
     user = next(group for group in user if group is not None) if isinstance(user, tuple) else user
     history = json.loads(find(r'"history": (\[.*?\])', text, "example history", card, default="[]"))
     has_histories = "every known user's training history" in text

@@ -301,13 +301,14 @@ def scale_figure(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def scale_rows(result: dict, extra_figures: bool = True) -> list[str]:
-    """One table row per measured case of a `scale.py` result."""
+def scale_rows(result: dict, extra_figures: bool = True, counts: bool = True) -> list[str]:
+    """One table row per measured case of a `scale.py` result, with its users, items and interactions if `counts`."""
     rows = []
     for row in result["rows"]:
-        counts = [scale_figure(row[key]) if row.get(key) else "-" for key in ("users", "items", "interactions")]
+        keys = ("users", "items", "interactions") if counts else ()
+        sizes = [scale_figure(row[key]) if row.get(key) else "-" for key in keys]
         memory = f"{row['peak_rss_gib']:.2f}" if row.get("peak_rss_gib") else "-"
-        cells = [row["stage"], row["case"], *counts, f"{row['wall_s']:,.1f}", memory]
+        cells = [row["stage"], row["case"], *sizes, f"{row['wall_s']:,.1f}", memory]
         if extra_figures:
             others = [f"{key} {scale_figure(value)}" for key, value in row.items() if key not in SCALE_ROW_KEYS]
             cells.append("; ".join(others) or "-")
@@ -342,9 +343,9 @@ def render_scale(results: list[dict]) -> list[str]:
     return [
         f"{result['device']}, `benchmarks/results/{result['_file']}` (every case in `benchmarks/README.md`):",
         "",
-        "| stage | case | users | items | interactions | seconds | peak GiB | figure |",
-        "|---|---|---|---|---|---|---|---|",
-        *scale_rows({"rows": readme_scale_rows(result["rows"])}, extra_figures=False),
+        "| stage | case | seconds | peak GiB | figure |",
+        "|---|---|---|---|---|",
+        *scale_rows({"rows": readme_scale_rows(result["rows"])}, extra_figures=False, counts=False),
     ]
 
 

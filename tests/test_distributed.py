@@ -33,7 +33,9 @@ SEED = 3
 NO_DROPOUT = '{"resid_pdrop": 0, "embd_pdrop": 0, "attn_pdrop": 0}'
 
 # One round on the built-in data set with the demo backbone: SGD at a constant rate, so parameters compare gradients.
+# The paper's recipe, which has no dropout or weight average: the default recipe's dropout draws differ by process.
 COMMON_ARGUMENTS = [
+    "--recipe", "paper",
     "--data", BUILTIN_DATA,
     "--num_train_epochs", "1",
     "--content_documents", "item",

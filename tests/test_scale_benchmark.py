@@ -20,7 +20,9 @@ def test_every_stage_of_the_scale_benchmark_runs_quick_and_records_its_rows(tmp_
     assert recorded["quick"] and recorded["stages"] == list(STAGES)
     assert {row["stage"] for row in recorded["rows"]} == set(STAGES)
     for row in recorded["rows"]:
-        assert row["wall_s"] > 0 and 0 < row["peak_rss_gib"] < 16, row
+        assert row["wall_s"] > 0 and 0 < row.get("peak_rss_gib", 1) < 16, row
+    # every stage measures its work's peak memory in a process of its own (in-process reader timings have none)
+    assert {row["stage"] for row in recorded["rows"] if "peak_rss_gib" in row} == set(STAGES)
     assert (tmp_path / "scale-quick.png").stat().st_size > 0
 
 
