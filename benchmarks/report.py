@@ -301,10 +301,10 @@ def scale_figure(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def scale_rows(result: dict, extra_figures: bool = True, counts: bool = True) -> list[str]:
+def scale_rows(rows: list[dict], extra_figures: bool = True, counts: bool = True) -> list[str]:
     """One table row per measured case of a `scale.py` result, with its users, items and interactions if `counts`."""
-    rows = []
-    for row in result["rows"]:
+    lines = []
+    for row in rows:
         keys = ("users", "items", "interactions") if counts else ()
         sizes = [scale_figure(row[key]) if row.get(key) else "-" for key in keys]
         memory = f"{row['peak_rss_gib']:.2f}" if row.get("peak_rss_gib") else "-"
@@ -315,8 +315,8 @@ def scale_rows(result: dict, extra_figures: bool = True, counts: bool = True) ->
         else:
             key = next((key for key in SCALE_KEY_FIGURES if row.get(key) is not None), None)
             cells.append(f"{key} {scale_figure(row[key])}" if key else "-")
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def readme_scale_rows(rows: list[dict]) -> list[dict]:
@@ -345,7 +345,7 @@ def render_scale(results: list[dict]) -> list[str]:
         "",
         "| stage | case | seconds | peak GiB | figure |",
         "|---|---|---|---|---|",
-        *scale_rows({"rows": readme_scale_rows(result["rows"])}, extra_figures=False, counts=False),
+        *scale_rows(readme_scale_rows(result["rows"]), extra_figures=False, counts=False),
     ]
 
 
@@ -400,7 +400,7 @@ def render_results(results: list[dict]) -> list[str]:
             "",
             "| stage | case | users | items | interactions | seconds | peak GiB | figures |",
             "|---|---|---|---|---|---|---|---|",
-            *scale_rows(result),
+            *scale_rows(result["rows"]),
         ]
     return lines
 
