@@ -6,7 +6,10 @@ What CLLM4Rec costs as the data grows to a million users, a million items and a 
     python benchmarks/scale.py --stages preparation,serving
 
 Each stage is a script of `benchmarks/scale_stages/`, run in a process of its own, which measures its work in child
-processes (wall time and peak resident memory of the work, not of the harness):
+processes (wall time and peak resident memory of the work, not of the harness). `--quick` runs the stages in this
+process and forks their children from it, the libraries already imported, instead of starting fresh interpreters
+(`benchmarks/scale_stages/children.py`; the two FSDP processes still come from `accelerate launch`): its peak
+memories include those libraries.
 
 - preparation: `cllm4rec prepare --source table` on Parquet files of 1M, 10M and 100M synthetic interactions
   (power-law user activity and item popularity), and the JSON-lines readers' rows per second;
@@ -20,6 +23,7 @@ against size); `python benchmarks/report.py` turns the JSON into the tables of t
 """
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -63,16 +67,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_stage(stage: str, workdir: Path, quick: bool, resume: bool) -> list[dict]:
-    """Runs `benchmarks/scale_stages/<stage>.py` in a process of its own and returns its rows."""
+    """Runs `benchmarks/scale_stages/<stage>.py` in a process of its own (in this one if `quick`), returns its rows."""
     stage_dir, rows_path = workdir / stage, workdir / f"{stage}.json"
     if resume and rows_path.is_file():
         print(f"== {stage}: rows of the earlier run in {rows_path}", flush=True)
         return json.loads(rows_path.read_text())
     stage_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / "benchmarks" / "scale_stages" / f"{stage}.py")]
-    command += ["--workdir", str(stage_dir), "--out", str(rows_path), *(["--quick"] if quick else [])]
+    arguments = ["--workdir", str(stage_dir), "--out", str(rows_path), *(["--quick"] if quick else [])]
     print(f"== {stage}", flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
+    if quick:
+        importlib.import_module(f"benchmarks.scale_stages.{stage}").main(arguments)
+    else:
+        script = ROOT / "benchmarks" / "scale_stages" / f"{stage}.py"
+        subprocess.run([sys.executable, str(script), *arguments], cwd=ROOT, check=True)
     return json.loads(rows_path.read_text())
 
 

@@ -1,4 +1,4 @@
-"""`benchmarks/scale.py --quick` runs every stage end to end at small sizes (a smoke test, not a timing)."""
+"""`benchmarks/scale.py --quick` runs every stage end to end at small sizes, in seconds (a smoke test, not a timing)."""
 
 import json
 import subprocess
@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.scale_stages.children import in_fork  # noqa: E402
+
 STAGES = ("preparation", "training", "serving", "distributed")
 
 
 @pytest.mark.slow
 def test_every_stage_of_the_scale_benchmark_runs_quick_and_records_its_rows(tmp_path):
     command = [sys.executable, "benchmarks/scale.py", "--quick", "--results_dir", str(tmp_path)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     recorded = json.loads((tmp_path / "scale-quick.json").read_text())
     assert recorded["quick"] and recorded["stages"] == list(STAGES)
@@ -31,3 +35,17 @@ def test_an_unknown_stage_is_refused_in_one_line():
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "unknown stage tokenizing" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_forked_child_hands_back_its_result_and_peak_memory():
+    result, peak_rss_gib = in_fork(lambda size: len(bytearray(size)), 2**28)
+    assert result == 2**28
+    assert peak_rss_gib >= 0.25  # the child's own 256 MiB, on top of what it inherited
+
+
+def test_a_failing_forked_child_is_reported_with_its_traceback():
+    def fail():
+        raise ValueError("no such column 'user'")
+
+    with pytest.raises(SystemExit, match="(?s)fail failed in a forked child.*ValueError: no such column 'user'"):
+        in_fork(fail)

@@ -9,14 +9,14 @@ Each table comes from `make_power_law_interactions` (seeded) and is written as P
 prepare` runs on it as a process of its own, with the paper's protocol (ratings above 3, 5-core, 10% validation, 10%
 test): `wall_s` is that process's wall time, `peak_rss_gib` its peak resident memory (from `wait4`). The JSON-lines
 rows time `read_amazon_reviews` on a generated review dump of the 2018 release's fields (and on the real Amazon file
-where the project's shared data is present). `--quick` shrinks the sizes to 10k and 100k interactions, for CI.
+where the project's shared data is present). `--quick` shrinks the sizes to 10k and 100k interactions and runs
+`cllm4rec prepare` in a child forked from this process, for CI: no interpreter start-up in its wall time, and the
+libraries it inherits in its peak memory.
 """
 
 import argparse
 import gzip
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.scale_stages.children import in_fork, in_interpreter  # noqa: E402
+from hf_cllm4rec.cli import main as cllm4rec  # noqa: E402
 from hf_cllm4rec.data import make_power_law_interactions, read_amazon_reviews  # noqa: E402
 
 FULL = {"sizes": [1_000_000, 10_000_000, 100_000_000], "json_lines": 1_000_000}
@@ -35,8 +37,8 @@ INTERACTIONS_PER_USER = 100  # users and items are each a hundredth of the inter
 REAL_REVIEWS = ROOT.parent / "shared" / "data" / "amazon-all-beauty-2018" / "All_Beauty_5.json.gz"
 
 
-def preparation_row(interactions: int, workdir: Path) -> dict:
-    """Writes the table, runs `cllm4rec prepare` on it in a child process, and returns the row."""
+def preparation_row(interactions: int, workdir: Path, fork: bool = False) -> dict:
+    """Writes the table, runs `cllm4rec prepare` on it in a child process (forked if `fork`), and returns the row."""
     users = items = max(interactions // INTERACTIONS_PER_USER, 10)
     table_path = workdir / f"interactions-{interactions}.parquet"
     out = workdir / f"prepared-{interactions}"
@@ -44,17 +46,17 @@ def preparation_row(interactions: int, workdir: Path) -> dict:
     pq.write_table(make_power_law_interactions(users, items, interactions, seed=0), table_path)
     generate_s = time.perf_counter() - start
 
-    command = [sys.executable, "-m", "hf_cllm4rec.cli", "prepare", "--source", "table", "--path", str(table_path)]
-    command += ["--user-column", "user", "--item-column", "item", "--rating-column", "rating"]
-    command += ["--timestamp-column", "timestamp", "--out", str(out), "--overwrite"]
+    arguments = ["prepare", "--source", "table", "--path", str(table_path), "--out", str(out), "--overwrite"]
+    arguments += ["--user-column", "user", "--item-column", "item", "--rating-column", "rating"]
+    arguments += ["--timestamp-column", "timestamp"]
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=os.environ | {"PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    if fork:
+        code, peak_rss_gib = in_fork(cllm4rec, arguments)
+        if code:
+            raise SystemExit(f"cllm4rec prepare failed on {interactions:,} interactions (exit code {code})")
+    else:
+        _, peak_rss_gib = in_interpreter([sys.executable, "-m", "hf_cllm4rec.cli", *arguments])
     wall_s = time.perf_counter() - start
-    output = process.stdout.read().decode()
-    process.stdout.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"cllm4rec prepare failed on {interactions:,} interactions:\n{output}")
     manifest = json.loads((out / "manifest.json").read_text())
     return {
         "stage": "preparation",
@@ -63,7 +65,7 @@ def preparation_row(interactions: int, workdir: Path) -> dict:
         "items": items,
         "interactions": interactions,
         "wall_s": round(wall_s, 2),
-        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),  # KiB on Linux
+        "peak_rss_gib": round(peak_rss_gib, 3),
         "rows_per_s": round(interactions / wall_s),
         "parquet_bytes": table_path.stat().st_size,
         "prepared_users": manifest["num_users"],
@@ -121,13 +123,13 @@ def _count(number: int) -> str:
     return f"{number:,}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="Folder for the generated tables and prepared data sets.")
     parser.add_argument("--out", required=True, help="JSON file to write the rows to.")
     parser.add_argument("--quick", action="store_true", help="Small sizes, for CI.")
     parser.add_argument("--sizes", type=int, nargs="+", help="Interaction counts to run instead of the defaults.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,7 @@ def main() -> None:
         rows.append(json_lines_row(path, case))
         print(f"{case}: {rows[-1]['json_lines_rows_per_s']:,} rows/s", flush=True)
     for interactions in args.sizes or settings["sizes"]:
-        rows.append(preparation_row(interactions, workdir))
+        rows.append(preparation_row(interactions, workdir, fork=args.quick))
         row = rows[-1]
         print(
             f"prepare {row['case']} ({row['users']:,} users x {row['items']:,} items): {row['wall_s']} s, "

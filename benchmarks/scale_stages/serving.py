@@ -10,13 +10,13 @@ around 1M users x 1M items, a word-level tokenizer made in code, and id mappings
 `make_power_law_interactions` (10 interactions per user on average, seeded). Each case then runs as a process of its
 own on that checkpoint: `wall_s` times the work measured (the recommendations, the export command, the save or the
 load), `peak_rss_gib` is the process's peak resident memory (from `wait4`), which includes the loaded model where the
-case needs one. `--quick` shrinks the catalogue to 10k x 10k and the served users to 200, for CI.
+case needs one. `--quick` shrinks the catalogue to 10k x 10k and the served users to 200, and forks each case from
+this process instead of starting an interpreter, for CI: the peak memory then includes the libraries the child
+inherits.
 """
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
+
+from benchmarks.scale_stages.children import in_fork, in_interpreter  # noqa: E402
 
 FULL = {"users": 1_000_000, "items": 1_000_000, "served_users": 10_000}
 QUICK = {"users": 10_000, "items": 10_000, "served_users": 200}
@@ -123,25 +125,26 @@ def measure_case(case: str, folder: Path, workdir: Path, served_users: int) -> d
     }
 
 
-def run_child(arguments: list[str]) -> tuple[dict, float]:
-    """Runs this script with `arguments` as a process of its own; its figures (JSON on stdout) and peak RSS in GiB."""
-    command = [sys.executable, __file__, *arguments]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=os.environ | {"PYTHONPATH": str(ROOT / "src")})
-    _, status, usage = os.wait4(process.pid, 0)
-    output = process.stdout.read().decode()
-    process.stdout.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(arguments[:2])} failed:\n{output}")
-    return json.loads(output.strip().splitlines()[-1]), usage.ru_maxrss / 2**20
+def run_case(case: str, workdir: Path, quick: bool) -> tuple[dict, float]:
+    """Runs `case` (or the `setup`) in a child process; its figures and peak RSS in GiB."""
+    sizes = QUICK if quick else FULL
+    folder = workdir / "serving-checkpoint"
+    if quick:
+        if case == "setup":
+            return in_fork(write_checkpoint, folder, sizes["users"], sizes["items"])
+        return in_fork(measure_case, case, folder, workdir, sizes["served_users"])
+    command = [sys.executable, __file__, "--case", case, "--workdir", str(workdir)]
+    output, peak_rss_gib = in_interpreter(command)  # the child prints its figures as JSON on its last line
+    return json.loads(output.strip().splitlines()[-1]), peak_rss_gib
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # a child process: one case, figures as JSON on stdout
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     folder = args.workdir / "serving-checkpoint"
     if args.case == "setup":
@@ -153,9 +156,8 @@ def main() -> None:
     if args.out is None:
         parser.error("--out is required")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    mode = ["--workdir", str(args.workdir)] + (["--quick"] if args.quick else [])
     start = time.perf_counter()
-    setup, _ = run_child(["--case", "setup", *mode])
+    setup, _ = run_case("setup", args.workdir, args.quick)
     print(
         f"checkpoint of {sizes['users']:,} users x {sizes['items']:,} items written in {time.perf_counter() - start:.1f} s"
     )
@@ -166,7 +168,7 @@ def main() -> None:
         ("export-embeddings", f"export-embeddings, {sizes['users']:,} users x {sizes['items']:,} items"),
         ("id mappings", f"id mappings of {sizes['users']:,} users: save and load"),
     ):
-        figures, peak_rss_gib = run_child(["--case", case, *mode])
+        figures, peak_rss_gib = run_case(case, args.workdir, args.quick)
         row = {
             **common,
             "case": label,
