@@ -14,6 +14,7 @@ known, the line and the value.
 from __future__ import annotations
 
 import ast
+import csv
 import gzip
 import json
 import os
@@ -30,6 +31,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 import scipy.sparse as sp
@@ -349,8 +351,8 @@ def _read_typed_table(path: Path, columns: dict[str, str]) -> pd.DataFrame:
         )
     try:
         if kind in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep="," if kind == ".csv" else "\t", dtype=str, keep_default_na=False)
-            return _typed_columns(frame, columns, path, np.arange(len(frame)) + 2)
+            frame, names = _read_csv_columns(path, "," if kind == ".csv" else "\t", columns.values())
+            return _typed_columns(frame, columns, path, np.arange(len(frame)) + 2, names=names)
         if kind == ".parquet":
             names = pq.read_schema(path).names
             wanted = [column for column in dict.fromkeys(columns.values()) if column in names]
@@ -358,11 +360,58 @@ def _read_typed_table(path: Path, columns: dict[str, str]) -> pd.DataFrame:
             return _typed_columns(frame, columns, path, np.arange(len(frame)) + 1, unit="row", names=names)
     except GZIP_ERRORS as error:
         raise DataFormatError(f"{path}: corrupt or truncated gzip data ({error})") from None
-    except (ValueError, OSError, pa.ArrowException) as error:  # parser errors and UnicodeDecodeError are ValueErrors
+    except (ValueError, OSError, pa.ArrowException, csv.Error) as error:  # UnicodeDecodeError is a ValueError
         if isinstance(error, DataFormatError):
             raise
         raise DataFormatError(f"{path} cannot be read: {error}") from None
     raise DataFormatError(f"{path}: unknown table format {kind!r}; expected .csv, .tsv, .parquet, .json or .jsonl")
+
+
+def _read_csv_columns(path: Path, delimiter: str, columns: Iterable[str]) -> tuple[pd.DataFrame, list[str]]:
+    """
+    The `columns` of a CSV or TSV file (with a header, maybe gzipped) that it has, every value the text as written (an
+    empty field an empty string), and the file's column names. Arrow parses the file, in parallel.
+    """
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as file:
+        lines = (line.decode("utf-8-sig") for line in file)
+        names = next(csv.reader(lines, delimiter=delimiter), [])  # decodes the header's lines, no more
+    wanted = [column for column in dict.fromkeys(columns) if column in names]
+    if not wanted:
+        return pd.DataFrame(columns=names), names
+    with opener(path, "rb") as file:  # gzip's own errors, not Arrow's, for a corrupt file
+        table = pcsv.read_csv(
+            file,
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            # bytes, then text: a value that is not UTF-8 is reported as Python decoding it reports it
+            convert_options=pcsv.ConvertOptions(
+                include_columns=wanted, column_types=dict.fromkeys(wanted, pa.binary())
+            ),
+        )
+    last_row = table.slice(max(table.num_rows - 1, 0)).to_pylist()
+    if any(b"\n" in value or b"\r" in value for row in last_row for value in row.values()):
+        _check_quotes_closed(path, opener, delimiter)  # Arrow ends a quote left open at the end of the file
+    try:
+        return table.cast(pa.schema([(column, pa.string()) for column in wanted])).to_pandas(), names
+    except pa.ArrowInvalid:
+        for column in wanted:
+            for line, value in enumerate(table.column(column).to_pylist(), start=2):
+                try:
+                    value.decode()
+                except UnicodeDecodeError as error:
+                    raise DataFormatError(f"{path} cannot be read: {error} (line {line}, column {column!r})") from None
+        raise
+
+
+def _check_quotes_closed(path: Path, opener: Callable, delimiter: str) -> None:
+    """Reads the file record by record, strictly: a quote left open fails at the end of the file."""
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as file:
+        records, line = csv.reader(file, delimiter=delimiter, strict=True), 1
+        try:
+            for _ in records:
+                line = records.line_num + 1
+        except csv.Error as error:
+            raise DataFormatError(f"{path} cannot be read: {error} (in the record from line {line})") from None
 
 
 def _typed_json_lines(
