@@ -32,6 +32,7 @@ from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, C
 from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
+from hf_cllm4rec.training.optimization import ID_EMBEDDINGS_OPTIMIZERS  # noqa: E402
 from hf_cllm4rec.training.presets import BACKBONE_OPTIONS, RECIPES, get_recipe  # noqa: E402
 from hf_cllm4rec.training.recipes import (  # noqa: E402
     DataArguments,
@@ -52,6 +53,7 @@ RECIPE_OPTIONS = {
     "id_embedding_dropout": ("pretrain", "id_embedding_dropout"),
     "id_embedding_init": ("pretrain", "id_embedding_init"),
     "untie_item_head": ("pretrain", "untie_item_head"),
+    "read_out": ("pretrain", "read_out"),
     "warmup_epochs": ("pretrain", "content_warmup_epochs"),
     "batch_size": ("pretrain", "per_device_train_batch_size"),
     "pretrain_learning_rate": ("pretrain", "learning_rate"),
@@ -65,6 +67,7 @@ RECIPE_OPTIONS = {
     "backbone_training": ("finetune", "backbone_training"),
     "bf16": ("pretrain", "bf16"),
     "early_stopping_patience": ("pretrain", "early_stopping_patience"),
+    "id_embeddings_optimizer": ("pretrain", "id_embeddings_optimizer"),
 }
 
 
@@ -150,6 +153,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="What of the backbone trains in pretraining; default: as --backbone_training, but frozen for 'lora'. "
         "LoRA adapters of pretraining are merged into the backbone that fine-tuning starts from.",
     )
+    parser.add_argument(
+        "--id_embeddings_optimizer",
+        default="adamw",
+        choices=ID_EMBEDDINGS_OPTIMIZERS,
+        help="The ID tables' update in both stages: dense AdamW, or AdamW on the rows a step touched.",
+    )
     parser.add_argument("--lora_rank", type=int, default=8, help="Rank of the LoRA adapters, wherever they train.")
     parser.add_argument("--lora_dropout", type=float, default=0.0, help="Dropout on the LoRA branch.")
     parser.add_argument(
@@ -165,6 +174,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--untie_item_head",
         action="store_true",
         help="An item head of its own instead of the collaborative item embeddings (the paper's tied head).",
+    )
+    parser.add_argument(
+        "--read_out",
+        default="last",
+        choices=["last", "mean"],
+        help="The query vector items are scored with: the prompt's last token, or the mean over its history.",
     )
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
     parser.add_argument(
@@ -241,6 +256,7 @@ def training_arguments(args, stage: str, output_dir: Path):
         weight_decay=args.weight_decay,
         seed=args.seed,
         early_stopping_patience=args.early_stopping_patience,
+        id_embeddings_optimizer=args.id_embeddings_optimizer,
         train_sampling_strategy=args.train_sampling_strategy,
         content_documents=args.content_documents,
         content_steps=not args.no_content_steps,
@@ -278,6 +294,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         id_embedding_dropout=args.id_embedding_dropout,
         id_embedding_init=args.id_embedding_init,
         untie_item_head=args.untie_item_head,
+        read_out=args.read_out,
     )
     pretrained = run_pretraining(model_args, data_args, training_arguments(args, "pretraining", root / "pretrain"))
     stages = {"pretraining": stage_results(pretrained, root / "pretrain", CLLM4RecForCollaborativeLM, args)}

@@ -47,12 +47,14 @@ def test_pretrain_finetune_evaluate_chain(checkpoint, capsys):
     root, _, _, data = checkpoint
     pretrained, finetuned = root / "pretrained", root / "finetuned"
     common = ("--data", str(root / "data"), *TINY_TRAINING)
-    pretrain = ("--backbone", "builtin-tiny-gpt2", "--content_warmup_epochs", "0")
+    pretrain = ("--backbone", "builtin-tiny-gpt2", "--content_warmup_epochs", "0", "--read_out", "mean")
     assert run_cli("pretrain", *common, *pretrain, "--output_dir", str(pretrained)) == 0
-    finetune = ("--pretrained", str(pretrained), "--id_embedding_dropout", "0.2")
+    assert json.loads((pretrained / "config.json").read_text())["read_out"] == "mean"
+    finetune = ("--pretrained", str(pretrained), "--id_embedding_dropout", "0.2", "--read_out", "last")
     assert run_cli("finetune", *common, *finetune, "--output_dir", str(finetuned)) == 0
     capsys.readouterr()
-    assert json.loads((finetuned / "config.json").read_text())["id_embedding_dropout"] == 0.2
+    finetuned_config = json.loads((finetuned / "config.json").read_text())
+    assert finetuned_config["id_embedding_dropout"] == 0.2 and finetuned_config.get("read_out", "last") == "last"
     measured = json.loads((finetuned / "test_results.json").read_text())
     assert ModelCard.load(finetuned / "README.md").data.eval_results[0].metric_value == measured["test_recall@20"]
     assert "**pretraining** stage" in (pretrained / "README.md").read_text()

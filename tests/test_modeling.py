@@ -433,8 +433,8 @@ def test_untied_item_head_scores_items_trains_and_reloads(backbone, model_class,
     # the scores are the hidden states times the head; the collaborative item table only feeds the input
     input_ids, attention_mask = right_pad(RECOMMENDATION_PROMPTS)
     with torch.no_grad():
-        hidden = model.model.last_token_hidden_states(input_ids, attention_mask)
-        torch.testing.assert_close(model.model.last_token_item_logits(input_ids, attention_mask), hidden @ head.T)
+        hidden = model.model.read_out_hidden_states(input_ids, attention_mask)
+        torch.testing.assert_close(model.model.read_out_item_logits(input_ids, attention_mask), hidden @ head.T)
     apply_backbone_training(model, "frozen")
     assert_trains_exactly_the_trainable_parameters(model, "frozen")
 

@@ -92,8 +92,15 @@ class CLLM4RecConfig(PreTrainedConfig):
             tokens before it, as the backbone reads text. `"bidirectional"`: the history's item tokens see each
             other in both directions, while the words around them and the read-out token stay causal. `"set"`: as
             `"bidirectional"`, and every history item takes the position of the first one, so the scores read
-            after the history (by the recommendation and cold-start prompts) do not depend on its order at all. Pretraining's collaborative documents, which predict each
-            item from the ones before it, are always read causally.
+            after the history (by the recommendation and cold-start prompts) do not depend on its order at all.
+            Pretraining's collaborative documents, which predict each item from the ones before it, are always read
+            causally.
+        read_out (`str`, *optional*, defaults to `"last"`):
+            The query vector that a read-out prompt's items are scored with. `"last"`: the hidden state of its last
+            token, as in the paper. `"mean"`: the mean of the hidden states from the token before the first history
+            item to the last token. For the collaborative LM each of these positions predicts the next item after a
+            prefix of the history, so the scores rank items by the geometric mean of those next-item distributions:
+            one forward pass that does not lean on the last items of the order the history happens to be in.
 
     Example:
 
@@ -124,6 +131,7 @@ class CLLM4RecConfig(PreTrainedConfig):
     id_embedding_dropout: float | int = 0.0
     tie_item_head: bool = True
     history_attention: Literal["causal", "bidirectional", "set"] = "causal"
+    read_out: Literal["last", "mean"] = "last"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

@@ -62,7 +62,7 @@ class CLLM4RecItemPredictionOutput(ModelOutput):
         loss: multinomial negative log-likelihood of the target items plus the mutual-regularization term.
         recommendation_loss: the multinomial negative log-likelihood of the targets, per target.
         regularization_loss: the mutual-regularization term, per target.
-        logits: item scores `(batch, num_items)` read at each prompt's last real token; with `labels`, only for a
+        logits: item scores `(batch, num_items)` of each prompt's query vector (`config.read_out`); with `labels`, only for a
             catalogue of at most `ITEM_CHUNK_SIZE` items (the loss of a larger one scores the items in chunks).
     """
 
@@ -499,23 +499,32 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         """Scores over the word vocabulary: the backbone's LM head (tied to its word embeddings where it ties)."""
         return self.backbone.get_output_embeddings()(hidden_states)
 
-    def last_token_hidden_states(
+    def read_out_hidden_states(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """
-        Hidden state `(batch, hidden)` of each sequence's last real token (left or right padding), the history read
-        as `config.history_attention` says.
+        The query vector `(batch, hidden)` of each prompt (left or right padding), its history read as
+        `config.history_attention` says: with `config.read_out="last"` the hidden state of the last real token; with
+        `"mean"` the mean of the hidden states from the token before the first history item to the last real token
+        (every position that predicts a history item, and the last), or the last token's for a prompt without a
+        history.
         """
         if self.config.history_attention == "causal":
             hidden_states = self(input_ids, attention_mask, "collaborative").last_hidden_state
         else:
             read_out_inputs = self.history_attention_inputs(input_ids, attention_mask)
             hidden_states = self(input_ids, document_type="collaborative", **read_out_inputs).last_hidden_state
-        if attention_mask is None:
-            return hidden_states[:, -1]
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        last_positions = (attention_mask.bool() * positions).argmax(-1)
-        return hidden_states[torch.arange(input_ids.shape[0], device=input_ids.device), last_positions]
+        last_positions = (real * positions).argmax(-1)
+        if self.config.read_out == "last":
+            return hidden_states[torch.arange(input_ids.shape[0], device=input_ids.device), last_positions]
+        is_history = real & (input_ids >= self.config.item_token_offset)
+        first_history = torch.where(is_history, positions, input_ids.shape[1]).amin(-1)
+        first_positions = torch.where(is_history.any(-1), (first_history - 1).clamp(min=0), last_positions)
+        read = (positions >= first_positions[:, None]) & (positions <= last_positions[:, None])
+        weights = (read / read.sum(-1, keepdim=True)).to(hidden_states.dtype)
+        return (weights[..., None] * hidden_states).sum(1)
 
     def history_attention_inputs(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
@@ -549,9 +558,9 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
             inputs["position_ids"] = (~follows_history).cumsum(-1) - 1
         return inputs
 
-    def last_token_item_logits(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Item scores `(batch, num_items)` read at each sequence's last real token."""
-        return self.item_logits(self.last_token_hidden_states(input_ids, attention_mask))
+    def read_out_item_logits(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Item scores `(batch, num_items)` of each prompt's query vector (see [`read_out_hidden_states`])."""
+        return self.item_logits(self.read_out_hidden_states(input_ids, attention_mask))
 
     def language_modeling(
         self,
@@ -649,17 +658,18 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
 
 class ItemScoringMixin:
     """
-    Item scores read at a prompt's last real token, and the best items from them, for tokenized prompts (see
-    [`CLLM4RecTokenizer.__call__`]): the item predictor's recommendation, the collaborative LM's next item.
+    Item scores of a prompt's query vector (read as `config.read_out` says), and the best items from them, for tokenized
+    prompts (see [`CLLM4RecTokenizer.__call__`]): the item predictor's recommendation, the collaborative LM's next
+    item.
     """
 
     @torch.no_grad()
     def query_vectors(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states `(batch, hidden)` of each prompt's last real token: the scores are these times the item head."""
+        """The query vector `(batch, hidden)` of each prompt (`config.read_out`): the scores are these times the item head."""
         if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 and attention_mask.numel():
             if not bool(attention_mask.bool().any(-1).all()):
                 raise ValueError("A row of `attention_mask` masks every token: each prompt needs a real token.")
-        return self.model.last_token_hidden_states(input_ids, attention_mask)
+        return self.model.read_out_hidden_states(input_ids, attention_mask)
 
     @torch.no_grad()
     def item_scores(self, query_vectors: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -669,7 +679,7 @@ class ItemScoringMixin:
 
     @torch.no_grad()
     def score_items(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Float32 scores `(batch, num_items)` of every item, read at each prompt's last real token."""
+        """Float32 scores `(batch, num_items)` of every item for each prompt's query vector."""
         return self.item_scores(self.query_vectors(input_ids, attention_mask))
 
     @torch.no_grad()
@@ -821,8 +831,8 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
 
 class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
     """
-    CLLM4Rec fine-tuning and serving: the hidden state of the prompt's last real token is scored against every
-    collaborative item embedding; training maximizes the multinomial likelihood of the held-out items.
+    CLLM4Rec fine-tuning and serving: the prompt's query vector (its last real token's hidden state, or with
+    `config.read_out="mean"` the mean over its history) is scored against every collaborative item embedding; training maximizes the multinomial likelihood of the held-out items.
     """
 
     def __init__(self, config: CLLM4RecConfig, backbone: PreTrainedModel | None = None):
@@ -855,7 +865,7 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
             )
         if document_type != "recommendation":
             raise ValueError(f"document_type must be 'recommendation' or 'content', got {document_type!r}.")
-        hidden_states = self.model.last_token_hidden_states(input_ids, attention_mask)
+        hidden_states = self.model.read_out_hidden_states(input_ids, attention_mask)
         if labels is None:
             return CLLM4RecItemPredictionOutput(logits=self.model.item_logits(hidden_states))
 

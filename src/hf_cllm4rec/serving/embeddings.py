@@ -138,8 +138,8 @@ def user_query_vectors(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """
-    The query vector of each user: the hidden state of the last token of the recommendation prompt (the cold-start
-    prompt for a `None` user id), float32 `(len(user_ids), hidden)` on the model's device.
+    The query vector of each user from the recommendation prompt (the cold-start prompt for a `None` user id), read
+    as the model's `config.read_out` says, float32 `(len(user_ids), hidden)` on the model's device.
 
     `query @ item_head.T` equals the model's item logits for that prompt.
     """
@@ -151,7 +151,7 @@ def user_query_vectors(
         encoding = tokenizer(
             user_ids[start : start + batch_size], histories[start : start + batch_size], max_length=max_length
         ).to(model.device)
-        queries.append(model.base_model.last_token_hidden_states(**encoding).float())
+        queries.append(model.base_model.read_out_hidden_states(**encoding).float())
     model.train(was_training)
     return torch.cat(queries)
 

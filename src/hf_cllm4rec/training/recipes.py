@@ -102,6 +102,14 @@ class PretrainingModelArguments:
     id_embedding_dropout: float = field(
         default=0.0, metadata={"help": "Dropout on the input embeddings of user and item tokens in training."}
     )
+    read_out: str = field(
+        default="last",
+        metadata={
+            "help": "The query vector items are scored with: 'last', the prompt's last token (the paper), or 'mean', "
+            "the mean over the positions from the token before the history to the last (one pass, order-robust).",
+            "choices": ["last", "mean"],
+        },
+    )
 
     def __post_init__(self):
         check_model_settings(lambda_v=self.lambda_v, id_embedding_dropout=self.id_embedding_dropout)
@@ -129,6 +137,13 @@ class FineTuningModelArguments:
         default=None,
         metadata={"help": "Dropout on the input embeddings of user and item tokens; default: the checkpoint's."},
     )
+    read_out: str | None = field(
+        default=None,
+        metadata={
+            "help": "The query vector items are scored with, 'last' or 'mean' (see pretrain); default: the checkpoint's.",
+            "choices": ["last", "mean"],
+        },
+    )
     recommendation_prompt: str | None = field(
         default=None,
         metadata={
@@ -142,7 +157,7 @@ class FineTuningModelArguments:
 
     def config_overrides(self) -> dict:
         """The settings of the checkpoint's config that the run changes, by name."""
-        names = ("lambda_v", "id_embedding_dropout", "recommendation_prompt")
+        names = ("lambda_v", "id_embedding_dropout", "recommendation_prompt", "read_out")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
@@ -169,6 +184,7 @@ def build_pretraining_model(
         "id_embedding_init": model_args.id_embedding_init,
         "id_embedding_dropout": model_args.id_embedding_dropout,
         "tie_item_head": not model_args.untie_item_head,
+        "read_out": model_args.read_out,
     }
     if model_args.backbone == BUILTIN_BACKBONE:
         base_tokenizer = make_synthetic_tokenizer(data)
