@@ -499,9 +499,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         """Scores over the word vocabulary: the backbone's LM head (tied to its word embeddings where it ties)."""
         return self.backbone.get_output_embeddings()(hidden_states)
 
-    def read_out_hidden_states(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
+    def read_out_hidden_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """
         The query vector `(batch, hidden)` of each prompt (left or right padding), its history read as
         `config.history_attention` says: with `config.read_out="last"` the hidden state of the last real token; with
