@@ -89,6 +89,25 @@ def test_evaluate_over_several_history_orders(checkpoint, capsys):
         assert f"  {name:<16}{expected[name]:.4f}" in stdout
 
 
+def test_evaluate_and_recommend_with_another_read_out(checkpoint, capsys):
+    root, _, tokenizer, data = checkpoint
+    mean_model = CLLM4RecForItemPrediction.from_pretrained(root / "checkpoint", read_out="mean").eval()
+    expected = evaluate_model(mean_model, tokenizer, data, "validation")
+    args = ("evaluate", "--model", str(root / "checkpoint"), "--data", str(root / "data"), "--split", "validation")
+    assert run_cli(*args, "--read-out", "mean") == 0
+    stdout = capsys.readouterr().out
+    for name in ("recall@20", "recall@40", "ndcg@100"):
+        assert f"  {name:<16}{expected[name]:.4f}" in stdout
+    users = data.user_raw_ids[:8]
+    recommend = ("recommend", "--model", str(root / "checkpoint"), "--users", *users, "--k", "5")
+    rankings = {}
+    for read_out in ("last", "mean"):
+        assert run_cli(*recommend, "--read-out", read_out) == 0
+        rankings[read_out] = capsys.readouterr().out
+    assert rankings["last"] != rankings["mean"]
+    assert_usage_error(capsys, *args, "--read-out", "max", message="--read-out")
+
+
 def test_recommend_known_users_by_raw_id(checkpoint, capsys, tmp_path):
     root, model, tokenizer, data = checkpoint
     users = [data.user_raw_ids[0], data.user_raw_ids[9]]

@@ -25,7 +25,7 @@ class DataclassArgumentParser(ArgumentParser, HfArgumentParser):
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of every command that scores items for users: batch size, prompt length, history orders."""
+    """The options of every command that scores items for users: batch size, prompt length, history orders, read-out."""
     parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
     parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
     parser.add_argument(
@@ -42,6 +42,12 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         "up to --batch-size (default: no token limit).",
     )
     parser.add_argument(
+        "--read-out",
+        choices=["last", "mean"],
+        help="Score with this read-out instead of the checkpoint's: 'last', the prompt's last token, or 'mean', the "
+        "mean over the history (default: the checkpoint's config.read_out).",
+    )
+    parser.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
         default="float32",
@@ -49,9 +55,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_checkpoint(path: str, dtype: str = "float32"):
-    """The model (by its saved architecture, in `dtype`) and tokenizer of a checkpoint folder or Hub repository, for
-    inference."""
+def load_checkpoint(path: str, dtype: str = "float32", read_out: str | None = None):
+    """The model (by its saved architecture, in `dtype`, with `read_out` where given) and tokenizer of a checkpoint
+    folder or Hub repository, for inference."""
     from ..configuration_cllm4rec import CLLM4RecConfig
     from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
     from ..tokenization_cllm4rec import CLLM4RecTokenizer
@@ -64,7 +70,8 @@ def load_checkpoint(path: str, dtype: str = "float32"):
     config = CLLM4RecConfig.from_pretrained(path)
     model_classes = {cls.__name__: cls for cls in (CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM)}
     model_class = model_classes.get((config.architectures or [""])[0], CLLM4RecForItemPrediction)
-    model = model_class.from_pretrained(path, dtype=getattr(torch, dtype))
+    overrides = {} if read_out is None else {"read_out": read_out}
+    model = model_class.from_pretrained(path, dtype=getattr(torch, dtype), **overrides)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, CLLM4RecTokenizer.from_pretrained(path)
 

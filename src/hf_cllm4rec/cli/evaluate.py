@@ -41,7 +41,7 @@ def evaluate(args: argparse.Namespace) -> int:
     )
     if args.output:
         check_output_file(Path(args.output))
-    model, tokenizer = load_checkpoint(args.model, args.dtype)
+    model, tokenizer = load_checkpoint(args.model, args.dtype, args.read_out)
     tokenizer.checked_max_length(args.max_length)  # before the data set is read
     data = load_data(DataArguments(data=args.data))
     check_model_fits_data(model, data)

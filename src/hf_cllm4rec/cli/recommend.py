@@ -57,7 +57,7 @@ def recommend(args: argparse.Namespace) -> int:
     if args.output:
         check_output_file(Path(args.output), (".json", ".csv"))
     new_users = _read_histories(Path(args.histories)) if args.histories else None
-    model, tokenizer = load_checkpoint(args.model, args.dtype)
+    model, tokenizer = load_checkpoint(args.model, args.dtype, args.read_out)
     mappings = IdMappings.load(args.model)
     recommender = Recommender(
         model,
