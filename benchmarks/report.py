@@ -9,7 +9,8 @@ Writes the generated parts of the README and of `benchmarks/README.md` from the 
   its runs (seeds) and set against the baselines, with what a run costs; between the scale markers: the full-size
   `scale.py` result.
 - `benchmarks/results/headline.png`: the validation Recall@20 of those recipes per round, against the baselines.
-- benchmarks/README.md, between the results markers: every run of every script.
+- benchmarks/README.md, between the datasets markers: the shipped recipes on every data set that `headline.json`'s
+  `datasets` names, against that data set's baselines; between the results markers: every run of every script.
 
 `--check` compares the text sections; it does not compare the figure's pixels.
 """
@@ -51,10 +52,19 @@ def baseline_epochs(name: str, baseline: dict) -> str:
 def quality_epochs(result: dict, fine_tuned: bool = False) -> str:
     """
     The epochs a quality run trained up to its pretrained model, or its fine-tuned one: the content warm-up
-    (`warmup_epochs_trained`), then its rounds, two epochs each where content epochs are interleaved.
+    (`warmup_epochs_trained`), then its rounds, two epochs each where content epochs are interleaved. A run that
+    stops early trained as many rounds as its validation log holds, not the maximum it was given.
     """
     configuration = result["configuration"]
-    rounds = configuration["pretrain_rounds"] + (configuration["finetune_rounds"] if fine_tuned else 0)
+
+    def rounds_run(stage: str, maximum: int) -> int:
+        if not configuration.get("early_stopping_patience"):
+            return maximum
+        return len(result[stage]["validation_per_round"])
+
+    rounds = rounds_run("cllm4rec_pretrained", configuration["pretrain_rounds"])
+    if fine_tuned:
+        rounds += rounds_run("cllm4rec", configuration["finetune_rounds"])
     if configuration.get("no_content_steps"):
         return str(rounds)
     return str(warmup_epochs_trained(result) + 2 * rounds)
@@ -151,6 +161,21 @@ def render_headline(results: list[dict], headline: dict) -> list[str]:
         f"| method | runs | passes/user | epochs | hours | {HEADER} |",
         "|---|---|---|---|---|---|---|---|",
         *headline_rows(headline, by_file),
+    ]
+
+
+def render_datasets(results: list[dict], headline: dict) -> list[str]:
+    """One table of the recipes of each data set of `headline["datasets"]` (if any), each against its baselines."""
+    by_file = {result["_file"]: result for result in results}
+    rows = [
+        f"| {dataset['data']} {row}"
+        for dataset in headline.get("datasets", [])
+        for row in headline_rows(dataset, by_file)
+    ]
+    return [
+        f"| data set | method | runs | passes/user | epochs | hours | {HEADER} |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
     ]
 
 
@@ -438,7 +463,10 @@ def main() -> None:
     headline = json.loads(Path(args.headline).read_text())
     sections = {
         Path(args.readme): {"headline": render_headline(results, headline), "scale": render_scale(results)},
-        Path(args.benchmarks_readme): {"results": render_results(results)},
+        Path(args.benchmarks_readme): {
+            "datasets": render_datasets(results, headline),
+            "results": render_results(results),
+        },
     }
     updates = {}
     for path, path_sections in sections.items():

@@ -107,11 +107,14 @@ def test_quality_speed_and_report_scripts(tmp_path):
         "intro\n<!-- headline:start -->\nold\n<!-- headline:end -->\n<!-- scale:start -->\n<!-- scale:end -->\nend\n"
     )
     benchmarks_readme = tmp_path / "benchmarks-README.md"
-    benchmarks_readme.write_text("notes\n<!-- results:start -->\nstale\n<!-- results:end -->\nend\n")
+    benchmarks_readme.write_text(
+        "notes\n<!-- datasets:start -->\n<!-- datasets:end -->\n<!-- results:start -->\nstale\n<!-- results:end -->\nend\n"
+    )
     headline = tmp_path / "headline.json"
     recipe = {"label": "smoke recipe", "stage": "cllm4rec_pretrained", "test": "test"}
     two_seeds = {**recipe, "files": ["quality-pretrain-only.json", "archive/seed1.json"]}
-    headline.write_text(json.dumps({"baselines": "quality-smoke.json", "recipes": [two_seeds]}))
+    dataset = {"data": "smoke data", "baselines": "quality-smoke.json", "recipes": [two_seeds]}
+    headline.write_text(json.dumps({"baselines": "quality-smoke.json", "recipes": [two_seeds], "datasets": [dataset]}))
     report = ["benchmarks/report.py", "--results_dir", str(results), "--headline", str(headline)]
     report += ["--readme", str(readme), "--benchmarks_readme", str(benchmarks_readme)]
     run(*report)
@@ -130,12 +133,15 @@ def test_quality_speed_and_report_scripts(tmp_path):
     ease_l2 = quality["baselines"]["ease"]["l2"]
     assert f"| EASE (L2 {ease_l2:g}) | 1 | 1 | - |" in text
 
-    text = benchmarks_readme.read_text()  # the tables of every run
+    text = benchmarks_readme.read_text()  # the data sets' table, then the tables of every run
     assert "stale" not in text and text.startswith("notes\n") and text.endswith("end\n")
-    ease_rows = [line for line in text.splitlines() if f"| EASE (L2 {ease_l2:g}) |" in line]
+    dataset_row = next(line for line in text.splitlines() if line.startswith("| smoke data | smoke recipe |"))
+    assert dataset_row == f"| smoke data {recipe_row}"  # the headline's row, in the table of its data set
+    every_run = [line for line in text.splitlines() if line.startswith("| `")]
+    ease_rows = [line for line in every_run if f"| EASE (L2 {ease_l2:g}) |" in line]
     assert len(ease_rows) == 1 and "`quality-smoke.json`" in ease_rows[0]
     assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_rows[0]
-    popularity_rows = [line for line in text.splitlines() if "| popularity |" in line]
+    popularity_rows = [line for line in every_run if "| popularity |" in line]
     assert len(popularity_rows) == 1  # three runs with the same popularity figures: listed once
     assert "speed-smoke.json" in text and "prediction batch 32 and 300 tokens at most from bfloat16 weights" in text
     two_stages_row = next(line for line in text.splitlines() if "speed-two-stages.json" in line)
