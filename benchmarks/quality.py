@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.baselines import run_baselines_on_data  # noqa: E402
 from benchmarks.provenance import device_name, git_commit, recorded_arguments, recorded_location, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
+from hf_cllm4rec.configuration_cllm4rec import READ_OUTS  # noqa: E402
 from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
@@ -178,7 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--read_out",
         default="last",
-        choices=["last", "mean"],
+        choices=READ_OUTS,
         help="The query vector items are scored with: the prompt's last token, or the mean over its history.",
     )
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")

@@ -107,9 +107,8 @@ def test_quality_speed_and_report_scripts(tmp_path):
         "intro\n<!-- headline:start -->\nold\n<!-- headline:end -->\n<!-- scale:start -->\n<!-- scale:end -->\nend\n"
     )
     benchmarks_readme = tmp_path / "benchmarks-README.md"
-    benchmarks_readme.write_text(
-        "notes\n<!-- datasets:start -->\n<!-- datasets:end -->\n<!-- results:start -->\nstale\n<!-- results:end -->\nend\n"
-    )
+    sections = "<!-- datasets:start -->\n<!-- datasets:end -->\n<!-- results:start -->\nstale\n<!-- results:end -->\n"
+    benchmarks_readme.write_text(f"notes\n{sections}end\n")
     headline = tmp_path / "headline.json"
     recipe = {"label": "smoke recipe", "stage": "cllm4rec_pretrained", "test": "test"}
     two_seeds = {**recipe, "files": ["quality-pretrain-only.json", "archive/seed1.json"]}

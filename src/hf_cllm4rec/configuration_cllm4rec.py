@@ -4,7 +4,7 @@ import math
 import reprlib
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
@@ -26,6 +26,9 @@ TEMPLATE_PLACEHOLDERS = {
 }
 
 # Fields that configs of earlier versions hold, now options of training or of scoring: ignored when such a config loads.
+# The query vectors a read-out prompt's items can be scored with (`CLLM4RecConfig.read_out`).
+ReadOut = Literal["last", "mean"]
+READ_OUTS = get_args(ReadOut)
 RETIRED_FIELDS = (
     "mask_ratio",
     "backbone_training",
@@ -131,7 +134,7 @@ class CLLM4RecConfig(PreTrainedConfig):
     id_embedding_dropout: float | int = 0.0
     tie_item_head: bool = True
     history_attention: Literal["causal", "bidirectional", "set"] = "causal"
-    read_out: Literal["last", "mean"] = "last"
+    read_out: ReadOut = "last"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

@@ -62,8 +62,8 @@ class CLLM4RecItemPredictionOutput(ModelOutput):
         loss: multinomial negative log-likelihood of the target items plus the mutual-regularization term.
         recommendation_loss: the multinomial negative log-likelihood of the targets, per target.
         regularization_loss: the mutual-regularization term, per target.
-        logits: item scores `(batch, num_items)` of each prompt's query vector (`config.read_out`); with `labels`, only for a
-            catalogue of at most `ITEM_CHUNK_SIZE` items (the loss of a larger one scores the items in chunks).
+        logits: item scores `(batch, num_items)` of each prompt's query vector (`config.read_out`); with `labels`,
+            only for a catalogue of at most `ITEM_CHUNK_SIZE` items (the loss of a larger one scores them in chunks).
     """
 
     loss: torch.FloatTensor | None = None
@@ -656,14 +656,14 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
 
 class ItemScoringMixin:
     """
-    Item scores of a prompt's query vector (read as `config.read_out` says), and the best items from them, for tokenized
-    prompts (see [`CLLM4RecTokenizer.__call__`]): the item predictor's recommendation, the collaborative LM's next
-    item.
+    Item scores of a prompt's query vector (read as `config.read_out` says), and the best items from them, for
+    tokenized prompts (see [`CLLM4RecTokenizer.__call__`]): the item predictor's recommendation, the collaborative
+    LM's next item.
     """
 
     @torch.no_grad()
     def query_vectors(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The query vector `(batch, hidden)` of each prompt (`config.read_out`): the scores are these times the item head."""
+        """Each prompt's query vector `(batch, hidden)` (`config.read_out`): the scores are it times the head."""
         if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 and attention_mask.numel():
             if not bool(attention_mask.bool().any(-1).all()):
                 raise ValueError("A row of `attention_mask` masks every token: each prompt needs a real token.")
@@ -830,7 +830,8 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
 class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
     """
     CLLM4Rec fine-tuning and serving: the prompt's query vector (its last real token's hidden state, or with
-    `config.read_out="mean"` the mean over its history) is scored against every collaborative item embedding; training maximizes the multinomial likelihood of the held-out items.
+    `config.read_out="mean"` the mean over its history) is scored against every collaborative item embedding;
+    training maximizes the multinomial likelihood of the held-out items.
     """
 
     def __init__(self, config: CLLM4RecConfig, backbone: PreTrainedModel | None = None):

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
+from ..configuration_cllm4rec import READ_OUTS
+
 
 class UsageError(Exception):
     """An argument combination that argparse cannot check by itself."""
@@ -25,7 +27,7 @@ class DataclassArgumentParser(ArgumentParser, HfArgumentParser):
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of every command that scores items for users: batch size, prompt length, history orders, read-out."""
+    """The options of every command that scores items: batch size, prompt length, history orders, read-out."""
     parser.add_argument("--batch-size", type=int, default=64, help="Users per forward pass (default: 64).")
     parser.add_argument("--max-length", type=int, help="Longest prompt in tokens (default: the backbone's, <= 1024).")
     parser.add_argument(
@@ -43,7 +45,7 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--read-out",
-        choices=["last", "mean"],
+        choices=READ_OUTS,
         help="Score with this read-out instead of the checkpoint's: 'last', the prompt's last token, or 'mean', the "
         "mean over the history (default: the checkpoint's config.read_out).",
     )

@@ -90,9 +90,9 @@ RECIPES = {
         Recipe(
             "small-cpu",
             "A random 2-layer 256-dimension GPT-2 (dropout 0.4) trained on collaborative documents alone, batch 64, "
-            "learning rate 1e-3, weight average 0.999, early stopping on validation, items scored by the mean read-out "
-            "over the history: the best quality per CPU hour measured. Its pretrained model recommends; fine-tuning is "
-            "optional.",
+            "learning rate 1e-3, weight average 0.999, early stopping on validation, items scored by the mean "
+            "read-out over the history: the best quality per CPU hour measured. Its pretrained model recommends; "
+            "fine-tuning is optional.",
             pretraining={
                 "backbone": "gpt2",
                 "random_init": True,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
 
-from ..configuration_cllm4rec import CLLM4RecConfig
+from ..configuration_cllm4rec import READ_OUTS, CLLM4RecConfig
 from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
 from ..hub import write_model_card
 from ..hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME
@@ -107,7 +107,7 @@ class PretrainingModelArguments:
         metadata={
             "help": "The query vector items are scored with: 'last', the prompt's last token (the paper), or 'mean', "
             "the mean over the positions from the token before the history to the last (one pass, order-robust).",
-            "choices": ["last", "mean"],
+            "choices": READ_OUTS,
         },
     )
 
@@ -140,8 +140,9 @@ class FineTuningModelArguments:
     read_out: str | None = field(
         default=None,
         metadata={
-            "help": "The query vector items are scored with, 'last' or 'mean' (see pretrain); default: the checkpoint's.",
-            "choices": ["last", "mean"],
+            "help": "The query vector items are scored with, 'last' or 'mean' (see pretrain); default: the "
+            "checkpoint's.",
+            "choices": READ_OUTS,
         },
     )
     recommendation_prompt: str | None = field(
