@@ -67,6 +67,7 @@ def main() -> None:
     fully_shard(sharded)
     results["fsdp2"] = evaluations(sharded, tokenizer, data, distributed=True)
     Path(f"{sys.argv[1]}-{dist.get_rank()}.json").write_text(json.dumps(results))
+    dist.barrier()  # no process tears its connections down while the other still uses them
     dist.destroy_process_group()
 
 

@@ -106,6 +106,7 @@ def train(sizes: dict, tables_path: str, figures_path: str) -> None:
     }
     Path(f"{figures_path}.{rank}").write_text(json.dumps(figures))
     if sharded:
+        dist.barrier()  # no process tears its connections down while the other still uses them
         dist.destroy_process_group()
 
 
