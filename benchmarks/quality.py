@@ -31,6 +31,7 @@ from benchmarks.provenance import device_name, git_commit, recorded_arguments, r
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.configuration_cllm4rec import READ_OUTS  # noqa: E402
 from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
+from hf_cllm4rec.modeling_cllm4rec import COLLABORATIVE_TARGETS  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
 from hf_cllm4rec.training.optimization import ID_EMBEDDINGS_OPTIMIZERS  # noqa: E402
@@ -69,6 +70,7 @@ RECIPE_OPTIONS = {
     "bf16": ("pretrain", "bf16"),
     "early_stopping_patience": ("pretrain", "early_stopping_patience"),
     "id_embeddings_optimizer": ("pretrain", "id_embeddings_optimizer"),
+    "collaborative_targets": ("pretrain", "collaborative_targets"),
 }
 
 
@@ -182,6 +184,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=READ_OUTS,
         help="The query vector items are scored with: the prompt's last token, or the mean over its history.",
     )
+    parser.add_argument(
+        "--collaborative_targets",
+        default="next_item",
+        choices=COLLABORATIVE_TARGETS,
+        help="What each position of a collaborative document predicts: the next item, or every item after it.",
+    )
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
     parser.add_argument(
         "--history_permutations",
@@ -241,6 +249,7 @@ def training_arguments(args, stage: str, output_dir: Path):
             "num_train_epochs": args.warmup_epochs + args.pretrain_rounds,
             "content_warmup_epochs": args.warmup_epochs,
             "learning_rate": args.pretrain_learning_rate,
+            "collaborative_targets": args.collaborative_targets,
         }
     else:
         arguments_class, backbone_training = FineTuningArguments, args.backbone_training

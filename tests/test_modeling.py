@@ -632,6 +632,42 @@ def test_collaborative_loss_counts_the_main_text_from_its_first_item(backbone):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
+def test_remaining_items_targets_predict_every_item_that_follows_each_position(backbone):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=0.7)
+    with torch.no_grad():
+        logits = model(COLLABORATIVE_IDS, COLLABORATIVE_MASK).logits
+        arguments = (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
+        output = model(*arguments, collaborative_targets="remaining_items")
+        next_item = model(*arguments)
+    # by hand: each position that predicts an item predicts, with equal weight, every item from that one to the end
+    documents = {0: (3, [3, 0, 5, 2]), 1: (3, [6, 0])}
+    per_position = [
+        -logits[row, first + offset].log_softmax(-1)[items[offset:]].mean()
+        for row, (first, items) in documents.items()
+        for offset in range(len(items))
+    ]
+    torch.testing.assert_close(output.lm_loss, torch.stack(per_position).mean())
+    torch.testing.assert_close(output.regularization_loss, next_item.regularization_loss)
+    assert not torch.isclose(output.lm_loss, next_item.lm_loss)  # they differ wherever more than one item remains
+
+
+def test_remaining_items_targets_of_a_catalogue_scored_in_chunks(monkeypatch):
+    model = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0)
+    arguments = (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
+    with torch.no_grad():
+        whole = model(*arguments, collaborative_targets="remaining_items").lm_loss
+        monkeypatch.setattr(modeling_cllm4rec, "ITEM_CHUNK_SIZE", 3)  # 7 items in chunks of 3, 3 and 1
+        chunked = model(*arguments, collaborative_targets="remaining_items").lm_loss
+    torch.testing.assert_close(chunked, whole)
+
+
+def test_unknown_collaborative_targets_are_refused():
+    model = tiny_model(CLLM4RecForCollaborativeLM)
+    with pytest.raises(ValueError, match="collaborative_targets must be one of"):
+        model(COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS, collaborative_targets="all_items")
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_content_loss_counts_the_main_text_from_its_first_word(backbone):
     model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=0.0)
     with torch.no_grad():

@@ -423,6 +423,26 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path, dat
             assert whole_log.get(name) == pytest.approx(accumulated_log.get(name), abs=2e-4)
 
 
+def test_collaborative_targets_reach_the_loss_of_collaborative_documents(tmp_path, data, base_tokenizer, monkeypatch):
+    received, trained = [], {}
+    forward = CLLM4RecForCollaborativeLM.forward
+
+    def recording_forward(self, *args, **kwargs):
+        received.append((kwargs["document_type"], kwargs.get("collaborative_targets")))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLLM4RecForCollaborativeLM, "forward", recording_forward)
+    for targets in ("next_item", "remaining_items"):
+        model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+        arguments = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / targets, collaborative_targets=targets)
+        received.clear()
+        CLLM4RecTrainer(model, arguments, data, tokenizer).train()
+        assert set(received) == {("collaborative", targets), ("content", None)}
+        trained[targets] = trainable_parameters(model)
+    name = "model.user_collaborative_embeddings.weight"
+    assert not torch.allclose(trained["next_item"][name], trained["remaining_items"][name])
+
+
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
 def test_documents_of_a_batch_differ_in_length(tmp_path, data, base_tokenizer, model_class):
     """The accumulation test is only meaningful with padding: documents of one batch differ in length."""
@@ -734,6 +754,7 @@ def test_a_regularization_weight_that_is_not_a_finite_number_is_refused(lambda_v
             dict(num_train_epochs=3, content_warmup_epochs=1, content_steps=False),
             "needs content steps",
         ),
+        (CLLM4RecForCollaborativeLM, dict(collaborative_targets="all_items"), "collaborative_targets must be one of"),
         (CLLM4RecForItemPrediction, dict(mask_ratio=0.0), "mask_ratio"),
         (CLLM4RecForItemPrediction, dict(mask_ratio=1.0), "mask_ratio"),
         (CLLM4RecForItemPrediction, dict(mask_ratio=float("nan")), "mask_ratio"),

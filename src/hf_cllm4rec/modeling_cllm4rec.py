@@ -17,6 +17,9 @@ from transformers.utils import ModelOutput
 from .configuration_cllm4rec import RETIRED_FIELDS, CLLM4RecConfig
 
 DOCUMENT_TYPES = ("collaborative", "content")
+# What each position of a collaborative document is trained to predict: the item that follows it (the paper), or the
+# items that follow it to the end of the document, each weighted 1 / their number.
+COLLABORATIVE_TARGETS = ("next_item", "remaining_items")
 
 # Logits (targets x head width) the language-modelling losses hold at once: the targets are scored in chunks of
 # `LOSS_CHUNK_ELEMENTS // width` rows (at least one), whose logits are recomputed in backward. 2**26 float32 logits
@@ -567,9 +570,18 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         labels: torch.LongTensor | None,
         document_type: str,
         num_items_in_batch: int | torch.Tensor | None = None,
+        collaborative_targets: str = "next_item",
         **kwargs,
     ) -> CLLM4RecLMOutput:
-        """Next-token loss of collaborative (item space) or content (vocabulary) documents, with regularization."""
+        """
+        Next-token loss of collaborative (item space) or content (vocabulary) documents, with regularization; with
+        `collaborative_targets="remaining_items"` each position of a collaborative document predicts the items that
+        follow it to the document's end instead of the next one alone.
+        """
+        if collaborative_targets not in COLLABORATIVE_TARGETS:
+            raise ValueError(
+                f"collaborative_targets must be one of {COLLABORATIVE_TARGETS}, got {collaborative_targets!r}."
+            )
         config = self.config
         hidden_states = self(input_ids, attention_mask, document_type, **kwargs).last_hidden_state
         head = self.item_logits if document_type == "collaborative" else self.word_logits
@@ -598,8 +610,13 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         if document_type == "collaborative":
             targets = targets - config.item_token_offset
         normalizer = targets.numel() if num_items_in_batch is None else num_items_in_batch
-        chunk_size = max(1, LOSS_CHUNK_ELEMENTS // (high - low))  # targets per chunk of at most the logits budget
-        lm_loss = summed_cross_entropy(head, hidden_states[:, :-1][is_target], targets, chunk_size) / normalizer
+        if document_type == "collaborative" and collaborative_targets == "remaining_items":
+            items = (labels[:, 1:] - config.item_token_offset).clamp(min=0)
+            summed_loss = summed_remaining_items_nll(self.item_head_weight(), hidden_states[:, :-1], items, is_target)
+        else:
+            chunk_size = max(1, LOSS_CHUNK_ELEMENTS // (high - low))  # targets per chunk of at most the logits budget
+            summed_loss = summed_cross_entropy(head, hidden_states[:, :-1][is_target], targets, chunk_size)
+        lm_loss = summed_loss / normalizer
         regularization_loss = self.mutual_regularization(input_ids, attention_mask, document_type) / normalizer
         return CLLM4RecLMOutput(
             loss=lm_loss + regularization_loss,
@@ -812,6 +829,7 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
         labels: torch.LongTensor | None = None,
         document_type: str = "collaborative",
         num_items_in_batch: int | torch.Tensor | None = None,
+        collaborative_targets: str = "next_item",
         **kwargs,
     ) -> CLLM4RecLMOutput:
         r"""
@@ -821,9 +839,13 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
         num_items_in_batch (`int`, *optional*):
             Number of target tokens in the whole (accumulated, all-process) batch, which the summed losses are
             divided by; defaults to this batch's. The Trainer passes it.
+        collaborative_targets (`str`, defaults to `"next_item"`):
+            What each position of a collaborative document predicts: `"next_item"` (the paper) or
+            `"remaining_items"`, the items from the next to the document's end, each with weight 1 / their number
+            (the rest of the user's history, which a random order leaves unordered).
         """
         return self.model.language_modeling(
-            input_ids, attention_mask, labels, document_type, num_items_in_batch, **kwargs
+            input_ids, attention_mask, labels, document_type, num_items_in_batch, collaborative_targets, **kwargs
         )
 
 
@@ -924,6 +946,24 @@ def summed_cross_entropy(
 
 def _summed_cross_entropy(head, hidden_states: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden_states).float(), targets, reduction="sum")
+
+
+def summed_remaining_items_nll(
+    item_head: torch.Tensor, hidden_states: torch.Tensor, items: torch.LongTensor, is_target: torch.Tensor
+) -> torch.Tensor:
+    """
+    Summed over the target positions `t` of each document: the mean negative log-likelihood, under the item
+    distribution of `hidden_states[:, t]`, of the target items at positions `t` and after. `items` are 0-based item ids
+    `(batch, length)` (anything where `is_target` is false). The normalizers come from the chunked `logsumexp`; the
+    target scores take one `(batch, length, length)` product, not logits over the catalogue.
+    """
+    log_normalizers = chunked_item_logsumexp(hidden_states[is_target], item_head)
+    target_rows = item_head[items].to(hidden_states.dtype)
+    scores = (hidden_states @ target_rows.transpose(1, 2)).float()  # [b, t, s]: item s's logit at position t
+    positions = torch.arange(items.shape[1], device=items.device)
+    remaining = is_target[:, None, :] & (positions[None, :, None] <= positions[None, None, :])
+    mean_scores = (scores * remaining).sum(-1) / remaining.sum(-1).clamp(min=1)
+    return (log_normalizers - mean_scores[is_target]).sum()
 
 
 def chunked_item_logsumexp(hidden_states: torch.Tensor, item_head: torch.Tensor) -> torch.Tensor:

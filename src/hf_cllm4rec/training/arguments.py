@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..data.documents import CONTENT_DOCUMENT_KINDS
+from ..modeling_cllm4rec import COLLABORATIVE_TARGETS
 from ..serving.recommender import MAX_HISTORY_PERMUTATIONS
 from .backbone import BACKBONE_TRAINING
 from .optimization import ID_EMBEDDINGS_OPTIMIZERS
@@ -259,6 +260,10 @@ class PretrainingArguments(CLLM4RecTrainingArguments):
         content_warmup_epochs: the first epochs of `num_train_epochs` train content documents only (the paper
             begins with 10 content epochs). Every epoch takes as many steps as a round, so a warm-up epoch goes
             through the content documents more than once; warm-up epochs are not evaluated.
+
+    Objective:
+        collaborative_targets: what each position of a collaborative document predicts: `"next_item"` (the paper)
+            or `"remaining_items"` (the items from the next to the document's end, each weighted 1 / their number).
     """
 
     content_warmup_epochs: int = field(
@@ -269,8 +274,22 @@ class PretrainingArguments(CLLM4RecTrainingArguments):
         },
     )
 
+    collaborative_targets: str = field(
+        default="next_item",
+        metadata={
+            "help": "What each position of a collaborative document predicts: 'next_item' (the paper) or "
+            "'remaining_items' (the items from the next to the document's end, each weighted 1 / their number: the "
+            "rest of a history whose order is random).",
+            "choices": COLLABORATIVE_TARGETS,
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        if self.collaborative_targets not in COLLABORATIVE_TARGETS:
+            raise ValueError(
+                f"collaborative_targets must be one of {COLLABORATIVE_TARGETS}, got {self.collaborative_targets!r}."
+            )
         check_whole(content_warmup_epochs=self.content_warmup_epochs, minimum=0)
         if self.content_warmup_epochs and not self.content_steps:
             raise ValueError("content_warmup_epochs needs content steps: the warm-up trains content documents.")

@@ -196,8 +196,10 @@ class CLLM4RecTrainer(Trainer):
         return self.accelerator.prepare(dataloader)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         document_type = inputs["document_type"]
+        if document_type == "collaborative":
+            inputs = {**inputs, "collaborative_targets": self.args.collaborative_targets}
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         for column, (component_type, field) in enumerate(LOSS_COMPONENTS.values()):
             if component_type == document_type and outputs.get(field) is not None:
                 # summed on the device: reading a loss value back every step would stall the GPU
