@@ -25,10 +25,10 @@ TEMPLATE_PLACEHOLDERS = {
     "cold_start_prompt": ({"history"}, {"history"}),
 }
 
-# Fields that configs of earlier versions hold, now options of training or of scoring: ignored when such a config loads.
 # The query vectors a read-out prompt's items can be scored with (`CLLM4RecConfig.read_out`).
 ReadOut = Literal["last", "mean"]
 READ_OUTS = get_args(ReadOut)
+# Fields that configs of earlier versions hold, now options of training or of scoring: ignored when such a config loads.
 RETIRED_FIELDS = (
     "mask_ratio",
     "backbone_training",
