@@ -381,6 +381,14 @@ def check_finite_weights(model: nn.Module, source) -> None:
         )
 
 
+def check_collaborative_targets(collaborative_targets: str) -> None:
+    """Raises a `ValueError` unless `collaborative_targets` is one of `COLLABORATIVE_TARGETS`."""
+    if collaborative_targets not in COLLABORATIVE_TARGETS:
+        raise ValueError(
+            f"collaborative_targets must be one of {COLLABORATIVE_TARGETS}, got {collaborative_targets!r}."
+        )
+
+
 def check_token_inputs(input_ids, attention_mask, context_length: int | None) -> None:
     """
     Raises a `ValueError` unless `input_ids` is a non-empty `(batch, length)` tensor of integer token ids no longer
@@ -578,10 +586,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         `collaborative_targets="remaining_items"` each position of a collaborative document predicts the items that
         follow it to the document's end instead of the next one alone.
         """
-        if collaborative_targets not in COLLABORATIVE_TARGETS:
-            raise ValueError(
-                f"collaborative_targets must be one of {COLLABORATIVE_TARGETS}, got {collaborative_targets!r}."
-            )
+        check_collaborative_targets(collaborative_targets)
         config = self.config
         hidden_states = self(input_ids, attention_mask, document_type, **kwargs).last_hidden_state
         head = self.item_logits if document_type == "collaborative" else self.word_logits

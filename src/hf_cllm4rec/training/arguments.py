@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..data.documents import CONTENT_DOCUMENT_KINDS
-from ..modeling_cllm4rec import COLLABORATIVE_TARGETS
+from ..modeling_cllm4rec import COLLABORATIVE_TARGETS, check_collaborative_targets
 from ..serving.recommender import MAX_HISTORY_PERMUTATIONS
 from .backbone import BACKBONE_TRAINING
 from .optimization import ID_EMBEDDINGS_OPTIMIZERS
@@ -286,10 +286,7 @@ class PretrainingArguments(CLLM4RecTrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.collaborative_targets not in COLLABORATIVE_TARGETS:
-            raise ValueError(
-                f"collaborative_targets must be one of {COLLABORATIVE_TARGETS}, got {self.collaborative_targets!r}."
-            )
+        check_collaborative_targets(self.collaborative_targets)  # refused before training, not at its first step
         check_whole(content_warmup_epochs=self.content_warmup_epochs, minimum=0)
         if self.content_warmup_epochs and not self.content_steps:
             raise ValueError("content_warmup_epochs needs content steps: the warm-up trains content documents.")
