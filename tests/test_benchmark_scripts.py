@@ -41,7 +41,8 @@ def test_quality_speed_and_report_scripts(tmp_path):
         "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "pretrain-only",
         "--warmup_epochs", "0", "--pretrain_rounds", "2", "--finetune_rounds", "0", "--history_permutations", "2",
         "--pretrain_backbone_training", "lora", "--lora_rank", "4", "--lora_dropout", "0.1", "--id_embedding_dropout", "0.2", "--id_embedding_init", "vocabulary", "--untie_item_head",
-        "--weight_decay", "0.1", "--baselines", "popularity", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
+        "--weight_decay", "0.1", "--collaborative_targets", "remaining_items", "--baselines", "popularity",
+        "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
     pretrain_only = json.loads((results / "quality-pretrain-only.json").read_text())
     pretrained = tmp_path / "runs" / "pretrain-only" / "pretrain"
@@ -51,6 +52,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     saved_training = json.loads((pretrained / "training_args.json").read_text())
     assert saved_training["backbone_training"] == "lora" and saved_training["lora_rank"] == 4
     assert saved_training["lora_dropout"] == 0.1 and saved_training["weight_decay"] == 0.1
+    assert saved_training["collaborative_targets"] == "remaining_items"
     with safe_open(pretrained / "model.safetensors", "pt") as stored:  # the adapters merged into the backbone
         assert not any("lora_" in name for name in stored.keys())
     assert pretrain_only["cllm4rec"]["test"] is None
