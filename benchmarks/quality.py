@@ -13,7 +13,8 @@ same split with the same protocol (training items excluded from the ranking; Rec
 test). Writes `benchmarks/results/quality-<name>.json` (metrics, configuration, wall time, device, versions, git
 commit) and a PNG of validation Recall@20 per fine-tuning round. `--recipe NAME` takes the defaults of a recipe of
 `cllm4rec pretrain` / `finetune` (`--recipe paper`, or `--paper`: the paper-faithful configuration); every other
-option is reported as what it is.
+option is reported as what it is. `--search` pretrains every setting of the grid of `cllm4rec pretrain --search`
+(the recipe's values of its options stand for none of the trials) and records each trial under `search`.
 """
 
 import argparse
@@ -35,14 +36,16 @@ from hf_cllm4rec.modeling_cllm4rec import COLLABORATIVE_TARGETS  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
 from hf_cllm4rec.training.optimization import ID_EMBEDDINGS_OPTIMIZERS  # noqa: E402
-from hf_cllm4rec.training.presets import BACKBONE_OPTIONS, RECIPES, get_recipe  # noqa: E402
+from hf_cllm4rec.training.presets import BACKBONE_OPTIONS, RECIPES, SEARCH_GRIDS, get_recipe, given_options  # noqa: E402
 from hf_cllm4rec.training.recipes import (  # noqa: E402
+    RECIPE_NAME,
     DataArguments,
     FineTuningModelArguments,
     PretrainingModelArguments,
     load_data,
     run_finetuning,
     run_pretraining,
+    run_search,
 )
 
 # The options of this script that a recipe's settings give: option -> (stage, setting of that stage's command).
@@ -106,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "explicitly still win. Default: this script's own defaults.",
     )
     parser.add_argument("--paper", action="store_true", help="The same as --recipe paper.")
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="Pretraining trains every setting of the grid of `cllm4rec pretrain --search` (SEARCH_GRIDS: "
+        + ", ".join(f"{name} {values}" for name, values in SEARCH_GRIDS["pretrain"].items())
+        + "), each early-stopped, and keeps the best trial on validation; it needs --early_stopping_patience.",
+    )
     parser.add_argument(
         "--early_stopping_patience",
         type=int,
@@ -216,10 +226,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.paper and args.recipe not in (None, "paper"):
         parser.error(f"--paper is --recipe paper: it cannot go with --recipe {args.recipe}.")
+    given = given_options(parser, sys.argv[1:] if argv is None else argv)
+    searched = sorted(given & set(SEARCH_GRIDS["pretrain"]))
+    if args.search and searched:
+        parser.error(f"--{', --'.join(searched)}: --search tries its own values of {', '.join(searched)}.")
     if args.paper or args.recipe:
         name = args.recipe or "paper"
         options = recipe_options(name)
-        if "--backbone" in [arg.split("=")[0] for arg in (sys.argv[1:] if argv is None else argv)]:
+        if "backbone" in given:
             options = {option: value for option, value in options.items() if option not in BACKBONE_OPTIONS}
         parser.set_defaults(**options, recipe=name)
         args = parser.parse_args(argv)
@@ -229,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup_epochs = 0 if args.no_content_steps else 2
     elif args.warmup_epochs and args.no_content_steps:
         parser.error("--warmup_epochs trains content documents: it cannot go with --no_content_steps.")
+    if args.search and args.early_stopping_patience is None:
+        parser.error("--search compares trials that stop on validation: give --early_stopping_patience (or a recipe).")
     return args
 
 
@@ -306,7 +322,11 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         untie_item_head=args.untie_item_head,
         read_out=args.read_out,
     )
-    pretrained = run_pretraining(model_args, data_args, training_arguments(args, "pretraining", root / "pretrain"))
+    pretraining_args = training_arguments(args, "pretraining", root / "pretrain")
+    if args.search:
+        pretrained = run_search(model_args, data_args, pretraining_args, SEARCH_GRIDS["pretrain"])
+    else:
+        pretrained = run_pretraining(model_args, data_args, pretraining_args)
     stages = {"pretraining": stage_results(pretrained, root / "pretrain", CLLM4RecForCollaborativeLM, args)}
     if args.finetune_rounds:
         model_args = FineTuningModelArguments(
@@ -328,6 +348,9 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
             if "loss" in entry
         ],
     }
+    recipe_file = output_dir / RECIPE_NAME
+    if recipe_file.is_file() and "search" in (recipe := json.loads(recipe_file.read_text())):
+        results["search"] = recipe["search"]  # every trial's settings, best validation score and rounds
     if args.history_permutations > 1:
         model = model_class.from_pretrained(output_dir).to("cuda" if torch.cuda.is_available() else "cpu")
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):  # as the Trainer evaluates

@@ -369,3 +369,43 @@ def test_gpu_script_drives_the_benchmarks_with_options_they_accept(tmp_path):
         if is_quality:
             papers.append(parsed.paper)
     assert sorted(papers) == [False, True]
+
+
+@pytest.mark.slow
+def test_quality_search_pretrains_the_grid_and_records_every_trial(tmp_path):
+    from hf_cllm4rec.training.presets import SEARCH_GRIDS
+
+    results = tmp_path / "results"
+    run(
+        "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "search",
+        "--warmup_epochs", "0", "--pretrain_rounds", "1", "--finetune_rounds", "0", "--early_stopping_patience", "1",
+        "--search", "--baselines", "", "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
+    )  # fmt: skip
+    pretrained = json.loads((results / "quality-search.json").read_text())["cllm4rec_pretrained"]
+    trials = pretrained["search"]
+    assert [set(trial["settings"]) for trial in trials] == [set(SEARCH_GRIDS["pretrain"])] * len(trials)
+    assert len(trials) == len(SEARCH_GRIDS["pretrain"]["backbone_dropout"]) * len(
+        SEARCH_GRIDS["pretrain"]["weight_decay"]
+    )
+    best = max(trials, key=lambda trial: trial["validation_selection_score"])
+    config = json.loads((tmp_path / "runs" / "search" / "pretrain" / "config.json").read_text())
+    assert config["text_config"]["attn_pdrop"] == best["settings"]["backbone_dropout"]
+    assert max(entry["eval_selection_score"] for entry in pretrained["validation_per_round"]) == pytest.approx(
+        best["validation_selection_score"]
+    )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--backbone_dropout", "0.1"], "--search tries its own values of backbone_dropout"),
+        (["--weight_decay", "0.1"], "--search tries its own values of weight_decay"),
+        ([], "give --early_stopping_patience"),
+    ],
+)
+def test_quality_search_refuses_what_it_cannot_compare(options, message, capsys):
+    from benchmarks.quality import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--search", *options])
+    assert message in capsys.readouterr().err
