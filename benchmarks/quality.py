@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.baselines import run_baselines_on_data  # noqa: E402
 from benchmarks.provenance import device_name, git_commit, recorded_arguments, recorded_location, versions  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
-from hf_cllm4rec.configuration_cllm4rec import READ_OUTS  # noqa: E402
+from hf_cllm4rec.configuration_cllm4rec import HISTORY_ATTENTIONS, READ_OUTS  # noqa: E402
 from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
 from hf_cllm4rec.modeling_cllm4rec import COLLABORATIVE_TARGETS  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
@@ -202,6 +202,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
     parser.add_argument(
+        "--history_attention",
+        default=None,
+        choices=HISTORY_ATTENTIONS,
+        help="How fine-tuning reads the history of its prompts: causal (the default), bidirectional, or a set.",
+    )
+    parser.add_argument(
         "--history_permutations",
         type=int,
         default=1,
@@ -243,6 +249,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup_epochs = 0 if args.no_content_steps else 2
     elif args.warmup_epochs and args.no_content_steps:
         parser.error("--warmup_epochs trains content documents: it cannot go with --no_content_steps.")
+    if args.history_attention and not args.finetune_rounds:
+        parser.error("--history_attention is how fine-tuning reads its prompts: it needs --finetune_rounds above 0.")
     if args.search and args.early_stopping_patience is None:
         parser.error("--search compares trials that stop on validation: give --early_stopping_patience (or a recipe).")
     return args
@@ -330,7 +338,9 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
     stages = {"pretraining": stage_results(pretrained, root / "pretrain", CLLM4RecForCollaborativeLM, args)}
     if args.finetune_rounds:
         model_args = FineTuningModelArguments(
-            pretrained=str(root / "pretrain"), recommendation_prompt=args.recommendation_prompt
+            pretrained=str(root / "pretrain"),
+            recommendation_prompt=args.recommendation_prompt,
+            history_attention=args.history_attention,
         )
         metrics = run_finetuning(model_args, data_args, training_arguments(args, "finetuning", root / "finetune"))
         stages["finetuning"] = stage_results(metrics, root / "finetune", CLLM4RecForItemPrediction, args)

@@ -25,10 +25,12 @@ def test_quality_speed_and_report_scripts(tmp_path):
     run(
         "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "smoke",
         "--warmup_epochs", "2", "--pretrain_rounds", "1", "--finetune_rounds", "2", "--baselines", "popularity,ease",
-        "--train_sampling_strategy", "group_by_length",
+        "--train_sampling_strategy", "group_by_length", "--history_attention", "set",
         "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
     quality = json.loads((results / "quality-smoke.json").read_text())
+    finetuned_config = json.loads((tmp_path / "runs" / "smoke" / "finetune" / "config.json").read_text())
+    assert finetuned_config["history_attention"] == "set"
     assert not {"output_dir", "results_dir"} & set(quality["configuration"])  # where it wrote is not what produced it
     assert len(quality["cllm4rec"]["validation_per_round"]) == 2
     assert set(quality["baselines"]) == {"popularity", "ease"}
@@ -295,6 +297,14 @@ def test_a_content_warmup_needs_content_steps(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--name", "ids", "--no_content_steps", "--warmup_epochs", "1"])
     assert "--no_content_steps" in capsys.readouterr().err
+
+
+def test_history_attention_needs_fine_tuning(capsys):
+    from benchmarks.quality import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--finetune_rounds", "0", "--history_attention", "set"])
+    assert "--history_attention is how fine-tuning reads its prompts" in capsys.readouterr().err
 
 
 def test_bf16_runs_where_the_machine_has_no_gpu(tmp_path):

@@ -51,10 +51,12 @@ def test_pretrain_finetune_evaluate_chain(checkpoint, capsys):
     assert run_cli("pretrain", *common, *pretrain, "--output_dir", str(pretrained)) == 0
     assert json.loads((pretrained / "config.json").read_text())["read_out"] == "mean"
     finetune = ("--pretrained", str(pretrained), "--id_embedding_dropout", "0.2", "--read_out", "last")
+    finetune += ("--history_attention", "bidirectional")
     assert run_cli("finetune", *common, *finetune, "--output_dir", str(finetuned)) == 0
     capsys.readouterr()
     finetuned_config = json.loads((finetuned / "config.json").read_text())
     assert finetuned_config["id_embedding_dropout"] == 0.2 and finetuned_config.get("read_out", "last") == "last"
+    assert finetuned_config["history_attention"] == "bidirectional"
     measured = json.loads((finetuned / "test_results.json").read_text())
     assert ModelCard.load(finetuned / "README.md").data.eval_results[0].metric_value == measured["test_recall@20"]
     assert "**pretraining** stage" in (pretrained / "README.md").read_text()

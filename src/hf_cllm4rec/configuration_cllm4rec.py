@@ -28,6 +28,9 @@ TEMPLATE_PLACEHOLDERS = {
 # The query vectors a read-out prompt's items can be scored with (`CLLM4RecConfig.read_out`).
 ReadOut = Literal["last", "mean"]
 READ_OUTS = get_args(ReadOut)
+# How a read-out prompt's history is read (`CLLM4RecConfig.history_attention`).
+HistoryAttention = Literal["causal", "bidirectional", "set"]
+HISTORY_ATTENTIONS = get_args(HistoryAttention)
 # Fields that configs of earlier versions hold, now options of training or of scoring: ignored when such a config loads.
 RETIRED_FIELDS = (
     "mask_ratio",
@@ -133,7 +136,7 @@ class CLLM4RecConfig(PreTrainedConfig):
     id_embedding_init: Literal["normal", "vocabulary"] = "normal"
     id_embedding_dropout: float | int = 0.0
     tie_item_head: bool = True
-    history_attention: Literal["causal", "bidirectional", "set"] = "causal"
+    history_attention: HistoryAttention = "causal"
     read_out: ReadOut = "last"
     tie_word_embeddings: bool = False
 

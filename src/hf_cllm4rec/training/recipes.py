@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
 
-from ..configuration_cllm4rec import READ_OUTS, CLLM4RecConfig
+from ..configuration_cllm4rec import HISTORY_ATTENTIONS, READ_OUTS, CLLM4RecConfig
 from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
 from ..hub import write_model_card
 from ..hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME
@@ -152,13 +152,22 @@ class FineTuningModelArguments:
             "{history}' (the pretraining read-out: the next item after the history)."
         },
     )
+    history_attention: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the history of the prompts items are scored after is read: 'causal' (as pretraining reads "
+            "it), 'bidirectional' (history items see each other) or 'set' (also one shared position: the scores do "
+            "not depend on the history's order); default: the checkpoint's.",
+            "choices": HISTORY_ATTENTIONS,
+        },
+    )
 
     def __post_init__(self):
         check_model_settings(lambda_v=self.lambda_v, id_embedding_dropout=self.id_embedding_dropout)
 
     def config_overrides(self) -> dict:
         """The settings of the checkpoint's config that the run changes, by name."""
-        names = ("lambda_v", "id_embedding_dropout", "recommendation_prompt", "read_out")
+        names = ("lambda_v", "id_embedding_dropout", "recommendation_prompt", "read_out", "history_attention")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
