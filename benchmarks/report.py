@@ -53,11 +53,14 @@ def quality_epochs(result: dict, fine_tuned: bool = False) -> str:
     """
     The epochs a quality run trained up to its pretrained model, or its fine-tuned one: the content warm-up
     (`warmup_epochs_trained`), then its rounds, two epochs each where content epochs are interleaved. A run that
-    stops early trained as many rounds as its validation log holds, not the maximum it was given.
+    stops early trained as many rounds as its validation log holds, not the maximum it was given; a search, the
+    rounds of all its trials.
     """
     configuration = result["configuration"]
 
     def rounds_run(stage: str, maximum: int) -> int:
+        if "search" in result.get(stage, {}):
+            return sum(trial["rounds"] for trial in result[stage]["search"])
         if not configuration.get("early_stopping_patience"):
             return maximum
         return len(result[stage]["validation_per_round"])

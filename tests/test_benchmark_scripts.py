@@ -216,6 +216,19 @@ def test_a_content_warmup_epoch_counts_the_epochs_its_steps_take(
         quality_epochs(result)
 
 
+def test_a_search_counts_the_rounds_of_every_trial():
+    from benchmarks.report import quality_epochs
+
+    trials = [
+        {"settings": {"backbone_dropout": dropout}, "rounds": rounds} for dropout, rounds in ((0.2, 9), (0.4, 5))
+    ]
+    result = {
+        "configuration": {"pretrain_rounds": 100, "finetune_rounds": 0, "no_content_steps": True},
+        "cllm4rec_pretrained": {"validation_per_round": [{"eval_recall@20": 0.1}] * 9, "search": trials},
+    }
+    assert quality_epochs(result) == "14"  # the best trial's 9 rounds and the other's 5
+
+
 def test_results_record_local_folders_by_name_and_not_where_outputs_went():
     from benchmarks.provenance import recorded_arguments, recorded_location
 
