@@ -1,5 +1,6 @@
 """What produced a benchmark result: the arguments, the device, the library versions and the code's git commit."""
 
+import argparse
 import platform
 import subprocess
 from pathlib import Path
@@ -50,3 +51,20 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}+uncommitted" if changed else commit
+
+
+def add_cudnn_attention_option(parser: argparse.ArgumentParser) -> None:
+    """`--no_cudnn_attention`: switch off cuDNN's attention kernel, which costs host time on Hopper GPUs."""
+    parser.add_argument(
+        "--no_cudnn_attention",
+        action="store_true",
+        help="Switch off cuDNN's kernel of scaled_dot_product_attention before the run: on Hopper GPUs PyTorch picks "
+        "it first, and it cost 3-6 ms of host time per attention call on batches whose length changes from step to "
+        "step (benchmarks/README.md, Speed).",
+    )
+
+
+def apply_cudnn_attention_option(args: argparse.Namespace) -> None:
+    """Switches cuDNN's attention kernel off where `--no_cudnn_attention` says so."""
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)

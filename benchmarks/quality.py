@@ -28,7 +28,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import run_baselines_on_data  # noqa: E402
-from benchmarks.provenance import device_name, git_commit, recorded_arguments, recorded_location, versions  # noqa: E402
+from benchmarks.provenance import (  # noqa: E402
+    add_cudnn_attention_option,
+    apply_cudnn_attention_option,
+    device_name,
+    git_commit,
+    recorded_arguments,
+    recorded_location,
+    versions,
+)
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.configuration_cllm4rec import HISTORY_ATTENTIONS, READ_OUTS  # noqa: E402
 from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
@@ -229,6 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baselines", default="popularity,ease,multivae")
     parser.add_argument("--output_dir", default="runs/quality", help="Where the trained models go.")
     parser.add_argument("--results_dir", default="benchmarks/results", help="Where the JSON and PNG go.")
+    add_cudnn_attention_option(parser)
     args = parser.parse_args(argv)
     if args.paper and args.recipe not in (None, "paper"):
         parser.error(f"--paper is --recipe paper: it cannot go with --recipe {args.recipe}.")
@@ -397,6 +406,7 @@ def plot(validation: dict[str, list[dict]], path: Path, title: str) -> None:
 
 def main() -> None:
     args = parse_args()
+    apply_cudnn_attention_option(args)
     commit = git_commit()
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,14 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.provenance import device_name, git_commit, recorded_location, versions  # noqa: E402
+from benchmarks.provenance import (  # noqa: E402
+    add_cudnn_attention_option,
+    apply_cudnn_attention_option,
+    device_name,
+    git_commit,
+    recorded_location,
+    versions,
+)
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction, Recommender  # noqa: E402
 from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments  # noqa: E402
 from hf_cllm4rec.data.documents import ScheduledDocuments  # noqa: E402
@@ -114,6 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--scaling_users", type=int, default=256, help="Users scored per catalogue size.")
     parser.add_argument("--output", default=None, help="JSON path; default benchmarks/results/speed-<name>.json.")
+    add_cudnn_attention_option(parser)
     args = parser.parse_args(argv)
     args.stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
     unknown = sorted(set(args.stages) - set(STAGES))
@@ -273,6 +281,7 @@ def time_catalogue_scaling(config: CLLM4RecConfig, tokenizer_factory, args, devi
 
 def main() -> None:
     args = parse_args()
+    apply_cudnn_attention_option(args)
     commit = git_commit()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_data(DataArguments(data=args.data))

@@ -383,15 +383,19 @@ def test_gpu_script_drives_the_benchmarks_with_options_they_accept(tmp_path):
     invocations = [json.loads(line) for line in calls.read_text().splitlines()]
     scripts = sorted(Path(invocation[0]).name for invocation in invocations)
     assert scripts == ["quality.py", "quality.py", "speed.py", "speed.py"]
-    papers = []
+    quality_runs = []
     for script, *argv in invocations:
         is_quality = script.endswith("quality.py")
         parsed = (quality if is_quality else speed).parse_args(argv)
         assert parsed.data == "data/beauty" and parsed.backbone in ("SMOLLM2", "gpt2")
         assert (parsed.name if is_quality else Path(parsed.output).stem).endswith("-h200")
+        assert parsed.no_cudnn_attention
         if is_quality:
-            papers.append(parsed.paper)
-    assert sorted(papers) == [False, True]
+            quality_runs.append(parsed)
+    assert all(run.early_stopping_patience == 3 for run in quality_runs)
+    recipe, regularized = sorted(quality_runs, key=lambda run: run.recipe is None)
+    assert recipe.recipe == "smollm2" and recipe.no_content_steps
+    assert not regularized.no_content_steps and regularized.lambda_v > 0
 
 
 @pytest.mark.slow
