@@ -7,7 +7,8 @@
 # `gpt2` from the Hub). Needs the paper's Beauty split prepared in data/beauty (README, Use, step 1), or another
 # prepared folder in DATA. Writes {speed,quality}-*-<gpu>.json (and the quality runs' PNGs) to benchmarks/results,
 # or to RESULTS; `python benchmarks/report.py` then regenerates the README tables. Sized for about eight minutes on
-# one H100 or H200; QUALITY_LIMIT caps each quality run's seconds (default 380), so that the whole fits a lease.
+# one H100 or H200 (an estimate from the earlier H200 speed files); QUALITY_LIMIT caps each quality run's seconds
+# (default 380), so that the whole ends in a known time.
 #
 # 1. speed of every stage, GPT-2 small's shape (random weights) and SmolLM2-135M, cuDNN's attention kernel off,
 #    prediction batches capped at 65,536 padded tokens, content epochs timed on 32,768 documents: the two runs one
