@@ -38,7 +38,7 @@ timeout "$limit" python benchmarks/quality.py "${quality[@]}" --recipe smollm2 -
   --name "beauty-smollm2-recipe-$gpu" &
 timeout "$limit" python benchmarks/quality.py "${quality[@]}" --name "beauty-smollm2-recipe-content-regularized-$gpu" \
   --warmup_epochs 1 --pretrain_rounds 8 --finetune_rounds 0 --content_documents item --lambda_v 1 \
-  --batch_size 32 --pretrain_learning_rate 2e-3 --weight_decay 0.3 --weight_average_decay 0.998 \
+  --batch_size 32 --pretrain_learning_rate 1e-3 --weight_decay 0.3 --weight_average_decay 0.998 \
   --id_embedding_init vocabulary --id_embedding_dropout 0.3 --untie_item_head --pretrain_backbone_training lora \
   --train_sampling_strategy group_by_length --early_stopping_patience 3 &
 status=0

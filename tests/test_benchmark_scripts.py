@@ -320,6 +320,22 @@ def test_history_attention_needs_fine_tuning(capsys):
     assert "--history_attention is how fine-tuning reads its prompts" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("script", ["quality", "speed"])
+def test_no_cudnn_attention_switches_the_kernel_off(script):
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{script}")
+    name_options = ["--name", "x"] if script == "quality" else []
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        module.apply_cudnn_attention_option(module.parse_args(name_options))
+        assert torch.backends.cuda.cudnn_sdp_enabled() == enabled
+        module.apply_cudnn_attention_option(module.parse_args([*name_options, "--no_cudnn_attention"]))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
+
+
 def test_bf16_runs_where_the_machine_has_no_gpu(tmp_path):
     from benchmarks.quality import parse_args, training_arguments
 
@@ -396,6 +412,12 @@ def test_gpu_script_drives_the_benchmarks_with_options_they_accept(tmp_path):
     recipe, regularized = sorted(quality_runs, key=lambda run: run.recipe is None)
     assert recipe.recipe == "smollm2" and recipe.no_content_steps
     assert not regularized.no_content_steps and regularized.lambda_v > 0
+    # "the same with what a CPU cannot afford": no fine-tuning in either, and no other pretraining setting differs
+    assert recipe.finetune_rounds == regularized.finetune_rounds == 0
+    what_a_cpu_cannot_afford = {"no_content_steps", "warmup_epochs", "lambda_v"}
+    run_settings = {"name", "recipe", "pretrain_rounds", "backbone_training", "finetune_learning_rate"}
+    differing = {key for key, value in vars(recipe).items() if vars(regularized)[key] != value}
+    assert differing <= what_a_cpu_cannot_afford | run_settings
 
 
 @pytest.mark.slow
