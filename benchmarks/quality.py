@@ -242,7 +242,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.paper and args.recipe not in (None, "paper"):
         parser.error(f"--paper is --recipe paper: it cannot go with --recipe {args.recipe}.")
     given = given_options(parser, sys.argv[1:] if argv is None else argv)
-    searched = sorted(given & set(SEARCH_GRIDS["pretrain"]))
+    searched = sorted(
+        option for option in given if RECIPE_OPTIONS.get(option, (None, option))[1] in SEARCH_GRIDS["pretrain"]
+    )
     if args.search and searched:
         parser.error(f"--{', --'.join(searched)}: --search tries its own values of {', '.join(searched)}.")
     if args.paper or args.recipe:

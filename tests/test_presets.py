@@ -168,14 +168,15 @@ def test_search_trains_every_combination_of_its_grid_and_keeps_the_best_on_valid
     config = json.loads((output_dir / "config.json").read_text())
     assert config["text_config"]["attn_pdrop"] == best["settings"]["backbone_dropout"]
     saved = json.loads((output_dir / "training_args.json").read_text())
-    assert saved["weight_decay"] == best["settings"]["weight_decay"] and saved["output_dir"] == str(output_dir)
+    batch_size = best["settings"]["per_device_train_batch_size"]
+    assert saved["per_device_train_batch_size"] == batch_size and saved["output_dir"] == str(output_dir)
     assert (output_dir / "test_results.json").is_file() and (output_dir / "model.safetensors").is_file()
 
 
 def test_search_refuses_the_options_it_tries_and_runs_without_a_selection(capsys, tmp_path):
     args = ("pretrain", "--backbone", "builtin-tiny-gpt2", "--output_dir", str(tmp_path / "run"), "--search", *QUICK)
-    message = "--weight_decay: --search tries its own values of weight_decay"
-    assert_usage_error(capsys, *args, "--weight_decay", "0.3", message=message)
+    message = "--per_device_train_batch_size: --search tries its own values of per_device_train_batch_size"
+    assert_usage_error(capsys, *args, "--per_device_train_batch_size", "8", message=message)
     assert_usage_error(capsys, *args, "--eval_strategy", "no", message="search chooses on validation")
 
 
