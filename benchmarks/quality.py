@@ -85,6 +85,10 @@ RECIPE_OPTIONS = {
 }
 
 
+# The (stage, setting) pairs of what pretraining's `--search` tries.
+PRETRAINING_GRID_SETTINGS = {("pretrain", setting) for setting in SEARCH_GRIDS["pretrain"]}
+
+
 def recipe_options(name: str) -> dict:
     """The defaults of this script's options that the recipe `name` of `cllm4rec pretrain` / `finetune` gives."""
     recipe = get_recipe(name)
@@ -242,8 +246,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.paper and args.recipe not in (None, "paper"):
         parser.error(f"--paper is --recipe paper: it cannot go with --recipe {args.recipe}.")
     given = given_options(parser, sys.argv[1:] if argv is None else argv)
+    # the options that set a pretraining setting the grid varies, under this script's name for it
     searched = sorted(
-        option for option in given if RECIPE_OPTIONS.get(option, (None, option))[1] in SEARCH_GRIDS["pretrain"]
+        option for option in given if RECIPE_OPTIONS.get(option, ("pretrain", option)) in PRETRAINING_GRID_SETTINGS
     )
     if args.search and searched:
         parser.error(f"--{', --'.join(searched)}: --search tries its own values of {', '.join(searched)}.")
