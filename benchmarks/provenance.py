@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 import transformers
 
-# Arguments naming a model, backbone, tokenizer or data set, which may be a local path.
-LOCATION_ARGUMENTS = ("model", "backbone", "tokenizer", "data")
+# Arguments naming a model, pretrained model, backbone, tokenizer or data set, which may be a local path.
+LOCATION_ARGUMENTS = ("model", "pretrained", "backbone", "tokenizer", "data")
 # Arguments naming where a run writes its outputs: not what produced the result.
 OUTPUT_ARGUMENTS = ("output", "output_dir", "output_file", "results_dir")
 

@@ -15,6 +15,12 @@ commit) and a PNG of validation Recall@20 per fine-tuning round. `--recipe NAME`
 `cllm4rec pretrain` / `finetune` (`--recipe paper`, or `--paper`: the paper-faithful configuration); every other
 option is reported as what it is. `--search` pretrains every setting of the grid of `cllm4rec pretrain --search`
 (the recipe's values of its options stand for none of the trials) and records each trial under `search`.
+`--pretrained FOLDER` fine-tunes a model that an earlier run pretrained (the `pretrain` folder of a run of this script,
+or the output of `cllm4rec pretrain`) instead of pretraining one; the result records that model's own test, validation
+log and training time, and the options that only pretraining reads are refused:
+
+    python benchmarks/quality.py --recipe small-cpu --data data/ml100k --pretrained runs/quality/ml100k/pretrain \
+        --finetune_rounds 100 --history_attention set --baselines '' --name ml100k-set
 """
 
 import argparse
@@ -40,6 +46,7 @@ from benchmarks.provenance import (  # noqa: E402
 from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.configuration_cllm4rec import HISTORY_ATTENTIONS, READ_OUTS  # noqa: E402
 from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
+from hf_cllm4rec.hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME  # noqa: E402
 from hf_cllm4rec.modeling_cllm4rec import COLLABORATIVE_TARGETS  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
@@ -85,6 +92,40 @@ RECIPE_OPTIONS = {
 }
 
 
+# The options of this script that only pretraining reads: `--pretrained` refuses them.
+PRETRAINING_OPTIONS = (
+    "backbone",
+    "tokenizer",
+    "random_init",
+    "backbone_overrides",
+    "backbone_dropout",
+    "search",
+    "warmup_epochs",
+    "pretrain_rounds",
+    "pretrain_learning_rate",
+    "lambda_v",
+    "pretrain_backbone_training",
+    "id_embedding_dropout",
+    "id_embedding_init",
+    "untie_item_head",
+    "read_out",
+    "collaborative_targets",
+)
+# The pretraining training arguments that a result records of a model it fine-tunes with `--pretrained`.
+RECORDED_PRETRAINING_ARGUMENTS = (
+    "num_train_epochs",
+    "content_warmup_epochs",
+    "content_steps",
+    "per_device_train_batch_size",
+    "learning_rate",
+    "lr_scheduler_type",
+    "weight_average_decay",
+    "early_stopping_patience",
+    "collaborative_targets",
+    "seed",
+)
+
+
 # The (stage, setting) pairs of what pretraining's `--search` tries.
 PRETRAINING_GRID_SETTINGS = {("pretrain", setting) for setting in SEARCH_GRIDS["pretrain"]}
 
@@ -121,6 +162,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "explicitly still win. Default: this script's own defaults.",
     )
     parser.add_argument("--paper", action="store_true", help="The same as --recipe paper.")
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="Fine-tune this pretrained model folder (CLLM4RecForCollaborativeLM, with the trainer_state.json and "
+        "test_results.json of its run) instead of pretraining one; needs --finetune_rounds above 0.",
+    )
     parser.add_argument(
         "--search",
         action="store_true",
@@ -246,6 +293,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.paper and args.recipe not in (None, "paper"):
         parser.error(f"--paper is --recipe paper: it cannot go with --recipe {args.recipe}.")
     given = given_options(parser, sys.argv[1:] if argv is None else argv)
+    if args.pretrained is not None:
+        pretraining_only = [option for option in PRETRAINING_OPTIONS if option in given]
+        if pretraining_only:
+            parser.error(f"--{', --'.join(pretraining_only)}: options of pretraining, which --pretrained skips.")
+        missing = [
+            name
+            for name in ("trainer_state.json", TEST_RESULTS_NAME, TRAINING_ARGS_NAME)
+            if not Path(args.pretrained, name).is_file()
+        ]
+        if missing:
+            parser.error(f"--pretrained {args.pretrained}: no {' or '.join(missing)} there (not a pretraining run).")
     # the options that set a pretraining setting the grid varies, under this script's name for it
     searched = sorted(
         option for option in given if RECIPE_OPTIONS.get(option, ("pretrain", option)) in PRETRAINING_GRID_SETTINGS
@@ -265,6 +323,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup_epochs = 0 if args.no_content_steps else 2
     elif args.warmup_epochs and args.no_content_steps:
         parser.error("--warmup_epochs trains content documents: it cannot go with --no_content_steps.")
+    if args.pretrained is not None and not args.finetune_rounds:
+        parser.error("--pretrained is fine-tuned: give --finetune_rounds above 0.")
     if args.history_attention and not args.finetune_rounds:
         parser.error("--history_attention is how fine-tuning reads its prompts: it needs --finetune_rounds above 0.")
     if args.search and args.early_stopping_patience is None:
@@ -329,11 +389,32 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
     best validation round (the pretrained model recommends the next item after the history), the same model's test
     metrics averaged over `--history_permutations` history orders where that is above 1, the validation metrics per
     round, and the training loss as logged (first step, then every 100). Rounds are selected with one pass per user.
-    Also returns the wall time.
+    With `--pretrained`, the pretraining stage is that model's: its run's test metrics and logs. Also returns the
+    wall time of this run.
     """
     start = time.perf_counter()
     data_args = DataArguments(data=args.data)
     root = Path(args.output_dir) / args.name
+    if args.pretrained is None:
+        pretrained_dir = root / "pretrain"
+        pretrained = pretrain(args, data_args, pretrained_dir)
+    else:
+        pretrained_dir = Path(args.pretrained)
+        pretrained = json.loads((pretrained_dir / TEST_RESULTS_NAME).read_text())
+    stages = {"pretraining": stage_results(pretrained, pretrained_dir, CLLM4RecForCollaborativeLM, args)}
+    if args.finetune_rounds:
+        model_args = FineTuningModelArguments(
+            pretrained=str(pretrained_dir),
+            recommendation_prompt=args.recommendation_prompt,
+            history_attention=args.history_attention,
+        )
+        metrics = run_finetuning(model_args, data_args, training_arguments(args, "finetuning", root / "finetune"))
+        stages["finetuning"] = stage_results(metrics, root / "finetune", CLLM4RecForItemPrediction, args)
+    return stages, time.perf_counter() - start
+
+
+def pretrain(args, data_args: DataArguments, output_dir: Path) -> dict[str, float]:
+    """Pretrains (every trial of the grid with `--search`) into `output_dir`; returns the test metrics."""
     model_args = PretrainingModelArguments(
         backbone=args.backbone,
         tokenizer=args.tokenizer,
@@ -346,21 +427,30 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
         untie_item_head=args.untie_item_head,
         read_out=args.read_out,
     )
-    pretraining_args = training_arguments(args, "pretraining", root / "pretrain")
+    pretraining_args = training_arguments(args, "pretraining", output_dir)
     if args.search:
-        pretrained = run_search(model_args, data_args, pretraining_args, SEARCH_GRIDS["pretrain"])
-    else:
-        pretrained = run_pretraining(model_args, data_args, pretraining_args)
-    stages = {"pretraining": stage_results(pretrained, root / "pretrain", CLLM4RecForCollaborativeLM, args)}
-    if args.finetune_rounds:
-        model_args = FineTuningModelArguments(
-            pretrained=str(root / "pretrain"),
-            recommendation_prompt=args.recommendation_prompt,
-            history_attention=args.history_attention,
+        return run_search(model_args, data_args, pretraining_args, SEARCH_GRIDS["pretrain"])
+    return run_pretraining(model_args, data_args, pretraining_args)
+
+
+def pretrained_model_record(folder: Path) -> dict:
+    """
+    What a result records of the model that `--pretrained` names: where it lies, the arguments it was pretrained
+    with (`RECORDED_PRETRAINING_ARGUMENTS`) and the seconds its training took (`train_runtime` of its run: the kept
+    trial's alone where that run was a search).
+    """
+    training = json.loads((folder / TRAINING_ARGS_NAME).read_text())
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    runtimes = [entry["train_runtime"] for entry in history if "train_runtime" in entry]
+    if not runtimes:
+        raise SystemExit(
+            f"--pretrained {folder}: its trainer_state.json logs no train_runtime (training did not end)."
         )
-        metrics = run_finetuning(model_args, data_args, training_arguments(args, "finetuning", root / "finetune"))
-        stages["finetuning"] = stage_results(metrics, root / "finetune", CLLM4RecForItemPrediction, args)
-    return stages, time.perf_counter() - start
+    return {
+        "model": recorded_location(str(folder)),
+        "training_arguments": {name: training.get(name) for name in RECORDED_PRETRAINING_ARGUMENTS},
+        "train_runtime_s": runtimes[-1],
+    }
 
 
 def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args) -> dict:
@@ -415,6 +505,7 @@ def main() -> None:
     args = parse_args()
     apply_cudnn_attention_option(args)
     commit = git_commit()
+    pretrained = None if args.pretrained is None else pretrained_model_record(Path(args.pretrained))
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     stages, wall = run_cllm4rec(args)
@@ -428,13 +519,17 @@ def main() -> None:
         print(f"{name}: {baseline['test']}")
     validation = {stage: results["validation_per_round"] for stage, results in stages.items()}
     plot(validation, results_dir / f"quality-{args.name}.png", f"CLLM4Rec {args.name}: validation Recall@20")
+    configuration = recorded_arguments(args)
+    if args.pretrained is not None:  # pretraining's options describe no part of this run
+        configuration = {key: value for key, value in configuration.items() if key not in PRETRAINING_OPTIONS}
     result = {
         "benchmark": "quality",
         "name": args.name,
         "data": recorded_location(args.data),
-        "configuration": recorded_arguments(args),
+        "configuration": configuration,
         "cllm4rec": {**stages.get("finetuning", {"test": None}), "wall_s": wall},
         "cllm4rec_pretrained": stages["pretraining"],
+        **({"pretrained": pretrained} if pretrained is not None else {}),
         "baselines": baselines,
         "device": device_name(),
         "versions": versions(),

@@ -54,9 +54,11 @@ def quality_epochs(result: dict, fine_tuned: bool = False) -> str:
     The epochs a quality run trained up to its pretrained model, or its fine-tuned one: the content warm-up
     (`warmup_epochs_trained`), then its rounds, two epochs each where content epochs are interleaved. A run that
     stops early trained as many rounds as its validation log holds, not the maximum it was given; a search, the
-    rounds of all its trials.
+    rounds of all its trials. A run that fine-tuned a model an earlier run pretrained (`pretrained`) counts that
+    run's epochs too.
     """
     configuration = result["configuration"]
+    content_steps = not configuration.get("no_content_steps")
 
     def rounds_run(stage: str, maximum: int) -> int:
         if "search" in result.get(stage, {}):
@@ -65,12 +67,16 @@ def quality_epochs(result: dict, fine_tuned: bool = False) -> str:
             return maximum
         return len(result[stage]["validation_per_round"])
 
-    rounds = rounds_run("cllm4rec_pretrained", configuration["pretrain_rounds"])
+    if "pretrained" in result:  # its validation log counts the rounds of the run that pretrained it
+        pretraining_rounds = len(result["cllm4rec_pretrained"]["validation_per_round"])
+        pretraining_content_steps = result["pretrained"]["training_arguments"]["content_steps"]
+    else:
+        pretraining_rounds = rounds_run("cllm4rec_pretrained", configuration["pretrain_rounds"])
+        pretraining_content_steps = content_steps
+    epochs = warmup_epochs_trained(result) + pretraining_rounds * (2 if pretraining_content_steps else 1)
     if fine_tuned:
-        rounds += rounds_run("cllm4rec", configuration["finetune_rounds"])
-    if configuration.get("no_content_steps"):
-        return str(rounds)
-    return str(warmup_epochs_trained(result) + 2 * rounds)
+        epochs += rounds_run("cllm4rec", configuration["finetune_rounds"]) * (2 if content_steps else 1)
+    return str(epochs)
 
 
 def warmup_epochs_trained(result: dict) -> int:
@@ -81,13 +87,21 @@ def warmup_epochs_trained(result: dict) -> int:
     their log counts fractions of one, where later runs first evaluate after the warm-up and a round, at epoch 2 or
     more.
     """
-    warmup = result["configuration"].get("warmup_epochs", 0)
+    if "pretrained" in result:
+        warmup = result["pretrained"]["training_arguments"]["content_warmup_epochs"]
+    else:
+        warmup = result["configuration"].get("warmup_epochs", 0)
     if not warmup:
         return 0
     validation = result["cllm4rec_pretrained"]["validation_per_round"]
     if not validation:
         raise SystemExit(f"{result['_file']} has a content warm-up but no validation log that tells its length.")
     return warmup * (2 if validation[0]["epoch"] > 1 else 1)
+
+
+def run_seconds(result: dict) -> float:
+    """The wall-clock seconds of a quality run, with the training of the model it fine-tuned where that came apart."""
+    return result["cllm4rec"]["wall_s"] + result.get("pretrained", {}).get("train_runtime_s", 0)
 
 
 def hours(seconds: float) -> str:
@@ -154,7 +168,7 @@ def headline_rows(headline: dict, results: dict[str, dict]) -> list[str]:
         devices = {device_kind(run["device"]) for run in runs}
         if len(passes) > 1 or len(devices) > 1:
             raise SystemExit(f"the runs of {recipe['label']!r} differ in passes per user or device.")
-        cost = f"{hours(sum(run['cllm4rec']['wall_s'] for run in runs) / len(runs))} {devices.pop()}"
+        cost = f"{hours(sum(run_seconds(run) for run in runs) / len(runs))} {devices.pop()}"
         epochs_cell = str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
         rows.append(row(recipe["label"], len(runs), passes.pop(), epochs_cell, cost, tests))
     return rows
@@ -247,7 +261,7 @@ def quality_rows(results: list[dict]) -> list[str]:
         of_data = [result for result in results if result["data"] == data]
         for result in of_data:
             if result["benchmark"] == "quality":
-                seconds = result["cllm4rec"]["wall_s"]
+                seconds = run_seconds(result)
                 for stage, passes, test in cllm4rec_tests(result):
                     epochs = quality_epochs(result, fine_tuned=stage == "fine-tuned")
                     rows.append(row(result, f"CLLM4Rec, {stage}", passes, epochs, seconds, test))
@@ -392,7 +406,8 @@ def render_results(results: list[dict]) -> list[str]:
                 "`baselines.py`; a baseline result that several files share is listed once). Passes/user: forward "
                 "passes per user in the test (history orders averaged); epochs: every epoch trained up to the "
                 "stage's model, a content warm-up epoch counted as two where it was as long as a round (runs since "
-                "warm-up epochs are Trainer epochs); hours: wall-clock time of the whole run, its tests included:",
+                "warm-up epochs are Trainer epochs); hours: wall-clock time of the whole run, its tests included, "
+                "and the training time of the model it fine-tuned where an earlier run pretrained that:",
                 LINE_LENGTH,
             ),
             "",

@@ -40,6 +40,27 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert len(quality["cllm4rec_pretrained"]["validation_per_round"]) == 1
     assert (results / "quality-smoke.png").stat().st_size > 0
 
+    # the smoke run's pretrained model fine-tuned apart, with a fine-tuning batch of its own
+    smoke_pretrained = tmp_path / "runs" / "smoke" / "pretrain"
+    run(
+        "benchmarks/quality.py", "--data", "builtin", "--pretrained", str(smoke_pretrained), "--name", "apart",
+        "--finetune_rounds", "1", "--batch_size", "8", "--history_attention", "set", "--baselines", "",
+        "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
+    )  # fmt: skip
+    apart = json.loads((results / "quality-apart.json").read_text())
+    assert apart["cllm4rec_pretrained"]["test"] == quality["cllm4rec_pretrained"]["test"]  # the same model's test
+    assert (
+        apart["cllm4rec_pretrained"]["validation_per_round"] == quality["cllm4rec_pretrained"]["validation_per_round"]
+    )
+    assert apart["pretrained"]["model"] == "pretrain" and apart["pretrained"]["train_runtime_s"] > 0
+    assert apart["pretrained"]["training_arguments"]["num_train_epochs"] == 3  # 2 warm-up epochs and a round
+    assert not {"backbone", "pretrain_rounds", "warmup_epochs"} & set(apart["configuration"])
+    assert apart["configuration"]["pretrained"] == "pretrain" and apart["baselines"] == {}
+    fine_tuned = tmp_path / "runs" / "apart" / "finetune"
+    assert json.loads((fine_tuned / "config.json").read_text())["history_attention"] == "set"
+    assert json.loads((fine_tuned / "training_args.json").read_text())["per_device_train_batch_size"] == 8
+    assert len(apart["cllm4rec"]["validation_per_round"]) == 1 and 0 < apart["cllm4rec"]["test"]["recall@20"] <= 1
+
     run(
         "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "pretrain-only",
         "--warmup_epochs", "0", "--pretrain_rounds", "2", "--finetune_rounds", "0", "--history_permutations", "2",
@@ -168,6 +189,12 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert [row.split(" | ")[1:4] for row in smoke_rows] == [
         ["CLLM4Rec, pretrained", "1", "6"],
         ["CLLM4Rec, fine-tuned", "1", "10"],
+    ]
+    apart_rows = [line for line in text.splitlines() if line.startswith("| `quality-apart.json` | CLLM4Rec")]
+    # the smoke run's 6 epochs up to its pretrained model, then 1 fine-tuning round of two epochs
+    assert [row.split(" | ")[1:4] for row in apart_rows] == [
+        ["CLLM4Rec, pretrained", "1", "6"],
+        ["CLLM4Rec, fine-tuned", "1", "8"],
     ]
     assert any(line.startswith("| `archive/seed1.json` |") for line in text.splitlines())
 
@@ -311,6 +338,28 @@ def test_a_content_warmup_needs_content_steps(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--name", "ids", "--no_content_steps", "--warmup_epochs", "1"])
     assert "--no_content_steps" in capsys.readouterr().err
+
+
+def test_pretrained_refuses_what_only_pretraining_reads(tmp_path, capsys):
+    from benchmarks.quality import parse_args
+
+    run_folder = tmp_path / "pretrain"
+    run_folder.mkdir()
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--pretrained", str(run_folder), "--finetune_rounds", "2"])
+    assert "no trainer_state.json or test_results.json or training_args.json there" in capsys.readouterr().err
+    for name in ("trainer_state.json", "test_results.json", "training_args.json"):
+        (run_folder / name).write_text("{}")
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--pretrained", str(run_folder), "--backbone_dropout", "0.2", "--search"])
+    assert "--backbone_dropout, --search: options of pretraining, which --pretrained skips." in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--recipe", "small-cpu", "--pretrained", str(run_folder)])
+    assert "--pretrained is fine-tuned: give --finetune_rounds above 0." in capsys.readouterr().err
+    args = parse_args(
+        ["--name", "x", "--recipe", "small-cpu", "--pretrained", str(run_folder), "--finetune_rounds", "5"]
+    )
+    assert (args.pretrained, args.finetune_rounds, args.finetune_learning_rate) == (str(run_folder), 5, 1e-4)
 
 
 def test_history_attention_needs_fine_tuning(capsys):
