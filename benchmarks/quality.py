@@ -165,8 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pretrained",
         default=None,
-        help="Fine-tune this pretrained model folder (CLLM4RecForCollaborativeLM, with the trainer_state.json and "
-        "test_results.json of its run) instead of pretraining one; needs --finetune_rounds above 0.",
+        help="Fine-tune this pretrained model folder (CLLM4RecForCollaborativeLM, with the trainer_state.json, "
+        "test_results.json and training_args.json of its run) instead of pretraining one; needs --finetune_rounds "
+        "above 0.",
     )
     parser.add_argument(
         "--search",
@@ -436,20 +437,28 @@ def pretrain(args, data_args: DataArguments, output_dir: Path) -> dict[str, floa
 def pretrained_model_record(folder: Path) -> dict:
     """
     What a result records of the model that `--pretrained` names: where it lies, the arguments it was pretrained
-    with (`RECORDED_PRETRAINING_ARGUMENTS`) and the seconds its training took (`train_runtime` of its run: the kept
-    trial's alone where that run was a search).
+    with (`RECORDED_PRETRAINING_ARGUMENTS`) and the seconds its training took: its run's `train_runtime`, or the sum
+    over the trials where that run was a search.
     """
     training = json.loads((folder / TRAINING_ARGS_NAME).read_text())
-    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
-    runtimes = [entry["train_runtime"] for entry in history if "train_runtime" in entry]
-    if not runtimes:
-        raise SystemExit(
-            f"--pretrained {folder}: its trainer_state.json logs no train_runtime (training did not end)."
-        )
+    recipe_file = folder / RECIPE_NAME
+    trials = json.loads(recipe_file.read_text()).get("search", []) if recipe_file.is_file() else []
+    if trials:
+        if any("train_runtime_s" not in trial for trial in trials):
+            raise SystemExit(f"--pretrained {folder}: its search records no training seconds per trial.")
+        runtime = sum(trial["train_runtime_s"] for trial in trials)
+    else:
+        history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+        runtimes = [entry["train_runtime"] for entry in history if "train_runtime" in entry]
+        if not runtimes:
+            raise SystemExit(
+                f"--pretrained {folder}: its trainer_state.json logs no train_runtime (training did not end)."
+            )
+        runtime = runtimes[-1]
     return {
         "model": recorded_location(str(folder)),
         "training_arguments": {name: training.get(name) for name in RECORDED_PRETRAINING_ARGUMENTS},
-        "train_runtime_s": runtimes[-1],
+        "train_runtime_s": runtime,
     }
 
 
@@ -466,7 +475,7 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
     }
     recipe_file = output_dir / RECIPE_NAME
     if recipe_file.is_file() and "search" in (recipe := json.loads(recipe_file.read_text())):
-        results["search"] = recipe["search"]  # every trial's settings, best validation score and rounds
+        results["search"] = recipe["search"]  # every trial's settings, best validation score, rounds, seconds
     if args.history_permutations > 1:
         model = model_class.from_pretrained(output_dir).to("cuda" if torch.cuda.is_available() else "cpu")
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):  # as the Trainer evaluates

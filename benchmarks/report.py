@@ -60,15 +60,16 @@ def quality_epochs(result: dict, fine_tuned: bool = False) -> str:
     configuration = result["configuration"]
     content_steps = not configuration.get("no_content_steps")
 
-    def rounds_run(stage: str, maximum: int) -> int:
+    def rounds_run(stage: str, maximum: int | None) -> int:
+        """The rounds a stage trained: `maximum`, unless its validation log or search counts them."""
         if "search" in result.get(stage, {}):
             return sum(trial["rounds"] for trial in result[stage]["search"])
-        if not configuration.get("early_stopping_patience"):
+        if maximum is not None and not configuration.get("early_stopping_patience"):
             return maximum
         return len(result[stage]["validation_per_round"])
 
-    if "pretrained" in result:  # its validation log counts the rounds of the run that pretrained it
-        pretraining_rounds = len(result["cllm4rec_pretrained"]["validation_per_round"])
+    if "pretrained" in result:  # a model an earlier run pretrained: its own log counts its rounds
+        pretraining_rounds = rounds_run("cllm4rec_pretrained", None)
         pretraining_content_steps = result["pretrained"]["training_arguments"]["content_steps"]
     else:
         pretraining_rounds = rounds_run("cllm4rec_pretrained", configuration["pretrain_rounds"])

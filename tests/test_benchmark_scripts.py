@@ -257,6 +257,35 @@ def test_a_search_counts_the_rounds_of_every_trial():
     assert quality_epochs(result) == "14"  # the best trial's 9 rounds and the other's 5
 
 
+def test_a_model_pretrained_apart_counts_the_epochs_and_seconds_of_its_search(tmp_path):
+    from benchmarks.quality import pretrained_model_record
+    from benchmarks.report import quality_epochs, run_seconds
+
+    folder = tmp_path / "pretrain"
+    folder.mkdir()
+    (folder / "training_args.json").write_text(json.dumps({"content_steps": False, "content_warmup_epochs": 0}))
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": [{"train_runtime": 30.0}]}))
+    trials = [
+        {"settings": {}, "rounds": 9, "train_runtime_s": 30.0},
+        {"settings": {}, "rounds": 5, "train_runtime_s": 20.0},
+    ]
+    (folder / "recipe.json").write_text(json.dumps({"search": trials}))
+    pretrained = pretrained_model_record(folder)
+    assert pretrained["train_runtime_s"] == 50.0  # every trial's, not the kept one's alone
+    result = {
+        "configuration": {"finetune_rounds": 100, "early_stopping_patience": 3, "no_content_steps": True},
+        "pretrained": pretrained,
+        "cllm4rec_pretrained": {"validation_per_round": [{}] * 9, "search": trials},
+        "cllm4rec": {"validation_per_round": [{}] * 4, "wall_s": 10.0},
+    }
+    assert (quality_epochs(result), quality_epochs(result, fine_tuned=True)) == ("14", "18")
+    assert run_seconds(result) == 60.0
+    del trials[1]["train_runtime_s"]  # a search recorded before trials recorded their seconds
+    (folder / "recipe.json").write_text(json.dumps({"search": trials}))
+    with pytest.raises(SystemExit, match="its search records no training seconds per trial"):
+        pretrained_model_record(folder)
+
+
 def test_results_record_local_folders_by_name_and_not_where_outputs_went():
     from benchmarks.provenance import recorded_arguments, recorded_location
 

@@ -289,7 +289,8 @@ def run_search(
     Trains the stage once for every combination of the grid's values (options of the model or training arguments
     by name), each trial in `output_dir/trial-N` with its rounds selected (and early-stopped) on validation, then
     finishes the trial with the best validation selection score as `run_pretraining` / `run_finetuning` do. Every
-    trial's settings, best validation score and rounds are recorded under `"search"` in `recipe.json`.
+    trial's settings, best validation score, rounds and training seconds are recorded under `"search"` in
+    `recipe.json`.
     """
     if not training_args.load_best_model_at_end:
         raise ValueError(
@@ -311,9 +312,16 @@ def run_search(
             **{name: value for name, value in settings.items() if not hasattr(model_args, name)},
         )
         trainer, data = _trained(trial_model_args, data_args, trial_training_args)
-        rounds = sum("eval_selection_score" in entry for entry in trainer.state.log_history)
+        history = trainer.state.log_history
         trials.append(
-            {"settings": settings, "validation_selection_score": trainer.state.best_metric, "rounds": rounds}
+            {
+                "settings": settings,
+                "validation_selection_score": trainer.state.best_metric,
+                "rounds": sum("eval_selection_score" in entry for entry in history),
+                "train_runtime_s": next(
+                    entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry
+                ),
+            }
         )
         if best is None or trainer.state.best_metric > best[0].state.best_metric:
             best = trainer, data
