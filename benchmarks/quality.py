@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers.trainer import TRAINER_STATE_NAME
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -300,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{', --'.join(pretraining_only)}: options of pretraining, which --pretrained skips.")
         missing = [
             name
-            for name in ("trainer_state.json", TEST_RESULTS_NAME, TRAINING_ARGS_NAME)
+            for name in (TRAINER_STATE_NAME, TEST_RESULTS_NAME, TRAINING_ARGS_NAME)
             if not Path(args.pretrained, name).is_file()
         ]
         if missing:
@@ -448,11 +449,10 @@ def pretrained_model_record(folder: Path) -> dict:
             raise SystemExit(f"--pretrained {folder}: its search records no training seconds per trial.")
         runtime = sum(trial["train_runtime_s"] for trial in trials)
     else:
-        history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
-        runtimes = [entry["train_runtime"] for entry in history if "train_runtime" in entry]
+        runtimes = [entry["train_runtime"] for entry in log_history(folder) if "train_runtime" in entry]
         if not runtimes:
             raise SystemExit(
-                f"--pretrained {folder}: its trainer_state.json logs no train_runtime (training did not end)."
+                f"--pretrained {folder}: its {TRAINER_STATE_NAME} logs no train_runtime (training did not end)."
             )
         runtime = runtimes[-1]
     return {
@@ -462,8 +462,13 @@ def pretrained_model_record(folder: Path) -> dict:
     }
 
 
+def log_history(folder: Path) -> list[dict]:
+    """The log of the run that trained the model in `folder`, from its trainer state."""
+    return json.loads((folder / TRAINER_STATE_NAME).read_text())["log_history"]
+
+
 def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args) -> dict:
-    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    history = log_history(output_dir)
     results = {
         "test": {key.removeprefix("test_"): value for key, value in test_metrics.items()},
         "validation_per_round": [entry for entry in history if "eval_recall@20" in entry],
