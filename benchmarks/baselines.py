@@ -237,6 +237,15 @@ class MultiVAERecommender:
 BASELINES = ("popularity", "ease", "multivae")
 
 
+def baselines_option(text: str) -> str:
+    """The `--baselines` option of the benchmark scripts: names of `BASELINES` separated by commas, or '' for none;
+    checked when the command line is read, not after the training it follows."""
+    unknown = sorted(set(text.split(",")) - set(BASELINES)) if text else []
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown baselines {unknown}; choose from {list(BASELINES)} or ''.")
+    return text
+
+
 def run_baselines(
     names: list[str],
     train: scipy.sparse.csr_matrix,
@@ -290,7 +299,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="A folder written by `cllm4rec prepare`, or 'builtin'.")
     parser.add_argument("--name", required=True, help="Names the JSON: `<results_dir>/baselines-<name>.json`.")
-    parser.add_argument("--baselines", default=",".join(BASELINES))
+    parser.add_argument("--baselines", type=baselines_option, default=",".join(BASELINES))
     parser.add_argument("--vae_epochs", type=int, default=200, help="Multi-VAE training epochs.")
     parser.add_argument("--results_dir", default="benchmarks/results")
     args = parser.parse_args()

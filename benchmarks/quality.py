@@ -34,7 +34,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.baselines import run_baselines_on_data  # noqa: E402
+from benchmarks.baselines import BASELINES, baselines_option, run_baselines_on_data  # noqa: E402
 from benchmarks.provenance import (  # noqa: E402
     add_cudnn_attention_option,
     apply_cudnn_attention_option,
@@ -287,7 +287,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=torch.cuda.is_available(),
         help="bfloat16 autocast: the default on a GPU; also runs on a CPU (fast where it has bfloat16 instructions).",
     )
-    parser.add_argument("--baselines", default="popularity,ease,multivae")
+    parser.add_argument(
+        "--baselines", type=baselines_option, default=",".join(BASELINES), help="Names separated by commas; '' for none."
+    )
     parser.add_argument("--output_dir", default="runs/quality", help="Where the trained models go.")
     parser.add_argument("--results_dir", default="benchmarks/results", help="Where the JSON and PNG go.")
     add_cudnn_attention_option(parser)

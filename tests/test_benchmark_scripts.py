@@ -369,6 +369,19 @@ def test_a_content_warmup_needs_content_steps(capsys):
     assert "--no_content_steps" in capsys.readouterr().err
 
 
+def test_unknown_baselines_are_refused_before_anything_runs(capsys):
+    from benchmarks.quality import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--baselines", "ease,knn"])
+    assert "unknown baselines ['knn']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # what a shell variable holding `--baselines ''` passes on
+        parse_args(["--name", "x", "--baselines", "''"])
+    assert "unknown baselines [\"''\"]" in capsys.readouterr().err
+    assert parse_args(["--name", "x", "--baselines", ""]).baselines == ""
+    assert parse_args(["--name", "x"]).baselines == "popularity,ease,multivae"
+
+
 def test_pretrained_refuses_what_only_pretraining_reads(tmp_path, capsys):
     from benchmarks.quality import parse_args
 
