@@ -288,7 +288,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bfloat16 autocast: the default on a GPU; also runs on a CPU (fast where it has bfloat16 instructions).",
     )
     parser.add_argument(
-        "--baselines", type=baselines_option, default=",".join(BASELINES), help="Names separated by commas; '' for none."
+        "--baselines",
+        type=baselines_option,
+        default=",".join(BASELINES),
+        help="Names separated by commas; '' for none.",
     )
     parser.add_argument("--output_dir", default="runs/quality", help="Where the trained models go.")
     parser.add_argument("--results_dir", default="benchmarks/results", help="Where the JSON and PNG go.")
