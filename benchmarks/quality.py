@@ -447,8 +447,7 @@ def pretrained_model_record(folder: Path) -> dict:
     over the trials where that run was a search.
     """
     training = json.loads((folder / TRAINING_ARGS_NAME).read_text())
-    recipe_file = folder / RECIPE_NAME
-    trials = json.loads(recipe_file.read_text()).get("search", []) if recipe_file.is_file() else []
+    trials = search_trials(folder)
     if trials:
         if any("train_runtime_s" not in trial for trial in trials):
             raise SystemExit(f"--pretrained {folder}: its search records no training seconds per trial.")
@@ -472,6 +471,12 @@ def log_history(folder: Path) -> list[dict]:
     return json.loads((folder / TRAINER_STATE_NAME).read_text())["log_history"]
 
 
+def search_trials(folder: Path) -> list[dict]:
+    """The trials of the search that trained the model in `folder` (its `recipe.json`); none where it was no search."""
+    recipe_file = folder / RECIPE_NAME
+    return json.loads(recipe_file.read_text()).get("search", []) if recipe_file.is_file() else []
+
+
 def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args) -> dict:
     history = log_history(output_dir)
     results = {
@@ -483,9 +488,8 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
             if "loss" in entry
         ],
     }
-    recipe_file = output_dir / RECIPE_NAME
-    if recipe_file.is_file() and "search" in (recipe := json.loads(recipe_file.read_text())):
-        results["search"] = recipe["search"]  # every trial's settings, best validation score, rounds, seconds
+    if trials := search_trials(output_dir):
+        results["search"] = trials  # every trial's settings, best validation score, rounds, seconds
     if args.history_permutations > 1:
         model = model_class.from_pretrained(output_dir).to("cuda" if torch.cuda.is_available() else "cpu")
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):  # as the Trainer evaluates
