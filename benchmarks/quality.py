@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.utils import CONFIG_NAME
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,7 +53,13 @@ from hf_cllm4rec.modeling_cllm4rec import COLLABORATIVE_TARGETS  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
 from hf_cllm4rec.training.optimization import ID_EMBEDDINGS_OPTIMIZERS  # noqa: E402
-from hf_cllm4rec.training.presets import BACKBONE_OPTIONS, RECIPES, SEARCH_GRIDS, get_recipe, given_options  # noqa: E402
+from hf_cllm4rec.training.presets import (  # noqa: E402
+    DEPENDENT_OPTIONS,
+    RECIPES,
+    SEARCH_GRIDS,
+    get_recipe,
+    given_options,
+)
 from hf_cllm4rec.training.recipes import (  # noqa: E402
     RECIPE_NAME,
     DataArguments,
@@ -75,6 +82,7 @@ RECIPE_OPTIONS = {
     "id_embedding_init": ("pretrain", "id_embedding_init"),
     "untie_item_head": ("pretrain", "untie_item_head"),
     "read_out": ("pretrain", "read_out"),
+    "read_out_prefix_powers": ("pretrain", "read_out_prefix_powers"),
     "warmup_epochs": ("pretrain", "content_warmup_epochs"),
     "batch_size": ("pretrain", "per_device_train_batch_size"),
     "pretrain_learning_rate": ("pretrain", "learning_rate"),
@@ -110,6 +118,7 @@ PRETRAINING_OPTIONS = (
     "id_embedding_init",
     "untie_item_head",
     "read_out",
+    "read_out_prefix_powers",
     "collaborative_targets",
 )
 # The pretraining training arguments that a result records of a model it fine-tunes with `--pretrained`.
@@ -123,6 +132,7 @@ RECORDED_PRETRAINING_ARGUMENTS = (
     "weight_average_decay",
     "early_stopping_patience",
     "collaborative_targets",
+    "read_out_prefix_powers",
     "seed",
 )
 
@@ -256,6 +266,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="The query vector items are scored with: the prompt's last token, or the mean over its history.",
     )
     parser.add_argument(
+        "--read_out_prefix_powers",
+        type=float,
+        nargs="+",
+        default=None,
+        help="After pretraining, keep the weighting of the mean read-out's prefixes among these powers (0: the plain "
+        "mean) that scores best on validation.",
+    )
+    parser.add_argument(
         "--collaborative_targets",
         default="next_item",
         choices=COLLABORATIVE_TARGETS,
@@ -320,8 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.paper or args.recipe:
         name = args.recipe or "paper"
         options = recipe_options(name)
-        if "backbone" in given:
-            options = {option: value for option, value in options.items() if option not in BACKBONE_OPTIONS}
+        # an option given explicitly drops the recipe's settings that go with it (named alike here)
+        replaced = set().union(*(DEPENDENT_OPTIONS[option] for option in given if option in DEPENDENT_OPTIONS))
+        options = {option: value for option, value in options.items() if option not in replaced}
         parser.set_defaults(**options, recipe=name)
         args = parser.parse_args(argv)
     if args.pretrain_backbone_training is None:
@@ -357,6 +376,7 @@ def training_arguments(args, stage: str, output_dir: Path):
             "content_warmup_epochs": args.warmup_epochs,
             "learning_rate": args.pretrain_learning_rate,
             "collaborative_targets": args.collaborative_targets,
+            "read_out_prefix_powers": args.read_out_prefix_powers,
         }
     else:
         arguments_class, backbone_training = FineTuningArguments, args.backbone_training
@@ -488,6 +508,12 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
             if "loss" in entry
         ],
     }
+    choice = [entry for entry in history if "read_out_selection_score" in entry]
+    if choice:  # the powers of the mean read-out tried on validation after training, and the one kept
+        results["read_out_prefix_powers"] = {
+            f"{entry['read_out_prefix_power']:g}": entry["read_out_selection_score"] for entry in choice
+        }
+        results["read_out_prefix_power"] = json.loads((output_dir / CONFIG_NAME).read_text())["read_out_prefix_power"]
     if trials := search_trials(output_dir):
         results["search"] = trials  # every trial's settings, best validation score, rounds, seconds
     if args.history_permutations > 1:

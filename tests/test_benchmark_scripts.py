@@ -66,6 +66,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
         "--warmup_epochs", "0", "--pretrain_rounds", "2", "--finetune_rounds", "0", "--history_permutations", "2",
         "--pretrain_backbone_training", "lora", "--lora_rank", "4", "--lora_dropout", "0.1", "--id_embedding_dropout", "0.2", "--id_embedding_init", "vocabulary", "--untie_item_head",
         "--weight_decay", "0.1", "--collaborative_targets", "remaining_items", "--baselines", "popularity",
+        "--read_out", "mean", "--read_out_prefix_powers", "0", "2.5",
         "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
     pretrain_only = json.loads((results / "quality-pretrain-only.json").read_text())
@@ -77,6 +78,11 @@ def test_quality_speed_and_report_scripts(tmp_path):
     assert saved_training["backbone_training"] == "lora" and saved_training["lora_rank"] == 4
     assert saved_training["lora_dropout"] == 0.1 and saved_training["weight_decay"] == 0.1
     assert saved_training["collaborative_targets"] == "remaining_items"
+    assert saved_training["read_out_prefix_powers"] == [0, 2.5]
+    choice = pretrain_only["cllm4rec_pretrained"]["read_out_prefix_powers"]  # validation score of each power
+    assert list(choice) == ["0", "2.5"] and all(0 < score <= 3 for score in choice.values())
+    chosen = pretrain_only["cllm4rec_pretrained"]["read_out_prefix_power"]
+    assert chosen == saved_config["read_out_prefix_power"] and choice[f"{chosen:g}"] == max(choice.values())
     with safe_open(pretrained / "model.safetensors", "pt") as stored:  # the adapters merged into the backbone
         assert not any("lora_" in name for name in stored.keys())
     assert pretrain_only["cllm4rec"]["test"] is None
@@ -395,6 +401,9 @@ def test_pretrained_refuses_what_only_pretraining_reads(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--name", "x", "--pretrained", str(run_folder), "--backbone_dropout", "0.2", "--search"])
     assert "--backbone_dropout, --search: options of pretraining, which --pretrained skips." in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--pretrained", str(run_folder), "--read_out_prefix_powers", "0", "2"])
+    assert "--read_out_prefix_powers: options of pretraining" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--name", "x", "--recipe", "small-cpu", "--pretrained", str(run_folder)])
     assert "--pretrained is fine-tuned: give --finetune_rounds above 0." in capsys.readouterr().err

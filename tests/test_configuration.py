@@ -92,6 +92,8 @@ def test_save_load_round_trip_keeps_the_sub_config(backbone, tmp_path):
         ({"tie_item_head": "no"}, "tie_item_head"),
         ({"history_attention": "full"}, "history_attention"),
         ({"read_out": "max"}, "read_out"),
+        ({"read_out_prefix_power": -1.0}, "read_out_prefix_power"),
+        ({"read_out_prefix_power": float("nan")}, "read_out_prefix_power"),
         ({"id_embedding_dropout": 1.0}, "id_embedding_dropout"),
         ({"id_embedding_dropout": -0.1}, "id_embedding_dropout"),
         # a template without a required placeholder, with a foreign one, or with an unknown one

@@ -81,6 +81,14 @@ def test_an_explicit_backbone_replaces_the_recipes_backbone_with_its_shape(tmp_p
     assert training_args.weight_average_decay == 0.999  # the rest of the recipe stays
 
 
+def test_an_explicit_read_out_replaces_the_recipes_choice_of_its_weighting(tmp_path):
+    _, _, training_args, _ = parsed("pretrain", "--output_dir", str(tmp_path))
+    assert training_args.read_out_prefix_powers == [0, 1, 2, 4, 8]
+    model_args, _, training_args, record = parsed("pretrain", "--output_dir", str(tmp_path), "--read_out", "last")
+    assert model_args.read_out == "last" and training_args.read_out_prefix_powers is None
+    assert "read_out_prefix_powers" not in record["settings"]
+
+
 def test_an_unknown_recipe_is_a_one_line_error_naming_the_recipes(capsys, tmp_path):
     for command in ("pretrain", "finetune"):
         message = "unknown recipe 'fast': choose one of paper, small-cpu, smollm2"

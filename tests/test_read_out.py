@@ -108,3 +108,24 @@ def test_the_setting_survives_saving_and_loading_and_loading_can_change_it(tmp_p
 
 def test_the_default_is_the_papers_last_token():
     assert tiny_cllm4rec_config().read_out == "last"
+
+
+@pytest.mark.parametrize("prompt", ["recommendation", "collaborative"])
+def test_the_prefix_power_weighs_each_position_by_the_history_items_it_has_read(prompt):
+    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, read_out="mean", read_out_prefix_power=2)
+    encoding = prompts(model, prompt=prompt)
+    hidden = model.model(**encoding).last_hidden_state
+    spans = read_span(encoding["input_ids"], encoding["attention_mask"], model.config.item_token_offset)
+    expected = []
+    for row, span in enumerate(spans):
+        weights = torch.arange(1, len(span) + 1, dtype=torch.float32) ** 2  # the first position has read no item
+        expected.append((weights[:, None] * hidden[row, list(span)]).sum(0) / weights.sum())
+    torch.testing.assert_close(model.query_vectors(**encoding), torch.stack(expected))
+
+
+def test_a_large_prefix_power_reads_the_last_token_and_none_the_plain_mean():
+    plain = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0, read_out="mean")
+    encoding = prompts(plain, prompt="collaborative")
+    for power, reference in ((0, plain), (300, tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0))):
+        weighted = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0, read_out="mean", read_out_prefix_power=power)
+        torch.testing.assert_close(weighted.score_items(**encoding), reference.score_items(**encoding))

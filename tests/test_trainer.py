@@ -379,6 +379,42 @@ def test_history_permutations_reach_evaluation(tmp_path, data, base_tokenizer, m
     assert {name: metrics[f"eval_{name}"] for name in expected} == pytest.approx(expected)
 
 
+def test_the_read_out_prefix_power_that_validation_scores_best_is_kept(tmp_path, data, base_tokenizer, monkeypatch):
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer, read_out="mean")
+    arguments = training_arguments(
+        CLLM4RecForCollaborativeLM, tmp_path, read_out_prefix_powers=[0, 1, 2, 4], eval_split="test"
+    )
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+    splits = []
+
+    def scores_of_the_power(split):  # best at 2, which 4 only equals
+        splits.append(split)
+        return {"selection_score": {0: 0.5, 1: 0.7, 2: 0.9, 4: 0.9}[model.config.read_out_prefix_power]}
+
+    monkeypatch.setattr(trainer, "split_metrics", scores_of_the_power)
+    trainer.train()
+    assert model.config.read_out_prefix_power == 2 and splits == ["validation"] * 4
+    choice = [entry for entry in trainer.state.log_history if "read_out_selection_score" in entry]
+    assert [(entry["read_out_prefix_power"], entry["read_out_selection_score"]) for entry in choice] == [
+        (0, 0.5),
+        (1, 0.7),
+        (2, 0.9),
+        (4, 0.9),
+    ]
+    trainer.save_model()
+    assert CLLM4RecForCollaborativeLM.from_pretrained(tmp_path).config.read_out_prefix_power == 2
+
+
+def test_the_read_out_prefix_powers_need_the_mean_read_out_and_sensible_values(tmp_path, data, base_tokenizer):
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    arguments = training_arguments(CLLM4RecForCollaborativeLM, tmp_path, read_out_prefix_powers=[0, 2])
+    with pytest.raises(ValueError, match="the model reads out 'last': give it read_out='mean'"):
+        CLLM4RecTrainer(model, arguments, data, tokenizer)
+    for powers in ([], [-1], [float("nan")]):
+        with pytest.raises(ValueError, match="read_out_prefix_powers must be finite numbers >= 0"):
+            training_arguments(CLLM4RecForCollaborativeLM, tmp_path, read_out_prefix_powers=powers)
+
+
 def test_a_recipe_refuses_the_arguments_of_the_other_stage(tmp_path):
     with pytest.raises(TypeError, match="Expected PretrainingArguments, got FineTuningArguments"):
         run_pretraining(

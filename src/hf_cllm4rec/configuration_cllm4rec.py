@@ -107,6 +107,10 @@ class CLLM4RecConfig(PreTrainedConfig):
             item to the last token. For the collaborative LM each of these positions predicts the next item after a
             prefix of the history, so the scores rank items by the geometric mean of those next-item distributions:
             one forward pass that does not lean on the last items of the order the history happens to be in.
+        read_out_prefix_power (`float`, *optional*, defaults to 0.0):
+            How `read_out="mean"` weighs its positions: the one that has read `k` of the history's items weighs
+            `(k + 1) ** read_out_prefix_power`. 0 weighs every prefix alike; larger powers lean on the longer
+            prefixes, which have seen more of the history, and a very large one reads the last token alone.
 
     Example:
 
@@ -138,6 +142,7 @@ class CLLM4RecConfig(PreTrainedConfig):
     tie_item_head: bool = True
     history_attention: HistoryAttention = "causal"
     read_out: ReadOut = "last"
+    read_out_prefix_power: float | int = 0.0
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -190,12 +195,14 @@ class CLLM4RecConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID_COUNT:
                 raise ValueError(f"`{name}` must be a positive integer of at most {MAX_ID_COUNT}, got {value!r}.")
-        for name in ("lambda_v", "initializer_range", "id_embedding_dropout"):
+        for name in ("lambda_v", "initializer_range", "id_embedding_dropout", "read_out_prefix_power"):
             value = getattr(self, name)
             if isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
         if self.lambda_v < 0:
             raise ValueError(f"`lambda_v` must be >= 0, got {self.lambda_v}.")
+        if self.read_out_prefix_power < 0:
+            raise ValueError(f"`read_out_prefix_power` must be >= 0, got {self.read_out_prefix_power}.")
         if self.initializer_range <= 0:
             raise ValueError(f"`initializer_range` must be > 0, got {self.initializer_range}.")
         if not 0.0 <= self.id_embedding_dropout < 1.0:

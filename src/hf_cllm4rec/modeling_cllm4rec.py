@@ -515,8 +515,8 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         The query vector `(batch, hidden)` of each prompt (left or right padding), its history read as
         `config.history_attention` says: with `config.read_out="last"` the hidden state of the last real token; with
         `"mean"` the mean of the hidden states from the token before the first history item to the last real token
-        (every position that predicts a history item, and the last), or the last token's for a prompt without a
-        history.
+        (every position that predicts a history item, and the last), weighted by `config.read_out_prefix_power`, or
+        the last token's for a prompt without a history.
         """
         if self.config.history_attention == "causal":
             hidden_states = self(input_ids, attention_mask, "collaborative").last_hidden_state
@@ -532,6 +532,9 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         first_history = torch.where(is_history, positions, input_ids.shape[1]).amin(-1)
         first_positions = torch.where(is_history.any(-1), (first_history - 1).clamp(min=0), last_positions)
         read = (positions >= first_positions[:, None]) & (positions <= last_positions[:, None])
+        if self.config.read_out_prefix_power:  # the position that has read k history items weighs (k + 1) ** power
+            prefix_lengths = read.cumsum(-1) * read
+            read = (prefix_lengths / prefix_lengths.amax(-1, keepdim=True)) ** self.config.read_out_prefix_power
         weights = (read / read.sum(-1, keepdim=True)).to(hidden_states.dtype)
         return (weights[..., None] * hidden_states).sum(1)
 

@@ -264,6 +264,10 @@ class PretrainingArguments(CLLM4RecTrainingArguments):
     Objective:
         collaborative_targets: what each position of a collaborative document predicts: `"next_item"` (the paper)
             or `"remaining_items"` (the items from the next to the document's end, each weighted 1 / their number).
+
+    Read-out:
+        read_out_prefix_powers: after training, the model keeps the `config.read_out_prefix_power` among these whose
+            validation selection score is best (the first of equals); the model must read out `"mean"`.
     """
 
     content_warmup_epochs: int = field(
@@ -284,9 +288,21 @@ class PretrainingArguments(CLLM4RecTrainingArguments):
         },
     )
 
+    read_out_prefix_powers: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "After training, keep the read_out_prefix_power among these (e.g. 0 1 2 4 8) that scores best on "
+            "validation: how much the mean read-out leans on the longer prefixes of the history."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         check_collaborative_targets(self.collaborative_targets)  # refused before training, not at its first step
+        if self.read_out_prefix_powers is not None:
+            powers = self.read_out_prefix_powers
+            if not powers or any(isinstance(power, bool) or not 0 <= power < math.inf for power in powers):
+                raise ValueError(f"read_out_prefix_powers must be finite numbers >= 0, at least one; got {powers}.")
         check_whole(content_warmup_epochs=self.content_warmup_epochs, minimum=0)
         if self.content_warmup_epochs and not self.content_steps:
             raise ValueError("content_warmup_epochs needs content steps: the warm-up trains content documents.")

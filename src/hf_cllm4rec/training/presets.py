@@ -6,7 +6,8 @@ A recipe holds training policy: schedule, batch size, learning rate, regularizat
 are selected. It holds the backbone only where the recipe was measured with one (`small-cpu`: a random 2-layer
 256-dimension GPT-2; `smollm2`: SmolLM2-135M): an explicit `--backbone` replaces the recipe's backbone with its shape
 (`random_init`, `backbone_overrides`), and keeps the rest of the recipe; likewise an explicit `--eval_strategy`
-replaces the recipe's selection of rounds (evaluation, checkpoints, early stopping) with what the options given say.
+replaces the recipe's selection of rounds (evaluation, checkpoints, early stopping) with what the options given say,
+and an explicit `--read_out` the recipe's choice of how the mean read-out is weighted.
 
 The recipes that select on validation stop a stage once the validation selection score has not improved for
 `early_stopping_patience` rounds, out of a generous maximum (`num_train_epochs`), and keep the best round. Their
@@ -33,7 +34,11 @@ EARLY_STOPPING = {
     "per_device_eval_batch_size": 512,
 }
 # Options that go with another: given explicitly, the option replaces the recipe's settings of all of them.
-DEPENDENT_OPTIONS = {"backbone": BACKBONE_OPTIONS, "eval_strategy": tuple(EARLY_STOPPING)}
+DEPENDENT_OPTIONS = {
+    "backbone": BACKBONE_OPTIONS,
+    "eval_strategy": tuple(EARLY_STOPPING),
+    "read_out": ("read_out_prefix_powers",),  # the weighting of the mean read-out
+}
 SMALL_GPT2_SHAPE = {"n_layer": 2, "n_embd": 256, "n_head": 4}
 
 
@@ -91,14 +96,16 @@ RECIPES = {
             "small-cpu",
             "A random 2-layer 256-dimension GPT-2 (dropout 0.4) trained on collaborative documents alone, each "
             "position predicting the items that remain, batch 64, learning rate 1e-3, weight average 0.999, early "
-            "stopping on validation, items scored by the mean read-out over the history: the best quality per CPU "
-            "hour measured. Its pretrained model recommends; fine-tuning is optional.",
+            "stopping on validation, items scored by the mean read-out over the history, its weighting of the "
+            "longer prefixes chosen on validation: the best quality per CPU hour measured. Its pretrained model "
+            "recommends; fine-tuning is optional.",
             pretraining={
                 "backbone": "gpt2",
                 "random_init": True,
                 "backbone_overrides": json.dumps(SMALL_GPT2_SHAPE),
                 "backbone_dropout": 0.4,
                 "read_out": "mean",
+                "read_out_prefix_powers": [0, 1, 2, 4, 8],
                 "collaborative_targets": "remaining_items",
                 "content_steps": False,
                 "content_warmup_epochs": 0,

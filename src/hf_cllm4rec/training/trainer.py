@@ -92,6 +92,13 @@ class CLLM4RecTrainer(Trainer):
             warmup_source=1 if warmup_epochs else None,
         )
         self._check_eval_split(args)
+        if getattr(args, "read_out_prefix_powers", None):
+            if model.config.read_out != "mean":
+                raise ValueError(
+                    "read_out_prefix_powers weighs the positions of the mean read-out, but the model reads out "
+                    f"{model.config.read_out!r}: give it read_out='mean'."
+                )
+            self._check_split("validation", "read_out_prefix_powers are chosen on it.")
         super().__init__(
             model=model,
             args=args,
@@ -141,7 +148,22 @@ class CLLM4RecTrainer(Trainer):
         if self.lora_adapters is not None:
             self.lora_adapters.merge_and_unload()
             self.lora_adapters = None
+        if getattr(self.args, "read_out_prefix_powers", None):
+            self.choose_read_out_prefix_power(self.args.read_out_prefix_powers)
         return output
+
+    def choose_read_out_prefix_power(self, powers) -> float:
+        """
+        Sets the model's `config.read_out_prefix_power` to the one of `powers` whose validation selection score is
+        best (the first of equals), logging each power's score; returns it.
+        """
+        scores = {}
+        for power in powers:
+            self.model.config.read_out_prefix_power = power
+            scores[power] = self.split_metrics("validation")["selection_score"]
+            self.log({"read_out_prefix_power": power, "read_out_selection_score": scores[power]})
+        self.model.config.read_out_prefix_power = best = max(scores, key=scores.get)
+        return best
 
     def predict(self, test_dataset=None, ignore_keys=None, metric_key_prefix: str = "test"):
         raise NotImplementedError(
@@ -300,10 +322,20 @@ class CLLM4RecTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """
-        Ranks all items for the users of a split (`eval_dataset` names it; default `args.eval_split`), with the
-        averaged weights where they are kept, in the training's mixed precision.
+        The metrics of a split ([`split_metrics`]; `eval_dataset` names it, default `args.eval_split`), logged and
+        passed to the callbacks as the Trainer's evaluation does.
         """
         split = self.args.eval_split if eval_dataset is None else eval_dataset
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in self.split_metrics(split).items()}
+        self.log(dict(metrics))
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def split_metrics(self, split: str) -> dict[str, float]:
+        """
+        Ranks all items for the users of a split, with the averaged weights where they are kept, in the training's
+        mixed precision: its Recall@K, NDCG@K and selection score.
+        """
         self._check_split(split)
         with self.averaged_weights(), self.accelerator.autocast(), scoring_view(self.model) as (model, lockstep):
             metrics = evaluate_model(
@@ -322,9 +354,6 @@ class CLLM4RecTrainer(Trainer):
                 # DeepSpeed ZeRO-3 gathers each layer's parameters in its forward pass, on all processes together
                 lockstep=lockstep or self.is_deepspeed_enabled,
             )
-        metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
-        self.log(dict(metrics))
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
 
