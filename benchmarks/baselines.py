@@ -237,10 +237,15 @@ class MultiVAERecommender:
 BASELINES = ("popularity", "ease", "multivae")
 
 
+def unknown_baselines(names) -> list[str]:
+    """The names that are not in `BASELINES`, sorted."""
+    return sorted(set(names) - set(BASELINES))
+
+
 def baselines_option(text: str) -> str:
     """The `--baselines` option of the benchmark scripts: names of `BASELINES` separated by commas, or '' for none;
     checked when the command line is read, not after the training it follows."""
-    unknown = sorted(set(text.split(",")) - set(BASELINES)) if text else []
+    unknown = unknown_baselines(text.split(",")) if text else []
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown baselines {unknown}; choose from {list(BASELINES)} or ''.")
     return text
@@ -256,7 +261,7 @@ def run_baselines(
 ) -> dict[str, dict]:
     """Fits each named baseline on `train` (choosing EASE's L2 weight and Multi-VAE's epoch on `validation`) and
     returns, per name, its test metrics, what was chosen and the wall time."""
-    unknown = sorted(set(names) - set(BASELINES))
+    unknown = unknown_baselines(names)
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}; choose from {list(BASELINES)}.")
     results = {}

@@ -353,6 +353,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--pretrained is fine-tuned: give --finetune_rounds above 0.")
     if args.history_attention and not args.finetune_rounds:
         parser.error("--history_attention is how fine-tuning reads its prompts: it needs --finetune_rounds above 0.")
+    if args.read_out_prefix_powers and args.read_out != "mean":
+        parser.error(
+            f"--read_out_prefix_powers weighs the mean read-out: it cannot go with --read_out {args.read_out}."
+        )
     if args.search and args.early_stopping_patience is None:
         parser.error("--search compares trials that stop on validation: give --early_stopping_patience (or a recipe).")
     return args

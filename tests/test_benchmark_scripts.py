@@ -413,6 +413,22 @@ def test_pretrained_refuses_what_only_pretraining_reads(tmp_path, capsys):
     assert (args.pretrained, args.finetune_rounds, args.finetune_learning_rate) == (str(run_folder), 5, 1e-4)
 
 
+def test_read_out_prefix_powers_need_the_mean_read_out(capsys):
+    from benchmarks.quality import parse_args
+
+    refused = "--read_out_prefix_powers weighs the mean read-out: it cannot go with --read_out last."
+    with pytest.raises(SystemExit):  # the script's own read-out is the last token's
+        parse_args(["--name", "x", "--read_out_prefix_powers", "0", "2"])
+    assert refused in capsys.readouterr().err
+    # an explicit --read_out drops the recipe's powers, and refuses explicit ones
+    assert parse_args(["--name", "x", "--recipe", "small-cpu", "--read_out", "last"]).read_out_prefix_powers is None
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--recipe", "small-cpu", "--read_out", "last", "--read_out_prefix_powers", "0"])
+    assert refused in capsys.readouterr().err
+    args = parse_args(["--name", "x", "--recipe", "small-cpu", "--read_out_prefix_powers", "0", "3"])
+    assert (args.read_out, args.read_out_prefix_powers) == ("mean", [0, 3])
+
+
 def test_history_attention_needs_fine_tuning(capsys):
     from benchmarks.quality import parse_args
 
