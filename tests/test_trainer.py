@@ -26,6 +26,7 @@ from hf_cllm4rec.evaluation import evaluate_model
 from hf_cllm4rec.hub import checkpoint as hub_checkpoint
 from hf_cllm4rec.training import CLLM4RecTrainer, FineTuningArguments, PretrainingArguments, apply_backbone_training
 from hf_cllm4rec.training import trainer as trainer_module
+from hf_cllm4rec.training.arguments import UNUSED_TRAINER_OPTIONS
 from hf_cllm4rec.training.recipes import (
     BUILTIN_BACKBONE,
     DataArguments,
@@ -818,6 +819,79 @@ def test_bad_training_arguments(tmp_path, model_class, overrides, message):
         training_arguments(model_class, tmp_path, **overrides)
 
 
+# A value other than the default of each option of TrainingArguments that CLLM4Rec's training does not use.
+UNUSED_OPTION_VALUES = {
+    "label_smoothing_factor": 0.1,
+    "neftune_noise_alpha": 5.0,
+    "use_liger_kernel": True,
+    "use_cache": True,
+    "prediction_loss_only": True,
+    "eval_do_concat_batches": False,
+    "eval_use_gather_object": True,
+    "eval_accumulation_steps": 2,
+    "include_for_metrics": ["inputs"],
+    "batch_eval_metrics": True,
+    "bf16_full_eval": True,
+    "fp16_full_eval": True,
+    "label_names": ["targets"],
+    "length_column_name": "size",
+    "dataloader_drop_last": True,
+    "auto_find_batch_size": True,
+}
+
+
+def test_every_unused_trainer_option_has_a_test_value():
+    assert UNUSED_OPTION_VALUES.keys() == UNUSED_TRAINER_OPTIONS.keys()
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+@pytest.mark.parametrize("name", UNUSED_OPTION_VALUES)
+def test_trainer_options_that_training_does_not_use_are_refused(tmp_path, model_class, name):
+    with pytest.raises(ValueError, match=f"{name} does not apply to CLLM4Rec training: "):
+        training_arguments(model_class, tmp_path, **{name: UNUSED_OPTION_VALUES[name]})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(metric_for_best_model="loss"), "metric_for_best_model must be one of the evaluation metrics"),
+        (dict(metric_for_best_model="eval_recall@10"), "'recall@20', 'recall@40', 'ndcg@100'"),
+        (dict(metric_for_best_model="recall@20", greater_is_better=False), "better when higher"),
+    ],
+)
+def test_the_selection_metric_must_be_an_evaluation_metric(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        training_arguments(CLLM4RecForItemPrediction, tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("metric", ["selection_score", "eval_recall@10", "ndcg@5"])
+def test_any_evaluation_metric_selects(tmp_path, metric):
+    arguments = training_arguments(
+        CLLM4RecForItemPrediction, tmp_path, recall_ks=[10], ndcg_ks=[5], metric_for_best_model=metric
+    )
+    assert arguments.greater_is_better
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_data_seed_orders_the_documents_apart_from_the_seed(tmp_path, data, base_tokenizer, model_class):
+    def first_epoch(**seeds):
+        model, tokenizer = make_model(model_class, data, base_tokenizer)
+        trainer = CLLM4RecTrainer(model, training_arguments(model_class, tmp_path, **seeds), data, tokenizer)
+        trainer.schedule.set_epoch(0)
+        return [[trainer.train_dataset[index]["input_ids"] for index in batch] for batch in trainer.schedule]
+
+    assert first_epoch(seed=0, data_seed=5) == first_epoch(seed=5) != first_epoch(seed=0)
+
+
+def test_the_loader_takes_the_dataloader_options(tmp_path, data, base_tokenizer):
+    model, tokenizer = make_model(CLLM4RecForItemPrediction, data, base_tokenizer)
+    options = dict(dataloader_prefetch_factor=3, dataloader_multiprocessing_context="spawn", dataloader_in_order=False)
+    arguments = training_arguments(CLLM4RecForItemPrediction, tmp_path, dataloader_num_workers=1, **options)
+    loader = CLLM4RecTrainer(model, arguments, data, tokenizer).get_train_dataloader()
+    assert (loader.prefetch_factor, loader.in_order) == (3, False)
+    assert loader.multiprocessing_context.get_start_method() == "spawn"
+
+
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
 def test_a_document_length_beyond_the_context_is_refused_before_training(tmp_path, data, base_tokenizer, model_class):
     model, tokenizer = make_model(model_class, data, base_tokenizer)
@@ -881,6 +955,23 @@ def test_pretraining_begins_with_content_warmup_epochs(tmp_path, data, base_toke
         assert sources == ({1} if epoch < warmup_epochs else {0, 1})
 
 
+@pytest.mark.parametrize("eval_strategy", ["epoch", "steps"])
+def test_content_warmup_epochs_are_not_evaluated(tmp_path, data, base_tokenizer, eval_strategy):
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    arguments = training_arguments(
+        CLLM4RecForCollaborativeLM,
+        tmp_path,
+        num_train_epochs=3,
+        content_warmup_epochs=2,
+        eval_strategy=eval_strategy,
+        eval_steps=3,
+    )
+    trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+    trainer.train()
+    evaluated = [entry["epoch"] for entry in trainer.state.log_history if "eval_selection_score" in entry]
+    assert evaluated and min(evaluated) > 2
+
+
 def test_fine_tuning_with_another_recommendation_prompt(tmp_path):
     prompt = "{user} has interacted with {history}"
     run_demo_stages(
@@ -927,6 +1018,22 @@ def test_each_command_takes_the_options_of_its_stage(capsys, tmp_path):
     )
     assert_usage_error(capsys, "pretrain", "--backbone", BUILTIN_BACKBONE, message="output_dir is required")
     assert_usage_error(capsys, "finetune", *output, message="--pretrained")
+
+
+def test_options_the_commands_do_not_use_are_refused_in_one_line(capsys, tmp_path):
+    output = ("--output_dir", str(tmp_path / "run"))
+    assert_usage_error(
+        capsys,
+        "pretrain",
+        "--do_eval",
+        "--do_train",
+        *output,
+        message="--do_eval, --do_train: `cllm4rec pretrain` always trains",
+    )
+    assert_usage_error(
+        capsys, "pretrain", "--label_smoothing_factor", "0.1", *output, message="label_smoothing_factor does not apply"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_training_commands_end_with_the_test_metrics_and_the_model_folder(capsys, tmp_path):

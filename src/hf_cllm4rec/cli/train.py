@@ -87,9 +87,16 @@ def train(args: argparse.Namespace) -> int:
         if elsewhere:
             parser.error(f"{', '.join(elsewhere)}: an option of `cllm4rec {other}`, not of `cllm4rec {args.command}`")
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    searched = sorted(given_options(parser, args.forwarded) & set(grid)) if options.search else []
+    given = given_options(parser, args.forwarded)
+    searched = sorted(given & set(grid)) if options.search else []
     if searched:
         parser.error(f"--{', --'.join(searched)}: --search tries its own values of {', '.join(searched)}")
+    script_switches = sorted(given & {"do_train", "do_eval", "do_predict"})
+    if script_switches:
+        parser.error(
+            f"--{', --'.join(script_switches)}: `cllm4rec {args.command}` always trains, evaluates as eval_strategy "
+            "says and ends with the test split"
+        )
     if training_args.should_log:
         print(describe_recipe(recipe))
     if options.search:

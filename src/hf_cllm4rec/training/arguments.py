@@ -1,7 +1,7 @@
 """Training arguments of CLLM4Rec: what both stages share, and what only pretraining or only fine-tuning takes."""
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 
 from transformers import TrainingArguments
 
@@ -24,6 +24,27 @@ DECAYS_OVER_ALL_STEPS = (
     "cosine_warmup_with_min_lr",
     "warmup_stable_decay",
 )
+# Options of `TrainingArguments` that CLLM4Rec's training has no use for, refused when set rather than ignored: the
+# losses are the models' own, evaluation ranks all items per user (`CLLM4RecTrainer.split_metrics`) instead of running
+# the Trainer's prediction loop, and the round schedule and collator build every batch.
+UNUSED_TRAINER_OPTIONS = {
+    "label_smoothing_factor": "the item and word losses are the models' own",
+    "neftune_noise_alpha": "the user and item positions take ID embeddings, not the backbone's word embeddings",
+    "use_liger_kernel": "the losses are the models' own",
+    "use_cache": "training does not decode",
+    "prediction_loss_only": "evaluation ranks all items per user, not through the prediction loop",
+    "eval_do_concat_batches": "evaluation ranks all items per user, not through the prediction loop",
+    "eval_use_gather_object": "evaluation ranks all items per user, not through the prediction loop",
+    "eval_accumulation_steps": "evaluation ranks all items per user, not through the prediction loop",
+    "include_for_metrics": "evaluation ranks all items per user, not through the prediction loop",
+    "batch_eval_metrics": "evaluation ranks all items per user, not through the prediction loop",
+    "bf16_full_eval": "evaluation runs in the training's mixed precision",
+    "fp16_full_eval": "evaluation runs in the training's mixed precision",
+    "label_names": "the CLLM4Rec collator names the labels",
+    "length_column_name": "documents are grouped by their token counts (train_sampling_strategy='group_by_length')",
+    "dataloader_drop_last": "the round schedule deals every document into a step",
+    "auto_find_batch_size": "the round schedule is built for per_device_train_batch_size",
+}
 
 
 @dataclass
@@ -165,6 +186,7 @@ class CLLM4RecTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.output_dir is None:
             raise ValueError("output_dir is required: the folder that receives the checkpoints and the trained model.")
+        self._check_unused_trainer_options()
         super().__post_init__()
         if self.num_train_epochs != int(self.num_train_epochs) or self.num_train_epochs < 1:
             raise ValueError(
@@ -209,6 +231,7 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             raise ValueError(f"weight_average_decay must lie in (0, 1), got {self.weight_average_decay}.")
         if any(k <= 0 for k in [*self.recall_ks, *self.ndcg_ks]):
             raise ValueError("recall_ks and ndcg_ks must be positive.")
+        self._check_metric_for_best_model()
         if self.eval_max_tokens is not None and self.eval_max_tokens <= 0:
             raise ValueError(f"eval_max_tokens must be positive, got {self.eval_max_tokens}.")
         if self.lr_scheduler_type == "reduce_lr_on_plateau":  # it steps on metric_for_best_model, by default a score
@@ -216,6 +239,29 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             self.lr_scheduler_kwargs = {"mode": mode, **(self.lr_scheduler_kwargs or {})}
         if self.early_stopping_patience is not None:
             self._check_early_stopping()
+
+    def _check_unused_trainer_options(self) -> None:
+        defaults = TrainingArguments.__dataclass_fields__
+        for name, reason in UNUSED_TRAINER_OPTIONS.items():
+            field_ = defaults[name]
+            default = field_.default_factory() if field_.default is MISSING else field_.default
+            if getattr(self, name) != default:
+                raise ValueError(f"{name} does not apply to CLLM4Rec training: {reason}.")
+
+    def _check_metric_for_best_model(self) -> None:
+        metrics = ["selection_score", *(f"recall@{k}" for k in self.recall_ks), *(f"ndcg@{k}" for k in self.ndcg_ks)]
+        if self.metric_for_best_model is not None and self.metric_for_best_model.removeprefix("eval_") not in metrics:
+            raise ValueError(
+                f"metric_for_best_model must be one of the evaluation metrics {metrics}, got "
+                f"{self.metric_for_best_model!r}."
+            )
+        if self.greater_is_better is False:
+            raise ValueError("greater_is_better=False: every CLLM4Rec evaluation metric is better when higher.")
+
+    @property
+    def data_order_seed(self) -> int:
+        """The seed of the documents' random orders and of their dealing into steps: `data_seed`, else `seed`."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def _check_early_stopping(self) -> None:
         check_whole(early_stopping_patience=self.early_stopping_patience)

@@ -85,7 +85,7 @@ class CLLM4RecTrainer(Trainer):
             range(len(sources)),
             args.per_device_train_batch_size,
             args.alternation,
-            args.seed,
+            args.data_order_seed,
             micro_batches_per_step=micro_batches_per_step,
             lengths=[source.document_lengths() for source in sources] if args.groups_by_length else None,
             warmup_epochs=warmup_epochs,
@@ -214,6 +214,9 @@ class CLLM4RecTrainer(Trainer):
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory and torch.accelerator.is_available(),
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+            multiprocessing_context=self.args.dataloader_multiprocessing_context,
+            in_order=self.args.dataloader_in_order,
         )
         return self.accelerator.prepare(dataloader)
 
@@ -371,8 +374,11 @@ class UnevaluatedWarmup(TrainerCallback):
     def __init__(self, warmup_epochs: int):
         self.warmup_epochs = warmup_epochs
 
+    def on_step_end(self, args, state, control, **kwargs):  # eval_strategy="steps"
+        return self.on_epoch_end(args, state, control)
+
     def on_epoch_end(self, args, state, control, **kwargs):
-        if round(state.epoch) <= self.warmup_epochs:
+        if round(state.epoch, 6) <= self.warmup_epochs:
             control.should_evaluate = False
         return control
 
@@ -390,9 +396,11 @@ def document_sources(model, data, tokenizer, args, max_length: int) -> list:
     """The stage's ID documents (collaborative, or masked-history), then with `content_steps` the content ones."""
     histories = data.histories("train")
     if isinstance(model, CLLM4RecForCollaborativeLM):
-        sources = [CollaborativeDocuments(histories, tokenizer, max_length, seed=args.seed)]
+        sources = [CollaborativeDocuments(histories, tokenizer, max_length, seed=args.data_order_seed)]
     else:
-        sources = [RecommendationDocuments(histories, tokenizer, args.mask_ratio, max_length, seed=args.seed)]
+        sources = [
+            RecommendationDocuments(histories, tokenizer, args.mask_ratio, max_length, seed=args.data_order_seed)
+        ]
     if args.content_steps:
         sources.append(ContentDocuments(data, tokenizer, max_length, args.content_document_kinds))
     return sources
