@@ -6,28 +6,31 @@ content epochs interleaved, the best round kept by validation Recall@20 + Recall
         --data data/beauty --pretrained runs/beauty-pretrain --output_dir runs/beauty-finetune
 
 `--recipe` (`paper`, `small-cpu`, the default, or `smollm2`) sets the defaults of the options; options given
-explicitly win (`training/presets.py`). Every epoch is a round (one fine-tuning and, with content steps, one content
-epoch). The best model, tokenizer, id mappings and test metrics are saved to `--output_dir` by the main process;
-`--push_to_hub` pushes them.
+explicitly win (`training/presets.py`), and the command line is read as `cllm4rec finetune` reads it (`--search`
+included). Every epoch is a round (one fine-tuning and, with content steps, one content epoch). The best model,
+tokenizer, id mappings and test metrics are saved to `--output_dir` by the main process; `--push_to_hub` pushes them.
 """
 
 import sys
 
 from accelerate import PartialState
-from transformers import HfArgumentParser
 
-from hf_cllm4rec.training import FineTuningArguments
-from hf_cllm4rec.training.presets import apply_recipe, describe_recipe
-from hf_cllm4rec.training.recipes import DataArguments, FineTuningModelArguments, results_summary, run_finetuning
+from hf_cllm4rec.cli.train import parse_stage_arguments
+from hf_cllm4rec.training.presets import SEARCH_GRIDS, describe_recipe
+from hf_cllm4rec.training.recipes import results_summary, run_finetuning, run_search
 
 
 def main() -> None:
-    parser = HfArgumentParser((FineTuningModelArguments, DataArguments, FineTuningArguments))
-    recipe = apply_recipe(parser, sys.argv[1:], "finetune")
-    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses()
+    # the command line of `cllm4rec finetune`: the recipe's defaults, the options given, one-line usage errors
+    model_args, data_args, training_args, options, recipe = parse_stage_arguments(
+        "finetune", sys.argv[1:], prog="examples/finetune.py"
+    )
     if training_args.should_log:
         print(describe_recipe(recipe))
-    metrics = run_finetuning(model_args, data_args, training_args, recipe)
+    if options.search:
+        metrics = run_search(model_args, data_args, training_args, SEARCH_GRIDS["finetune"], recipe)
+    else:
+        metrics = run_finetuning(model_args, data_args, training_args, recipe)
     PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
     if training_args.should_log:
         print(results_summary(metrics, training_args.output_dir))

@@ -5,7 +5,8 @@ CLLM4Rec pretraining: mutual-regularized collaborative and content language mode
     accelerate launch examples/pretrain.py --recipe paper --data data/beauty --output_dir runs/beauty-pretrain
 
 `--recipe` (`paper`, `small-cpu`, the default, or `smollm2`) sets the defaults of the options; options given
-explicitly win (`training/presets.py`). Single CPU or GPU: `python examples/pretrain.py ...`; several GPUs: `accelerate launch --config_file
+explicitly win (`training/presets.py`), and the command line is read as `cllm4rec pretrain` reads it (`--search`
+included). Single CPU or GPU: `python examples/pretrain.py ...`; several GPUs: `accelerate launch --config_file
 examples/accelerate_configs/multi_gpu.yaml examples/pretrain.py ...`. Every epoch is a round (one collaborative and
 one content epoch) except the first `--content_warmup_epochs`, which train content documents only. The model,
 tokenizer, id mappings and test metrics are saved to `--output_dir` by the main process; `--push_to_hub` pushes them.
@@ -14,20 +15,23 @@ tokenizer, id mappings and test metrics are saved to `--output_dir` by the main 
 import sys
 
 from accelerate import PartialState
-from transformers import HfArgumentParser
 
-from hf_cllm4rec.training import PretrainingArguments
-from hf_cllm4rec.training.presets import apply_recipe, describe_recipe
-from hf_cllm4rec.training.recipes import DataArguments, PretrainingModelArguments, results_summary, run_pretraining
+from hf_cllm4rec.cli.train import parse_stage_arguments
+from hf_cllm4rec.training.presets import SEARCH_GRIDS, describe_recipe
+from hf_cllm4rec.training.recipes import results_summary, run_pretraining, run_search
 
 
 def main() -> None:
-    parser = HfArgumentParser((PretrainingModelArguments, DataArguments, PretrainingArguments))
-    recipe = apply_recipe(parser, sys.argv[1:], "pretrain")
-    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses()
+    # the command line of `cllm4rec pretrain`: the recipe's defaults, the options given, one-line usage errors
+    model_args, data_args, training_args, options, recipe = parse_stage_arguments(
+        "pretrain", sys.argv[1:], prog="examples/pretrain.py"
+    )
     if training_args.should_log:
         print(describe_recipe(recipe))
-    metrics = run_pretraining(model_args, data_args, training_args, recipe)
+    if options.search:
+        metrics = run_search(model_args, data_args, training_args, SEARCH_GRIDS["pretrain"], recipe)
+    else:
+        metrics = run_pretraining(model_args, data_args, training_args, recipe)
     PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
     if training_args.should_log:
         print(results_summary(metrics, training_args.output_dir))

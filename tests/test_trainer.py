@@ -1,7 +1,10 @@
 import inspect
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,7 @@ from hf_cllm4rec.training.weight_averaging import TRAINING_WEIGHTS_NAME, WeightA
 # a round (an epoch) is 3 + 4 = 7 steps.
 NUM_USERS, NUM_ITEMS = 20, 30
 STEPS_PER_EPOCH = 7
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MODEL_CLASSES = (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction)
 STAGE_ARGUMENTS = {CLLM4RecForCollaborativeLM: PretrainingArguments, CLLM4RecForItemPrediction: FineTuningArguments}
 
@@ -1028,11 +1032,31 @@ def test_options_the_commands_do_not_use_are_refused_in_one_line(capsys, tmp_pat
         "--do_eval",
         "--do_train",
         *output,
-        message="--do_eval, --do_train: `cllm4rec pretrain` always trains",
+        message="--do_eval, --do_train: these runs always train",
     )
     assert_usage_error(
         capsys, "pretrain", "--label_smoothing_factor", "0.1", *output, message="label_smoothing_factor does not apply"
     )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "script, arguments, message",
+    [
+        ("pretrain.py", ["--recipe", "nope"], "unknown recipe 'nope'"),
+        ("pretrain.py", ["--eval_str", "no"], "unrecognized arguments: --eval_str"),
+        ("finetune.py", ["--pretrained", "p", "--do_predict"], "--do_predict: these runs always train"),
+    ],
+)
+def test_the_example_scripts_read_the_command_line_as_the_commands_do(tmp_path, script, arguments, message):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *arguments, "--output_dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
     assert not (tmp_path / "run").exists()
 
 
