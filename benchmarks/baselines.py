@@ -20,6 +20,7 @@ import copy
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from torch import nn
 
 from benchmarks.provenance import device_name, git_commit, recorded_arguments, recorded_location, versions
 from hf_cllm4rec.evaluation import evaluate_recommender, model_selection_score
+from hf_cllm4rec.training.presets import given_options
 from hf_cllm4rec.training.recipes import DataArguments, load_data
 
 logger = logging.getLogger(__name__)
@@ -300,14 +302,28 @@ def run_baselines_on_data(data: str, names: list[str], vae_epochs: int = 200) ->
     return run_baselines(names, train, validation, test, device, vae_epochs)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--data", required=True, help="A folder written by `cllm4rec prepare`, or 'builtin'.")
     parser.add_argument("--name", required=True, help="Names the JSON: `<results_dir>/baselines-<name>.json`.")
     parser.add_argument("--baselines", type=baselines_option, default=",".join(BASELINES))
     parser.add_argument("--vae_epochs", type=int, default=200, help="Multi-VAE training epochs.")
     parser.add_argument("--results_dir", default="benchmarks/results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not args.baselines:
+        parser.error(f"--baselines names none: give some of {','.join(BASELINES)}.")
+    given = given_options(parser, sys.argv[1:] if argv is None else argv)
+    if "vae_epochs" in given and "multivae" not in args.baselines.split(","):
+        parser.error("--vae_epochs trains Multi-VAE: it needs multivae among --baselines.")
+    if args.vae_epochs < 1:
+        parser.error(f"--vae_epochs must be at least 1, got {args.vae_epochs}.")
+    return args
+
+
+def main():
+    args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     commit = git_commit()
     baselines = run_baselines_on_data(args.data, args.baselines.split(","), args.vae_epochs)

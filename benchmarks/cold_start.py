@@ -55,7 +55,9 @@ def warm_and_cold_metrics(model, tokenizer, data, split: str = "test", batch_siz
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--model", required=True, help="Folder or Hub name of a fine-tuned CLLM4Rec model.")
     parser.add_argument("--data", required=True, help="The prepared data set it was trained on, or 'builtin'.")
     parser.add_argument("--split", default="test", choices=["validation", "test"])
@@ -65,6 +67,8 @@ def main() -> None:
     )
     parser.add_argument("--output_file", default="cold_start.json")
     args = parser.parse_args()
+    if not Path(args.output_file).parent.is_dir():
+        parser.error(f"--output_file {args.output_file}: no folder {Path(args.output_file).parent} to write it in.")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     commit = git_commit()

@@ -45,11 +45,17 @@ from benchmarks.provenance import (  # noqa: E402
     recorded_location,
     versions,
 )
-from hf_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction, CLLM4RecTokenizer  # noqa: E402
+from hf_cllm4rec import (  # noqa: E402
+    CLLM4RecConfig,
+    CLLM4RecForCollaborativeLM,
+    CLLM4RecForItemPrediction,
+    CLLM4RecTokenizer,
+)
 from hf_cllm4rec.configuration_cllm4rec import HISTORY_ATTENTIONS, READ_OUTS  # noqa: E402
 from hf_cllm4rec.evaluation import default_max_length, evaluate_model  # noqa: E402
 from hf_cllm4rec.hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME  # noqa: E402
 from hf_cllm4rec.modeling_cllm4rec import COLLABORATIVE_TARGETS  # noqa: E402
+from hf_cllm4rec.serving.recommender import MAX_HISTORY_PERMUTATIONS  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
 from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
 from hf_cllm4rec.training.optimization import ID_EMBEDDINGS_OPTIMIZERS  # noqa: E402
@@ -121,6 +127,13 @@ PRETRAINING_OPTIONS = (
     "read_out_prefix_powers",
     "collaborative_targets",
 )
+# The options of this script that only fine-tuning reads: `--finetune_rounds 0` refuses them.
+FINETUNING_OPTIONS = ("finetune_learning_rate", "recommendation_prompt", "history_attention")
+# The options that train LoRA adapters where a stage trains them, and nothing where none does.
+LORA_OPTIONS = ("lora_rank", "lora_dropout")
+# An option given explicitly drops the recipe's settings that go with it (named alike here): those of the training
+# commands, and pretraining's backbone training, which defaults to what --backbone_training says.
+RECIPE_DEPENDENT_OPTIONS = {**DEPENDENT_OPTIONS, "backbone_training": ("pretrain_backbone_training",)}
 # The pretraining training arguments that a result records of a model it fine-tunes with `--pretrained`.
 RECORDED_PRETRAINING_ARGUMENTS = (
     "num_train_epochs",
@@ -158,7 +171,9 @@ def recipe_options(name: str) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--data", default="data/beauty")
     parser.add_argument("--backbone", default="gpt2")
     parser.add_argument("--tokenizer", default=None)
@@ -338,8 +353,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.paper or args.recipe:
         name = args.recipe or "paper"
         options = recipe_options(name)
-        # an option given explicitly drops the recipe's settings that go with it (named alike here)
-        replaced = set().union(*(DEPENDENT_OPTIONS[option] for option in given if option in DEPENDENT_OPTIONS))
+        replaced = set().union(
+            *(RECIPE_DEPENDENT_OPTIONS[option] for option in given if option in RECIPE_DEPENDENT_OPTIONS)
+        )
         options = {option: value for option, value in options.items() if option not in replaced}
         parser.set_defaults(**options, recipe=name)
         args = parser.parse_args(argv)
@@ -349,16 +365,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup_epochs = 0 if args.no_content_steps else 2
     elif args.warmup_epochs and args.no_content_steps:
         parser.error("--warmup_epochs trains content documents: it cannot go with --no_content_steps.")
+    if Path(args.name).name != args.name:
+        parser.error(f"--name names the run's files and folders: no path separator, got {args.name!r}.")
+    if args.pretrain_rounds < 1:
+        parser.error(f"--pretrain_rounds counts rounds: at least 1, got {args.pretrain_rounds}.")
+    if args.finetune_rounds < 0:
+        parser.error(f"--finetune_rounds counts rounds (0: no fine-tuning), got {args.finetune_rounds}.")
     if args.pretrained is not None and not args.finetune_rounds:
         parser.error("--pretrained is fine-tuned: give --finetune_rounds above 0.")
-    if args.history_attention and not args.finetune_rounds:
-        parser.error("--history_attention is how fine-tuning reads its prompts: it needs --finetune_rounds above 0.")
+    finetuning_only = [option for option in FINETUNING_OPTIONS if option in given]
+    if finetuning_only and not args.finetune_rounds:
+        parser.error(f"--{', --'.join(finetuning_only)}: options of fine-tuning, which --finetune_rounds 0 skips.")
+    if "backbone_training" in given and args.backbone_training == "lora" and not args.finetune_rounds:
+        parser.error("--backbone_training lora trains adapters in fine-tuning: it needs --finetune_rounds above 0.")
+    lora_trained = (args.pretrained is None and args.pretrain_backbone_training == "lora") or (
+        args.finetune_rounds and args.backbone_training == "lora"
+    )
+    lora_options = [option for option in LORA_OPTIONS if option in given]
+    if lora_options and not lora_trained:
+        parser.error(f"--{', --'.join(lora_options)}: no stage trains LoRA adapters here.")
+    if "content_documents" in given and args.no_content_steps:
+        parser.error("--content_documents: no stage trains content documents with --no_content_steps.")
     if args.read_out_prefix_powers and args.read_out != "mean":
         parser.error(
             f"--read_out_prefix_powers weighs the mean read-out: it cannot go with --read_out {args.read_out}."
         )
     if args.search and args.early_stopping_patience is None:
         parser.error("--search compares trials that stop on validation: give --early_stopping_patience (or a recipe).")
+    if not 1 <= args.history_permutations <= MAX_HISTORY_PERMUTATIONS:
+        parser.error(f"--history_permutations takes 1 to {MAX_HISTORY_PERMUTATIONS}, got {args.history_permutations}.")
+    try:  # what the package's own arguments refuse, refused before any stage trains
+        if args.pretrained is None:
+            pretraining_model_arguments(args)
+            training_arguments(args, "pretraining", Path(args.output_dir))
+        if args.finetune_rounds:
+            training_arguments(args, "finetuning", Path(args.output_dir))
+        if args.recommendation_prompt is not None:
+            CLLM4RecConfig(recommendation_prompt=args.recommendation_prompt)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -444,9 +489,9 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
     return stages, time.perf_counter() - start
 
 
-def pretrain(args, data_args: DataArguments, output_dir: Path) -> dict[str, float]:
-    """Pretrains (every trial of the grid with `--search`) into `output_dir`; returns the test metrics."""
-    model_args = PretrainingModelArguments(
+def pretraining_model_arguments(args) -> PretrainingModelArguments:
+    """The model that pretraining builds."""
+    return PretrainingModelArguments(
         backbone=args.backbone,
         tokenizer=args.tokenizer,
         random_init=args.random_init,
@@ -458,6 +503,11 @@ def pretrain(args, data_args: DataArguments, output_dir: Path) -> dict[str, floa
         untie_item_head=args.untie_item_head,
         read_out=args.read_out,
     )
+
+
+def pretrain(args, data_args: DataArguments, output_dir: Path) -> dict[str, float]:
+    """Pretrains (every trial of the grid with `--search`) into `output_dir`; returns the test metrics."""
+    model_args = pretraining_model_arguments(args)
     pretraining_args = training_arguments(args, "pretraining", output_dir)
     if args.search:
         return run_search(model_args, data_args, pretraining_args, SEARCH_GRIDS["pretrain"])

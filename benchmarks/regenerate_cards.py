@@ -220,12 +220,17 @@ def figures(card_text: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--cards_dir", default=str(CARDS_DIR))
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
+    cards = sorted(Path(args.cards_dir).glob("cllm4rec-*.md"))
+    if not cards:
+        parser.error(f"--cards_dir {args.cards_dir}: no cllm4rec-*.md card there.")
     stale = []
-    for path in sorted(Path(args.cards_dir).glob("cllm4rec-*.md")):
+    for path in cards:
         inputs = recover_inputs(path)
         if path.stem in CITED_RESULTS:
             check_against_result(path.stem, inputs)

@@ -462,7 +462,9 @@ def replace_section(text: str, name: str, lines: list[str], path: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="Gets the headline table.")
     parser.add_argument(
@@ -479,7 +481,12 @@ def main() -> None:
     parser.add_argument("--figure", default=None, help="The headline figure; default: --results_dir/headline.png.")
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
+    if args.check and args.figure:
+        parser.error("--figure: --check compares the text sections and draws no figure.")
     results_dir = Path(args.results_dir)
+    figure = Path(args.figure) if args.figure else results_dir / "headline.png"
+    if not args.check and not figure.parent.is_dir():
+        parser.error(f"--figure {figure}: no folder {figure.parent} to draw it in.")
     results = load_results(results_dir)
     headline = json.loads(Path(args.headline).read_text())
     sections = {
@@ -503,7 +510,6 @@ def main() -> None:
     for path, (_, updated) in updates.items():
         path.write_text(updated)
         print(f"updated {path}")
-    figure = Path(args.figure) if args.figure else results_dir / "headline.png"
     draw_headline_figure(results, headline, figure)
     print(f"drew {figure}")
 

@@ -40,7 +40,9 @@ STAGES = ("preparation", "training", "serving", "distributed")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--quick", action="store_true", help="Small sizes: every stage in seconds.")
     parser.add_argument(
         "--stages", default=",".join(STAGES), help=f"Comma-separated stages to run, of {', '.join(STAGES)}."
@@ -53,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="Take the rows of a stage that already finished in --workdir (its <stage>.json) instead of rerunning it.",
+        help="Take the rows of a stage that already finished in --workdir (its <stage>.json) instead of rerunning it; "
+        "the earlier run must have been as --quick as this one.",
     )
     args = parser.parse_args(argv)
     args.stages = args.stages.split(",")
@@ -62,17 +65,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown stage {', '.join(unknown)}; expected some of {', '.join(STAGES)}")
     if args.resume and args.workdir is None:
         parser.error("--resume needs the --workdir of the earlier run")
+    records = [Path(args.workdir, f"{stage}.json") for stage in args.stages] if args.resume else []
+    for record in (record for record in records if record.is_file()):
+        recorded = json.loads(record.read_text())
+        if not isinstance(recorded, dict) or recorded.get("quick") != args.quick:
+            parser.error(
+                f"--resume: {record} is not the record of a run {'with' if args.quick else 'without'} --quick"
+            )
     args.name = args.name or ("scale-quick" if args.quick else "scale-cpu")
     return args
 
 
 def run_stage(stage: str, workdir: Path, quick: bool, resume: bool) -> list[dict]:
-    """Runs `benchmarks/scale_stages/<stage>.py` in a process of its own (in this one if `quick`), returns its rows."""
-    stage_dir, rows_path = workdir / stage, workdir / f"{stage}.json"
-    if resume and rows_path.is_file():
-        print(f"== {stage}: rows of the earlier run in {rows_path}", flush=True)
-        return json.loads(rows_path.read_text())
+    """
+    Runs `benchmarks/scale_stages/<stage>.py` in a process of its own (in this one if `quick`), returns its rows, and
+    records them with `quick` in `<workdir>/<stage>.json` for `--resume`.
+    """
+    stage_dir, record = workdir / stage, workdir / f"{stage}.json"
+    if resume and record.is_file():
+        print(f"== {stage}: rows of the earlier run in {record}", flush=True)
+        return json.loads(record.read_text())["rows"]
     stage_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = stage_dir / "rows.json"
     arguments = ["--workdir", str(stage_dir), "--out", str(rows_path), *(["--quick"] if quick else [])]
     print(f"== {stage}", flush=True)
     if quick:
@@ -80,7 +94,9 @@ def run_stage(stage: str, workdir: Path, quick: bool, resume: bool) -> list[dict
     else:
         script = ROOT / "benchmarks" / "scale_stages" / f"{stage}.py"
         subprocess.run([sys.executable, str(script), *arguments], cwd=ROOT, check=True)
-    return json.loads(rows_path.read_text())
+    rows = json.loads(rows_path.read_text())
+    record.write_text(json.dumps({"quick": quick, "rows": rows}, indent=1) + "\n")
+    return rows
 
 
 def draw_costs(rows: list[dict], path: Path) -> None:

@@ -3,7 +3,7 @@ Speed of every CLLM4Rec stage on a prepared data set, and how prediction time gr
 
     python benchmarks/speed.py --data data/beauty --backbone gpt2 --random_init          # GPT-2-small shape
     python benchmarks/speed.py --data data/beauty --backbone PATH_TO_SMOLLM2
-    python benchmarks/speed.py --data builtin --backbone builtin-tiny-gpt2 --sample 64   # CPU smoke test
+    python benchmarks/speed.py --data builtin --backbone builtin-tiny-gpt2 --sample 64 --batch_size 16  # CPU smoke
     python benchmarks/speed.py --data data/beauty --backbone gpt2 --random_init \
         --backbone_overrides '{"n_layer": 2, "n_embd": 256, "n_head": 4}'              # the CPU quality runs' shape
 
@@ -16,7 +16,8 @@ group_by_length` in training; the default, random batching, pads more):
 - collaborative epoch: one document per user; fine-tuning epoch: one masked-history document per user;
 - prediction: the top 100 items for every user, training items excluded, users batched by prompt length, under
   autocast or (`--prediction_weights bfloat16`) from bfloat16 weights.
-With `--sample N` each stage runs N documents and its epoch time is extrapolated (stated in the JSON). The JSON
+With `--sample N` each stage runs N documents and its epoch time is extrapolated (stated in the JSON); a training
+stage times the batches after its first two, so N must exceed two batches. The JSON
 in `benchmarks/results/` records the figures, the configuration, device, versions and git commit.
 """
 
@@ -27,7 +28,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction, Recommender  
 from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments  # noqa: E402
 from hf_cllm4rec.data.documents import ScheduledDocuments  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, apply_backbone_training  # noqa: E402
+from hf_cllm4rec.training.presets import given_options  # noqa: E402
 from hf_cllm4rec.training.recipes import (  # noqa: E402
     DataArguments,
     PretrainingModelArguments,
@@ -58,6 +60,19 @@ from hf_cllm4rec.training.recipes import (  # noqa: E402
 from hf_cllm4rec.training.schedule import ScheduleBatchSampler  # noqa: E402
 
 STAGES = ("content", "collaborative", "finetuning", "prediction")
+# Batches each training stage runs before its timing starts.
+WARMUP_BATCHES = 2
+# Items each prediction recommends, and the length of the random histories of the catalogue scaling.
+TOP_K, SCALING_HISTORY_LENGTH = 100, 10
+# The options that only prediction and the catalogue scaling read: `--loading_only` refuses them.
+PREDICTION_OPTIONS = (
+    "dtype",
+    "eval_batch_size",
+    "eval_max_tokens",
+    "prediction_weights",
+    "scaling_items",
+    "scaling_users",
+)
 # The kernels `scaled_dot_product_attention` may choose from, by whether torch has them enabled.
 SDPA_BACKENDS = {
     "FLASH_ATTENTION": torch.backends.cuda.flash_sdp_enabled,
@@ -76,8 +91,27 @@ AUTHORS_H200 = {
 }
 
 
+def catalogue_sizes(text: str) -> list[int]:
+    """The `--scaling_items` option: catalogue sizes separated by commas, each with room for a history and the top
+    k; '' for none."""
+    try:
+        sizes = [int(size) for size in text.split(",") if size.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"catalogue sizes are whole numbers separated by commas, got {text!r}."
+        ) from None
+    too_small = [size for size in sizes if size < TOP_K + SCALING_HISTORY_LENGTH]
+    if too_small:
+        raise argparse.ArgumentTypeError(
+            f"a catalogue holds {TOP_K + SCALING_HISTORY_LENGTH} items at least, got {too_small}."
+        )
+    return sizes
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--data", default="data/beauty", help="A prepared data set folder, or 'builtin'.")
     parser.add_argument("--backbone", default="gpt2")
     parser.add_argument("--tokenizer", default=None)
@@ -117,7 +151,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num_workers", type=int, default=4 if torch.cuda.is_available() else 0)
     parser.add_argument(
-        "--scaling_items", default="1000,10000,100000,1000000", help="Catalogue sizes for prediction ('': none)."
+        "--scaling_items",
+        type=catalogue_sizes,
+        default="1000,10000,100000,1000000",
+        help="Catalogue sizes for prediction ('': none).",
     )
     parser.add_argument("--scaling_users", type=int, default=256, help="Users scored per catalogue size.")
     parser.add_argument("--output", default=None, help="JSON path; default benchmarks/results/speed-<name>.json.")
@@ -127,10 +164,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.stages) - set(STAGES))
     if unknown or not args.stages:
         parser.error(f"--stages takes some of {','.join(STAGES)}; got {unknown or 'none'}")
+    given = given_options(parser, sys.argv[1:] if argv is None else argv)
     if args.loading_only:
-        args.stages, args.scaling_items = [stage for stage in args.stages if stage != "prediction"], ""
-        if not args.stages:
-            parser.error("--loading_only times the training stages: --stages names none")
+        prediction_only = [option for option in PREDICTION_OPTIONS if option in given]
+        if "stages" in given and "prediction" in args.stages:
+            prediction_only.insert(0, "stages prediction")
+        if prediction_only:
+            parser.error(f"--{', --'.join(prediction_only)}: of prediction, which --loading_only leaves out.")
+        args.stages, args.scaling_items = [stage for stage in args.stages if stage != "prediction"], []
+    for option in ("batch_size", "eval_batch_size", "eval_max_tokens", "sample", "scaling_users"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1, got {getattr(args, option)}.")
+    if (
+        args.sample is not None
+        and set(args.stages) - {"prediction"}
+        and args.sample <= WARMUP_BATCHES * args.batch_size
+    ):
+        parser.error(
+            f"--sample {args.sample}: the training stages time the batches after their first {WARMUP_BATCHES} of "
+            f"--batch_size {args.batch_size}: give more than {WARMUP_BATCHES * args.batch_size}."
+        )
     return args
 
 
@@ -172,11 +225,11 @@ def time_training(model, source, batch_size, pad_token_id, args, device) -> dict
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     model.train()
-    steps, warmup, start = 0, 2, None
+    steps, start = 0, None
     documents, loading = 0, 0.0
     batches = iter(loader)
     while True:
-        if steps == warmup:
+        if steps == WARMUP_BATCHES:
             synchronize(device)
             start, documents, loading = time.perf_counter(), 0, 0.0
         fetch_start = time.perf_counter()
@@ -206,12 +259,22 @@ def time_training(model, source, batch_size, pad_token_id, args, device) -> dict
         "epoch_s": seconds * len(source) / documents,
         # of which waiting for the data loader (rendering and collating documents)
         "loading_epoch_s": loading * len(source) / documents,
-        "extrapolated": documents < len(source) - batch_size * warmup,
+        "extrapolated": documents < len(source) - batch_size * WARMUP_BATCHES,
     }
 
 
+def prediction_precision(args, device: torch.device) -> tuple[torch.dtype, AbstractContextManager]:
+    """
+    The dtype of the weights prediction reads and the context it runs in: bfloat16 weights without autocast with
+    `--prediction_weights bfloat16`, else float32 weights, under bfloat16 autocast with `--dtype bfloat16`.
+    """
+    if args.prediction_weights == "bfloat16":
+        return torch.bfloat16, nullcontext()
+    return torch.float32, torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+
+
 @torch.no_grad()
-def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
+def time_prediction(model, tokenizer, data, args, device, k: int = TOP_K) -> dict:
     """
     Top-k over all items for the users with training items (or a sample), training items excluded, in batches of
     similar prompt length (`--eval_batch_size` users and `--eval_max_tokens` padded tokens at most), each timed.
@@ -220,9 +283,9 @@ def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
     users = np.array([user for user in range(data.num_users) if len(histories[user])][: args.sample])
     user_histories = [histories[user] for user in users]
     lengths = tokenizer(users.tolist(), user_histories, return_tensors="np")["attention_mask"].sum(-1)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    if args.prediction_weights == "bfloat16":
-        model, autocast = copy.deepcopy(model).to(torch.bfloat16), nullcontext()
+    dtype, autocast = prediction_precision(args, device)
+    if dtype != torch.float32:  # a copy: the training stages share the model
+        model = copy.deepcopy(model).to(dtype)
     model.eval()
     recommender = Recommender(
         model, tokenizer, batch_size=args.eval_batch_size, max_tokens=args.eval_max_tokens, disable_tqdm=True
@@ -254,23 +317,37 @@ def time_prediction(model, tokenizer, data, args, device, k: int = 100) -> dict:
 
 @torch.no_grad()
 def time_catalogue_scaling(config: CLLM4RecConfig, tokenizer_factory, args, device) -> list[dict]:
-    """Users per second of top-100 prediction for growing catalogues (random ID embeddings, same backbone)."""
+    """
+    Users per second of top-k prediction for growing catalogues (random ID embeddings, same backbone), batched and
+    with the weights as prediction's.
+    """
     results = []
-    for num_items in (int(n) for n in args.scaling_items.split(",") if n.strip()):
+    dtype, autocast = prediction_precision(args, device)
+    for num_items in args.scaling_items:
         scaled = CLLM4RecConfig(**{**config.to_dict(), "num_items": num_items, "num_users": args.scaling_users})
-        model = CLLM4RecForItemPrediction(scaled).to(device).eval()
+        model = CLLM4RecForItemPrediction(scaled).to(device, dtype).eval()
         rng = np.random.default_rng(0)
-        histories = [rng.choice(num_items, size=10, replace=False) for _ in range(args.scaling_users)]
+        histories = [
+            rng.choice(num_items, size=SCALING_HISTORY_LENGTH, replace=False) for _ in range(args.scaling_users)
+        ]
         users = list(range(args.scaling_users))
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-        batch = min(args.eval_batch_size, args.scaling_users)
-        recommender = Recommender(model, tokenizer_factory(scaled), disable_tqdm=True)
+        recommender = Recommender(
+            model,
+            tokenizer_factory(scaled),
+            batch_size=args.eval_batch_size,
+            max_tokens=args.eval_max_tokens,
+            disable_tqdm=True,
+        )
+        batches = [
+            ([users[row] for row in batch], [histories[row] for row in batch])
+            for batch in recommender.batches(users, histories)
+        ]
         with autocast:
-            recommender.recommend_batch(users[:batch], histories[:batch], k=100)
+            recommender.recommend_batch(*batches[0], k=TOP_K)  # warm-up
             synchronize(device)
             start = time.perf_counter()
-            for first in range(0, len(users), batch):
-                recommender.recommend_batch(users[first : first + batch], histories[first : first + batch], k=100)
+            for batch_users, batch_histories in batches:
+                recommender.recommend_batch(batch_users, batch_histories, k=TOP_K)
             synchronize(device)
         seconds = time.perf_counter() - start
         results.append({"num_items": num_items, "users": len(users), "users_per_s": len(users) / seconds})

@@ -347,7 +347,8 @@ def test_a_recipe_of_the_training_commands_is_this_scripts_defaults():
 def test_backbone_training_per_stage(options, stages, tmp_path):
     from benchmarks.quality import parse_args, training_arguments
 
-    args = parse_args(["--name", "stages", "--lora_rank", "4", *options])
+    lora_rank = ["--lora_rank", "4"] if "lora" in stages else []  # refused where no stage trains adapters
+    args = parse_args(["--name", "stages", *lora_rank, *options])
     assert (args.pretrain_backbone_training, args.backbone_training) == stages
     for stage, backbone_training in zip(("pretraining", "finetuning"), stages, strict=True):
         arguments = training_arguments(args, stage, tmp_path)
@@ -429,12 +430,204 @@ def test_read_out_prefix_powers_need_the_mean_read_out(capsys):
     assert (args.read_out, args.read_out_prefix_powers) == ("mean", [0, 3])
 
 
-def test_history_attention_needs_fine_tuning(capsys):
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--finetune_rounds", "0", "--history_attention", "set"], "--history_attention: options of fine-tuning"),
+        (["--finetune_rounds", "0", "--finetune_learning_rate", "1e-4"], "--finetune_learning_rate: options of"),
+        # the recipe's own schedule fine-tunes for no round
+        (["--recipe", "small-cpu", "--recommendation_prompt", "{user} has interacted with {history}"], "skips"),
+        (["--backbone_training", "lora", "--finetune_rounds", "0"], "it needs --finetune_rounds above 0"),
+        (["--lora_rank", "4"], "--lora_rank: no stage trains LoRA adapters here."),
+        (["--backbone_training", "full", "--lora_dropout", "0.1"], "--lora_dropout: no stage trains LoRA"),
+        (["--no_content_steps", "--content_documents", "user_item"], "--content_documents: no stage trains"),
+        (["--recipe", "small-cpu", "--content_documents", "item"], "--content_documents: no stage trains"),
+    ],
+)
+def test_options_no_stage_reads_are_refused(options, message, capsys):
     from benchmarks.quality import parse_args
 
     with pytest.raises(SystemExit):
-        parse_args(["--name", "x", "--finetune_rounds", "0", "--history_attention", "set"])
-    assert "--history_attention is how fine-tuning reads its prompts" in capsys.readouterr().err
+        parse_args(["--name", "x", *options])
+    assert message in capsys.readouterr().err
+
+
+def test_lora_options_go_with_the_stage_that_trains_adapters():
+    from benchmarks.quality import parse_args
+
+    pretraining = ["--finetune_rounds", "0", "--pretrain_backbone_training", "lora"]
+    args = parse_args(["--name", "x", *pretraining, "--lora_rank", "4"])
+    assert (args.lora_rank, args.backbone_training) == (4, "frozen")
+    recipe = parse_args(["--name", "x", "--recipe", "smollm2"])  # the recipe's adapters, in pretraining alone
+    assert (recipe.pretrain_backbone_training, recipe.backbone_training, recipe.finetune_rounds) == ("lora", "lora", 0)
+
+
+@pytest.mark.parametrize("backbone_training", ["full", "frozen"])
+def test_backbone_training_replaces_the_recipes_pretraining_adapters(backbone_training):
+    from benchmarks.quality import parse_args
+
+    args = parse_args(["--name", "x", "--recipe", "smollm2", "--backbone_training", backbone_training])
+    assert (args.pretrain_backbone_training, args.backbone_training) == (backbone_training, backbone_training)
+    both = ["--backbone_training", backbone_training, "--pretrain_backbone_training", "lora"]
+    assert parse_args(["--name", "x", "--recipe", "smollm2", *both]).pretrain_backbone_training == "lora"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--finetune_rounds", "-1"], "--finetune_rounds counts rounds (0: no fine-tuning), got -1."),
+        (["--finetune_rounds", "-3"], "--finetune_rounds counts rounds (0: no fine-tuning), got -3."),
+        (["--pretrain_rounds", "0"], "--pretrain_rounds counts rounds: at least 1, got 0."),
+        (["--warmup_epochs", "-1"], "content_warmup_epochs must be a whole number of at least 0"),
+        (["--recommendation_prompt", "{user} likes"], "`recommendation_prompt` must contain the placeholders"),
+        (["--history_permutations", "65"], "--history_permutations takes 1 to 64, got 65."),
+        (["--lr_scheduler_type", "sometimes"], "sometimes is not a valid SchedulerType"),
+        (["--lambda_v", "-1"], "lambda_v must be a finite number >= 0"),
+        (["--name", "runs/x"], "--name names the run's files and folders: no path separator, got 'runs/x'."),
+        # abbreviations would slip past the refusals of options given explicitly
+        (["--search", "--early_stopping_patience", "1", "--batch", "16"], "unrecognized arguments: --batch 16"),
+    ],
+)
+def test_quality_refuses_bad_values_before_any_stage_trains(options, message, capsys):
+    from benchmarks.quality import parse_args
+
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--name", "x", *options])
+    assert refused.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_quality_refuses_an_abbreviated_pretraining_option_with_pretrained(tmp_path, capsys):
+    from benchmarks.quality import parse_args
+
+    for name in ("trainer_state.json", "test_results.json", "training_args.json"):
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--pretrained", str(tmp_path), "--finetune_rounds", "1", "--pretrain_r", "5"])
+    assert "unrecognized arguments: --pretrain_r 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--loading_only", "--stages", "content,prediction"], "--stages prediction: of prediction, which"),
+        (["--loading_only", "--dtype", "bfloat16", "--prediction_weights", "bfloat16"], "--dtype, --prediction_w"),
+        (["--loading_only", "--scaling_items", "1000"], "--scaling_items: of prediction, which --loading_only"),
+        (["--scaling_items", "1k"], "catalogue sizes are whole numbers separated by commas, got '1k'."),
+        (["--scaling_items", "1000,50"], "a catalogue holds 110 items at least, got [50]."),
+        (["--sample", "-5"], "--sample must be at least 1, got -5."),
+        (["--sample", "64", "--batch_size", "256"], "give more than 512."),
+        (["--samp", "64"], "unrecognized arguments: --samp 64"),
+    ],
+)
+def test_speed_refuses_what_it_would_ignore_or_fail_on_late(options, message, capsys):
+    from benchmarks.speed import parse_args
+
+    with pytest.raises(SystemExit) as refused:
+        parse_args(options)
+    assert refused.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_speed_reads_its_options_up_front():
+    from benchmarks.speed import parse_args
+
+    assert parse_args(["--scaling_items", "1000, 20000"]).scaling_items == [1000, 20000]
+    assert parse_args(["--scaling_items", ""]).scaling_items == []
+    loading = parse_args(["--loading_only", "--sample", "64", "--batch_size", "16"])
+    assert loading.stages == ["content", "collaborative", "finetuning"] and loading.scaling_items == []
+    assert parse_args(["--stages", "prediction", "--sample", "8"]).sample == 8  # no training batches to time
+
+
+def test_catalogue_scaling_predicts_with_the_weights_and_batches_of_prediction(monkeypatch):
+    from benchmarks import speed
+
+    from hf_cllm4rec.training.recipes import (
+        DataArguments,
+        PretrainingModelArguments,
+        build_pretraining_model,
+        load_data,
+    )
+
+    model, tokenizer = build_pretraining_model(
+        PretrainingModelArguments(backbone="builtin-tiny-gpt2"), load_data(DataArguments(data="builtin"))
+    )
+    options = ["--scaling_items", "200", "--scaling_users", "8", "--eval_max_tokens", "64"]
+    args = speed.parse_args([*options, "--prediction_weights", "bfloat16"])
+    calls = []
+
+    class RecordingRecommender(speed.Recommender):
+        def recommend_batch(self, user_ids, histories, k=10):
+            calls.append((len(user_ids), self.model.dtype, torch.is_autocast_enabled("cpu")))
+            return super().recommend_batch(user_ids, histories, k)
+
+    monkeypatch.setattr(speed, "Recommender", RecordingRecommender)
+    tokenizer_factory = lambda scaled: type(tokenizer)(tokenizer.base_tokenizer, scaled)  # noqa: E731
+    [scaling] = speed.time_catalogue_scaling(model.config, tokenizer_factory, args, torch.device("cpu"))
+    assert scaling["num_items"] == 200 and scaling["users"] == 8
+    timed = calls[1:]  # after the warm-up batch
+    assert sum(users for users, _, _ in timed) == 8 and max(users for users, _, _ in timed) < 8  # 64 tokens a batch
+    assert {(dtype, autocast) for _, dtype, autocast in calls} == {(torch.bfloat16, False)}
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--baselines", ""], "--baselines names none"),
+        (["--vae_epochs", "0"], "--vae_epochs must be at least 1, got 0."),
+        (["--baselines", "popularity,ease", "--vae_epochs", "5"], "--vae_epochs trains Multi-VAE: it needs multivae"),
+        (["--vae_ep", "5"], "unrecognized arguments: --vae_ep 5"),
+    ],
+)
+def test_baselines_refuse_what_they_cannot_run_before_any_runs(options, message, capsys):
+    from benchmarks.baselines import parse_args
+
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--data", "builtin", "--name", "x", *options])
+    assert refused.value.code == 2 and message in capsys.readouterr().err
+    assert (
+        parse_args(["--data", "builtin", "--name", "x", "--baselines", "multivae", "--vae_epochs", "3"]).vae_epochs
+        == 3
+    )
+
+
+def test_report_refuses_a_figure_it_would_not_draw_before_writing_anything(tmp_path):
+    readme, benchmarks_readme = tmp_path / "README.md", tmp_path / "benchmarks-README.md"
+    readme.write_text(
+        "<!-- headline:start -->\nold\n<!-- headline:end -->\n<!-- scale:start -->\n<!-- scale:end -->\n"
+    )
+    benchmarks_readme.write_text(
+        "<!-- datasets:start -->\n<!-- datasets:end -->\n<!-- results:start -->\nold\n<!-- results:end -->\n"
+    )
+    report = ["benchmarks/report.py", "--readme", str(readme), "--benchmarks_readme", str(benchmarks_readme)]
+    for options, message in (
+        (["--check", "--figure", str(tmp_path / "headline.png")], "--figure: --check compares the text sections"),
+        (["--figure", str(tmp_path / "missing" / "headline.png")], f"no folder {tmp_path / 'missing'} to draw it in"),
+    ):
+        refused = subprocess.run([sys.executable, *report, *options], cwd=ROOT, capture_output=True, text=True)
+        assert refused.returncode == 2 and message in refused.stderr
+        assert "old" in readme.read_text() and "old" in benchmarks_readme.read_text()
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_regenerate_cards_refuses_a_folder_without_cards(folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    command = [sys.executable, "benchmarks/regenerate_cards.py", "--check", "--cards_dir", str(tmp_path / folder)]
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "no cllm4rec-*.md card there" in refused.stderr
+
+
+def test_cold_start_refuses_an_output_file_in_a_missing_folder_before_evaluating(tmp_path):
+    output = tmp_path / "missing" / "cold_start.json"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.cold_start",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--data",
+        "builtin",
+    ]
+    refused = subprocess.run([*command, "--output_file", str(output)], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and f"no folder {output.parent} to write it in" in refused.stderr
 
 
 @pytest.mark.parametrize("script", ["quality", "speed"])
