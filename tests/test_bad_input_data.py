@@ -79,6 +79,29 @@ def test_overwrite_keeps_a_file(tmp_path):
     assert snapshot(tmp_path) == {"data": b"mine"}
 
 
+def test_an_empty_folder_is_written_as_a_new_one(tmp_path):
+    (tmp_path / "data").mkdir()
+    small_data().save(tmp_path / "data")
+    assert RecommendationData.load(tmp_path / "data").manifest == small_data().manifest
+    assert [path.name for path in tmp_path.iterdir()] == ["data"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_what_is_never_replaced_is_said_without_advising_overwrite(tmp_path, overwrite):
+    (tmp_path / "data").write_text("mine")
+    write_app(tmp_path / "app")
+    write_data_set_with_notes(tmp_path / "notes")
+    before = snapshot(tmp_path)
+    for folder, message in (
+        ("data", "data exists and is not a prepared data set: it is not a directory; refusing"),
+        ("app", "app exists and is not a prepared data set: its manifest.json is not one this package wrote"),
+        ("notes", "notes holds files that are not part of a prepared data set: notes.txt; refusing"),
+    ):
+        with pytest.raises(FileExistsError, match=message):
+            small_data().save(tmp_path / folder, overwrite=overwrite)
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("manifest, message", NOT_OUR_MANIFESTS.values(), ids=NOT_OUR_MANIFESTS)
 def test_overwrite_keeps_a_folder_that_is_not_a_data_set(tmp_path, manifest, message):
     write_app(tmp_path / "app", manifest)
@@ -405,9 +428,11 @@ def test_protocol_refuses_bad_values(column, row, value, message):
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--num-users", "100000000000", "num_users must be a whole number from 1 to 100,000, got 100000000000"),
-        ("--num-items", "-5", "num_items must be a whole number from 1 to 100,000, got -5"),
-        ("--seed", "-1", "seed must be a non-negative whole number, got -1"),
+        ("--num-users", "100000000000", "--num-users must be a whole number from 1 to 100,000, got 100000000000"),
+        ("--num-items", "-5", "--num-items must be a whole number from 3 to 100,000, got -5"),
+        ("--num-items", "2", "--num-items must be a whole number from 3 to 100,000, got 2"),
+        ("--num-items", "3", "--num-clusters 6 exceeds --num-items 3: every theme needs an item"),
+        ("--seed", "-1", "--seed must be a non-negative whole number, got -1"),
     ],
 )
 def test_prepare_refuses_synthetic_counts_out_of_bounds(tmp_path, capsys, option, value, message):
@@ -417,13 +442,18 @@ def test_prepare_refuses_synthetic_counts_out_of_bounds(tmp_path, capsys, option
     assert list(tmp_path.iterdir()) == []
 
 
+def test_synthetic_data_refuses_fewer_items_than_themes():
+    with pytest.raises(ValueError, match="num_clusters=6 exceeds num_items=3: every theme needs an item"):
+        make_synthetic_data(num_items=3)
+
+
 def test_prepare_refuses_a_negative_k_core(tmp_path, capsys):
     table = tmp_path / "ratings.csv"
     table.write_text("user,item\nu1,a\nu2,b\n")
     assert_usage_error(
         capsys, "prepare", "--source", "table", "--path", str(table), "--user-column", "user", "--item-column",
         "item", "--min-rating", "none", "--k-core", "-1", "--out", str(tmp_path / "out"),
-        message="k_core must be a non-negative integer, got -1",
+        message="--k-core must be a non-negative integer, got -1",
     )  # fmt: skip
     assert [path.name for path in tmp_path.iterdir()] == ["ratings.csv"]
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_checkpoints import tiny_data
 from tiny_models import tiny_cllm4rec_config, tiny_model, tiny_word_tokenizer
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, GPT2Config, GPT2LMHeadModel
 
 from hf_cllm4rec import (
     CLLM4RecConfig,
@@ -351,6 +352,17 @@ def test_check_fits_refuses_mappings_of_another_model():
         mappings.check_fits(tiny_cllm4rec_config(num_users=3, num_items=4))
 
 
+def test_check_matches_refuses_the_ids_of_another_data_set_naming_the_first_that_differs():
+    data = tiny_data()
+    users, items, texts = data.user_raw_ids, data.item_raw_ids, data.item_texts()
+    IdMappings(users, items, texts).check_matches(data)
+    others = IdMappings([*users[:3], "someone", *users[4:]], items, texts)
+    with pytest.raises(ValueError, match=f"User 3 is 'someone' in the id mappings but {users[3]!r} in the data set"):
+        others.check_matches(data)
+    with pytest.raises(ValueError, match=f"Item 29 is nothing in the id mappings but {items[29]!r} in the data set"):
+        IdMappings(users, items[:29], texts[:29]).check_matches(data)
+
+
 def test_a_failed_save_leaves_the_earlier_id_mappings_whole(tmp_path, monkeypatch):
     write_mappings(tmp_path)
     before = (tmp_path / "id_mappings.json").read_bytes()
@@ -453,3 +465,13 @@ def test_a_config_file_without_a_json_object_is_named(checkpoint, content, phras
         with pytest.raises(ValueError, match=f"config.json is not a valid config: .*{phrase}") as error:
             load(checkpoint)
         assert str(checkpoint / "config.json") in one_line_error(error)
+
+
+def test_a_plain_backbone_folder_is_refused_as_not_a_cllm4rec_checkpoint(tmp_path):
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
+    for load in (CLLM4RecConfig.from_pretrained, CLLM4RecForItemPrediction.from_pretrained):
+        with pytest.raises(ValueError, match="describes a 'gpt2' checkpoint, not a CLLM4Rec one") as error:
+            load(tmp_path)
+        assert str(tmp_path / "config.json") in one_line_error(error)
+    with pytest.raises(ValueError, match="The config dict describes a 'gpt2' checkpoint, not a CLLM4Rec one"):
+        CLLM4RecConfig.from_dict(GPT2Config().to_dict())

@@ -215,6 +215,14 @@ def test_export_embeddings(checkpoint, capsys, tmp_path):
         capsys, "export-embeddings", "--model", str(root / "checkpoint"), "--out", str(out), message="--overwrite"
     )
     assert run_cli("export-embeddings", "--model", str(root / "checkpoint"), "--out", str(out), "--overwrite") == 0
+    (tmp_path / "file").write_text("mine")
+    for where, message in (
+        ("file", "file exists and is not a folder"),
+        ("file/x", f"{tmp_path / 'file'} is not a folder"),
+    ):
+        args = ("export-embeddings", "--model", str(root / "checkpoint"), "--out", str(tmp_path / where))
+        assert_usage_error(capsys, *args, "--overwrite", message=message)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["embeddings", "file"]
 
 
 def test_usage_errors(checkpoint, capsys, tmp_path):
@@ -237,6 +245,13 @@ def test_usage_errors(checkpoint, capsys, tmp_path):
         (("recommend", "--model", model, "--all-users", "--history-permutations", "65"), "at most 64"),
         (("recommend", "--model", model, "--all-users", "--max-length", "100000"), "exceeds the backbone's context"),
         (("evaluate", "--model", model, "--data", data_dir, "--max-tokens", "0"), "--max-tokens must be positive"),
+        (("evaluate", "--model", model, "--data", data_dir, "--recall-ks", "5", "0"), "--recall-ks must be positive"),
+        (("evaluate", "--model", model, "--data", data_dir, "--ndcg-ks", "-1"), "--ndcg-ks must be positive"),
+        (
+            ("evaluate", "--model", model, "--data", data_dir, "--recall-ks", "31"),
+            "--recall-ks 31 exceeds the model's 30",
+        ),
+        (("evaluate", "--model", model, "--data", data_dir, "--ndcg-ks", "10", "100"), "--ndcg-ks 100 exceeds"),
         (("recommend", "--model", model, "--all-users", "--max-tokens", "-1"), "--max-tokens must be positive"),
         (("finetune", "--data", data_dir, "--output_dir", str(tmp_path / "f")), "--pretrained"),
         (("pretrain", "--output_dir", str(tmp_path / "p"), "--no_such_argument", "1"), "unrecognized arguments"),

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file as save_numpy_file
 from safetensors.torch import load_file, save_file
-from test_prepare_cli import assert_usage_error
+from test_prepare_cli import assert_usage_error, run_cli
 from tiny_checkpoints import save_tiny_checkpoint
+from transformers import GPT2Config
 
 from hf_cllm4rec import IdMappings, Recommender, cli
 from hf_cllm4rec.data import RecommendationData
@@ -54,6 +55,27 @@ def test_prepare_refuses_its_output_folder_before_reading_the_source(monkeypatch
     assert exit_info.value.code == 2
     assert str(tmp_path) in capsys.readouterr().err
     assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("file", "file exists and is not a prepared data set: it is not a directory; refusing to replace it"),
+        ("file/data", "--out {root}/file/data: {root}/file is not a folder"),
+    ],
+    ids=["a file", "a path under a file"],
+)
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_prepare_refuses_an_out_it_cannot_write_without_advising_overwrite(
+    monkeypatch, capsys, tmp_path, out, message, overwrite
+):
+    (tmp_path / "file").write_text("mine")
+    monkeypatch.setattr(cli.prepare, "_read_source", refuse("the source was read"))
+    out = str(tmp_path / out)
+    assert_usage_error(
+        capsys, "prepare", "--source", "synthetic", "--out", out, *overwrite, message=message.format(root=tmp_path)
+    )
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +197,10 @@ DAMAGED_CHECKPOINTS = {
         lambda folder: (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000),
         "config.json is not a valid config: its JSON is nested too deeply",
     ),
+    "a plain backbone's config": (
+        lambda folder: GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=50).save_pretrained(folder),
+        "config.json describes a 'gpt2' checkpoint, not a CLLM4Rec one: a backbone is where training starts",
+    ),
 }
 ID_MAPPINGS_DAMAGE = {
     "id mappings shorter than the catalogue": (
@@ -215,6 +241,7 @@ def assert_refused(checkpoint, tmp_path, capsys, command, damage, message):
         "recommend": ("recommend", "--model", str(folder), "--users", data.user_raw_ids[0], "--output", output),
         "evaluate": ("evaluate", "--model", str(folder), "--data", str(root / "data"), "--output", output),
         "export-embeddings": ("export-embeddings", "--model", str(folder), "--out", str(tmp_path / "embeddings")),
+        "finetune": ("finetune", "--pretrained", str(folder), "--data", str(root / "data"), "--output_dir", output),
     }[command]
     assert_usage_error(capsys, *args, message=message)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint"]  # nothing written
@@ -227,6 +254,72 @@ def test_a_damaged_checkpoint_is_a_one_line_error(checkpoint, tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("damage, message", ID_MAPPINGS_DAMAGE.values(), ids=ID_MAPPINGS_DAMAGE)
-@pytest.mark.parametrize("command", ["recommend", "export-embeddings"])  # evaluate reads no id mappings
+@pytest.mark.parametrize("command", ["recommend", "export-embeddings"])  # evaluate compares them with --data: below
 def test_damaged_id_mappings_are_a_one_line_error(checkpoint, tmp_path, capsys, command, damage, message):
     assert_refused(checkpoint, tmp_path, capsys, command, damage, message)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "finetune"])
+@pytest.mark.parametrize("kind", ["user", "item"])
+def test_a_checkpoint_of_other_ids_with_the_same_counts_is_refused(checkpoint, tmp_path, capsys, kind, command):
+    _, data = checkpoint
+    ids = data.user_raw_ids if kind == "user" else data.item_raw_ids
+    message = f"{kind.capitalize()} 0 is {ids[1]!r} in the id mappings but {ids[0]!r} in the data set 'synthetic'"
+
+    def swap_first_two(mappings: dict) -> None:
+        mappings[f"{kind}s"][:2] = mappings[f"{kind}s"][1::-1]
+
+    assert_refused(
+        checkpoint, tmp_path, capsys, command, lambda folder: edit_mappings(folder, swap_first_two), message
+    )
+
+
+def test_evaluate_of_a_checkpoint_without_id_mappings_checks_the_counts(checkpoint, tmp_path, capsys):
+    root, _ = checkpoint
+    folder = Path(shutil.copytree(root / "checkpoint", tmp_path / "checkpoint"))
+    (folder / id_mappings.ID_MAPPINGS_NAME).unlink()
+    assert run_cli("evaluate", "--model", str(folder), "--data", str(root / "data")) == 0
+    assert "has no id mappings: only the user and item counts of --data are checked" in capsys.readouterr().err
+
+
+HISTORIES_FILES = {
+    "deeply nested JSON": ("h.json", b"[" * 100_000, "h.json is not valid JSON: it is nested too deeply"),
+    "JSON not in UTF-8": ("h.json", b'{"a": ["\xff"]}', "h.json is not UTF-8 text"),
+    "CSV not in UTF-8": ("h.csv", b"user,item\na,\xff\n", "h.csv is not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("name, content, message", HISTORIES_FILES.values(), ids=HISTORIES_FILES)
+def test_a_histories_file_that_cannot_be_read_is_named(checkpoint, tmp_path, capsys, name, content, message):
+    root, _ = checkpoint
+    (tmp_path / name).write_bytes(content)
+    args = ("recommend", "--model", str(root / "checkpoint"), "--histories", str(tmp_path / name))
+    assert_usage_error(capsys, *args, message=str(tmp_path / message))
+
+
+def test_a_histories_csv_with_a_byte_order_mark_is_read(checkpoint, tmp_path, capsys):
+    root, data = checkpoint
+    (tmp_path / "h.csv").write_text(f"user,item\nnew,{data.item_raw_ids[0]}\n", encoding="utf-8-sig")
+    assert run_cli("recommend", "--model", str(root / "checkpoint"), "--histories", str(tmp_path / "h.csv")) == 0
+    assert "new user new (1 items in the history)" in capsys.readouterr().out
+
+
+# Each command with an empty value (not taken as absent): each is refused naming its option.
+EMPTY_VALUES = [
+    ("evaluate", "--model", "", "--data", "{data}"),
+    ("evaluate", "--model", "{model}", "--data", ""),
+    ("evaluate", "--model", "{model}", "--data", "{data}", "--output", ""),
+    ("recommend", "--model", "{model}", "--histories", ""),
+    ("recommend", "--model", "{model}", "--all-users", "--output", ""),
+    ("export-embeddings", "--model", "{model}", "--out", ""),
+]
+
+
+@pytest.mark.parametrize("args", EMPTY_VALUES, ids=[f"{args[0]} {args[args.index('') - 1]}" for args in EMPTY_VALUES])
+def test_an_empty_value_is_refused_naming_the_option(checkpoint, monkeypatch, tmp_path, capsys, args):
+    root, _ = checkpoint
+    monkeypatch.chdir(tmp_path)
+    option = args[args.index("") - 1]
+    args = [arg.format(model=root / "checkpoint", data=root / "data") for arg in args]
+    assert_usage_error(capsys, *args, message=f"argument {option}: must not be empty")
+    assert list(tmp_path.iterdir()) == []

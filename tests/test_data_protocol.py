@@ -196,6 +196,7 @@ class TestRecommendationData:
         other.save(tmp_path / "grid", overwrite=True)
         assert RecommendationData.load(tmp_path / "grid").manifest == other.manifest
         (tmp_path / "notes").mkdir()
+        (tmp_path / "notes" / "todo.txt").write_text("mine")
         with pytest.raises(FileExistsError, match="not a prepared data set"):
             data.save(tmp_path / "notes", overwrite=True)
         assert sorted(path.name for path in tmp_path.iterdir()) == ["grid", "notes"]

@@ -11,7 +11,13 @@ from safetensors.torch import load_file
 from tiny_checkpoints import tiny_data, tiny_item_prediction_model
 
 from hf_cllm4rec import IdMappings, Recommender
-from hf_cllm4rec.serving.embeddings import EMBEDDINGS_NAME, TABLES_NAME, export_embeddings, user_query_vectors
+from hf_cllm4rec.serving.embeddings import (
+    EMBEDDINGS_NAME,
+    TABLES_NAME,
+    check_exportable,
+    export_embeddings,
+    user_query_vectors,
+)
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied-head", "untied-head"])
@@ -81,3 +87,17 @@ def test_mappings_of_another_catalogue_are_refused(tmp_path):
     with pytest.raises(ValueError, match=str(data.num_items)):
         export_embeddings(model, tmp_path, mappings)
     assert not list(tmp_path.iterdir()), "nothing is written"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_never_replaced_is_refused_as_such_with_or_without_overwrite(tmp_path, overwrite):
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileExistsError, match="file exists and is not a folder; refusing to replace it"):
+        check_exportable(tmp_path / "file", overwrite)
+    with pytest.raises(FileExistsError, match="not part of exported embeddings: todo.txt; refusing to replace it"):
+        check_exportable(tmp_path / "notes", overwrite)
+    check_exportable(tmp_path / "empty", overwrite)
+    check_exportable(tmp_path / "new", overwrite)

@@ -106,7 +106,31 @@ def test_overwrite(tmp_path, capsys):
         (("prepare", "--source", "synthetic", "--path", "p", "--out", "x"), "--path does not apply"),
         (("prepare", "--source", "synthetic", "--k-core", "x", "--out", "x"), "invalid int value: 'x'"),
         (("prepare", "--source", "movielens", "--path", "absent", "--out", "x"), "absent does not exist"),
-        (("prepare", "--source", "synthetic", "--num-clusters", "20", "--out", "x"), "num_clusters must be"),
+        (("prepare", "--source", "synthetic", "--num-clusters", "20", "--out", "x"), "--num-clusters must be"),
+        (
+            ("prepare", "--source", "synthetic", "--num-items", "3", "--out", "x"),
+            "--num-clusters 6 exceeds --num-items 3",
+        ),
+        (("prepare", "--source", "synthetic", "--out", ""), "argument --out: must not be empty"),
+        (("prepare", "--source", "synthetic", "--name", "", "--out", "x"), "argument --name: must not be empty"),
+        (
+            (
+                "prepare",
+                "--source",
+                "table",
+                "--path",
+                "t.csv",
+                "--user-column",
+                "u",
+                "--item-column",
+                "i",
+                "--item-text-column",
+                "title",
+                "--out",
+                "x",
+            ),
+            "--item-text-column needs --item-text",
+        ),
     ],
 )
 def test_bad_arguments(tmp_path, monkeypatch, capsys, args, message):
@@ -125,8 +149,34 @@ def test_bad_input_leaves_no_output(tmp_path, capsys):
     reviews.write_text(
         '{"reviewerID": "u", "asin": "a", "overall": 5}\n{"reviewerID": "u", "asin": "b", "overall": 4}\n'
     )
-    assert_usage_error(capsys, *args, message="no interactions left after filtering (min_rating=3.0, k_core=5)")
+    assert_usage_error(capsys, *args, message="no interactions left after filtering (--min-rating 3.0, --k-core 5)")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["reviews.json"]
+
+
+def test_protocol_errors_name_the_options(tmp_path, capsys):
+    table = tmp_path / "ratings.csv"
+    table.write_text("user,item\nu1,a\nu2,b\n")
+    args = ("prepare", "--source", "table", "--path", str(table), "--user-column", "user", "--item-column", "item")
+    message = "--min-rating 3.0 needs a --rating-column; pass --min-rating none to keep all"
+    assert_usage_error(capsys, *args, "--out", str(tmp_path / "out"), message=message)
+    args += ("--min-rating", "none", "--k-core", "0", "--validation-fraction", "0.5", "--test-fraction", "0.4")
+    message = "--validation-fraction 0.5 and --test-fraction 0.4 leave users with 1 interactions no training item"
+    assert_usage_error(capsys, *args, "--out", str(tmp_path / "out"), message=message)
+    assert [path.name for path in tmp_path.iterdir()] == ["ratings.csv"]
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_an_empty_folder_is_written_as_a_new_one(tmp_path, overwrite):
+    out = tmp_path / "synthetic"
+    out.mkdir()
+    assert (
+        run_cli(
+            "prepare", "--source", "synthetic", "--num-users", "30", "--num-items", "20", "--out", str(out), *overwrite
+        )
+        == 0
+    )
+    assert RecommendationData.load(out).num_users == 30
+    assert [path.name for path in tmp_path.iterdir()] == ["synthetic"]
 
 
 def test_failed_write_leaves_no_output(tmp_path, monkeypatch, capsys):

@@ -43,6 +43,16 @@ RETIRED_FIELDS = (
 )
 
 
+def _check_model_type(config_dict: dict, source: str) -> None:
+    """Raises a `ValueError` when `config_dict` names a model type other than CLLM4Rec's, as a backbone's does."""
+    model_type = config_dict.get("model_type", CLLM4RecConfig.model_type)
+    if model_type != CLLM4RecConfig.model_type:
+        raise ValueError(
+            f"{source} describes a {model_type!r} checkpoint, not a CLLM4Rec one: a backbone is where training "
+            "starts (`cllm4rec pretrain --backbone`; in Python, `from_backbone`)."
+        )
+
+
 def template_placeholders(template: str) -> list[str]:
     """The `{name}` placeholders of a prompt template, in order of appearance."""
     return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
@@ -154,9 +164,10 @@ class CLLM4RecConfig(PreTrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
         """
-        Like `PreTrainedConfig.from_dict`, but a field of the wrong type is a one-line `ValueError`, and overrides in
-        `kwargs` are validated like the stored fields.
+        Like `PreTrainedConfig.from_dict`, but the config of another model type (a plain backbone's) or a field of the
+        wrong type is a one-line `ValueError`, and overrides in `kwargs` are validated like the stored fields.
         """
+        _check_model_type(config_dict, "The config dict")
         try:
             loaded = super().from_dict(config_dict, **kwargs)
         except StrictDataclassError as error:  # names the field, its value and the expected type
@@ -187,6 +198,7 @@ class CLLM4RecConfig(PreTrainedConfig):
             raise ValueError(
                 f"{json_file} is not a valid config: it holds {reprlib.repr(config_dict)}, not a JSON object."
             )
+        _check_model_type(config_dict, str(json_file))  # before `from_pretrained` warns of it
         return config_dict
 
     def validate_values(self):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,6 +26,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 class DataclassArgumentParser(ArgumentParser, HfArgumentParser):
     """`HfArgumentParser` with the one-line usage errors of `cllm4rec`."""
+
+
+def non_empty(value: str) -> str:
+    """The `type` of an option that names a file, folder or name: an empty value is refused, not taken as absent."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +91,20 @@ def check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def check_output_folder(path: Path, check: Callable[[str | os.PathLike, bool], None], overwrite: bool) -> None:
+    """
+    Refuses, before any work is done, an `--out` folder that could not be written: one under a file, or one that the
+    writer's own `check` (`check_writable`, `check_exportable`) refuses, its advice told as options.
+    """
+    parent = next((parent for parent in path.parents if parent.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--out {path}: {parent} is not a folder")
+    try:
+        check(path, overwrite)
+    except FileExistsError as error:
+        raise UsageError(str(error).replace("overwrite=True", "--overwrite")) from None
 
 
 def check_output_file(path: Path, suffixes: tuple[str, ...] = ()) -> None:

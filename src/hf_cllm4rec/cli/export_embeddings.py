@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UsageError, load_checkpoint
+from .common import check_output_folder, load_checkpoint, non_empty
 
 
 def add_export_embeddings_command(subparsers: argparse._SubParsersAction) -> None:
@@ -17,8 +17,10 @@ def add_export_embeddings_command(subparsers: argparse._SubParsersAction) -> Non
         "approximate-nearest-neighbour index: a user's scores are the inner products of the hidden state of their "
         "prompt with the item head's rows (the item collaborative embeddings, unless the head is untied).",
     )
-    parser.add_argument("--model", required=True, help="Folder or Hub name of a CLLM4Rec checkpoint.")
-    parser.add_argument("--out", required=True, help="Folder to write to: new or empty, unless --overwrite.")
+    parser.add_argument("--model", required=True, type=non_empty, help="Folder or Hub name of a CLLM4Rec checkpoint.")
+    parser.add_argument(
+        "--out", required=True, type=non_empty, help="Folder to write to: new or empty, unless --overwrite."
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -32,10 +34,7 @@ def export_embeddings(args: argparse.Namespace) -> int:
     from ..serving import IdMappings, embeddings
 
     out = Path(args.out)
-    try:  # before the checkpoint is loaded
-        embeddings.check_exportable(out, args.overwrite)
-    except FileExistsError as error:
-        raise UsageError(str(error).replace("overwrite=True", "--overwrite")) from None
+    check_output_folder(out, embeddings.check_exportable, args.overwrite)  # before the checkpoint is loaded
     model, _ = load_checkpoint(args.model)
     embeddings.export_embeddings(model, out, IdMappings.load(args.model), overwrite=args.overwrite)
     config = model.config

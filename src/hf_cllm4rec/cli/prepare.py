@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -17,7 +19,7 @@ from ..data import (
     read_movielens,
 )
 from ..data.prepared import check_writable
-from .common import UsageError
+from .common import UsageError, check_output_folder, non_empty
 
 PROTOCOL_DEFAULTS = {"min_rating": 3.0, "k_core": 5, "seed": 98765, "validation_fraction": 0.1, "test_fraction": 0.1}
 
@@ -33,6 +35,10 @@ SOURCE_OPTIONS = {
     ),
     "synthetic": ((), ("num_users", "num_items", "num_clusters", "seed", "validation_fraction", "test_fraction")),
 }
+# Options that only apply beside another one.
+OPTION_NEEDS = {"item_text_column": "item_text"}
+# The parameters of the protocol and of the synthetic data that are options of `prepare` of the same name.
+PARAMETER_OPTIONS = (*PROTOCOL_DEFAULTS, "num_users", "num_items", "num_clusters")
 
 
 def _optional_float(value: str) -> float | None:
@@ -48,29 +54,44 @@ def add_prepare_command(subparsers: argparse._SubParsersAction) -> None:
         "as a prepared data set: a DatasetDict on disk with a manifest.json.",
     )
     parser.add_argument("--source", required=True, choices=list(SOURCE_OPTIONS), help="The kind of raw data.")
-    parser.add_argument("--out", required=True, help="Directory to write the prepared data set to.")
+    parser.add_argument(
+        "--out", required=True, type=non_empty, help="Directory to write the prepared data set to: new or empty."
+    )
     parser.add_argument(
         "--overwrite", action="store_true", default=False, help="Replace a prepared data set already at --out."
     )
     parser.add_argument(
-        "--name", default=None, help="Name recorded in the manifest (default: from the input's file name)."
+        "--name",
+        default=None,
+        type=non_empty,
+        help="Name recorded in the manifest (default: from the input's file name).",
     )
 
     inputs = parser.add_argument_group("inputs")
-    inputs.add_argument("--reviews", help="amazon: review JSON lines (.json or .json.gz).")
-    inputs.add_argument("--meta", help="amazon: metadata JSON lines, for item text (optional).")
-    inputs.add_argument("--path", help="authors, movielens: the directory; table: the interaction table.")
-    inputs.add_argument("--user-column", help="table: the user id column.")
-    inputs.add_argument("--item-column", help="table: the item id column.")
-    inputs.add_argument("--rating-column", help="table: the rating column (optional).")
-    inputs.add_argument("--timestamp-column", help="table: the timestamp column, Unix seconds or dates (optional).")
-    inputs.add_argument("--text-column", help="table: the review text column (optional).")
-    inputs.add_argument("--item-text", help="table: a table of item text keyed by --item-column (optional).")
-    inputs.add_argument("--item-text-column", help="table: the text column of --item-text (default: text).")
+    inputs.add_argument("--reviews", type=non_empty, help="amazon: review JSON lines (.json or .json.gz).")
+    inputs.add_argument("--meta", type=non_empty, help="amazon: metadata JSON lines, for item text (optional).")
+    inputs.add_argument(
+        "--path", type=non_empty, help="authors, movielens: the directory; table: the interaction table."
+    )
+    inputs.add_argument("--user-column", type=non_empty, help="table: the user id column.")
+    inputs.add_argument("--item-column", type=non_empty, help="table: the item id column.")
+    inputs.add_argument("--rating-column", type=non_empty, help="table: the rating column (optional).")
+    inputs.add_argument(
+        "--timestamp-column", type=non_empty, help="table: the timestamp column, Unix seconds or dates (optional)."
+    )
+    inputs.add_argument("--text-column", type=non_empty, help="table: the review text column (optional).")
+    inputs.add_argument(
+        "--item-text", type=non_empty, help="table: a table of item text keyed by --item-column (optional)."
+    )
+    inputs.add_argument(
+        "--item-text-column", type=non_empty, help="table: the text column of --item-text (default: text)."
+    )
 
     synthetic = parser.add_argument_group("synthetic data set")
     synthetic.add_argument("--num-users", type=int, help="Number of users (default: 300).")
-    synthetic.add_argument("--num-items", type=int, help="Number of items (default: 120).")
+    synthetic.add_argument(
+        "--num-items", type=int, help="Number of items, at least 3 and --num-clusters (default: 120)."
+    )
     synthetic.add_argument("--num-clusters", type=int, help="Number of item themes (default: 6).")
 
     protocol = parser.add_argument_group("protocol (not for --source authors, which is already split)")
@@ -91,12 +112,9 @@ def add_prepare_command(subparsers: argparse._SubParsersAction) -> None:
 def prepare(args: argparse.Namespace) -> int:
     """Runs `cllm4rec prepare`: reads the source, applies the protocol, writes the data set and prints its counts."""
     _check_source_options(args)
-    try:  # before the source is read, which may take minutes
-        check_writable(args.out, args.overwrite)
-    except FileExistsError as error:
-        raise UsageError(str(error).replace("overwrite=True", "--overwrite")) from None
+    check_output_folder(Path(args.out), check_writable, args.overwrite)  # before the source is read (minutes)
     data = _read_source(args)
-    if args.name:
+    if args.name is not None:
         data.manifest["name"] = args.name
     datasets.disable_progress_bars()
     data.save(args.out, overwrite=args.overwrite)
@@ -113,7 +131,8 @@ def _read_source(args: argparse.Namespace) -> RecommendationData:
     if args.source == "authors":
         return read_authors_split(args.path)
     if args.source == "synthetic":
-        return make_synthetic_data(**given)
+        with _parameters_as_options():
+            return make_synthetic_data(**given)
     if args.source == "amazon":
         raw, name = read_amazon_reviews(args.reviews, given.get("meta")), _stem(args.reviews)
     elif args.source == "movielens":
@@ -130,7 +149,27 @@ def _read_source(args: argparse.Namespace) -> RecommendationData:
         raw = read_interaction_table(args.path, user_column=args.user_column, item_column=args.item_column, **columns)
         name = _stem(args.path)
     protocol = {option: given.get(option, default) for option, default in PROTOCOL_DEFAULTS.items()}
-    return apply_protocol(raw.interactions, raw.item_text, name=name, sources=raw.sources, **protocol)
+    with _parameters_as_options({"a 'rating' column": "a --rating-column"} if args.source == "table" else {}):
+        return apply_protocol(raw.interactions, raw.item_text, name=name, sources=raw.sources, **protocol)
+
+
+@contextmanager
+def _parameters_as_options(phrases: dict[str, str] | None = None):
+    """
+    Tells a `ValueError` of the protocol or of the synthetic data as a usage error that names options, not parameters:
+    `min_rating=None` as `--min-rating none`, `k_core` as `--k-core`, and each of `phrases` as its replacement.
+    """
+    try:
+        yield
+    except ValueError as error:
+        message = re.sub(
+            rf"\b({'|'.join(PARAMETER_OPTIONS)})\b(=(None\b)?)?",
+            lambda match: f"--{match[1].replace('_', '-')}" + (" none" if match[3] else " " if match[2] else ""),
+            str(error),
+        )
+        for phrase, replacement in (phrases or {}).items():
+            message = message.replace(phrase, replacement)
+        raise UsageError(message) from None
 
 
 def _check_source_options(args: argparse.Namespace) -> None:
@@ -141,6 +180,9 @@ def _check_source_options(args: argparse.Namespace) -> None:
     for option in {option for options in SOURCE_OPTIONS.values() for option in (*options[0], *options[1])}:
         if option not in (*required, *optional) and hasattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} does not apply to --source {args.source}")
+    for option, needed in OPTION_NEEDS.items():
+        if hasattr(args, option) and not hasattr(args, needed):
+            raise UsageError(f"--{option.replace('_', '-')} needs --{needed.replace('_', '-')}")
 
 
 def _stem(path: str) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import warnings
 from pathlib import Path
 
 from ..writing import replaced_file
-from .common import UsageError, add_scoring_arguments, check_output_file, check_positive, load_checkpoint
+from .common import UsageError, add_scoring_arguments, check_output_file, check_positive, load_checkpoint, non_empty
 
 
 def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,9 @@ def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
         "history of raw item ids (the cold-start prompt). Items of a history the model does not know are reported "
         "on stderr and left out.",
     )
-    parser.add_argument("--model", required=True, help="Folder or Hub name of a fine-tuned CLLM4Rec checkpoint.")
+    parser.add_argument(
+        "--model", required=True, type=non_empty, help="Folder or Hub name of a fine-tuned CLLM4Rec checkpoint."
+    )
     users = parser.add_mutually_exclusive_group(required=True)
     users.add_argument("--users", nargs="+", metavar="USER_ID", help="Raw ids of users of the training data.")
     users.add_argument(
@@ -33,12 +36,15 @@ def add_recommend_command(subparsers: argparse._SubParsersAction) -> None:
     users.add_argument(
         "--histories",
         metavar="FILE",
+        type=non_empty,
         help='New users\' histories: JSON ({"name": [item ids], ...} or [[item ids], ...]) or CSV with the '
         "columns user,item (one row per interaction).",
     )
     parser.add_argument("--k", type=int, default=10, help="How many items per user (default: 10).")
     add_scoring_arguments(parser)
-    parser.add_argument("--output", metavar="FILE", help="Write the recommendations to a .json or .csv file.")
+    parser.add_argument(
+        "--output", metavar="FILE", type=non_empty, help="Write the recommendations to a .json or .csv file."
+    )
     parser.set_defaults(handler=recommend)
 
 
@@ -54,9 +60,9 @@ def recommend(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         history_permutations=args.history_permutations,
     )
-    if args.output:
+    if args.output is not None:
         check_output_file(Path(args.output), (".json", ".csv"))
-    new_users = _read_histories(Path(args.histories)) if args.histories else None
+    new_users = _read_histories(Path(args.histories)) if args.histories is not None else None
     model, tokenizer = load_checkpoint(args.model, args.dtype, args.read_out)
     mappings = IdMappings.load(args.model)
     recommender = Recommender(
@@ -80,7 +86,7 @@ def recommend(args: argparse.Namespace) -> int:
         label: mappings.ranked_items(items, scores)
         for label, items, scores in zip(resolved, output.item_ids, output.scores, strict=True)
     }
-    if args.output:
+    if args.output is not None:
         _write_recommendations(results, Path(args.output))
         print(f"Wrote {args.k} items for each of {len(results)} users to {args.output}")
         return 0
@@ -125,26 +131,34 @@ def _read_histories(path: Path) -> dict[str, list[str]]:
     """New users' histories from a JSON or CSV file, by label, in raw item ids."""
     if not path.is_file():
         raise UsageError(f"no histories file at {path}")
+    if path.suffix not in (".json", ".csv"):
+        raise UsageError(f"--histories must be a .json or .csv file, got {path}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a byte order mark, as spreadsheets write, is skipped
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{path} is not UTF-8 text: {error}") from None
     if path.suffix == ".json":
         try:
-            stored = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+            stored = json.loads(text)
+        except ValueError as error:
             raise UsageError(f"{path} is not valid JSON: {error}") from None
+        except RecursionError:
+            raise UsageError(f"{path} is not valid JSON: it is nested too deeply") from None
         if isinstance(stored, list):
             stored = {str(position): history for position, history in enumerate(stored)}
         if not isinstance(stored, dict) or not all(isinstance(history, list) for history in stored.values()):
             raise UsageError(f"{path} must hold {{name: [item ids]}} or [[item ids], ...]")
         histories = {str(label): [str(item) for item in history] for label, history in stored.items()}
-    elif path.suffix == ".csv":
-        with path.open(newline="") as file:
-            reader = csv.DictReader(file)
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
             if not {"user", "item"} <= set(reader.fieldnames or ()):
                 raise UsageError(f"{path} must have the columns user,item; found {reader.fieldnames}")
             histories = {}
             for row in reader:
                 histories.setdefault(row["user"], []).append(row["item"])
-    else:
-        raise UsageError(f"--histories must be a .json or .csv file, got {path}")
+        except csv.Error as error:
+            raise UsageError(f"{path} is not a valid CSV file: {error}") from None
     if not histories:
         raise UsageError(f"{path} holds no history")
     return histories

@@ -3,8 +3,9 @@ The prepared data set: split interactions, users, items and reviews as a `Datase
 
 What `RecommendationData.save` and `load` promise: a save is atomic (the data set appears at its path complete or not
 at all; an interrupted or failed save, SIGTERM included, leaves the previous contents of the path as they were and
-no staging folder behind). `overwrite=True` replaces only a folder that `save` wrote, recognized by its manifest, and
-only while it holds nothing else: a folder with any other file, or without this package's manifest, is never deleted.
+no staging folder behind). The path may be new or an empty folder; `overwrite=True` replaces only a folder that
+`save` wrote, recognized by its manifest, and only while it holds nothing else: a folder with any other file, or
+without this package's manifest, is never deleted.
 `load` checks the manifest's format version, that every table is present, that the manifest's counts match the
 tables, and that user and item ids run 0..n-1 in order.
 """
@@ -234,8 +235,9 @@ class RecommendationData:
         interrupted (SIGTERM, in the main thread, cleans up and then ends the process as it would have). Staging
         directories of `path` left by a killed save are removed first.
 
-        With `overwrite=True`, a prepared data set at `path` is replaced, but only if it holds nothing but what `save`
-        writes; a folder that is not one, or that holds other files, is never replaced (`FileExistsError`).
+        `path` may be new or an empty folder. With `overwrite=True`, a prepared data set at `path` is replaced, but only
+        if it holds nothing but what `save` writes; a folder that is not one, or that holds other files, is never
+        replaced (`FileExistsError`).
         """
         check_writable(path, overwrite)
         with replaced_folder(path, check=lambda: check_writable(path, overwrite)) as staging:
@@ -292,12 +294,14 @@ class RecommendationData:
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
-    """Raises a `FileExistsError` unless `save` may write to `path`: new, or (with `overwrite`) a data set it wrote."""
+    """
+    Raises a `FileExistsError` unless `save` may write to `path`: new or an empty folder, or (with `overwrite`) a data
+    set it wrote.
+    """
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
+    if not (path.exists() or path.is_symlink()) or (path.is_dir() and not any(path.iterdir())):
         return
-    if not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    # what is never replaced is said first: advice to pass `overwrite` would only lead to this refusal
     problem = _manifest_problem(path)
     if problem:
         raise FileExistsError(f"{path} exists and is not a prepared data set: {problem}; refusing to replace it")
@@ -306,6 +310,8 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
         raise FileExistsError(
             f"{path} holds files that are not part of a prepared data set: {listed(others)}; refusing to replace it"
         )
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
 
 
 def _manifest_problem(path: Path) -> str | None:

@@ -70,17 +70,20 @@ def make_synthetic_data(
     (300, 120)
     ```
     """
-    for name, value in (("num_users", num_users), ("num_items", num_items)):
+    # every user draws at least 3 items
+    for name, value, least in (("num_users", num_users, 1), ("num_items", num_items, 3)):
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, np.integer))
-            or not 1 <= value <= MAX_SYNTHETIC_COUNT
+            or not least <= value <= MAX_SYNTHETIC_COUNT
         ):
-            raise ValueError(f"{name} must be a whole number from 1 to {MAX_SYNTHETIC_COUNT:,}, got {value!r}")
+            raise ValueError(f"{name} must be a whole number from {least} to {MAX_SYNTHETIC_COUNT:,}, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative whole number, got {seed!r}")
     if not 1 <= num_clusters <= len(THEMES):
         raise ValueError(f"num_clusters must be between 1 and {len(THEMES)}, got {num_clusters}")
+    if num_clusters > num_items:
+        raise ValueError(f"num_clusters={num_clusters} exceeds num_items={num_items}: every theme needs an item")
     low, high = interactions_per_user or (min(8, num_items), min(24, num_items))
     if not 3 <= low <= high <= num_items:
         raise ValueError(

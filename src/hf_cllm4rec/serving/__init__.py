@@ -1,6 +1,6 @@
 """Serving: the one path from users to recommendations (`Recommender`), raw ids, the pipeline, embedding export."""
 
-from .id_mappings import ID_MAPPINGS_NAME, IdMappings
+from .id_mappings import ID_MAPPINGS_NAME, IdMappings, check_checkpoint_ids
 from .pipeline import ItemRecommendationPipeline, register_pipeline
 from .recommender import Recommender, length_grouped_batches
 
@@ -9,6 +9,7 @@ __all__ = [
     "IdMappings",
     "ItemRecommendationPipeline",
     "Recommender",
+    "check_checkpoint_ids",
     "length_grouped_batches",
     "register_pipeline",
 ]

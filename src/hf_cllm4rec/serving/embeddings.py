@@ -116,8 +116,7 @@ def check_exportable(folder: str | os.PathLike, overwrite: bool) -> None:
     folder = Path(folder)
     if not (folder.exists() or folder.is_symlink()) or (folder.is_dir() and not any(folder.iterdir())):
         return
-    if not overwrite:
-        raise FileExistsError(f"{folder} already exists and is not an empty folder; pass overwrite=True to replace it")
+    # what is never replaced is said first: advice to pass `overwrite` would only lead to this refusal
     if folder.is_symlink() or not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is not a folder; refusing to replace it")
     others = foreign_entries(folder, EXPORT_FILES, EXPORT_FOLDERS)
@@ -125,6 +124,8 @@ def check_exportable(folder: str | os.PathLike, overwrite: bool) -> None:
         raise FileExistsError(
             f"{folder} holds files that are not part of exported embeddings: {listed(others)}; refusing to replace it"
         )
+    if not overwrite:
+        raise FileExistsError(f"{folder} already exists and is not an empty folder; pass overwrite=True to replace it")
 
 
 @torch.no_grad()

@@ -207,6 +207,25 @@ class IdMappings:
                 f"{config.num_users} users and {config.num_items} items: they do not belong together."
             )
 
+    def check_matches(self, data) -> None:
+        """
+        Raises a `ValueError` naming the first id that differs unless the mappings hold the raw user and item ids of
+        the prepared [`RecommendationData`] `data`, in its order: equal counts alone would let a model of another
+        catalogue score items under the wrong ids.
+        """
+        for kind, ours, theirs in (("user", self.users, data.user_raw_ids), ("item", self.items, data.item_raw_ids)):
+            if ours == theirs:
+                continue
+            index = next(
+                (index for index, (mine, other) in enumerate(zip(ours, theirs, strict=False)) if mine != other),
+                min(len(ours), len(theirs)),
+            )
+            mapped, prepared = (repr(ids[index]) if index < len(ids) else "nothing" for ids in (ours, theirs))
+            raise ValueError(
+                f"{kind.capitalize()} {index} is {mapped} in the id mappings but {prepared} in the data set "
+                f"{data.name!r}: the model belongs to another data set."
+            )
+
     def user_index(self, raw_id) -> int:
         """The 0-based id of the user the data set calls `raw_id`; a `KeyError` naming it when unknown."""
         position = self._user_index.get_indexer([str(raw_id)])[0]
@@ -367,4 +386,18 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise ValueError(f"not a safetensors file ({error})") from None
 
 
-__all__ = ["ID_MAPPINGS_NAME", "LEGACY_ID_MAPPINGS_NAME", "IdMappings"]
+def check_checkpoint_ids(path_or_repo_id: str | os.PathLike, data) -> bool:
+    """
+    Raises a `ValueError` unless the prepared [`RecommendationData`] `data` holds the raw user and item ids that the
+    checkpoint's id mappings record ([`IdMappings.check_matches`]); returns False, having checked nothing, for a
+    checkpoint that ships no id mappings (an intermediate `checkpoint-N`).
+    """
+    try:
+        mappings = IdMappings.load(path_or_repo_id)
+    except OSError:
+        return False
+    mappings.check_matches(data)
+    return True
+
+
+__all__ = ["ID_MAPPINGS_NAME", "LEGACY_ID_MAPPINGS_NAME", "IdMappings", "check_checkpoint_ids"]

@@ -8,17 +8,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
+from transformers.utils import logging
 
 from ..configuration_cllm4rec import HISTORY_ATTENTIONS, READ_OUTS, CLLM4RecConfig
 from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
 from ..hub import write_model_card
 from ..hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
-from ..serving import IdMappings
+from ..serving import IdMappings, check_checkpoint_ids
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from ..writing import replaced_file
 from .arguments import FineTuningArguments, PretrainingArguments
 from .trainer import CLLM4RecTrainer
+
+logger = logging.get_logger(__name__)
 
 BUILTIN_DATA = "builtin"
 # The recipe a run took its defaults from (`presets.apply_recipe`), saved beside its training arguments.
@@ -338,6 +341,8 @@ def _trained(model_args, data_args, training_args) -> tuple[CLLM4RecTrainer, Rec
         model, tokenizer = build_pretraining_model(model_args, data)
     else:
         model, tokenizer = load_finetuning_model(model_args)
+        if not check_checkpoint_ids(model_args.pretrained, data):
+            logger.warning(f"{model_args.pretrained} has no id mappings: only its user and item counts are checked.")
     trainer = CLLM4RecTrainer(model, training_args, data, tokenizer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     return trainer, data
