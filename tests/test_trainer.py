@@ -959,6 +959,16 @@ def test_pretraining_begins_with_content_warmup_epochs(tmp_path, data, base_toke
         assert sources == ({1} if epoch < warmup_epochs else {0, 1})
 
 
+def test_max_steps_must_reach_past_the_content_warmup(tmp_path, data, base_tokenizer):
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    warmup = dict(num_train_epochs=3, content_warmup_epochs=1)
+    arguments = training_arguments(CLLM4RecForCollaborativeLM, tmp_path, max_steps=STEPS_PER_EPOCH, **warmup)
+    with pytest.raises(ValueError, match=f"max_steps={STEPS_PER_EPOCH} ends within the content warm-up"):
+        CLLM4RecTrainer(model, arguments, data, tokenizer)
+    arguments = training_arguments(CLLM4RecForCollaborativeLM, tmp_path, max_steps=STEPS_PER_EPOCH + 1, **warmup)
+    assert CLLM4RecTrainer(model, arguments, data, tokenizer).schedule.warmup_epochs == 1
+
+
 @pytest.mark.parametrize("eval_strategy", ["epoch", "steps"])
 def test_content_warmup_epochs_are_not_evaluated(tmp_path, data, base_tokenizer, eval_strategy):
     model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)

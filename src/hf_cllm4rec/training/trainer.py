@@ -91,6 +91,12 @@ class CLLM4RecTrainer(Trainer):
             warmup_epochs=warmup_epochs,
             warmup_source=1 if warmup_epochs else None,
         )
+        warmup_steps = warmup_epochs * self.schedule.steps_per_epoch
+        if 0 < args.max_steps <= warmup_steps:
+            raise ValueError(
+                f"max_steps={args.max_steps} ends within the content warm-up ({warmup_epochs} epochs of "
+                f"{self.schedule.steps_per_epoch} steps): no step would train the ID documents."
+            )
         self._check_eval_split(args)
         if getattr(args, "read_out_prefix_powers", None):
             if model.config.read_out != "mean":
