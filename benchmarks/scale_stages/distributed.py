@@ -106,8 +106,12 @@ def train(sizes: dict, tables_path: str, figures_path: str) -> None:
     }
     Path(f"{figures_path}.{rank}").write_text(json.dumps(figures))
     if sharded:
-        dist.barrier()  # no process tears its connections down while the other still uses them
-        dist.destroy_process_group()
+        dist.barrier()  # every process has written its files
+        # gloo's teardown (destroy_process_group, or the interpreter's exit) aborts now and then on CPU with
+        # "terminate called without an active exception", after all the work is done: the process leaves without it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def run(processes: int, sizes: dict, workdir: Path, fork: bool = False) -> tuple[list[dict], float]:
