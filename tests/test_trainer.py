@@ -855,6 +855,15 @@ def test_trainer_options_that_training_does_not_use_are_refused(tmp_path, model_
         training_arguments(model_class, tmp_path, **{name: UNUSED_OPTION_VALUES[name]})
 
 
+def test_optim_target_modules_need_a_low_rank_optimizer(tmp_path):
+    with pytest.raises(ValueError, match="optim='adamw_torch' reads none"):
+        training_arguments(CLLM4RecForItemPrediction, tmp_path, optim="adamw_torch", optim_target_modules=["c_attn"])
+    arguments = training_arguments(
+        CLLM4RecForItemPrediction, tmp_path, optim="galore_adamw", optim_target_modules=["c_attn"]
+    )
+    assert arguments.optim_target_modules == ["c_attn"]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

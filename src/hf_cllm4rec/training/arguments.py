@@ -45,6 +45,8 @@ UNUSED_TRAINER_OPTIONS = {
     "dataloader_drop_last": "the round schedule deals every document into a step",
     "auto_find_batch_size": "the round schedule is built for per_device_train_batch_size",
 }
+# The optimizers of `TrainingArguments.optim` that read `optim_target_modules`, by the start of their names.
+LOW_RANK_OPTIMIZERS = ("galore", "apollo")
 
 
 @dataclass
@@ -247,6 +249,12 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             default = field_.default_factory() if field_.default is MISSING else field_.default
             if getattr(self, name) != default:
                 raise ValueError(f"{name} does not apply to CLLM4Rec training: {reason}.")
+        optimizer = str(getattr(self.optim, "value", self.optim))
+        if self.optim_target_modules is not None and not optimizer.startswith(LOW_RANK_OPTIMIZERS):
+            raise ValueError(
+                f"optim_target_modules names the modules that GaLore and APOLLO optimizers project; optim="
+                f"{optimizer!r} reads none."
+            )
 
     def _check_metric_for_best_model(self) -> None:
         metrics = ["selection_score", *(f"recall@{k}" for k in self.recall_ks), *(f"ndcg@{k}" for k in self.ndcg_ks)]
