@@ -20,7 +20,6 @@ import copy
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -314,7 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.baselines:
         parser.error(f"--baselines names none: give some of {','.join(BASELINES)}.")
-    given = given_options(parser, sys.argv[1:] if argv is None else argv)
+    given = given_options(parser, argv)
     if "vae_epochs" in given and "multivae" not in args.baselines.split(","):
         parser.error("--vae_epochs trains Multi-VAE: it needs multivae among --baselines.")
     if args.vae_epochs < 1:

@@ -332,7 +332,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.paper and args.recipe not in (None, "paper"):
         parser.error(f"--paper is --recipe paper: it cannot go with --recipe {args.recipe}.")
-    given = given_options(parser, sys.argv[1:] if argv is None else argv)
+    given = given_options(parser, argv)
     if args.pretrained is not None:
         pretraining_only = [option for option in PRETRAINING_OPTIONS if option in given]
         if pretraining_only:

@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.stages) - set(STAGES))
     if unknown or not args.stages:
         parser.error(f"--stages takes some of {','.join(STAGES)}; got {unknown or 'none'}")
-    given = given_options(parser, sys.argv[1:] if argv is None else argv)
+    given = given_options(parser, argv)
     if args.loading_only:
         prediction_only = [option for option in PREDICTION_OPTIONS if option in given]
         if "stages" in given and "prediction" in args.stages:

@@ -227,12 +227,10 @@ def fold_lora_adapters(model: nn.Module, adapters: dict[str, torch.Tensor], scal
 
 
 def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
-    """Raises a `ValueError` when a stored CLLM4Rec config does not fit the config or overrides asked for."""
-    if stored.get("model_type") != CLLM4RecConfig.model_type:
-        raise ValueError(
-            f"{source} holds a {stored.get('model_type')!r} checkpoint, not a CLLM4Rec one; "
-            f"build a CLLM4Rec model around a backbone with `from_backbone`."
-        )
+    """
+    Raises a `ValueError` when a stored CLLM4Rec config does not fit the config or overrides asked for (the config of
+    another model type is refused as it is read, by `CLLM4RecConfig`).
+    """
     requested = kwargs.get("config")
     requested = requested.to_dict() if isinstance(requested, CLLM4RecConfig) else {}
     overridable = ("num_users", "num_items", "tie_item_head")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import datasets
 from transformers.utils import logging as transformers_logging
 
-from .common import ArgumentParser, UsageError
+from .common import ArgumentParser, UsageError, one_line
 from .evaluate import add_evaluate_command
 from .export_embeddings import add_export_embeddings_command
 from .prepare import add_prepare_command
@@ -60,7 +60,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (UsageError, ValueError, OSError) as error:
-        # one line, with every line of the message: some errors explain the remedy on a line of its own
-        parser.error(
-            " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-        )
+        parser.error(one_line(error))

@@ -28,6 +28,11 @@ class DataclassArgumentParser(ArgumentParser, HfArgumentParser):
     """`HfArgumentParser` with the one-line usage errors of `cllm4rec`."""
 
 
+def one_line(error: Exception) -> str:
+    """An error's message on one line, every line of it kept: some errors explain the remedy on a line of its own."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
 def non_empty(value: str) -> str:
     """The `type` of an option that names a file, folder or name: an empty value is refused, not taken as absent."""
     if not value.strip():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .common import DataclassArgumentParser
+from .common import DataclassArgumentParser, one_line
 
 # Each command: its help, the recipe it runs, its (model, training) argument classes, and the other stage's command.
 STAGES = {
@@ -79,7 +79,7 @@ def parse_stage_arguments(command: str, argv: Sequence[str], prog: str | None = 
             args=argv, return_remaining_strings=True
         )
     except ValueError as error:  # a value the arguments' own checks refuse
-        parser.error(" ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+        parser.error(one_line(error))
     if unknown:
         other = STAGES[command][3]
         elsewhere = [

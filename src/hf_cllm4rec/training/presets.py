@@ -18,6 +18,7 @@ run.
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -179,8 +180,9 @@ SEARCH_GRIDS = {
 }
 
 
-def given_options(parser: argparse.ArgumentParser, args: Sequence[str]) -> set[str]:
-    """The destinations of the parser's options that `args` give explicitly."""
+def given_options(parser: argparse.ArgumentParser, args: Sequence[str] | None = None) -> set[str]:
+    """The destinations of the parser's options that `args` (default, as argparse's: `sys.argv[1:]`) give explicitly."""
+    args = sys.argv[1:] if args is None else args
     return {
         parser._option_string_actions[option].dest
         for option in (arg.split("=")[0] for arg in args if arg.startswith("--"))
