@@ -14,28 +14,8 @@ tokenizer, id mappings and test metrics are saved to `--output_dir` by the main 
 
 import sys
 
-from accelerate import PartialState
-
-from hf_cllm4rec.cli.train import parse_stage_arguments
-from hf_cllm4rec.training.presets import SEARCH_GRIDS, describe_recipe
-from hf_cllm4rec.training.recipes import results_summary, run_pretraining, run_search
-
-
-def main() -> None:
-    # the command line of `cllm4rec pretrain`: the recipe's defaults, the options given, one-line usage errors
-    model_args, data_args, training_args, options, recipe = parse_stage_arguments(
-        "pretrain", sys.argv[1:], prog="examples/pretrain.py"
-    )
-    if training_args.should_log:
-        print(describe_recipe(recipe))
-    if options.search:
-        metrics = run_search(model_args, data_args, training_args, SEARCH_GRIDS["pretrain"], recipe)
-    else:
-        metrics = run_pretraining(model_args, data_args, training_args, recipe)
-    PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
-    if training_args.should_log:
-        print(results_summary(metrics, training_args.output_dir))
-
+from hf_cllm4rec.cli.train import run_stage
 
 if __name__ == "__main__":
-    main()
+    # the command line of `cllm4rec pretrain`: the recipe's defaults, the options given, one-line usage errors
+    run_stage("pretrain", sys.argv[1:], prog="examples/pretrain.py")

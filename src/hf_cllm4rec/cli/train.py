@@ -104,23 +104,30 @@ def parse_stage_arguments(command: str, argv: Sequence[str], prog: str | None = 
 
 
 def train(args: argparse.Namespace) -> int:
+    """Runs `cllm4rec pretrain` / `finetune` ([`run_stage`])."""
+    run_stage(args.command, args.forwarded)
+    return 0
+
+
+def run_stage(command: str, argv: Sequence[str], prog: str | None = None) -> dict[str, float]:
     """
-    Runs `cllm4rec pretrain` / `finetune` with the defaults of `--recipe` (`training/presets.py`): the stage's run of
-    `training/recipes.py`, then prints the test metrics.
+    Runs a training stage (`"pretrain"` or `"finetune"`) on its command line ([`parse_stage_arguments`]), as
+    `cllm4rec` and the example scripts do: the stage's run of `training/recipes.py`, or with `--search` every trial of
+    its grid; prints the recipe, then the test metrics. Returns the test metrics.
     """
     from accelerate import PartialState
 
     from ..training import recipes
     from ..training.presets import SEARCH_GRIDS, describe_recipe
 
-    model_args, data_args, training_args, options, recipe = parse_stage_arguments(args.command, args.forwarded)
+    model_args, data_args, training_args, options, recipe = parse_stage_arguments(command, argv, prog)
     if training_args.should_log:
         print(describe_recipe(recipe))
     if options.search:
-        metrics = recipes.run_search(model_args, data_args, training_args, SEARCH_GRIDS[args.command], recipe)
+        metrics = recipes.run_search(model_args, data_args, training_args, SEARCH_GRIDS[command], recipe)
     else:
-        metrics = getattr(recipes, STAGES[args.command][1])(model_args, data_args, training_args, recipe)
+        metrics = getattr(recipes, STAGES[command][1])(model_args, data_args, training_args, recipe)
     PartialState().destroy_process_group()  # a clean exit for every process of `accelerate launch`
     if training_args.should_log:
         print(recipes.results_summary(metrics, training_args.output_dir))
-    return 0
+    return metrics
