@@ -303,6 +303,7 @@ def test_valid_id_mappings_load(tmp_path):
         ({"histories": [[0], [[1]], []]}, "must be a list of 0-based item ids"),
         ({"histories": [[0], None, []]}, "must be a list of 0-based item ids"),
         ({"histories": {"u1": [0]}}, "`histories` must be a list"),
+        ({"histories": 5}, "`histories` must be a list of lists, got int"),
         ({"item_texts": ["only one"]}, "2 items but 1 item texts"),
         ({"users": ["u1", 2, "u3"]}, "`users` must hold strings, got 2 at index 1"),
         ({"items": ["i1", None]}, "`items` must hold strings, got None at index 1"),
@@ -342,6 +343,11 @@ def test_id_mappings_built_in_code_are_checked_too():
         IdMappings(["u1", "u1"], ["i1"], [""])
     with pytest.raises(ValueError, match="holds item id 5"):
         IdMappings(["u1"], ["i1"], [""], [[0, 5]])
+    with pytest.raises(ValueError, match="`histories` must be a list of lists, got int"):
+        IdMappings(["u1"], ["i1"], [""], 5)
+    with pytest.raises(ValueError, match="1 users but 2 histories"):
+        IdMappings(["u1"], ["i1"], [""], [[0], [0]])
+    assert IdMappings(["u1"], ["i1"], [""], []).history_indptr is None  # what earlier versions held for none
 
 
 def test_check_fits_refuses_mappings_of_another_model():

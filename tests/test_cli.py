@@ -50,6 +50,11 @@ def test_pretrain_finetune_evaluate_chain(checkpoint, capsys):
     pretrain = ("--backbone", "builtin-tiny-gpt2", "--content_warmup_epochs", "0", "--read_out", "mean")
     assert run_cli("pretrain", *common, *pretrain, "--output_dir", str(pretrained)) == 0
     assert json.loads((pretrained / "config.json").read_text())["read_out"] == "mean"
+    capsys.readouterr()
+    new_users = root / "new_users.json"
+    new_users.write_text(json.dumps({"someone": data.item_raw_ids[:2]}))
+    recommend_new_users = ("recommend", "--model", str(pretrained), "--histories", str(new_users))
+    assert_usage_error(capsys, *recommend_new_users, message="a new user needs a fine-tuned model")
     finetune = ("--pretrained", str(pretrained), "--id_embedding_dropout", "0.2", "--read_out", "last")
     finetune += ("--history_attention", "bidirectional")
     assert run_cli("finetune", *common, *finetune, "--output_dir", str(finetuned)) == 0

@@ -286,6 +286,8 @@ HISTORIES_FILES = {
     "deeply nested JSON": ("h.json", b"[" * 100_000, "h.json is not valid JSON: it is nested too deeply"),
     "JSON not in UTF-8": ("h.json", b'{"a": ["\xff"]}', "h.json is not UTF-8 text"),
     "CSV not in UTF-8": ("h.csv", b"user,item\na,\xff\n", "h.csv is not UTF-8 text"),
+    "CSV row without an item": ("h.csv", b"user,item\na,x\na\n", "h.csv, line 3: a row needs a user and an item"),
+    "JSON history holding null": ("h.json", b'{"a": ["x", null]}', "h.json: the history 'a' holds None"),
 }
 
 

@@ -5,7 +5,14 @@ import torch
 from tiny_checkpoints import save_tiny_checkpoint
 from transformers import pipeline
 
-from hf_cllm4rec import CLLM4RecTokenizer, IdMappings, ItemRecommendationPipeline, Recommender
+from hf_cllm4rec import (
+    CLLM4RecForCollaborativeLM,
+    CLLM4RecTokenizer,
+    IdMappings,
+    ItemRecommendationPipeline,
+    Recommender,
+    save_for_hub,
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +142,21 @@ def test_history_orders_and_prompt_length_are_call_settings(recommender, checkpo
     assert [entry["item_id"] for entry in recommender(data.user_raw_ids[6], top_k=5)] == expected_items(
         model, tokenizer, data, 6, history, k=5
     )[0], "the call's settings do not stay"
+
+
+def test_a_pretraining_checkpoint_loads_as_saved_and_ranks_as_evaluation_does(checkpoint, tmp_path):
+    _, item_predictor, tokenizer, data = checkpoint
+    model = CLLM4RecForCollaborativeLM(item_predictor.config).eval()
+    model.load_state_dict(item_predictor.state_dict())
+    save_for_hub(model, tokenizer, tmp_path, data=data)
+    recommender = pipeline("item-recommendation", model=str(tmp_path), device="cpu")
+    assert type(recommender.model) is CLLM4RecForCollaborativeLM
+    user = 4
+    ranked = recommender(data.user_raw_ids[user], top_k=5)
+    items, scores = expected_items(model, tokenizer, data, user, data.histories("train")[user], k=5)
+    assert [entry["item_id"] for entry in ranked] == items
+    torch.testing.assert_close(torch.tensor([entry["score"] for entry in ranked]), scores)
+    # read with the recommendation prompt, as an item predictor, the same weights rank otherwise
+    assert expected_items(item_predictor, tokenizer, data, user, data.histories("train")[user], k=5)[0] != items
+    with pytest.raises(ValueError, match="a new user needs a fine-tuned model"):
+        recommender({"history": [data.item_raw_ids[3]]})

@@ -2,6 +2,7 @@
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -928,6 +929,16 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         )
 
 
+def saved_model_class(architectures: Sequence[str] | None) -> type[CLLM4RecPreTrainedModel]:
+    """
+    The CLLM4Rec class a checkpoint was saved as (its config's `architectures`), the item predictor where it names
+    none: a pretraining checkpoint loaded as its own class reads users through the collaborative prompt it was trained
+    and evaluated with.
+    """
+    classes = {cls.__name__: cls for cls in (CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM)}
+    return classes.get((architectures or [""])[0], CLLM4RecForItemPrediction)
+
+
 def summed_cross_entropy(
     head, hidden_states: torch.Tensor, targets: torch.LongTensor, chunk_size: int
 ) -> torch.Tensor:
@@ -999,4 +1010,5 @@ __all__ = [
     "CLLM4RecLMOutput",
     "CLLM4RecItemPredictionOutput",
     "RecommendationOutput",
+    "saved_model_class",
 ]

@@ -75,7 +75,7 @@ def load_checkpoint(path: str, dtype: str = "float32", read_out: str | None = No
     """The model (by its saved architecture, in `dtype`, with `read_out` where given) and tokenizer of a checkpoint
     folder or Hub repository, for inference."""
     from ..configuration_cllm4rec import CLLM4RecConfig
-    from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
+    from ..modeling_cllm4rec import saved_model_class
     from ..tokenization_cllm4rec import CLLM4RecTokenizer
 
     local = Path(path).expanduser()
@@ -84,8 +84,7 @@ def load_checkpoint(path: str, dtype: str = "float32", read_out: str | None = No
     if local.exists() and not (local / "config.json").is_file():
         raise UsageError(f"{path} is not a model folder: it has no config.json")
     config = CLLM4RecConfig.from_pretrained(path)
-    model_classes = {cls.__name__: cls for cls in (CLLM4RecForItemPrediction, CLLM4RecForCollaborativeLM)}
-    model_class = model_classes.get((config.architectures or [""])[0], CLLM4RecForItemPrediction)
+    model_class = saved_model_class(config.architectures)
     overrides = {} if read_out is None else {"read_out": read_out}
     model = model_class.from_pretrained(path, dtype=getattr(torch, dtype), **overrides)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

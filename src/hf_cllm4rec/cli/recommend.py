@@ -148,6 +148,10 @@ def _read_histories(path: Path) -> dict[str, list[str]]:
             stored = {str(position): history for position, history in enumerate(stored)}
         if not isinstance(stored, dict) or not all(isinstance(history, list) for history in stored.values()):
             raise UsageError(f"{path} must hold {{name: [item ids]}} or [[item ids], ...]")
+        for label, history in stored.items():
+            odd = [item for item in history if isinstance(item, bool) or not isinstance(item, (str, int))]
+            if odd:
+                raise UsageError(f"{path}: the history {label!r} holds {odd[0]!r}; item ids are strings or integers")
         histories = {str(label): [str(item) for item in history] for label, history in stored.items()}
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -156,6 +160,8 @@ def _read_histories(path: Path) -> dict[str, list[str]]:
                 raise UsageError(f"{path} must have the columns user,item; found {reader.fieldnames}")
             histories = {}
             for row in reader:
+                if not row["user"] or not row["item"]:
+                    raise UsageError(f"{path}, line {reader.line_num}: a row needs a user and an item")
                 histories.setdefault(row["user"], []).append(row["item"])
         except csv.Error as error:
             raise UsageError(f"{path} is not a valid CSV file: {error}") from None

@@ -42,8 +42,8 @@ class IdMappings:
         users (`Sequence[str]`): raw user id of each user token.
         items (`Sequence[str]`): raw item id of each item token.
         item_texts (`Sequence[str]`): text of each item (`""` where there is none).
-        histories (`Sequence[Sequence[int]]`, *optional*): each user's training items; none when not shipped. Large
-            mappings are built from a CSR matrix instead, with [`from_columns`].
+        histories (`Sequence[Sequence[int]]`, *optional*): each user's training items; `None` or `[]` when not
+            shipped. Large mappings are built from a CSR matrix instead, with [`from_columns`].
     """
 
     def __init__(
@@ -54,7 +54,7 @@ class IdMappings:
         histories: Sequence[Sequence[int]] | None = None,
     ):
         self._set_columns(users, items, item_texts)
-        if histories is not None and len(histories):
+        if histories is not None and not (isinstance(histories, list) and not histories):  # [] ships none
             self._set_histories(*histories_as_csr(histories, self.users))
 
     @classmethod

@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader
 from transformers import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
+from ..configuration_cllm4rec import CLLM4RecConfig
+from ..modeling_cllm4rec import saved_model_class
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .id_mappings import IdMappings
 from .recommender import Recommender
@@ -37,14 +39,15 @@ TASK = "item-recommendation"
 
 class ItemRecommendationPipeline(Pipeline):
     """
-    Top-k items of a [`CLLM4RecForItemPrediction`] model, in the data set's own ids, with their text and score: a
+    Top-k items of a CLLM4Rec model, in the data set's own ids, with their text and score: a
     [`Recommender`] behind the transformers pipeline API.
 
     The [`CLLM4RecTokenizer`] and the [`IdMappings`] (`id_mappings.json`) are loaded from the model's folder or Hub
     repository unless given.
 
     Args:
-        model: a [`CLLM4RecForItemPrediction`].
+        model: a [`CLLM4RecForItemPrediction`], or a pretraining [`CLLM4RecForCollaborativeLM`] (its users only; a
+            folder or repository loads as the class it was saved as).
         tokenizer (`CLLM4RecTokenizer` or `str`, *optional*): the model's tokenizer, or where to load it from.
         id_mappings (`IdMappings`, *optional*): raw ids, item texts and training histories of the model's users.
         top_k (`int`, *optional*, defaults to 10): how many items to return, also a call argument.
@@ -128,15 +131,27 @@ def _join_inputs(inputs: list[dict]) -> dict:
     return {key: [value for model_inputs in inputs for value in model_inputs[key]] for key in ("users", "histories")}
 
 
+class SavedCLLM4RecModel:
+    """
+    The pipeline's model class: `from_pretrained` loads a checkpoint as the class it was saved as
+    ([`saved_model_class`]), so that the pipeline ranks a pretraining checkpoint as evaluation and `cllm4rec
+    recommend` do.
+    """
+
+    @staticmethod
+    def from_pretrained(pretrained_model_name_or_path, *args, **kwargs):
+        stored = CLLM4RecConfig.get_config_dict(pretrained_model_name_or_path, **kwargs)[0]
+        model_class = saved_model_class(stored.get("architectures"))
+        return model_class.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
 def register_pipeline() -> None:
     """Registers [`ItemRecommendationPipeline`] as the transformers task `"item-recommendation"`."""
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from ..modeling_cllm4rec import CLLM4RecForItemPrediction
-
     if TASK not in PIPELINE_REGISTRY.supported_tasks:
         PIPELINE_REGISTRY.register_pipeline(
-            TASK, pipeline_class=ItemRecommendationPipeline, pt_model=CLLM4RecForItemPrediction
+            TASK, pipeline_class=ItemRecommendationPipeline, pt_model=SavedCLLM4RecModel
         )
 
 

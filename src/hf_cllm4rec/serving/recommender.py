@@ -272,7 +272,7 @@ class Recommender:
         The 0-based user id (`None` for a new user) and history of a request in the data set's own ids:
 
         - a raw user id: a user of the training data, prompted with the training history the id mappings ship;
-        - `{"history": [raw item ids]}`: a new user, served with the cold-start prompt;
+        - `{"history": [raw item ids]}`: a new user, served with the cold-start prompt (of a fine-tuned model);
         - `{"user": raw user id, "history": [raw item ids]}`: a known user with the history given.
 
         Items the model does not know are left out with a warning naming them; a `KeyError` names an unknown user, a
@@ -297,6 +297,11 @@ class Recommender:
                 f"{type(request).__name__}."
             )
         user = None if raw_user is None else mappings.user_index(raw_user)
+        if user is None and self.prompt == "collaborative":
+            raise ValueError(
+                "A pretraining checkpoint (CLLM4RecForCollaborativeLM) reads a user through their user token: a new "
+                "user needs a fine-tuned model, which has the cold-start prompt (`cllm4rec finetune --pretrained`)."
+            )
         if raw_history is None:
             history = mappings.history(user)
             if not len(history):
