@@ -285,7 +285,17 @@ def test_trainer_push_to_hub_uploads_the_same_files(monkeypatch, tmp_path):
         output_dir=str(tmp_path / "cllm4rec-run"), report_to="none", use_cpu=True, eval_strategy="no"
     )
     trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+
+    class CheckpointUpload:  # what the Trainer keeps of a checkpoint's upload (`hub_strategy`) still running
+        def is_done(self):
+            return "files" in uploaded
+
+        def wait_until_done(self):
+            uploaded["waited"] = "files" not in uploaded
+
+    trainer.push_in_progress = CheckpointUpload()
     assert trainer.push_to_hub() == "commit"
+    assert uploaded.pop("waited"), "the final upload must wait for the checkpoint's"
     assert uploaded["repo_id"] == "someone/cllm4rec-run" and uploaded["revision"] is None
     assert uploaded["files"] == HUB_FILES
     # the run's revision, and the metrics measured for the card: the one upload path honours both

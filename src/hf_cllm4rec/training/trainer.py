@@ -302,7 +302,8 @@ class CLLM4RecTrainer(Trainer):
     ):
         """
         Uploads what `hub.save_for_hub` writes (weights, code files, tokenizer, id mappings and the model card with
-        `metrics`) to `args.hub_model_id`, at `revision` (default: `args.hub_revision`); the main process uploads.
+        `metrics`) to `args.hub_model_id`, at `revision` (default: `args.hub_revision`), once a checkpoint upload still
+        in progress (`hub_strategy`) has finished; the main process uploads.
         """
         from ..hub import push_to_hub
 
@@ -310,6 +311,7 @@ class CLLM4RecTrainer(Trainer):
             raise TypeError(f"CLLM4RecTrainer.push_to_hub does not take {', '.join(sorted(kwargs))}.")
         if not self.is_world_process_zero():
             return None
+        self._finish_current_push()  # the final upload lands after, not under, a checkpoint's
         return push_to_hub(
             self.model,
             self.processing_class,
