@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import shutil
 
 import pytest
 from test_prepare_cli import assert_usage_error, run_cli
@@ -127,6 +128,41 @@ def test_early_stopping_ends_after_patience_rounds_without_improvement_and_keeps
     assert record["recipe"] == "small-cpu" and record["settings"]["lr_scheduler_type"] == "constant"
     saved = json.loads((output_dir / "training_args.json").read_text())
     assert saved["early_stopping_patience"] == 1 and saved["per_device_train_batch_size"] == 64
+
+
+def test_a_resumed_run_stops_where_the_uninterrupted_one_did(tmp_path, capsys):
+    args = ("--backbone", "builtin-tiny-gpt2", "--learning_rate", "0.02", "--num_train_epochs", "30", *QUICK)
+    args = (*args, "--early_stopping_patience", "2", "--save_total_limit", "100")
+    assert run_cli("pretrain", *args, "--output_dir", str(tmp_path / "run")) == 0
+    rounds = len(validation_scores(tmp_path / "run"))
+    assert rounds < 30, "the run did not stop early"
+    # the checkpoint of the round before the last: one round without improvement counted
+    checkpoints = sorted((tmp_path / "run").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    resumed_from = checkpoints[-2]
+    stored = json.loads((resumed_from / "trainer_state.json").read_text())["stateful_callbacks"]
+    assert stored["ValidationEarlyStopping"]["attributes"]["early_stopping_patience_counter"] == 1
+    resumed = tmp_path / "resumed"
+    shutil.copytree(resumed_from, resumed / resumed_from.name)
+    resume = ("--output_dir", str(resumed), "--resume_from_checkpoint", str(resumed / resumed_from.name))
+    assert run_cli("pretrain", *args, *resume) == 0
+    capsys.readouterr()
+    assert len(validation_scores(resumed)) == rounds
+    assert validation_scores(resumed) == pytest.approx(validation_scores(tmp_path / "run"))
+
+
+def test_a_run_without_a_test_split_is_refused_before_training(tmp_path, capsys):
+    prepare = ("prepare", "--source", "synthetic", "--num-users", "60", "--test-fraction", "0")
+    assert run_cli(*prepare, "--out", str(tmp_path / "data")) == 0
+    args = ("pretrain", "--backbone", "builtin-tiny-gpt2", "--data", str(tmp_path / "data"), *QUICK)
+    message = "The 'test' split has no held-out items: evaluation would measure nothing. The run ends with its test"
+    assert_usage_error(capsys, *args, "--output_dir", str(tmp_path / "run"), message=message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_search_cannot_resume(capsys, tmp_path):
+    args = ("pretrain", "--backbone", "builtin-tiny-gpt2", "--output_dir", str(tmp_path / "run"), "--search", *QUICK)
+    assert_usage_error(capsys, *args, "--resume_from_checkpoint", "true", message="search trains every trial from")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from ..serving import IdMappings, check_checkpoint_ids
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from ..writing import replaced_file
 from .arguments import FineTuningArguments, PretrainingArguments
-from .trainer import CLLM4RecTrainer
+from .trainer import CLLM4RecTrainer, check_split
 
 logger = logging.get_logger(__name__)
 
@@ -300,6 +300,11 @@ def run_search(
             "search chooses on validation: it needs eval_strategy='epoch', save_strategy='epoch' and "
             "load_best_model_at_end."
         )
+    if training_args.resume_from_checkpoint:
+        raise ValueError(
+            "search trains every trial from the start: it cannot resume from a checkpoint (resume one trial's run "
+            "without --search instead)."
+        )
     stages = {PretrainingArguments: PretrainingModelArguments, FineTuningArguments: FineTuningModelArguments}
     check_argument_types(model_args, stages[type(training_args)], training_args, type(training_args))
     unknown = [name for name in grid if not hasattr(model_args, name) and not hasattr(training_args, name)]
@@ -337,6 +342,7 @@ def _trained(model_args, data_args, training_args) -> tuple[CLLM4RecTrainer, Rec
     """The trainer of the stage that the arguments are of, after training, and the data set."""
     set_seed(training_args.seed)
     data = load_data(data_args)
+    check_split(data, "test", "The run ends with its test metrics: prepare the data with a --test-fraction above 0.")
     if isinstance(training_args, PretrainingArguments):
         model, tokenizer = build_pretraining_model(model_args, data)
     else:

@@ -104,7 +104,7 @@ class CLLM4RecTrainer(Trainer):
                     "read_out_prefix_powers weighs the positions of the mean read-out, but the model reads out "
                     f"{model.config.read_out!r}: give it read_out='mean'."
                 )
-            self._check_split("validation", "read_out_prefix_powers are chosen on it.")
+            check_split(self.data, "validation", "read_out_prefix_powers are chosen on it.")
         super().__init__(
             model=model,
             args=args,
@@ -150,6 +150,8 @@ class CLLM4RecTrainer(Trainer):
             self._check_checkpoint_fits(resume_from_checkpoint)
         if self.weight_average is not None:  # the average continues from the checkpoint's when training begins
             self.weight_average.resume_from = resume_from_checkpoint or None
+        if resume_from_checkpoint:
+            self._restore_early_stopping(resume_from_checkpoint)
         output = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
         if self.lora_adapters is not None:
             self.lora_adapters.merge_and_unload()
@@ -157,6 +159,18 @@ class CLLM4RecTrainer(Trainer):
         if getattr(self.args, "read_out_prefix_powers", None):
             self.choose_read_out_prefix_power(self.args.read_out_prefix_powers)
         return output
+
+    def _restore_early_stopping(self, folder: str) -> None:
+        """
+        Early stopping continues counting the rounds without improvement where the checkpoint left it (the patience
+        stays the one of `args`), so a resumed run stops where the uninterrupted run would have.
+        """
+        callback = next((c for c in self.callback_handler.callbacks if isinstance(c, ValidationEarlyStopping)), None)
+        if callback is None:
+            return
+        stored = json.loads((Path(folder) / TRAINER_STATE_NAME).read_text()).get("stateful_callbacks", {})
+        attributes = stored.get(type(callback).__name__, {}).get("attributes", {})
+        callback.early_stopping_patience_counter = attributes.get("early_stopping_patience_counter", 0)
 
     def choose_read_out_prefix_power(self, powers) -> float:
         """
@@ -180,16 +194,7 @@ class CLLM4RecTrainer(Trainer):
 
     def _check_eval_split(self, args: CLLM4RecTrainingArguments) -> None:
         if args.eval_strategy != "no":
-            self._check_split(args.eval_split, "Use another eval_split or eval_strategy='no'.")
-
-    def _check_split(self, split, remedy: str = "") -> None:
-        if not isinstance(split, str) or split not in EVALUATION_SPLITS:
-            raise ValueError(
-                f"CLLM4Rec evaluates a held-out split of its data set, one of {EVALUATION_SPLITS}; got {split!r}."
-            )
-        if self.data.tables[split].num_rows == 0:
-            message = f"The {split!r} split has no held-out items: evaluation would measure nothing."
-            raise ValueError(f"{message} {remedy}" if remedy else message)
+            check_split(self.data, args.eval_split, "Use another eval_split or eval_strategy='no'.")
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The Trainer's optimizer, updating only the ID tables' touched rows with `id_embeddings_optimizer`."""
@@ -347,7 +352,7 @@ class CLLM4RecTrainer(Trainer):
         Ranks all items for the users of a split, with the averaged weights where they are kept, in the training's
         mixed precision: its Recall@K, NDCG@K and selection score.
         """
-        self._check_split(split)
+        check_split(self.data, split)
         with self.averaged_weights(), self.accelerator.autocast(), scoring_view(self.model) as (model, lockstep):
             metrics = evaluate_model(
                 model,
@@ -389,6 +394,17 @@ class UnevaluatedWarmup(TrainerCallback):
         if round(state.epoch, 6) <= self.warmup_epochs:
             control.should_evaluate = False
         return control
+
+
+def check_split(data: RecommendationData, split, remedy: str = "") -> None:
+    """Raises a `ValueError` unless `split` is a held-out split of `data` with items; `remedy` says what to do."""
+    if not isinstance(split, str) or split not in EVALUATION_SPLITS:
+        raise ValueError(
+            f"CLLM4Rec evaluates a held-out split of its data set, one of {EVALUATION_SPLITS}; got {split!r}."
+        )
+    if data.tables[split].num_rows == 0:
+        message = f"The {split!r} split has no held-out items: evaluation would measure nothing."
+        raise ValueError(f"{message} {remedy}" if remedy else message)
 
 
 def check_stage(model, args) -> None:
