@@ -106,6 +106,28 @@ def test_overwrite(tmp_path, capsys):
         (("prepare", "--source", "synthetic", "--path", "p", "--out", "x"), "--path does not apply"),
         (("prepare", "--source", "synthetic", "--k-core", "x", "--out", "x"), "invalid int value: 'x'"),
         (("prepare", "--source", "movielens", "--path", "absent", "--out", "x"), "absent does not exist"),
+        # the protocol's options are checked before the source is read (here: it is not there)
+        (("prepare", "--source", "movielens", "--path", "absent", "--k-core", "-1", "--out", "x"), "--k-core must be"),
+        (
+            ("prepare", "--source", "amazon", "--reviews", "absent.json", "--test-fraction", "1", "--out", "x"),
+            "--test-fraction must be in [0, 1), got 1.0",
+        ),
+        (
+            (
+                "prepare",
+                "--source",
+                "table",
+                "--path",
+                "a.csv",
+                "--user-column",
+                "u",
+                "--item-column",
+                "i",
+                "--out",
+                "x",
+            ),
+            "--min-rating 3.0 needs a --rating-column",
+        ),
         (("prepare", "--source", "synthetic", "--num-clusters", "20", "--out", "x"), "--num-clusters must be"),
         (
             ("prepare", "--source", "synthetic", "--num-items", "3", "--out", "x"),
@@ -159,6 +181,8 @@ def test_protocol_errors_name_the_options(tmp_path, capsys):
     args = ("prepare", "--source", "table", "--path", str(table), "--user-column", "user", "--item-column", "item")
     message = "--min-rating 3.0 needs a --rating-column; pass --min-rating none to keep all"
     assert_usage_error(capsys, *args, "--out", str(tmp_path / "out"), message=message)
+    same = (*args[:-1], "user", "--min-rating", "none", "--out", str(tmp_path / "out"))
+    assert_usage_error(capsys, *same, message="user_column and item_column name the same column, 'user'")
     args += ("--min-rating", "none", "--k-core", "0", "--validation-fraction", "0.5", "--test-fraction", "0.4")
     message = "--validation-fraction 0.5 and --test-fraction 0.4 leave users with 1 interactions no training item"
     assert_usage_error(capsys, *args, "--out", str(tmp_path / "out"), message=message)

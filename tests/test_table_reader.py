@@ -2,6 +2,7 @@
 
 import gzip
 
+import pandas as pd
 import pytest
 
 from hf_cllm4rec.data import DataFormatError, read_interaction_table
@@ -64,3 +65,19 @@ def test_an_unclosed_quote_or_a_short_row_cannot_be_read(tmp_path):
     path.write_text("user,item\nu1,a\nu2\n")
     with pytest.raises(DataFormatError, match="interactions.csv cannot be read: CSV parse error"):
         read(path)
+
+
+@pytest.mark.parametrize("zone", [None, "Europe/Berlin"])
+def test_parquet_datetimes_become_unix_seconds_whatever_their_unit(tmp_path, zone):
+    moments = pd.Series(pd.to_datetime(["2020-09-24 20:16:04", "2021-01-01 00:00:00"]).as_unit("us"))
+    if zone:
+        moments = moments.dt.tz_localize(zone)
+    pd.DataFrame({"user": ["u1", "u2"], "item": ["a", "b"], "ts": moments}).to_parquet(tmp_path / "t.parquet")
+    offset = 7200 if zone else 0  # Berlin's summer time in September; winter time is one hour
+    expected = [1600978564 - offset, 1609459200 - (3600 if zone else 0)]
+    assert read(tmp_path / "t.parquet", timestamp_column="ts")["timestamp"].tolist() == expected
+
+
+def test_gzip_is_recognised_whatever_the_case_of_its_suffix(tmp_path):
+    (tmp_path / "t.jsonl.GZ").write_bytes(gzip.compress(b'{"user": "u1", "item": "a"}\n{"user": "u2", "item": "b"}\n'))
+    assert read(tmp_path / "t.jsonl.GZ")["item"].tolist() == ["a", "b"]

@@ -894,6 +894,8 @@ def test_data_seed_orders_the_documents_apart_from_the_seed(tmp_path, data, base
         return [[trainer.train_dataset[index]["input_ids"] for index in batch] for batch in trainer.schedule]
 
     assert first_epoch(seed=0, data_seed=5) == first_epoch(seed=5) != first_epoch(seed=0)
+    with pytest.raises(ValueError, match="data_seed must be a whole number of at least 0, got -1"):
+        training_arguments(model_class, tmp_path, data_seed=-1)
 
 
 def test_the_loader_takes_the_dataloader_options(tmp_path, data, base_tokenizer):

@@ -19,6 +19,7 @@ from ..data import (
     read_movielens,
 )
 from ..data.prepared import check_writable
+from ..data.protocol import check_protocol_parameters
 from .common import UsageError, check_output_folder, non_empty
 
 PROTOCOL_DEFAULTS = {"min_rating": 3.0, "k_core": 5, "seed": 98765, "validation_fraction": 0.1, "test_fraction": 0.1}
@@ -183,6 +184,14 @@ def _check_source_options(args: argparse.Namespace) -> None:
     for option, needed in OPTION_NEEDS.items():
         if hasattr(args, option) and not hasattr(args, needed):
             raise UsageError(f"--{option.replace('_', '-')} needs --{needed.replace('_', '-')}")
+    if set(PROTOCOL_DEFAULTS) <= set(optional):  # a source the protocol splits: its options, before the source is read
+        protocol = {option: getattr(args, option, default) for option, default in PROTOCOL_DEFAULTS.items()}
+        with _parameters_as_options():
+            check_protocol_parameters(**protocol)
+        if args.source == "table" and protocol["min_rating"] is not None and not hasattr(args, "rating_column"):
+            raise UsageError(
+                f"--min-rating {protocol['min_rating']} needs a --rating-column; pass --min-rating none to keep all"
+            )
 
 
 def _stem(path: str) -> str:

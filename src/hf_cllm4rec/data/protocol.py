@@ -66,7 +66,7 @@ def apply_protocol(
     A parameter out of range, an id that is not a string or an integer, or a rating that is not finite raises
     `ValueError` naming it.
     """
-    _check_parameters(min_rating, k_core, seed, validation_fraction, test_fraction)
+    check_protocol_parameters(min_rating, k_core, seed, validation_fraction, test_fraction)
     _check_interactions(interactions)
     users, user_raw_ids = _codes(interactions["user"])
     items, item_raw_ids = _codes(interactions["item"])
@@ -238,9 +238,10 @@ def _item_texts(item_raw_ids: pa.Array, item_text: Mapping[str, str]) -> pa.Arra
     return pc.fill_null(pa.array(list(item_text.values()), pa.string()).take(known), "")
 
 
-def _check_parameters(
+def check_protocol_parameters(
     min_rating: float | None, k_core: int, seed: int, validation_fraction: float, test_fraction: float
 ) -> None:
+    """Raises a `ValueError` naming a parameter of [`apply_protocol`] that is out of range."""
     if min_rating is not None and not (isinstance(min_rating, Real) and np.isfinite(min_rating)):
         raise ValueError(f"min_rating must be a finite number or None, got {min_rating!r}")
     if not _is_integer(k_core) or k_core < 0:

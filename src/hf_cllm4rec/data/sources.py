@@ -163,6 +163,11 @@ def read_interaction_table(
         "text": text_column,
     }
     columns = {name: column for name, column in columns.items() if column is not None}
+    named = list(columns.values())
+    twice = next((column for column in named if named.count(column) > 1), None)
+    if twice is not None:
+        roles = " and ".join(f"{name}_column" for name, column in columns.items() if column == twice)
+        raise ValueError(f"{roles} name the same column, {twice!r}: each role needs a column of its own.")
     raw = RawInteractions(_read_typed_table(path, columns), sources={path.name: file_sha256(path)})
     if item_text_path is not None:
         item_text_path = _existing_file(item_text_path)
@@ -241,12 +246,17 @@ def preparation_memory(path: Path, text_columns: Sequence[str]) -> int:
     return 2 * text_bytes + lines * PREPARATION_BYTES_PER_ROW
 
 
+def is_gzipped(path: Path) -> bool:
+    """Whether a file is read through gzip: its name ends in `.gz`, in any case."""
+    return path.suffix.lower() == ".gz"
+
+
 def _text_size(path: Path) -> tuple[int, int]:
     """Bytes and lines of a text file (decompressed, for gzip), extrapolated from its first megabyte."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as raw:
-            sample = (gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw).read(1 << 20)
+            sample = (gzip.GzipFile(fileobj=raw) if is_gzipped(path) else raw).read(1 << 20)
             read = raw.tell()
     except (OSError, *GZIP_ERRORS):  # the reader names the problem
         return size, 0
@@ -298,7 +308,7 @@ def _byte_progress(file: BinaryIO, path: Path) -> Iterator[BinaryIO]:
 
 def _iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """Yields `(line number, text)` of a text file, gzipped if its name ends in `.gz`; blank lines are skipped."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    opener = gzip.open if is_gzipped(path) else open
     number = 0
     try:
         with opener(path, "rb") as file:
@@ -372,7 +382,7 @@ def _read_csv_columns(path: Path, delimiter: str, columns: Iterable[str]) -> tup
     The `columns` of a CSV or TSV file (with a header, maybe gzipped) that it has, every value the text as written (an
     empty field an empty string), and the file's column names. Arrow parses the file, in parallel.
     """
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    opener = gzip.open if is_gzipped(path) else open
     with opener(path, "rb") as file:
         lines = (line.decode("utf-8-sig") for line in file)
         names = next(csv.reader(lines, delimiter=delimiter), [])  # decodes the header's lines, no more
@@ -426,7 +436,7 @@ def _typed_json_lines(
     """
     try:
         with open(path, "rb") as file, _byte_progress(file, path) as progress:
-            stream = pa.CompressedInputStream(progress, "gzip") if path.suffix == ".gz" else progress
+            stream = pa.CompressedInputStream(progress, "gzip") if is_gzipped(path) else progress
             table = pj.read_json(stream, parse_options=pj.ParseOptions(newlines_in_values=False))
         frame = table.select([field for field in fields if field in table.column_names]).to_pandas()
         return typed(frame, np.arange(len(frame)) + 1)
@@ -537,12 +547,16 @@ def _plain(value):
 
 
 def _unix_seconds(values: pd.Series) -> pd.Series:
+    """Unix seconds of numbers (taken as seconds), datetimes (naive ones as UTC) and date strings; NaN where none."""
+    epoch = pd.Timestamp(0, tz="UTC").as_unit("s")
+    if pd.api.types.is_datetime64_any_dtype(values):  # a typed column (Parquet): its integers are in its own unit
+        dates = values.dt.tz_localize("UTC") if values.dt.tz is None else values
+        return (dates - epoch) // pd.Timedelta(seconds=1)
     seconds = pd.to_numeric(values, errors="coerce")
     not_numbers = seconds.isna() & values.notna()
     if not_numbers.any():
         dates = pd.to_datetime(values[not_numbers].astype(str), errors="coerce", utc=True, format="mixed")
         # An epoch in whole seconds keeps the dates' own unit, so dates past 2262 do not overflow nanoseconds.
-        epoch = pd.Timestamp(0, tz="UTC").as_unit("s")
         seconds[not_numbers] = (dates - epoch) // pd.Timedelta(seconds=1)
     return seconds
 

@@ -206,6 +206,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"train_sampling_strategy must be one of {SAMPLING_STRATEGIES}, got {self.train_sampling_strategy!r}."
             )
+        # the documents' orders are drawn from it (numpy seeds are non-negative)
+        check_whole(**{"seed" if self.data_seed is None else "data_seed": self.data_order_seed}, minimum=0)
         if self.max_length is not None and self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}.")
         if self.backbone_training not in BACKBONE_TRAINING:
