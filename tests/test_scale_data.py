@@ -145,7 +145,7 @@ class TestBadInputAtScale:
         monkeypatch.setattr(sources, "available_memory", lambda: 10_000)
         arguments = ["prepare", "--source", "table", "--path", str(path), "--user-column", "user"]
         with pytest.raises(SystemExit) as exit:
-            main([*arguments, "--item-column", "item", "--out", str(tmp_path / "out")])
+            main([*arguments, "--item-column", "item", "--min-rating", "none", "--out", str(tmp_path / "out")])
         assert exit.value.code == 2
         assert "too large to prepare in memory: it needs about" in capsys.readouterr().err
         assert not (tmp_path / "out").exists()
