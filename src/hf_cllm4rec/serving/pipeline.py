@@ -39,8 +39,8 @@ TASK = "item-recommendation"
 
 class ItemRecommendationPipeline(Pipeline):
     """
-    Top-k items of a CLLM4Rec model, in the data set's own ids, with their text and score: a
-    [`Recommender`] behind the transformers pipeline API.
+    Top-k items of a CLLM4Rec model, in the data set's own ids, with their text and score: a [`Recommender`] behind
+    the transformers pipeline API.
 
     The [`CLLM4RecTokenizer`] and the [`IdMappings`] (`id_mappings.json`) are loaded from the model's folder or Hub
     repository unless given.
