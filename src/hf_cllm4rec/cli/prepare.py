@@ -149,16 +149,20 @@ def _read_source(args: argparse.Namespace) -> RecommendationData:
             }
         raw = read_interaction_table(args.path, user_column=args.user_column, item_column=args.item_column, **columns)
         name = _stem(args.path)
-    protocol = {option: given.get(option, default) for option, default in PROTOCOL_DEFAULTS.items()}
-    with _parameters_as_options({"a 'rating' column": "a --rating-column"} if args.source == "table" else {}):
-        return apply_protocol(raw.interactions, raw.item_text, name=name, sources=raw.sources, **protocol)
+    with _parameters_as_options():
+        return apply_protocol(raw.interactions, raw.item_text, name=name, sources=raw.sources, **_protocol(args))
+
+
+def _protocol(args: argparse.Namespace) -> dict:
+    """The protocol's parameters: the options given, the defaults for the others."""
+    return {option: getattr(args, option, default) for option, default in PROTOCOL_DEFAULTS.items()}
 
 
 @contextmanager
-def _parameters_as_options(phrases: dict[str, str] | None = None):
+def _parameters_as_options():
     """
     Tells a `ValueError` of the protocol or of the synthetic data as a usage error that names options, not parameters:
-    `min_rating=None` as `--min-rating none`, `k_core` as `--k-core`, and each of `phrases` as its replacement.
+    `min_rating=None` as `--min-rating none`, `k_core` as `--k-core`.
     """
     try:
         yield
@@ -168,8 +172,6 @@ def _parameters_as_options(phrases: dict[str, str] | None = None):
             lambda match: f"--{match[1].replace('_', '-')}" + (" none" if match[3] else " " if match[2] else ""),
             str(error),
         )
-        for phrase, replacement in (phrases or {}).items():
-            message = message.replace(phrase, replacement)
         raise UsageError(message) from None
 
 
@@ -185,7 +187,7 @@ def _check_source_options(args: argparse.Namespace) -> None:
         if hasattr(args, option) and not hasattr(args, needed):
             raise UsageError(f"--{option.replace('_', '-')} needs --{needed.replace('_', '-')}")
     if set(PROTOCOL_DEFAULTS) <= set(optional):  # a source the protocol splits: its options, before the source is read
-        protocol = {option: getattr(args, option, default) for option, default in PROTOCOL_DEFAULTS.items()}
+        protocol = _protocol(args)
         with _parameters_as_options():
             check_protocol_parameters(**protocol)
         if args.source == "table" and protocol["min_rating"] is not None and not hasattr(args, "rating_column"):
