@@ -235,18 +235,23 @@ def test_backbone_dropout_sets_every_dropout_probability_of_the_backbone():
         PretrainingModelArguments(backbone=BUILTIN_BACKBONE, backbone_dropout=1.0)
 
 
-def test_a_learning_rate_reduced_on_plateau_follows_the_selection_score_up(tmp_path):
-    _, _, training_args, _ = parsed(
-        "pretrain", "--output_dir", str(tmp_path), "--lr_scheduler_type", "reduce_lr_on_plateau"
-    )
-    assert training_args.early_stopping_patience == 3 and training_args.lr_scheduler_kwargs == {"mode": "max"}
-    _, _, training_args, _ = parsed(
-        "pretrain",
-        "--output_dir",
-        str(tmp_path),
-        "--lr_scheduler_type",
-        "reduce_lr_on_plateau",
-        "--lr_scheduler_kwargs",
-        '{"factor": 0.5}',
-    )
-    assert training_args.lr_scheduler_kwargs == {"mode": "max", "factor": 0.5}
+def test_a_learning_rate_reduced_on_plateau_follows_the_selection_score_up_before_early_stopping(tmp_path):
+    def parsed_with(plateau: str, early_stopping_patience: int):
+        options = ("--lr_scheduler_type", "reduce_lr_on_plateau", "--lr_scheduler_kwargs", plateau)
+        patience = ("--early_stopping_patience", str(early_stopping_patience))
+        return parsed("pretrain", "--output_dir", str(tmp_path), *options, *patience)[2]
+
+    # torch's default patience (10) would lower the rate after 11 stalled rounds: early stopping ends the run after 10
+    with pytest.raises(
+        ValueError, match="after 11 rounds without improvement, and early stopping ends the run after 10"
+    ):
+        parsed_with("{}", 10)
+    training_args = parsed_with('{"factor": 0.5, "patience": 2}', 10)
+    assert training_args.lr_scheduler_kwargs == {"mode": "max", "factor": 0.5, "patience": 2}
+    with pytest.raises(
+        ValueError, match=r"Give it a patience of at most 1 \(--lr_scheduler_kwargs '\{\"patience\": 1\}'\)"
+    ):
+        parsed_with('{"patience": 2}', 3)
+    assert parsed_with('{"patience": 1}', 3).lr_scheduler_kwargs["patience"] == 1
+    with pytest.raises(ValueError, match="lower rate. Give it a larger early_stopping_patience."):
+        parsed_with('{"patience": 0}', 1)

@@ -1,8 +1,10 @@
 """Training arguments of CLLM4Rec: what both stages share, and what only pretraining or only fine-tuning takes."""
 
+import inspect
 import math
 from dataclasses import MISSING, dataclass, field
 
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from transformers import TrainingArguments
 
 from ..data.documents import CONTENT_DOCUMENT_KINDS
@@ -24,6 +26,8 @@ DECAYS_OVER_ALL_STEPS = (
     "cosine_warmup_with_min_lr",
     "warmup_stable_decay",
 )
+# Evaluations without improvement after which `ReduceLROnPlateau` lowers the rate, unless its kwargs say otherwise.
+PLATEAU_PATIENCE = inspect.signature(ReduceLROnPlateau).parameters["patience"].default
 # Options of `TrainingArguments` that CLLM4Rec's training has no use for, refused when set rather than ignored: the
 # losses are the models' own, evaluation ranks all items per user (`CLLM4RecTrainer.split_metrics`) instead of running
 # the Trainer's prediction loop, and the round schedule and collator build every batch.
@@ -285,6 +289,21 @@ class CLLM4RecTrainingArguments(TrainingArguments):
                 f"lr_scheduler_type={self.lr_scheduler_type.value!r} decays over num_train_epochs, which early "
                 "stopping cuts short: use 'constant' or 'constant_with_warmup' (the weight average anneals over the "
                 "steps run), or 'reduce_lr_on_plateau' (decays when validation stalls)."
+            )
+        if self.lr_scheduler_type != "reduce_lr_on_plateau":
+            return
+        plateau_patience = self.lr_scheduler_kwargs.get("patience", PLATEAU_PATIENCE)  # a dict since __post_init__
+        most = self.early_stopping_patience - 2  # the rate drops after patience + 1 stalled rounds
+        if plateau_patience > most:
+            smaller = (
+                f"a patience of at most {most} (--lr_scheduler_kwargs '{{\"patience\": {most}}}') or "
+                if most >= 0
+                else ""
+            )
+            raise ValueError(
+                f"reduce_lr_on_plateau lowers the rate after {plateau_patience + 1} rounds without improvement, and "
+                f"early stopping ends the run after {self.early_stopping_patience}: no round would train at the lower "
+                f"rate. Give it {smaller}a larger early_stopping_patience."
             )
 
     @property
