@@ -9,11 +9,11 @@ import pytest
 from safetensors.numpy import save_file as save_numpy_file
 from safetensors.torch import load_file, save_file
 from test_prepare_cli import assert_usage_error, run_cli
-from tiny_checkpoints import save_tiny_checkpoint
+from tiny_checkpoints import TINY_DATA, save_tiny_checkpoint
 from transformers import GPT2Config
 
 from hf_cllm4rec import IdMappings, Recommender, cli
-from hf_cllm4rec.data import RecommendationData
+from hf_cllm4rec.data import RecommendationData, make_synthetic_data
 from hf_cllm4rec.serving import id_mappings
 from hf_cllm4rec.training import CLLM4RecTrainer, recipes
 
@@ -280,6 +280,14 @@ def test_evaluate_of_a_checkpoint_without_id_mappings_checks_the_counts(checkpoi
     (folder / id_mappings.ID_MAPPINGS_NAME).unlink()
     assert run_cli("evaluate", "--model", str(folder), "--data", str(root / "data")) == 0
     assert "has no id mappings: only the user and item counts of --data are checked" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_evaluate_of_a_split_without_held_out_items_is_refused(checkpoint, tmp_path, capsys, split):
+    root, _ = checkpoint
+    make_synthetic_data(**TINY_DATA, **{f"{split}_fraction": 0.0}).save(tmp_path / "data")
+    args = ("evaluate", "--model", str(root / "checkpoint"), "--data", str(tmp_path / "data"), "--split", split)
+    assert_usage_error(capsys, *args, message=f"The {split!r} split has no held-out items")
 
 
 HISTORIES_FILES = {

@@ -6,10 +6,13 @@ from tiny_models import tiny_gpt2_config
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction, CLLM4RecTokenizer, save_for_hub
 from hf_cllm4rec.data import make_synthetic_data, make_synthetic_tokenizer
 
+# 24 users with 4 to 10 items each, among 30 items in 3 themes.
+TINY_DATA = {"num_users": 24, "num_items": 30, "num_clusters": 3, "seed": 0, "interactions_per_user": (4, 10)}
+
 
 def tiny_data():
-    """24 users with 4 to 10 items each, among 30 items in 3 themes."""
-    return make_synthetic_data(num_users=24, num_items=30, num_clusters=3, seed=0, interactions_per_user=(4, 10))
+    """The data set of `TINY_DATA`."""
+    return make_synthetic_data(**TINY_DATA)
 
 
 def tiny_item_prediction_model(data, seed: int = 0, id_std: float = 1.0, **config_kwargs):

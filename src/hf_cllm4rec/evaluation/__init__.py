@@ -1,6 +1,13 @@
 """Evaluation: full-ranking Recall@K / NDCG@K, and a CLLM4Rec model measured on a split of a prepared data set."""
 
-from .evaluate import check_model_fits_data, default_max_length, evaluate_model, scoring_view
+from .evaluate import (
+    EVALUATION_SPLITS,
+    check_model_fits_data,
+    check_split,
+    default_max_length,
+    evaluate_model,
+    scoring_view,
+)
 from .metrics import (
     DEFAULT_NDCG_KS,
     DEFAULT_RECALL_KS,
@@ -16,9 +23,11 @@ from .metrics import (
 __all__ = [
     "DEFAULT_NDCG_KS",
     "DEFAULT_RECALL_KS",
+    "EVALUATION_SPLITS",
     "MODEL_SELECTION_METRICS",
     "RankingMetrics",
     "check_model_fits_data",
+    "check_split",
     "default_max_length",
     "evaluate_model",
     "evaluate_recommender",

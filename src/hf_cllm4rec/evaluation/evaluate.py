@@ -10,10 +10,24 @@ from ..serving.recommender import Recommender
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .metrics import evaluate_recommender, model_selection_score
 
+# The splits whose items are held out from the prompts (training items are excluded from every ranking).
+EVALUATION_SPLITS = ("validation", "test")
+
 
 def default_max_length(config) -> int:
     """The default longest document: the backbone's context, at most 1024 tokens."""
     return min(config.context_length or 1024, 1024)
+
+
+def check_split(data: RecommendationData, split, remedy: str = "") -> None:
+    """Raises a `ValueError` unless `split` is a held-out split of `data` with items; `remedy` says what to do."""
+    if not isinstance(split, str) or split not in EVALUATION_SPLITS:
+        raise ValueError(
+            f"CLLM4Rec evaluates a held-out split of its data set, one of {EVALUATION_SPLITS}; got {split!r}."
+        )
+    if data.tables[split].num_rows == 0:
+        message = f"The {split!r} split has no held-out items: evaluation would measure nothing."
+        raise ValueError(f"{message} {remedy}" if remedy else message)
 
 
 def check_model_fits_data(model, data: RecommendationData) -> None:
@@ -81,6 +95,7 @@ def evaluate_model(
     processes of the `torch.distributed` group share the batches, and with `lockstep` make the same number of forward
     passes, as a model sharded across them needs (see [`evaluate_recommender`]).
     """
+    check_split(data, split)
     recommender = Recommender(
         model,
         tokenizer,
@@ -133,4 +148,11 @@ def evaluate_model(
     return results
 
 
-__all__ = ["check_model_fits_data", "default_max_length", "evaluate_model", "scoring_view"]
+__all__ = [
+    "EVALUATION_SPLITS",
+    "check_model_fits_data",
+    "check_split",
+    "default_max_length",
+    "evaluate_model",
+    "scoring_view",
+]

@@ -12,6 +12,7 @@ from transformers.utils import logging
 
 from ..configuration_cllm4rec import HISTORY_ATTENTIONS, READ_OUTS, CLLM4RecConfig
 from ..data import RecommendationData, make_synthetic_data, make_synthetic_tokenizer
+from ..evaluation import check_split
 from ..hub import write_model_card
 from ..hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME
 from ..modeling_cllm4rec import CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
@@ -19,7 +20,7 @@ from ..serving import IdMappings, check_checkpoint_ids
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from ..writing import replaced_file
 from .arguments import FineTuningArguments, PretrainingArguments
-from .trainer import CLLM4RecTrainer, check_split
+from .trainer import CLLM4RecTrainer
 
 logger = logging.get_logger(__name__)
 

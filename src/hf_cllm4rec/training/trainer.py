@@ -15,7 +15,7 @@ from ..configuration_cllm4rec import CLLM4RecConfig
 from ..data.collators import CLLM4RecDataCollator
 from ..data.documents import CollaborativeDocuments, ContentDocuments, RecommendationDocuments, ScheduledDocuments
 from ..data.prepared import RecommendationData
-from ..evaluation import check_model_fits_data, default_max_length, evaluate_model, scoring_view
+from ..evaluation import check_model_fits_data, check_split, default_max_length, evaluate_model, scoring_view
 from ..modeling_cllm4rec import LORA_ADAPTERS_NAME, CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from .arguments import CLLM4RecTrainingArguments, FineTuningArguments, PretrainingArguments
@@ -24,8 +24,6 @@ from .optimization import clip_grad_norm, id_tables_optimizer
 from .schedule import ScheduleBatchSampler
 from .weight_averaging import TRAINING_WEIGHTS_NAME, WeightAverage
 
-# The splits whose items are held out from the prompts (training items are excluded from every ranking).
-EVALUATION_SPLITS = ("validation", "test")
 # Loss components logged separately, keyed by the batch's document type and the output field.
 LOSS_COMPONENTS = {
     "collaborative_lm_loss": ("collaborative", "lm_loss"),
@@ -352,7 +350,6 @@ class CLLM4RecTrainer(Trainer):
         Ranks all items for the users of a split, with the averaged weights where they are kept, in the training's
         mixed precision: its Recall@K, NDCG@K and selection score.
         """
-        check_split(self.data, split)
         with self.averaged_weights(), self.accelerator.autocast(), scoring_view(self.model) as (model, lockstep):
             metrics = evaluate_model(
                 model,
@@ -394,17 +391,6 @@ class UnevaluatedWarmup(TrainerCallback):
         if round(state.epoch, 6) <= self.warmup_epochs:
             control.should_evaluate = False
         return control
-
-
-def check_split(data: RecommendationData, split, remedy: str = "") -> None:
-    """Raises a `ValueError` unless `split` is a held-out split of `data` with items; `remedy` says what to do."""
-    if not isinstance(split, str) or split not in EVALUATION_SPLITS:
-        raise ValueError(
-            f"CLLM4Rec evaluates a held-out split of its data set, one of {EVALUATION_SPLITS}; got {split!r}."
-        )
-    if data.tables[split].num_rows == 0:
-        message = f"The {split!r} split has no held-out items: evaluation would measure nothing."
-        raise ValueError(f"{message} {remedy}" if remedy else message)
 
 
 def check_stage(model, args) -> None:
