@@ -57,7 +57,7 @@ from hf_cllm4rec.hub.modelcard import TEST_RESULTS_NAME, TRAINING_ARGS_NAME  # n
 from hf_cllm4rec.modeling_cllm4rec import COLLABORATIVE_TARGETS  # noqa: E402
 from hf_cllm4rec.serving.recommender import MAX_HISTORY_PERMUTATIONS  # noqa: E402
 from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments  # noqa: E402
-from hf_cllm4rec.training.arguments import SAMPLING_STRATEGIES  # noqa: E402
+from hf_cllm4rec.training.arguments import ITEM_SOFTMAX, SAMPLING_STRATEGIES  # noqa: E402
 from hf_cllm4rec.training.optimization import ID_EMBEDDINGS_OPTIMIZERS  # noqa: E402
 from hf_cllm4rec.training.presets import (  # noqa: E402
     DEPENDENT_OPTIONS,
@@ -104,6 +104,7 @@ RECIPE_OPTIONS = {
     "early_stopping_patience": ("pretrain", "early_stopping_patience"),
     "id_embeddings_optimizer": ("pretrain", "id_embeddings_optimizer"),
     "collaborative_targets": ("pretrain", "collaborative_targets"),
+    "item_softmax": ("pretrain", "item_softmax"),
 }
 
 
@@ -145,6 +146,7 @@ RECORDED_PRETRAINING_ARGUMENTS = (
     "weight_average_decay",
     "early_stopping_patience",
     "collaborative_targets",
+    "item_softmax",
     "read_out_prefix_powers",
     "seed",
 )
@@ -293,6 +295,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="next_item",
         choices=COLLABORATIVE_TARGETS,
         help="What each position of a collaborative document predicts: the next item, or every item after it.",
+    )
+    parser.add_argument(
+        "--item_softmax",
+        default="all",
+        choices=ITEM_SOFTMAX,
+        help="The items the softmax of both stages' item losses normalizes over: all, or those with a training "
+        "interaction.",
     )
     parser.add_argument("--recommendation_prompt", default=None, help="Fine-tuning prompt (default: the paper's).")
     parser.add_argument(
@@ -443,6 +452,7 @@ def training_arguments(args, stage: str, output_dir: Path):
         seed=args.seed,
         early_stopping_patience=args.early_stopping_patience,
         id_embeddings_optimizer=args.id_embeddings_optimizer,
+        item_softmax=args.item_softmax,
         train_sampling_strategy=args.train_sampling_strategy,
         content_documents=args.content_documents,
         content_steps=not args.no_content_steps,

@@ -24,6 +24,7 @@ from hf_cllm4rec import (
     modeling_cllm4rec,
 )
 from hf_cllm4rec.data import make_synthetic_data
+from hf_cllm4rec.modeling_cllm4rec import COLLABORATIVE_TARGETS
 from hf_cllm4rec.training import apply_backbone_training
 from hf_cllm4rec.training.recipes import PretrainingModelArguments, build_pretraining_model
 
@@ -665,6 +666,74 @@ def test_unknown_collaborative_targets_are_refused():
     model = tiny_model(CLLM4RecForCollaborativeLM)
     with pytest.raises(ValueError, match="collaborative_targets must be one of"):
         model(COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS, collaborative_targets="all_items")
+
+
+# The items the item softmax normalizes over: items 1 and 4 are in no collaborative document above.
+SOFTMAX_ITEMS = torch.tensor([True, False, True, True, False, True, True])
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("collaborative_targets", COLLABORATIVE_TARGETS)
+def test_items_left_out_of_the_softmax_take_no_probability_and_no_gradient(
+    monkeypatch, collaborative_targets, chunk_size
+):
+    model = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0, lambda_v=0.0)
+    if chunk_size is not None:
+        monkeypatch.setattr(modeling_cllm4rec, "ITEM_CHUNK_SIZE", chunk_size)
+    arguments = (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
+    with torch.no_grad():
+        kept_log_probabilities = model(*arguments[:2]).logits.masked_fill(~SOFTMAX_ITEMS, -torch.inf).log_softmax(-1)
+    # by hand, as the tests above, over the kept items: item 1 and 4 have no share of any normalizer
+    documents = {0: (3, [3, 0, 5, 2]), 1: (3, [6, 0])}
+    targets = (lambda items: items[:1]) if collaborative_targets == "next_item" else (lambda items: items)
+    manual = torch.stack(
+        [
+            -kept_log_probabilities[row, first + offset][targets(items[offset:])].mean()
+            for row, (first, items) in documents.items()
+            for offset in range(len(items))
+        ]
+    ).mean()
+    output = model(*arguments, collaborative_targets=collaborative_targets, softmax_items=SOFTMAX_ITEMS)
+    torch.testing.assert_close(output.lm_loss, manual)
+    output.loss.backward()
+    gradient = model.model.item_collaborative_embeddings.weight.grad.abs().sum(-1)
+    assert (gradient[~SOFTMAX_ITEMS] == 0).all() and (gradient[SOFTMAX_ITEMS] > 0).all()
+    model.zero_grad()
+    model(*arguments, collaborative_targets=collaborative_targets).loss.backward()  # over all items they are pushed
+    assert (model.model.item_collaborative_embeddings.weight.grad.abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_multinomial_loss_over_some_items(monkeypatch, chunk_size):
+    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0)
+    input_ids, attention_mask = right_pad(RECOMMENDATION_PROMPTS)
+    if chunk_size is not None:  # the catalogue scored in chunks, without logits
+        monkeypatch.setattr(modeling_cllm4rec, "ITEM_CHUNK_SIZE", chunk_size)
+    softmax_items = torch.arange(NUM_ITEMS) != 4  # item 4 is no target
+    with torch.no_grad():
+        logits = model(input_ids, attention_mask).logits
+        output = model(input_ids, attention_mask, labels=RECOMMENDATION_TARGETS, softmax_items=softmax_items)
+    log_probabilities = logits.masked_fill(~softmax_items, -torch.inf).log_softmax(-1)
+    is_target = RECOMMENDATION_TARGETS != -100
+    manual = -log_probabilities.gather(1, RECOMMENDATION_TARGETS.clamp(min=0))[is_target].mean()
+    torch.testing.assert_close(output.recommendation_loss, manual)
+
+
+@pytest.mark.parametrize(
+    "softmax_items, message",
+    [
+        (torch.arange(NUM_ITEMS) != 3, "Target item 3 is left out of softmax_items"),
+        (torch.ones(NUM_ITEMS + 1, dtype=torch.bool), "a boolean mask of shape \\(7,\\)"),
+        (torch.ones(NUM_ITEMS), "a boolean mask of shape"),
+    ],
+)
+def test_softmax_items_that_leave_out_a_target_or_do_not_fit_are_refused(softmax_items, message):
+    for model_class, (ids, mask, labels) in [
+        (CLLM4RecForCollaborativeLM, (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)),
+        (CLLM4RecForItemPrediction, (*right_pad(RECOMMENDATION_PROMPTS), RECOMMENDATION_TARGETS)),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            tiny_model(model_class)(ids, mask, labels, softmax_items=softmax_items)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

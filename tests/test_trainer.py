@@ -485,6 +485,36 @@ def test_collaborative_targets_reach_the_loss_of_collaborative_documents(tmp_pat
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_an_item_without_training_interactions_is_left_out_of_the_softmax(tmp_path, data, base_tokenizer, model_class):
+    item = 7
+    train = data.tables["train"]
+    without_item = with_tables(data, train=train.select(np.flatnonzero(np.array(train["item_id"]) != item)))
+    item_table = "model.item_collaborative_embeddings.weight"
+    trained = {}
+    for item_softmax in ("all", "interacted"):
+        model, tokenizer = make_model(model_class, without_item, base_tokenizer)
+        before = trainable_parameters(model)[item_table]
+        arguments = training_arguments(
+            model_class, tmp_path / item_softmax, content_steps=False, item_softmax=item_softmax
+        )
+        trainer = CLLM4RecTrainer(model, arguments, without_item, tokenizer)
+        trainer.train()
+        trained[item_softmax] = trainable_parameters(model)[item_table] - before
+        assert (trainer.softmax_items is None) == (item_softmax == "all")
+    # over all items, the item is only ever a negative; left out, nothing moves it, and every other item still trains
+    assert trained["all"][item].abs().sum() > 0
+    assert (trained["interacted"][item] == 0).all()
+    others = torch.arange(NUM_ITEMS) != item
+    assert (trained["interacted"][others].abs().sum(-1) > 0).all()
+    # where every item has a training interaction, the softmax is over all items either way
+    model, tokenizer = make_model(model_class, data, base_tokenizer)
+    arguments = training_arguments(model_class, tmp_path / "every", item_softmax="interacted")
+    assert CLLM4RecTrainer(model, arguments, data, tokenizer).softmax_items is None
+    with pytest.raises(ValueError, match="item_softmax must be one of"):
+        training_arguments(model_class, tmp_path, item_softmax="seen")
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
 def test_documents_of_a_batch_differ_in_length(tmp_path, data, base_tokenizer, model_class):
     """The accumulation test is only meaningful with padding: documents of one batch differ in length."""
     model, tokenizer = make_model(model_class, data, base_tokenizer)

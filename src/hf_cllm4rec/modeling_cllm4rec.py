@@ -388,6 +388,26 @@ def check_collaborative_targets(collaborative_targets: str) -> None:
         )
 
 
+def check_softmax_items(softmax_items: torch.Tensor | None, targets: torch.LongTensor, num_items: int) -> None:
+    """
+    Raises a `ValueError` unless `softmax_items` is `None` or a boolean mask over the `num_items` items that holds
+    every one of the 0-based `targets`.
+    """
+    if softmax_items is None:
+        return
+    if softmax_items.dtype != torch.bool or softmax_items.shape != (num_items,):
+        raise ValueError(
+            f"softmax_items must be a boolean mask of shape ({num_items},), one entry per item; got "
+            f"{softmax_items.dtype} of shape {tuple(softmax_items.shape)}."
+        )
+    outside = targets[~softmax_items[targets]]
+    if outside.numel():
+        raise ValueError(
+            f"Target item {int(outside[0])} is left out of softmax_items: a target must be among the items the "
+            "softmax normalizes over."
+        )
+
+
 def check_token_inputs(input_ids, attention_mask, context_length: int | None) -> None:
     """
     Raises a `ValueError` unless `input_ids` is a non-empty `(batch, length)` tensor of integer token ids no longer
@@ -581,12 +601,14 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         document_type: str,
         num_items_in_batch: int | torch.Tensor | None = None,
         collaborative_targets: str = "next_item",
+        softmax_items: torch.BoolTensor | None = None,
         **kwargs,
     ) -> CLLM4RecLMOutput:
         """
         Next-token loss of collaborative (item space) or content (vocabulary) documents, with regularization; with
         `collaborative_targets="remaining_items"` each position of a collaborative document predicts the items that
-        follow it to the document's end instead of the next one alone.
+        follow it to the document's end instead of the next one alone. `softmax_items` (collaborative documents)
+        masks the items the softmax normalizes over.
         """
         check_collaborative_targets(collaborative_targets)
         config = self.config
@@ -616,10 +638,15 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
             )
         if document_type == "collaborative":
             targets = targets - config.item_token_offset
+            check_softmax_items(softmax_items, targets, config.num_items)
+            if softmax_items is not None:
+                head = masked_head(head, softmax_items)
         normalizer = targets.numel() if num_items_in_batch is None else num_items_in_batch
         if document_type == "collaborative" and collaborative_targets == "remaining_items":
             items = (labels[:, 1:] - config.item_token_offset).clamp(min=0)
-            summed_loss = summed_remaining_items_nll(self.item_head_weight(), hidden_states[:, :-1], items, is_target)
+            summed_loss = summed_remaining_items_nll(
+                self.item_head_weight(), hidden_states[:, :-1], items, is_target, softmax_items
+            )
         else:
             chunk_size = max(1, LOSS_CHUNK_ELEMENTS // (high - low))  # targets per chunk of at most the logits budget
             summed_loss = summed_cross_entropy(head, hidden_states[:, :-1][is_target], targets, chunk_size)
@@ -837,6 +864,7 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
         document_type: str = "collaborative",
         num_items_in_batch: int | torch.Tensor | None = None,
         collaborative_targets: str = "next_item",
+        softmax_items: torch.BoolTensor | None = None,
         **kwargs,
     ) -> CLLM4RecLMOutput:
         r"""
@@ -850,9 +878,19 @@ class CLLM4RecForCollaborativeLM(ItemScoringMixin, CLLM4RecPreTrainedModel):
             What each position of a collaborative document predicts: `"next_item"` (the paper) or
             `"remaining_items"`, the items from the next to the document's end, each with weight 1 / their number
             (the rest of the user's history, which a random order leaves unordered).
+        softmax_items (`torch.BoolTensor` of shape `(num_items,)`, *optional*):
+            The items the item softmax of collaborative documents normalizes over (default: all). Leaving out the
+            items no document holds keeps the loss from pushing them below every other item.
         """
         return self.model.language_modeling(
-            input_ids, attention_mask, labels, document_type, num_items_in_batch, collaborative_targets, **kwargs
+            input_ids,
+            attention_mask,
+            labels,
+            document_type,
+            num_items_in_batch,
+            collaborative_targets,
+            softmax_items,
+            **kwargs,
         )
 
 
@@ -875,6 +913,7 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         labels: torch.LongTensor | None = None,
         document_type: str = "recommendation",
         num_items_in_batch: int | torch.Tensor | None = None,
+        softmax_items: torch.BoolTensor | None = None,
         **kwargs,
     ) -> CLLM4RecItemPredictionOutput | CLLM4RecLMOutput:
         r"""
@@ -886,6 +925,9 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
         num_items_in_batch (`int`, *optional*):
             Number of targets in the whole (accumulated, all-process) batch, which the summed losses are divided by;
             defaults to this batch's. The Trainer passes it.
+        softmax_items (`torch.BoolTensor` of shape `(num_items,)`, *optional*):
+            The items the softmax of recommendation documents normalizes over (default: all), as in
+            [`CLLM4RecForCollaborativeLM`].
         """
         if document_type == "content":
             return self.model.language_modeling(
@@ -907,15 +949,18 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
             raise ValueError("Every row of `labels` needs at least one target item; found a row with none.")
         if int(labels.max()) >= self.config.num_items or int(labels[is_target].min()) < 0:
             raise ValueError(f"Target item ids must lie in [0, {self.config.num_items}).")
+        check_softmax_items(softmax_items, labels[is_target], self.config.num_items)
         normalizer = is_target.sum() if num_items_in_batch is None else num_items_in_batch
         if self.config.num_items <= ITEM_CHUNK_SIZE:
             logits = self.model.item_logits(hidden_states)
-            target_log_probabilities = F.log_softmax(logits.float(), dim=-1).gather(1, labels.clamp(min=0))
+            kept_logits = logits if softmax_items is None else logits.masked_fill(~softmax_items, -torch.inf)
+            target_log_probabilities = F.log_softmax(kept_logits.float(), dim=-1).gather(1, labels.clamp(min=0))
         else:  # the logits of a large catalogue are neither kept for backward nor returned
             logits, item_head = None, self.model.item_head_weight()
             target_rows = item_head[labels.clamp(min=0)].to(hidden_states.dtype)
             target_logits = (target_rows @ hidden_states[..., None]).squeeze(-1).float()
-            target_log_probabilities = target_logits - chunked_item_logsumexp(hidden_states, item_head)[:, None]
+            normalizer_rows = item_head if softmax_items is None else item_head[softmax_items]
+            target_log_probabilities = target_logits - chunked_item_logsumexp(hidden_states, normalizer_rows)[:, None]
         recommendation_loss = -(target_log_probabilities * is_target).sum() / normalizer
         regularization_loss = (
             self.model.mutual_regularization(input_ids, attention_mask, "collaborative", extra_item_ids=labels)
@@ -961,20 +1006,35 @@ def summed_cross_entropy(
     )
 
 
+def masked_head(head, softmax_items: torch.BoolTensor):
+    """`head`, its logits of the items outside `softmax_items` set to minus infinity."""
+
+    def kept_logits(hidden_states: torch.Tensor) -> torch.Tensor:
+        return head(hidden_states).masked_fill(~softmax_items, -torch.inf)
+
+    return kept_logits
+
+
 def _summed_cross_entropy(head, hidden_states: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden_states).float(), targets, reduction="sum")
 
 
 def summed_remaining_items_nll(
-    item_head: torch.Tensor, hidden_states: torch.Tensor, items: torch.LongTensor, is_target: torch.Tensor
+    item_head: torch.Tensor,
+    hidden_states: torch.Tensor,
+    items: torch.LongTensor,
+    is_target: torch.Tensor,
+    softmax_items: torch.BoolTensor | None = None,
 ) -> torch.Tensor:
     """
     Summed over the target positions `t` of each document: the mean negative log-likelihood, under the item
-    distribution of `hidden_states[:, t]`, of the target items at positions `t` and after. `items` are 0-based item ids
-    `(batch, length)` (anything where `is_target` is false). The normalizers come from the chunked `logsumexp`; the
-    target scores take one `(batch, length, length)` product, not logits over the catalogue.
+    distribution of `hidden_states[:, t]` (over the `softmax_items`, default all), of the target items at positions `t`
+    and after. `items` are 0-based item ids `(batch, length)` (anything where `is_target` is false). The normalizers
+    come from the chunked `logsumexp`; the target scores take one `(batch, length, length)` product, not logits over
+    the catalogue.
     """
-    log_normalizers = chunked_item_logsumexp(hidden_states[is_target], item_head)
+    normalizer_rows = item_head if softmax_items is None else item_head[softmax_items]
+    log_normalizers = chunked_item_logsumexp(hidden_states[is_target], normalizer_rows)
     target_rows = item_head[items].to(hidden_states.dtype)
     scores = (hidden_states @ target_rows.transpose(1, 2)).float()  # [b, t, s]: item s's logit at position t
     positions = torch.arange(items.shape[1], device=items.device)

@@ -16,6 +16,8 @@ from .schedule import ALTERNATIONS
 
 # How an epoch's documents are dealt into steps: at random (the paper) or grouped by length.
 SAMPLING_STRATEGIES = ("random", "group_by_length")
+# The items the training softmax over items normalizes over.
+ITEM_SOFTMAX = ("all", "interacted")
 # Learning-rate schedules whose length is the whole of num_train_epochs: early stopping would cut their decay short.
 DECAYS_OVER_ALL_STEPS = (
     "linear",
@@ -80,6 +82,12 @@ class CLLM4RecTrainingArguments(TrainingArguments):
         weight_average_decay: keep an exponential moving average of the trainable weights with this decay per
             optimizer step (e.g. 0.999); evaluation, checkpoints and the final model use the average. Off (the paper)
             by default.
+
+    Objective:
+        item_softmax: the items the softmax of the item losses normalizes over: `"all"` (the paper) or
+            `"interacted"` (those with a training interaction: an item without one is never a target, and the
+            softmax over all items would rank it below every other item, the item only validation or test hold as
+            much as one new to the catalogue).
 
     Evaluation:
         eval_split: split evaluated by `evaluate()` during training.
@@ -152,6 +160,14 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             "checkpoints and the final model use; off by default, as in the paper."
         },
     )
+    item_softmax: str = field(
+        default="all",
+        metadata={
+            "help": "The items the softmax of the item losses normalizes over: 'all' (the paper) or 'interacted' "
+            "(those with a training interaction: the others, never a target, are not pushed below every item).",
+            "choices": ITEM_SOFTMAX,
+        },
+    )
     eval_split: str = field(default="validation", metadata={"help": "Split evaluated during training."})
     recall_ks: list[int] = field(default_factory=lambda: [20, 40], metadata={"help": "Cut-offs of Recall@K."})
     ndcg_ks: list[int] = field(default_factory=lambda: [100], metadata={"help": "Cut-offs of NDCG@K."})
@@ -206,6 +222,8 @@ class CLLM4RecTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"content_documents must name some of {CONTENT_DOCUMENT_KINDS}, got {self.content_documents!r}."
             )
+        if self.item_softmax not in ITEM_SOFTMAX:
+            raise ValueError(f"item_softmax must be one of {ITEM_SOFTMAX}, got {self.item_softmax!r}.")
         if self.train_sampling_strategy not in SAMPLING_STRATEGIES:
             raise ValueError(
                 f"train_sampling_strategy must be one of {SAMPLING_STRATEGIES}, got {self.train_sampling_strategy!r}."

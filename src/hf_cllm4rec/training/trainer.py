@@ -5,6 +5,7 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
@@ -71,6 +72,7 @@ class CLLM4RecTrainer(Trainer):
         model.config.validate_values()  # a config edited after construction (lambda_v, a prompt) is checked here
         check_model_fits_data(model, data)
         self.data = data
+        self.softmax_items = items_in_softmax(data, args.item_softmax)
         processing_class.checked_max_length(args.max_length)  # a document length beyond the context fails up front
         self.max_length = args.max_length or default_max_length(model.config)
         self.lora_adapters = apply_backbone_training(model, args.backbone_training, **args.lora_options)
@@ -233,6 +235,8 @@ class CLLM4RecTrainer(Trainer):
         document_type = inputs["document_type"]
         if document_type == "collaborative":
             inputs = {**inputs, "collaborative_targets": self.args.collaborative_targets}
+        if document_type != "content" and self.softmax_items is not None:
+            inputs = {**inputs, "softmax_items": self.softmax_items.to(inputs["input_ids"].device)}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         for column, (component_type, field) in enumerate(LOSS_COMPONENTS.values()):
             if component_type == document_type and outputs.get(field) is not None:
@@ -391,6 +395,17 @@ class UnevaluatedWarmup(TrainerCallback):
         if round(state.epoch, 6) <= self.warmup_epochs:
             control.should_evaluate = False
         return control
+
+
+def items_in_softmax(data: RecommendationData, item_softmax: str) -> torch.Tensor | None:
+    """
+    The mask of the items the item losses' softmax normalizes over (`args.item_softmax`), or `None` for all of them:
+    with `"interacted"`, the items with a training interaction.
+    """
+    if item_softmax == "all":
+        return None
+    interacted = torch.from_numpy(np.diff(data.to_sparse("train").tocsc().indptr) > 0)
+    return None if bool(interacted.all()) else interacted
 
 
 def check_stage(model, args) -> None:
