@@ -326,9 +326,9 @@ def test_a_recipe_of_the_training_commands_is_this_scripts_defaults():
 
     args = parse_args(["--name", "small", "--recipe", "small-cpu", "--tokenizer", "t"])
     assert (args.random_init, args.backbone_dropout, args.no_content_steps) == (True, 0.4, True)
-    assert (args.finetune_rounds, args.early_stopping_patience, args.weight_average_decay) == (0, 3, 0.999)
+    assert (args.finetune_rounds, args.early_stopping_patience, args.weight_average_decay) == (0, 10, 0.999)
     training = training_arguments(args, "pretraining", Path("runs/x"))
-    assert (training.num_train_epochs, training.early_stopping_patience) == (100, 3)
+    assert (training.num_train_epochs, training.early_stopping_patience) == (100, 10)
     own = parse_args(["--name", "own", "--recipe", "small-cpu", "--backbone", "builtin-tiny-gpt2"])
     assert (own.random_init, own.backbone_overrides, own.backbone_dropout) == (False, None, 0.4)
 

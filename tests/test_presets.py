@@ -49,7 +49,7 @@ def test_the_default_recipe_is_small_cpu_and_the_papers_is_one_option_away(tmp_p
     model_args, _, training_args, record = parsed("pretrain", "--output_dir", str(tmp_path))
     assert record["recipe"] == "small-cpu"
     assert model_args.random_init and json.loads(model_args.backbone_overrides)["n_layer"] == 2
-    assert training_args.early_stopping_patience == 3 and training_args.weight_average_decay == 0.999
+    assert training_args.early_stopping_patience == 10 and training_args.weight_average_decay == 0.999
     assert not training_args.content_steps
     model_args, _, training_args, _ = parsed("pretrain", "--recipe", "paper", "--output_dir", str(tmp_path))
     assert (model_args.backbone, model_args.random_init) == ("gpt2", False)
