@@ -236,7 +236,8 @@ class CLLM4RecTrainer(Trainer):
         if document_type == "collaborative":
             inputs = {**inputs, "collaborative_targets": self.args.collaborative_targets}
         if document_type != "content" and self.softmax_items is not None:
-            inputs = {**inputs, "softmax_items": self.softmax_items.to(inputs["input_ids"].device)}
+            self.softmax_items = self.softmax_items.to(inputs["input_ids"].device)  # copied once, then kept there
+            inputs = {**inputs, "softmax_items": self.softmax_items}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         for column, (component_type, field) in enumerate(LOSS_COMPONENTS.values()):
             if component_type == document_type and outputs.get(field) is not None:
