@@ -327,3 +327,60 @@ def test_evaluate_model_scores_users_without_history_without_a_forward_pass(tiny
     metrics = evaluate_model(model, tokenizer, data, "validation", batch_size=1, lockstep=True)
     assert calls == [1] * (len(validation_users) - 3), "one forward pass per prompted user, none for the others"
     assert metrics["num_users"] == len(validation_users)
+
+
+HELDOUT_MATRIX = scipy.sparse.csr_matrix(items_to_mask(HELDOUT_ITEMS, 6).numpy())
+
+
+def test_per_user_metrics_are_each_users_and_average_to_the_metrics():
+    """Each user's metrics, by user id whatever the batches' order; their mean is what `compute` reports."""
+    per_user = evaluate_recommender(lambda users: SCORES[users], HELDOUT_MATRIX, per_user=True)
+    metrics = RankingMetrics(keep_per_user=True)
+    metrics.update(SCORES, items_to_mask(HELDOUT_ITEMS, 6), items_to_mask(TRAIN_ITEMS, 6), user_ids=[0, 1, 2])
+    kept = metrics.per_user()
+    assert kept["user_id"].tolist() == [0, 1]  # user 2 has nothing held out
+    assert kept["recall@20"].tolist() == [1.0, 1.0]
+    ideal = 1 + 1 / math.log2(3)
+    assert kept["ndcg@100"] == pytest.approx([(1 + 1 / math.log2(5)) / ideal, 1 / math.log2(6)])
+    assert per_user["per_user"]["user_id"].tolist() == [0, 1]
+
+    scores, heldout, exclude = random_case(num_users=41)
+    batches = [np.arange(40, -1, -1)[start : start + 6] for start in range(0, 41, 6)]  # descending ids
+    results = evaluate_recommender(
+        lambda users: scores[users],
+        scipy.sparse.csr_matrix(heldout.numpy()),
+        exclude=scipy.sparse.csr_matrix(exclude.numpy()),
+        user_batches=batches,
+        per_user=True,
+    )
+    users = results["per_user"]["user_id"]
+    assert users.tolist() == sorted(np.flatnonzero(heldout.any(dim=1).numpy()).tolist())
+    for name in ("recall@20", "recall@40", "ndcg@100"):
+        assert results["per_user"][name].mean() == pytest.approx(results[name])
+        one_user = ranking_metrics(scores[users[3:4]], heldout[users[3:4]], exclude[users[3:4]])
+        assert results["per_user"][name][3] == pytest.approx(one_user[name])
+
+
+def test_per_user_metrics_refuse_what_they_cannot_keep():
+    with pytest.raises(ValueError, match="needs the `user_ids`"):
+        RankingMetrics(keep_per_user=True).update(SCORES, items_to_mask(HELDOUT_ITEMS, 6))
+    with pytest.raises(ValueError, match="2 `user_ids` for 3 rows"):
+        RankingMetrics(keep_per_user=True).update(SCORES, items_to_mask(HELDOUT_ITEMS, 6), user_ids=[0, 1])
+    with pytest.raises(ValueError, match="keep_per_user=True"):
+        RankingMetrics().per_user()
+    twice = RankingMetrics(keep_per_user=True)
+    for _ in range(2):
+        twice.update(SCORES, items_to_mask(HELDOUT_ITEMS, 6), user_ids=[0, 1, 2])
+    with pytest.raises(ValueError, match="User 0 was added more than once"):
+        twice.per_user()
+    with pytest.raises(ValueError, match="without `distributed`"):
+        evaluate_recommender(lambda users: SCORES[users], HELDOUT_MATRIX, distributed=True, per_user=True)
+
+
+def test_evaluate_model_gives_each_users_metrics(tiny_run):
+    model, tokenizer, data = tiny_run
+    results = evaluate_model(model, tokenizer, data, "test", batch_size=5, per_user=True)
+    per_user = results.pop("per_user")
+    assert per_user["user_id"].tolist() == np.flatnonzero(np.diff(data.to_sparse("test").indptr)).tolist()
+    assert per_user["ndcg@100"].mean() == pytest.approx(results["ndcg@100"])
+    assert results == evaluate_model(model, tokenizer, data, "test", batch_size=5)

@@ -1,4 +1,7 @@
-"""Evaluation: full-ranking Recall@K / NDCG@K, and a CLLM4Rec model measured on a split of a prepared data set."""
+"""
+Evaluation: full-ranking Recall@K / NDCG@K, a CLLM4Rec model measured on a split of a prepared data set, and a paired
+bootstrap of two recommenders' per-user metrics.
+"""
 
 from .evaluate import (
     EVALUATION_SPLITS,
@@ -19,6 +22,7 @@ from .metrics import (
     ranking_metrics,
     rows_to_mask,
 )
+from .significance import average_per_user, paired_bootstrap
 
 __all__ = [
     "DEFAULT_NDCG_KS",
@@ -26,6 +30,7 @@ __all__ = [
     "EVALUATION_SPLITS",
     "MODEL_SELECTION_METRICS",
     "RankingMetrics",
+    "average_per_user",
     "check_model_fits_data",
     "check_split",
     "default_max_length",
@@ -33,6 +38,7 @@ __all__ = [
     "evaluate_recommender",
     "items_to_mask",
     "model_selection_score",
+    "paired_bootstrap",
     "ranking_metrics",
     "rows_to_mask",
     "scoring_view",

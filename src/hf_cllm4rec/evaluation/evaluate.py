@@ -81,7 +81,8 @@ def evaluate_model(
     lockstep: bool = False,
     history_permutations: int = 1,
     cold_start: bool = False,
-) -> dict[str, float]:
+    per_user: bool = False,
+) -> dict:
     """
     Recall@K and NDCG@K of a CLLM4Rec model on a split, with the paper's protocol: every user with held-out items
     is prompted with the whole training history, all items are ranked, training items excluded. Users without
@@ -93,7 +94,8 @@ def evaluate_model(
     orders of each history; `cold_start` prompts every user as a new user (the cold-start prompt, without the user
     token). A progress bar counts the users (`disable_tqdm=None`: only on a terminal). With `distributed`, the
     processes of the `torch.distributed` group share the batches, and with `lockstep` make the same number of forward
-    passes, as a model sharded across them needs (see [`evaluate_recommender`]).
+    passes, as a model sharded across them needs (see [`evaluate_recommender`]). `per_user` also returns each user's
+    metrics under `"per_user"`.
     """
     check_split(data, split)
     recommender = Recommender(
@@ -141,6 +143,7 @@ def evaluate_model(
         disable_tqdm=disable_tqdm,
         distributed=distributed,
         lockstep=lockstep,
+        per_user=per_user,
     )
     model.train(was_training)
     if all(name in results for name in ("recall@20", "recall@40", "ndcg@100")):

@@ -112,6 +112,9 @@ class RankingMetrics:
             Cut-offs of the reported Recall@K (`"recall@K"` keys).
         ndcg_ks (`Iterable[int]`, *optional*, defaults to `(100,)`):
             Cut-offs of the reported NDCG@K (`"ndcg@K"` keys).
+        keep_per_user (`bool`, *optional*, defaults to `False`):
+            Also keeps each user's metrics, which [`per_user`] returns (e.g. for [`paired_bootstrap`]); every
+            [`update`] then names its users.
 
     Example:
 
@@ -124,7 +127,13 @@ class RankingMetrics:
     ```
     """
 
-    def __init__(self, recall_ks: Iterable[int] = DEFAULT_RECALL_KS, ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS):
+    def __init__(
+        self,
+        recall_ks: Iterable[int] = DEFAULT_RECALL_KS,
+        ndcg_ks: Iterable[int] = DEFAULT_NDCG_KS,
+        keep_per_user: bool = False,
+    ):
+        self.keep_per_user = keep_per_user
         self.recall_ks = _validate_ks(recall_ks, "recall_ks")
         self.ndcg_ks = _validate_ks(ndcg_ks, "ndcg_ks")
         if not self.recall_ks and not self.ndcg_ks:
@@ -136,6 +145,8 @@ class RankingMetrics:
         """Forgets every user seen so far."""
         self._metric_sums = torch.zeros(len(self.metric_names), dtype=torch.float64)
         self.num_users = 0
+        self._user_ids: list[np.ndarray] = []
+        self._user_values: list[torch.Tensor] = []
 
     @torch.no_grad()
     def update(
@@ -143,6 +154,7 @@ class RankingMetrics:
         scores: torch.Tensor,
         heldout: torch.Tensor | np.ndarray | scipy.sparse.spmatrix,
         exclude: torch.Tensor | np.ndarray | scipy.sparse.spmatrix | None = None,
+        user_ids: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         """Adds a chunk of users.
 
@@ -153,9 +165,17 @@ class RankingMetrics:
                 The held-out (relevant) items of each user, as a boolean mask or the users' rows of a sparse matrix.
             exclude (same types as `heldout`, *optional*):
                 Items removed from each user's ranking (the training items); they are ranked last.
+            user_ids (`Sequence[int]` or `np.ndarray` of length `batch_size`, *optional*):
+                The users of the rows, which `keep_per_user` needs.
         """
         if scores.ndim != 2:
             raise ValueError(f"`scores` must have shape (batch_size, num_items), got {tuple(scores.shape)}.")
+        if self.keep_per_user:
+            if user_ids is None:
+                raise ValueError("`keep_per_user` needs the `user_ids` of every chunk.")
+            user_ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+            if len(user_ids) != scores.shape[0]:
+                raise ValueError(f"{len(user_ids)} `user_ids` for {scores.shape[0]} rows of `scores`.")
         if not scores.is_floating_point():
             raise TypeError(f"`scores` must be a floating-point tensor, got {scores.dtype}.")
         if torch.isnan(scores).any():
@@ -179,19 +199,24 @@ class RankingMetrics:
         cumulative_dcg = (hits * discounts).cumsum(dim=1)
         cumulative_ideal_dcg = discounts.cumsum(dim=0)
 
-        per_metric_sums = []
+        per_metric = []
         for k in self.recall_ks:
-            recall = cumulative_hits[:, min(k, max_k) - 1] / num_heldout.clamp(max=k)
-            per_metric_sums.append(recall.sum())
+            per_metric.append(cumulative_hits[:, min(k, max_k) - 1] / num_heldout.clamp(max=k))
         for k in self.ndcg_ks:
             ideal_dcg = cumulative_ideal_dcg[num_heldout.clamp(max=min(k, max_k)) - 1]
-            per_metric_sums.append((cumulative_dcg[:, min(k, max_k) - 1] / ideal_dcg).sum())
-        self._metric_sums += torch.stack(per_metric_sums).cpu()
+            per_metric.append(cumulative_dcg[:, min(k, max_k) - 1] / ideal_dcg)
+        values = torch.stack(per_metric, dim=1).cpu()  # (users with held-out items, metrics)
+        self._metric_sums += values.sum(dim=0)
         self.num_users += int(has_heldout.sum())
+        if self.keep_per_user:
+            self._user_ids.append(user_ids[has_heldout.cpu().numpy()])
+            self._user_values.append(values)
 
     def sum_over_processes(self) -> None:
         """Adds up the metric sums and user counts of all processes of the `torch.distributed` group (every process
         calls it), so that [`compute`] averages over the users that any of them saw."""
+        if self.keep_per_user:
+            raise ValueError("Per-user metrics are kept by one process: `keep_per_user` does not sum over processes.")
         backend = torch.distributed.get_backend()
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         totals = torch.cat([self._metric_sums, torch.tensor([float(self.num_users)], dtype=torch.float64)]).to(device)
@@ -210,6 +235,22 @@ class RankingMetrics:
         else:
             averages = (self._metric_sums / self.num_users).tolist()
         return {**dict(zip(self.metric_names, averages, strict=True)), "num_users": self.num_users}
+
+    def per_user(self) -> dict[str, np.ndarray]:
+        """Each user's metrics (those with held-out items), in ascending user id: `"user_id"` and one float64 array
+        per metric name; needs `keep_per_user`."""
+        if not self.keep_per_user:
+            raise ValueError("Per-user metrics need `RankingMetrics(keep_per_user=True)`.")
+        user_ids = np.concatenate(self._user_ids) if self._user_ids else np.zeros(0, dtype=np.int64)
+        values = torch.cat(self._user_values) if self._user_values else torch.zeros(0, len(self.metric_names))
+        order = np.argsort(user_ids, kind="stable")
+        if len(order) > 1 and (np.diff(user_ids[order]) == 0).any():
+            raise ValueError(
+                f"User {int(user_ids[order][np.flatnonzero(np.diff(user_ids[order]) == 0)[0]])} was "
+                "added more than once."
+            )
+        values = values.double().numpy()[order]
+        return {"user_id": user_ids[order], **{name: values[:, i] for i, name in enumerate(self.metric_names)}}
 
 
 def ranking_metrics(
@@ -236,7 +277,8 @@ def evaluate_recommender(
     disable_tqdm: bool | None = None,
     distributed: bool = False,
     lockstep: bool = False,
-) -> dict[str, float]:
+    per_user: bool = False,
+) -> dict:
     """Ranking metrics of a recommender over every user with held-out items, scored `batch_size` users at a time.
 
     Args:
@@ -261,14 +303,19 @@ def evaluate_recommender(
             With `distributed`, every process calls `score_users` equally often, a process with one batch fewer
             scoring a batch again and discarding it: needed where the model is sharded across the processes
             (FSDP), as each of its forward passes is a collective operation.
+        per_user (`bool`, *optional*, defaults to `False`):
+            Also returns each user's metrics under `"per_user"` ([`RankingMetrics.per_user`]); not with
+            `distributed`.
     """
     if batch_size <= 0:
         raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
+    if per_user and distributed:
+        raise ValueError("`per_user` metrics are kept by one process: evaluate without `distributed`.")
     heldout = scipy.sparse.csr_matrix(heldout)
     exclude = None if exclude is None else scipy.sparse.csr_matrix(exclude)
     if exclude is not None and exclude.shape != heldout.shape:
         raise ValueError(f"`exclude` has shape {exclude.shape} but `heldout` has shape {heldout.shape}.")
-    metrics = RankingMetrics(recall_ks=recall_ks, ndcg_ks=ndcg_ks)
+    metrics = RankingMetrics(recall_ks=recall_ks, ndcg_ks=ndcg_ks, keep_per_user=per_user)
     has_heldout = np.diff(heldout.indptr) > 0
     if user_batches is None:
         users_with_heldout = np.flatnonzero(has_heldout)
@@ -289,13 +336,15 @@ def evaluate_recommender(
     total = sum(len(users) for users in user_batches)
     with tqdm(total=total, desc="Ranking", unit=" users", disable=disable_tqdm) as progress:
         for users in user_batches:
-            metrics.update(score_users(users), heldout[users], None if exclude is None else exclude[users])
+            metrics.update(
+                score_users(users), heldout[users], None if exclude is None else exclude[users], user_ids=users
+            )
             progress.update(len(users))
     for users in repeated_batches:  # keeps this process's forward passes in step with the others'
         score_users(users)
     if distributed:
         metrics.sum_over_processes()
-    return metrics.compute()
+    return {**metrics.compute(), "per_user": metrics.per_user()} if per_user else metrics.compute()
 
 
 def _check_user_batches(user_batches: list[np.ndarray], has_heldout: np.ndarray) -> None:
