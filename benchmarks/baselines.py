@@ -38,9 +38,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_EASE_L2_GRID = (1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 
 
-def evaluate_baseline(recommender, train: scipy.sparse.csr_matrix, heldout: scipy.sparse.csr_matrix) -> dict:
-    """Full-ranking metrics of a fitted recommender: scored from `train`, `train` excluded, ranked against `heldout`."""
-    return evaluate_recommender(lambda users: recommender.score(train[users]), heldout, exclude=train, batch_size=2048)
+def evaluate_baseline(
+    recommender, train: scipy.sparse.csr_matrix, heldout: scipy.sparse.csr_matrix, per_user: bool = False
+) -> dict:
+    """Full-ranking metrics of a fitted recommender: scored from `train`, `train` excluded, ranked against `heldout`
+    (with `per_user`, each user's too)."""
+    return evaluate_recommender(
+        lambda users: recommender.score(train[users]), heldout, exclude=train, batch_size=2048, per_user=per_user
+    )
 
 
 class PopularityRecommender:

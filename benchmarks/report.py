@@ -10,7 +10,8 @@ Writes the generated parts of the README and of `benchmarks/README.md` from the 
   `scale.py` result.
 - `benchmarks/results/headline.png`: the validation Recall@20 of those recipes per round, against the baselines.
 - benchmarks/README.md, between the datasets markers: the shipped recipes on every data set that `headline.json`'s
-  `datasets` names, against that data set's baselines; between the results markers: every run of every script.
+  `datasets` names, against that data set's baselines; between the results markers: every run of every script,
+  and every paired bootstrap of `significance.py`.
 
 `--check` compares the text sections; it does not compare the figure's pixels.
 """
@@ -394,6 +395,27 @@ def render_scale(results: list[dict]) -> list[str]:
     ]
 
 
+def significance_rows(results: list[dict]) -> list[str]:
+    """A row per `significance.py` result: each metric's relative difference to the baseline, its interval and the
+    share of resamples below the baseline."""
+
+    def cell(figures: dict) -> str:
+        return (
+            f"{figures['relative']:+.1%} [{figures['relative_low']:+.1%}, {figures['relative_high']:+.1%}], "
+            f"{figures['below']:.0%} below"
+        )
+
+    rows = []
+    for result in results:
+        baseline = result["baseline"]
+        cells = " | ".join(cell(result["comparison"][metric]) for metric in METRICS)
+        rows.append(
+            f"| `{result['_file']}` | {len(result['models'])} | {baseline_label(baseline['name'], baseline)} | "
+            f"{result['num_users']:,} | {result['configuration']['confidence']:.0%} | {cells} |"
+        )
+    return rows
+
+
 def render_results(results: list[dict]) -> list[str]:
     quality = quality_rows([result for result in results if result.get("benchmark") in ("quality", "baselines")])
     speed_results = [result for result in results if result.get("benchmark") == "speed"]
@@ -434,6 +456,23 @@ def render_results(results: list[dict]) -> list[str]:
             "Users per second of top-100 prediction as the catalogue grows (random ID embeddings, same backbone):",
             "",
             *scaling_rows(speed_results),
+        ]
+    significance = significance_rows([result for result in results if result.get("benchmark") == "significance"])
+    if significance:
+        lines += [
+            "",
+            *textwrap.wrap(
+                "Paired bootstrap over the test users (`significance.py`): the models' per-user metrics (one pass per "
+                "user; several models, the seeds of a recipe, averaged per user) against the baseline's on the same "
+                "users. Each cell: the relative difference of the means, its interval, and the share of resamples in "
+                "which the models' mean is below the baseline's. The interval holds the sampling of the test users, "
+                "not of training seeds:",
+                LINE_LENGTH,
+            ),
+            "",
+            f"| file | models | baseline | users | interval | {HEADER} |",
+            "|---|---|---|---|---|---|---|---|",
+            *significance,
         ]
     for result in (result for result in results if result.get("benchmark") == "scale" and not result["quick"]):
         lines += [

@@ -128,6 +128,24 @@ def test_quality_speed_and_report_scripts(tmp_path):
     for stage in loading["stages"].values():
         assert stage["documents_timed"] == 64 - 2 * 16 and stage["loading_epoch_s"] <= stage["epoch_s"]
 
+    # the smoke run's pretrained model and the pretraining-only one, averaged per user, against popularity
+    run(
+        "benchmarks/significance.py", "--data", "builtin", "--name", "smoke", "--baseline", "popularity",
+        "--models", str(tmp_path / "runs" / "smoke" / "pretrain"), str(pretrained), "--num_resamples", "100",
+        "--batch_size", "7", "--results_dir", str(results / "significance"),
+    )  # fmt: skip
+    significance = json.loads((results / "significance" / "significance-smoke.json").read_text())
+    for model, run_result in zip(significance["models"], (quality, pretrain_only), strict=True):
+        assert model["test"] == pytest.approx(run_result["cllm4rec_pretrained"]["test"])  # as its run measured it
+    assert [model["model"] for model in significance["models"]] == ["smoke/pretrain", "pretrain-only/pretrain"]
+    assert significance["baseline"]["test"] == quality["baselines"]["popularity"]["test"]
+    ndcg = significance["comparison"]["ndcg@100"]
+    mean_test = sum(model["test"]["ndcg@100"] for model in significance["models"]) / 2
+    assert ndcg["mean"] == pytest.approx(mean_test)
+    assert ndcg["relative_low"] <= ndcg["relative"] <= ndcg["relative_high"] and 0 <= ndcg["below"] <= 1
+    ndcg_users = significance["num_users"]
+    assert ndcg_users == significance["baseline"]["test"]["num_users"]
+
     # a second seed of the pretraining-only recipe, in a subfolder as archived runs are: other test figures
     seed = json.loads((results / "quality-pretrain-only.json").read_text())
     seed["cllm4rec_pretrained"]["test"] = {
@@ -173,7 +191,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     ease_rows = [line for line in every_run if f"| EASE (L2 {ease_l2:g}) |" in line]
     assert len(ease_rows) == 1 and "`quality-smoke.json`" in ease_rows[0]
     assert f"{quality['baselines']['ease']['test']['recall@20']:.4f}" in ease_rows[0]
-    popularity_rows = [line for line in every_run if "| popularity |" in line]
+    popularity_rows = [line for line in every_run if line.split(" | ")[1] == "popularity"]
     assert len(popularity_rows) == 1  # three runs with the same popularity figures: listed once
     assert "speed-smoke.json" in text and "prediction batch 32 and 300 tokens at most from bfloat16 weights" in text
     two_stages_row = next(line for line in text.splitlines() if "speed-two-stages.json" in line)
@@ -204,6 +222,11 @@ def test_quality_speed_and_report_scripts(tmp_path):
         ["CLLM4Rec, fine-tuned", "1", "8"],
     ]
     assert any(line.startswith("| `archive/seed1.json` |") for line in text.splitlines())
+    significance_row = next(line for line in text.splitlines() if "significance-smoke.json" in line)
+    assert significance_row.startswith(
+        f"| `significance/significance-smoke.json` | 2 | popularity | {ndcg_users} | 95% |"
+    )
+    assert f"{ndcg['relative']:+.1%} [{ndcg['relative_low']:+.1%}, {ndcg['relative_high']:+.1%}]" in significance_row
 
     run(*report, "--check")
     benchmarks_readme.write_text(text.replace("| popularity |", "| popularity (typed by hand) |"))
