@@ -244,13 +244,11 @@ class RankingMetrics:
         user_ids = np.concatenate(self._user_ids) if self._user_ids else np.zeros(0, dtype=np.int64)
         values = torch.cat(self._user_values) if self._user_values else torch.zeros(0, len(self.metric_names))
         order = np.argsort(user_ids, kind="stable")
-        if len(order) > 1 and (np.diff(user_ids[order]) == 0).any():
-            raise ValueError(
-                f"User {int(user_ids[order][np.flatnonzero(np.diff(user_ids[order]) == 0)[0]])} was "
-                "added more than once."
-            )
-        values = values.double().numpy()[order]
-        return {"user_id": user_ids[order], **{name: values[:, i] for i, name in enumerate(self.metric_names)}}
+        user_ids, values = user_ids[order], values.double().numpy()[order]
+        repeated = user_ids[1:][np.diff(user_ids) == 0]
+        if len(repeated):
+            raise ValueError(f"User {int(repeated[0])} was added more than once.")
+        return {"user_id": user_ids, **{name: values[:, i] for i, name in enumerate(self.metric_names)}}
 
 
 def ranking_metrics(
