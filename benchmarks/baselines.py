@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 import time
@@ -28,7 +27,7 @@ import scipy.sparse
 import torch
 from torch import nn
 
-from benchmarks.provenance import device_name, git_commit, recorded_arguments, recorded_location, versions
+from benchmarks.provenance import git_commit, recorded_arguments, recorded_location, write_result
 from hf_cllm4rec.evaluation import evaluate_recommender, model_selection_score
 from hf_cllm4rec.training.presets import given_options
 from hf_cllm4rec.training.recipes import DataArguments, load_data
@@ -337,14 +336,8 @@ def main():
         "data": recorded_location(args.data),
         "configuration": recorded_arguments(args),
         "baselines": baselines,
-        "device": device_name(),
-        "versions": versions(),
-        "git_commit": commit,
     }
-    output = Path(args.results_dir) / f"baselines-{args.name}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
-    print(f"wrote {output}")
+    print(f"wrote {write_result(Path(args.results_dir) / f'baselines-{args.name}.json', result, commit)}")
 
 
 if __name__ == "__main__":

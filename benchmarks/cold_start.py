@@ -22,13 +22,12 @@ python -m benchmarks.cold_start --model runs/quickstart/finetuned --data builtin
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.provenance import device_name, git_commit, recorded_arguments, versions
+from benchmarks.provenance import git_commit, recorded_arguments, write_result
 from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer
 from hf_cllm4rec.evaluation import check_model_fits_data, evaluate_model
 from hf_cllm4rec.training.recipes import DataArguments, load_data
@@ -81,11 +80,8 @@ def main() -> None:
         "data": data.name,
         "configuration": recorded_arguments(args),
         **results,
-        "device": device_name(),
-        "versions": versions(),
-        "git_commit": commit,
     }
-    Path(args.output_file).write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.output_file, report, commit)
     label = f"{args.split}, {results['warm']['num_users']} users"
     print(f"{label:<24}" + "".join(f"{metric:>11}" for metric in METRICS))
     for name in ("warm", "cold"):

@@ -1,12 +1,15 @@
 """What produced a benchmark result: the arguments, the device, the library versions and the code's git commit."""
 
 import argparse
+import json
 import platform
 import subprocess
 from pathlib import Path
 
 import torch
 import transformers
+
+from hf_cllm4rec.writing import replaced_file
 
 # Arguments naming a model, pretrained model, backbone, tokenizer or data set, which may be a local path.
 LOCATION_ARGUMENTS = ("model", "pretrained", "backbone", "tokenizer", "data")
@@ -41,6 +44,24 @@ def device_name() -> str:
 
 def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def write_result(path: str | Path, result: dict, commit: str) -> Path:
+    """
+    Writes a benchmark's result as JSON (never half-written), with what produced it: the device, the library versions
+    and `commit`, the code's `git_commit()` read when the run started. Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replaced_file(path) as file:
+        json.dump(
+            {**result, "device": device_name(), "versions": versions(), "git_commit": commit},
+            file,
+            indent=2,
+            default=str,
+        )
+        file.write("\n")
+    return path
 
 
 def git_commit() -> str:

@@ -39,11 +39,10 @@ from benchmarks.baselines import BASELINES, baselines_option, run_baselines_on_d
 from benchmarks.provenance import (  # noqa: E402
     add_cudnn_attention_option,
     apply_cudnn_attention_option,
-    device_name,
     git_commit,
     recorded_arguments,
     recorded_location,
-    versions,
+    write_result,
 )
 from hf_cllm4rec import (  # noqa: E402
     CLLM4RecConfig,
@@ -644,12 +643,8 @@ def main() -> None:
         "cllm4rec_pretrained": stages["pretraining"],
         **({"pretrained": pretrained} if pretrained is not None else {}),
         "baselines": baselines,
-        "device": device_name(),
-        "versions": versions(),
-        "git_commit": commit,
     }
-    (results_dir / f"quality-{args.name}.json").write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {results_dir / f'quality-{args.name}.json'}")
+    print(f"wrote {write_result(results_dir / f'quality-{args.name}.json', result, commit)}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import device_name, git_commit, versions  # noqa: E402
+from benchmarks.provenance import device_name, git_commit, write_result  # noqa: E402
 
 STAGES = ("preparation", "training", "serving", "distributed")
 
@@ -146,11 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         "stages": args.stages,
         "rows": rows,
         "wall_s": time.perf_counter() - started,
-        "device": device_name(),
-        "versions": versions(),
-        "git_commit": commit,
     }
-    (results_dir / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(results_dir / f"{args.name}.json", result, commit)
     draw_costs(rows, results_dir / f"{args.name}.png")
     for row in rows:
         memory = f"{row['peak_rss_gib']:6.2f} GiB" if row.get("peak_rss_gib") else ""

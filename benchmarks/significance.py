@@ -17,7 +17,6 @@ python benchmarks/significance.py --data data/allbeauty --name allbeauty-small-c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,11 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baselines import PopularityRecommender, evaluate_baseline, tune_ease  # noqa: E402
 from benchmarks.provenance import (  # noqa: E402
-    device_name,
     git_commit,
     recorded_arguments,
     recorded_location,
-    versions,
+    write_result,
 )
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecTokenizer  # noqa: E402
 from hf_cllm4rec.evaluation import (  # noqa: E402
@@ -147,13 +145,8 @@ def main() -> None:
         "num_users": len(baseline["per_user"]["user_id"]),
         "comparison": comparison,
         "wall_s": wall,
-        "device": device_name(),
-        "versions": versions(),
-        "git_commit": commit,
     }
-    output = Path(args.results_dir) / f"significance-{args.name}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
+    output = write_result(Path(args.results_dir) / f"significance-{args.name}.json", result, commit)
     print(f"wrote {output} [{wall:.0f} s]")
 
 

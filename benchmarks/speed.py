@@ -23,7 +23,6 @@ in `benchmarks/results/` records the figures, the configuration, device, version
 
 import argparse
 import copy
-import json
 import math
 import sys
 import time
@@ -44,7 +43,7 @@ from benchmarks.provenance import (  # noqa: E402
     device_name,
     git_commit,
     recorded_location,
-    versions,
+    write_result,
 )
 from hf_cllm4rec import CLLM4RecConfig, CLLM4RecForItemPrediction, Recommender  # noqa: E402
 from hf_cllm4rec.data import CLLM4RecDataCollator, CollaborativeDocuments, ContentDocuments, RecommendationDocuments  # noqa: E402
@@ -441,14 +440,9 @@ def main() -> None:
         "prediction_scaling": scaling,
         "authors_h200": AUTHORS_H200,
         "speedup_vs_authors_h200": speedups,
-        "device": device_name(),
-        "versions": versions(),
-        "git_commit": commit,
     }
     output = Path(args.output or f"benchmarks/results/speed-{Path(args.backbone).name}-{device.type}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
-    print(f"wrote {output}")
+    print(f"wrote {write_result(output, result, commit)}")
 
 
 if __name__ == "__main__":
