@@ -21,6 +21,10 @@ log and training time, and the options that only pretraining reads are refused:
 
     python benchmarks/quality.py --recipe small-cpu --data data/ml100k --pretrained runs/quality/ml100k/pretrain \
         --finetune_rounds 100 --history_attention set --baselines '' --name ml100k-set
+
+`--resume`, given with the options of a run that stopped (a kill, a machine given back), continues it: a stage whose
+model was saved is kept, a stage with a complete checkpoint continues from its last one, and the run's hours count
+the training seconds of the earlier attempts up to that checkpoint (recorded under `resumed`).
 """
 
 import argparse
@@ -75,6 +79,7 @@ from hf_cllm4rec.training.recipes import (  # noqa: E402
     run_pretraining,
     run_search,
 )
+from hf_cllm4rec.training.trainer import last_complete_checkpoint  # noqa: E402
 
 # The options of this script that a recipe's settings give: option -> (stage, setting of that stage's command).
 RECIPE_OPTIONS = {
@@ -202,6 +207,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Pretraining trains every setting of the grid of `cllm4rec pretrain --search` (SEARCH_GRIDS: "
         + ", ".join(f"{name} {values}" for name, values in SEARCH_GRIDS["pretrain"].items())
         + "), each early-stopped, and keeps the best trial on validation; it needs --early_stopping_patience.",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue the run of this --name and --output_dir where it stopped: saved stages are kept, a stage with "
+        "a complete checkpoint continues from its last one; not with --search.",
     )
     parser.add_argument(
         "--early_stopping_patience",
@@ -398,6 +409,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             f"--read_out_prefix_powers weighs the mean read-out: it cannot go with --read_out {args.read_out}."
         )
+    if args.search and args.resume:
+        parser.error("--resume: a --search trains every trial from the start, it cannot continue one.")
     if args.search and args.early_stopping_patience is None:
         parser.error("--search compares trials that stop on validation: give --early_stopping_patience (or a recipe).")
     if not 1 <= args.history_permutations <= MAX_HISTORY_PERMUTATIONS:
@@ -440,8 +453,10 @@ def training_arguments(args, stage: str, output_dir: Path):
         stage_options = {"num_train_epochs": args.finetune_rounds, "learning_rate": args.finetune_learning_rate}
     if backbone_training == "lora":
         stage_options.update(lora_rank=args.lora_rank, lora_dropout=args.lora_dropout)
+    resume = args.resume and last_complete_checkpoint(str(output_dir)) is not None
     return arguments_class(
         output_dir=str(output_dir),
+        resume_from_checkpoint="true" if resume else None,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=512,
         lr_scheduler_type=args.lr_scheduler_type,
@@ -468,34 +483,79 @@ def training_arguments(args, stage: str, output_dir: Path):
     )
 
 
-def run_cllm4rec(args) -> tuple[dict[str, dict], float]:
+def run_cllm4rec(args) -> tuple[dict[str, dict], float, dict[str, dict]]:
     """
     Per stage run ("pretraining", and "finetuning" unless `--finetune_rounds 0`): test metrics of the model of the
     best validation round (the pretrained model recommends the next item after the history), the same model's test
     metrics averaged over `--history_permutations` history orders where that is above 1, the validation metrics per
     round, and the training loss as logged (first step, then every 100). Rounds are selected with one pass per user.
     With `--pretrained`, the pretraining stage is that model's: its run's test metrics and logs. Also returns the
-    wall time of this run.
+    wall time of this run, with `--resume` the training seconds of the earlier attempts included, and per stage how
+    it was resumed ([`resumed_stage`]; empty without `--resume`).
     """
     start = time.perf_counter()
     data_args = DataArguments(data=args.data)
     root = Path(args.output_dir) / args.name
+    resumed = {}
     if args.pretrained is None:
         pretrained_dir = root / "pretrain"
-        pretrained = pretrain(args, data_args, pretrained_dir)
+        pretrained = saved_test_metrics(pretrained_dir) if args.resume else None
+        if args.resume:
+            resumed["pretraining"] = resumed_stage(pretrained_dir, kept=pretrained is not None)
+        pretrained = pretrained or pretrain(args, data_args, pretrained_dir)
     else:
         pretrained_dir = Path(args.pretrained)
         pretrained = json.loads((pretrained_dir / TEST_RESULTS_NAME).read_text())
     stages = {"pretraining": stage_results(pretrained, pretrained_dir, CLLM4RecForCollaborativeLM, args)}
     if args.finetune_rounds:
-        model_args = FineTuningModelArguments(
-            pretrained=str(pretrained_dir),
-            recommendation_prompt=args.recommendation_prompt,
-            history_attention=args.history_attention,
-        )
-        metrics = run_finetuning(model_args, data_args, training_arguments(args, "finetuning", root / "finetune"))
-        stages["finetuning"] = stage_results(metrics, root / "finetune", CLLM4RecForItemPrediction, args)
-    return stages, time.perf_counter() - start
+        finetuned_dir = root / "finetune"
+        metrics = saved_test_metrics(finetuned_dir) if args.resume else None
+        if args.resume:
+            resumed["finetuning"] = resumed_stage(finetuned_dir, kept=metrics is not None)
+        if metrics is None:
+            model_args = FineTuningModelArguments(
+                pretrained=str(pretrained_dir),
+                recommendation_prompt=args.recommendation_prompt,
+                history_attention=args.history_attention,
+            )
+            metrics = run_finetuning(model_args, data_args, training_arguments(args, "finetuning", finetuned_dir))
+        stages["finetuning"] = stage_results(metrics, finetuned_dir, CLLM4RecForItemPrediction, args)
+    folders = {"pretraining": pretrained_dir, "finetuning": root / "finetune"}
+    for stage, record in resumed.items():  # the seconds before this attempt, read once the stage has trained
+        total, before = training_seconds(folders[stage])
+        record["train_seconds_before"] = total if record["from"] == "saved model" else before
+    earlier = sum(record["train_seconds_before"] for record in resumed.values())
+    return stages, time.perf_counter() - start + earlier, resumed
+
+
+def saved_test_metrics(folder: Path) -> dict | None:
+    """The test metrics of a stage that an earlier attempt of a `--resume`d run saved in `folder`, or `None`."""
+    path = folder / TEST_RESULTS_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resumed_stage(folder: Path, kept: bool) -> dict:
+    """How `--resume` takes a stage up: its saved model `kept`, or trained on from its last complete checkpoint (or
+    from the start where it has none)."""
+    if kept:
+        return {"from": "saved model"}
+    checkpoint = last_complete_checkpoint(str(folder))
+    return {"from": "start" if checkpoint is None else Path(checkpoint).name}
+
+
+def training_seconds(folder: Path) -> tuple[float, float]:
+    """
+    The seconds that trained the model in `folder` over every attempt of its run, and those of the attempts before
+    the last (0 for a run trained in one go, and for runs from before the trainer logged `total_train_runtime`).
+    """
+    history = log_history(folder)
+    clock = [entry for entry in history if "total_train_runtime" in entry]
+    if clock:
+        return clock[-1]["total_train_runtime"], clock[-1]["train_runtime_before_resume"]
+    runtimes = [entry["train_runtime"] for entry in history if "train_runtime" in entry]
+    if not runtimes:
+        raise SystemExit(f"{folder}: its {TRAINER_STATE_NAME} logs no train_runtime (training did not end).")
+    return runtimes[-1], 0.0
 
 
 def pretraining_model_arguments(args) -> PretrainingModelArguments:
@@ -526,8 +586,8 @@ def pretrain(args, data_args: DataArguments, output_dir: Path) -> dict[str, floa
 def pretrained_model_record(folder: Path) -> dict:
     """
     What a result records of the model that `--pretrained` names: where it lies, the arguments it was pretrained
-    with (`RECORDED_PRETRAINING_ARGUMENTS`) and the seconds its training took: its run's `train_runtime`, or the sum
-    over the trials where that run was a search.
+    with (`RECORDED_PRETRAINING_ARGUMENTS`) and the seconds its training took: its run's (`training_seconds`), or the
+    sum over the trials where that run was a search.
     """
     training = json.loads((folder / TRAINING_ARGS_NAME).read_text())
     trials = search_trials(folder)
@@ -536,12 +596,7 @@ def pretrained_model_record(folder: Path) -> dict:
             raise SystemExit(f"--pretrained {folder}: its search records no training seconds per trial.")
         runtime = sum(trial["train_runtime_s"] for trial in trials)
     else:
-        runtimes = [entry["train_runtime"] for entry in log_history(folder) if "train_runtime" in entry]
-        if not runtimes:
-            raise SystemExit(
-                f"--pretrained {folder}: its {TRAINER_STATE_NAME} logs no train_runtime (training did not end)."
-            )
-        runtime = runtimes[-1]
+        runtime, _ = training_seconds(folder)
     return {
         "model": recorded_location(str(folder)),
         "training_arguments": {name: training.get(name) for name in RECORDED_PRETRAINING_ARGUMENTS},
@@ -620,7 +675,7 @@ def main() -> None:
     pretrained = None if args.pretrained is None else pretrained_model_record(Path(args.pretrained))
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    stages, wall = run_cllm4rec(args)
+    stages, wall, resumed = run_cllm4rec(args)
     for stage, results in stages.items():
         print(f"CLLM4Rec ({args.name}), {stage}: {results['test']}")
         if "test_over_history_orders" in results:
@@ -642,6 +697,7 @@ def main() -> None:
         "cllm4rec": {**stages.get("finetuning", {"test": None}), "wall_s": wall},
         "cllm4rec_pretrained": stages["pretraining"],
         **({"pretrained": pretrained} if pretrained is not None else {}),
+        **({"resumed": resumed} if args.resume else {}),
         "baselines": baselines,
     }
     print(f"wrote {write_result(results_dir / f'quality-{args.name}.json', result, commit)}")

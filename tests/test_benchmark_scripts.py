@@ -287,6 +287,44 @@ def test_a_search_counts_the_rounds_of_every_trial():
     assert quality_epochs(result) == "14"  # the best trial's 9 rounds and the other's 5
 
 
+def test_quality_resumes_a_stopped_run_and_counts_the_training_of_its_earlier_attempt(tmp_path):
+    from benchmarks.quality import training_seconds
+
+    def quality(name: str, rounds: int, *options: str) -> dict:
+        run(
+            "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", name,
+            "--warmup_epochs", "0", "--pretrain_rounds", str(rounds), "--finetune_rounds", "0",
+            "--lr_scheduler_type", "constant", "--baselines", "", *options,
+            "--output_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results"),
+        )  # fmt: skip
+        return json.loads((tmp_path / "results" / f"quality-{name}.json").read_text())
+
+    uninterrupted = quality("whole", 3)
+    # a run stopped after its first round: its checkpoint is there, its model was never saved
+    quality("stopped", 1)
+    stopped = tmp_path / "runs" / "stopped" / "pretrain"
+    first_attempt_seconds, _ = training_seconds(stopped)
+    (stopped / "test_results.json").unlink()
+    (checkpoint,) = stopped.glob("checkpoint-*")
+    resumed = quality("stopped", 3, "--resume")
+    assert resumed["resumed"]["pretraining"]["from"] == checkpoint.name
+    before = resumed["resumed"]["pretraining"]["train_seconds_before"]
+    assert 0 < before <= first_attempt_seconds  # the clock as the checkpoint saved it
+    assert resumed["cllm4rec"]["wall_s"] > before
+    validation = [round_["eval_selection_score"] for round_ in resumed["cllm4rec_pretrained"]["validation_per_round"]]
+    whole = [round_["eval_selection_score"] for round_ in uninterrupted["cllm4rec_pretrained"]["validation_per_round"]]
+    assert validation == pytest.approx(whole)  # the rounds of the run that was never stopped
+    assert resumed["cllm4rec_pretrained"]["test"] == pytest.approx(uninterrupted["cllm4rec_pretrained"]["test"])
+
+    # resumed again once finished: the saved model is kept, and all its training counts as before this attempt
+    model_file = stopped / "model.safetensors"
+    written = model_file.stat().st_mtime_ns
+    again = quality("stopped", 3, "--resume")
+    assert again["resumed"]["pretraining"]["from"] == "saved model" and model_file.stat().st_mtime_ns == written
+    assert again["resumed"]["pretraining"]["train_seconds_before"] == training_seconds(stopped)[0] > before
+    assert again["cllm4rec_pretrained"]["test"] == resumed["cllm4rec_pretrained"]["test"]
+
+
 def test_a_model_pretrained_apart_counts_the_epochs_and_seconds_of_its_search(tmp_path):
     from benchmarks.quality import pretrained_model_record
     from benchmarks.report import quality_epochs, run_seconds
@@ -782,6 +820,7 @@ def test_quality_search_pretrains_the_grid_and_records_every_trial(tmp_path):
         (["--backbone_dropout", "0.1"], "--search tries its own values of backbone_dropout"),
         (["--batch_size", "32"], "--batch_size: --search tries its own values of batch_size"),
         ([], "give --early_stopping_patience"),
+        (["--early_stopping_patience", "3", "--resume"], "--resume: a --search trains every trial from the start"),
     ],
 )
 def test_quality_search_refuses_what_it_cannot_compare(options, message, capsys):

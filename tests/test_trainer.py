@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -563,6 +564,33 @@ def test_resuming_from_a_checkpoint_ends_like_an_uninterrupted_run(
     trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-9"))
     assert trainer.state.global_step == total_steps
     assert_same_parameters(uninterrupted, trainable_parameters(model), before, atol=1e-6, untrained={CONTENT_USERS})
+
+
+def test_a_resumed_run_counts_the_training_seconds_of_the_attempts_before_it(tmp_path, data, base_tokenizer):
+    arguments = dict(num_train_epochs=2, save_strategy="steps", save_steps=3)
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    run = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / "run", **arguments)
+    started = time.perf_counter()
+    output = CLLM4RecTrainer(model, run, data, tokenizer).train()
+    wall = time.perf_counter() - started
+    assert 0 < output.metrics["total_train_runtime"] <= wall
+    checkpoint_state = tmp_path / "run" / "checkpoint-9" / "trainer_state.json"
+    state = json.loads(checkpoint_state.read_text())
+    assert 0 < state["stateful_callbacks"]["TrainingClock"]["attributes"]["train_seconds"] <= wall
+    # as if the attempt that wrote checkpoint-9 had trained for 1,000 seconds
+    state["stateful_callbacks"]["TrainingClock"]["attributes"]["train_seconds"] = 1000.0
+    checkpoint_state.write_text(json.dumps(state))
+
+    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+    trainer = CLLM4RecTrainer(model, run, data, tokenizer)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-9"))
+    wall = time.perf_counter() - started
+    assert 1000 < output.metrics["total_train_runtime"] <= 1000 + wall
+    assert trainer.state.log_history[-1]["total_train_runtime"] == output.metrics["total_train_runtime"]
+    assert trainer.state.log_history[-1]["train_runtime_before_resume"] == 1000.0
+    # a later run of the same trainer from the start counts from zero
+    assert trainer.train().metrics["total_train_runtime"] < 1000
 
 
 def test_a_checkpoint_left_incomplete_is_not_resumed_from(tmp_path, data, base_tokenizer):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from ..configuration_cllm4rec import CLLM4RecConfig
@@ -47,7 +49,9 @@ class CLLM4RecTrainer(Trainer):
     [`CLLM4RecForItemPrediction`] and [`FineTuningArguments`] it fine-tunes: every epoch is a round of a
     masked-history epoch and (with `content_steps`) a content epoch. Each step carries the mutual regularization
     toward the other side's embeddings. `evaluate()` ranks all items for the users of `args.eval_split` with the
-    paper's protocol and reports Recall@K, NDCG@K and their `selection_score`.
+    paper's protocol and reports Recall@K, NDCG@K and their `selection_score`. `train()` also logs
+    `total_train_runtime`, the seconds of training over every attempt of a resumed run ([`TrainingClock`]), and
+    `train_runtime_before_resume`, those of the attempts before the last.
 
     The trainer sets what trains (`args.backbone_training`): LoRA adapters live through training and its
     checkpoints, and are merged into the backbone when `train()` ends. With `args.weight_average_decay`, evaluation,
@@ -131,6 +135,8 @@ class CLLM4RecTrainer(Trainer):
             self.add_callback(self.weight_average)
         if args.early_stopping_patience is not None:  # evaluations are rounds: the patience counts rounds
             self.add_callback(ValidationEarlyStopping(args.early_stopping_patience))
+        self.clock = TrainingClock()
+        self.add_callback(self.clock)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """
@@ -150,9 +156,17 @@ class CLLM4RecTrainer(Trainer):
             self._check_checkpoint_fits(resume_from_checkpoint)
         if self.weight_average is not None:  # the average continues from the checkpoint's when training begins
             self.weight_average.resume_from = resume_from_checkpoint or None
+        self.clock.seconds_before = 0.0
         if resume_from_checkpoint:
-            self._restore_early_stopping(resume_from_checkpoint)
+            self._restore_callback_states(resume_from_checkpoint)
         output = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
+        output.metrics["total_train_runtime"] = self.clock.seconds()
+        self.log(
+            {
+                "total_train_runtime": output.metrics["total_train_runtime"],
+                "train_runtime_before_resume": self.clock.seconds_before,
+            }
+        )
         if self.lora_adapters is not None:
             self.lora_adapters.merge_and_unload()
             self.lora_adapters = None
@@ -160,17 +174,21 @@ class CLLM4RecTrainer(Trainer):
             self.choose_read_out_prefix_power(self.args.read_out_prefix_powers)
         return output
 
-    def _restore_early_stopping(self, folder: str) -> None:
+    def _restore_callback_states(self, folder: str) -> None:
         """
         Early stopping continues counting the rounds without improvement where the checkpoint left it (the patience
-        stays the one of `args`), so a resumed run stops where the uninterrupted run would have.
+        stays the one of `args`), so a resumed run stops where the uninterrupted run would have; the clock counts on
+        from the checkpoint's training seconds.
         """
-        callback = next((c for c in self.callback_handler.callbacks if isinstance(c, ValidationEarlyStopping)), None)
-        if callback is None:
-            return
         stored = json.loads((Path(folder) / TRAINER_STATE_NAME).read_text()).get("stateful_callbacks", {})
-        attributes = stored.get(type(callback).__name__, {}).get("attributes", {})
-        callback.early_stopping_patience_counter = attributes.get("early_stopping_patience_counter", 0)
+
+        def attributes(callback) -> dict:
+            return stored.get(type(callback).__name__, {}).get("attributes", {})
+
+        callback = next((c for c in self.callback_handler.callbacks if isinstance(c, ValidationEarlyStopping)), None)
+        if callback is not None:
+            callback.early_stopping_patience_counter = attributes(callback).get("early_stopping_patience_counter", 0)
+        self.clock.seconds_before = attributes(self.clock).get("train_seconds", 0.0)
 
     def choose_read_out_prefix_power(self, powers) -> float:
         """
@@ -381,6 +399,27 @@ class ValidationEarlyStopping(EarlyStoppingCallback):
     def on_evaluate(self, args, state, control, metrics, **kwargs):
         if f"eval_{args.metric_for_best_model.removeprefix('eval_')}" in metrics:
             super().on_evaluate(args, state, control, metrics, **kwargs)
+
+
+class TrainingClock(TrainerCallback, ExportableState):
+    """
+    The seconds a run has trained, over every attempt of a resumed run: each checkpoint stores them (the trainer
+    state's `stateful_callbacks`), and a run resumed from it counts on from there. An interrupted attempt's seconds
+    after its last checkpoint are not counted: they trained nothing the resumed run keeps.
+    """
+
+    def __init__(self):
+        self.seconds_before = 0.0  # of the attempts before this one, up to the checkpoint it resumed from
+        self.started: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + (0.0 if self.started is None else time.perf_counter() - self.started)
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"train_seconds": self.seconds()}}
 
 
 class UnevaluatedWarmup(TrainerCallback):
