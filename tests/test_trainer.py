@@ -576,19 +576,26 @@ def test_a_resumed_run_counts_the_training_seconds_of_the_attempts_before_it(tmp
     assert 0 < output.metrics["total_train_runtime"] <= wall
     checkpoint_state = tmp_path / "run" / "checkpoint-9" / "trainer_state.json"
     state = json.loads(checkpoint_state.read_text())
-    assert 0 < state["stateful_callbacks"]["TrainingClock"]["attributes"]["train_seconds"] <= wall
+    assert 0 < state["stateful_callbacks"]["TrainingClock"]["attributes"]["seconds_before"] <= wall
     # as if the attempt that wrote checkpoint-9 had trained for 1,000 seconds
-    state["stateful_callbacks"]["TrainingClock"]["attributes"]["train_seconds"] = 1000.0
+    state["stateful_callbacks"]["TrainingClock"]["attributes"]["seconds_before"] = 1000.0
     checkpoint_state.write_text(json.dumps(state))
 
-    model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
-    trainer = CLLM4RecTrainer(model, run, data, tokenizer)
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-9"))
-    wall = time.perf_counter() - started
-    assert 1000 < output.metrics["total_train_runtime"] <= 1000 + wall
-    assert trainer.state.log_history[-1]["total_train_runtime"] == output.metrics["total_train_runtime"]
-    assert trainer.state.log_history[-1]["train_runtime_before_resume"] == 1000.0
+    for restore_callback_states in (False, True):  # restored by the trainer, or by transformers' own option
+        model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+        resumed = training_arguments(
+            CLLM4RecForCollaborativeLM,
+            tmp_path / "resumed",
+            restore_callback_states_from_checkpoint=restore_callback_states,
+            **arguments,
+        )
+        trainer = CLLM4RecTrainer(model, resumed, data, tokenizer)
+        started = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-9"))
+        wall = time.perf_counter() - started
+        assert 1000 < output.metrics["total_train_runtime"] <= 1000 + wall
+        assert trainer.state.log_history[-1]["total_train_runtime"] == output.metrics["total_train_runtime"]
+        assert trainer.state.log_history[-1]["train_runtime_before_resume"] == 1000.0
     # a later run of the same trainer from the start counts from zero
     assert trainer.train().metrics["total_train_runtime"] < 1000
 

@@ -135,8 +135,7 @@ class CLLM4RecTrainer(Trainer):
             self.add_callback(self.weight_average)
         if args.early_stopping_patience is not None:  # evaluations are rounds: the patience counts rounds
             self.add_callback(ValidationEarlyStopping(args.early_stopping_patience))
-        self.clock = TrainingClock()
-        self.add_callback(self.clock)
+        self.add_callback(TrainingClock())
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """
@@ -174,6 +173,11 @@ class CLLM4RecTrainer(Trainer):
             self.choose_read_out_prefix_power(self.args.read_out_prefix_powers)
         return output
 
+    @property
+    def clock(self) -> "TrainingClock":
+        # looked up each time: `restore_callback_states_from_checkpoint` replaces the callback with a restored copy
+        return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, TrainingClock))
+
     def _restore_callback_states(self, folder: str) -> None:
         """
         Early stopping continues counting the rounds without improvement where the checkpoint left it (the patience
@@ -188,7 +192,7 @@ class CLLM4RecTrainer(Trainer):
         callback = next((c for c in self.callback_handler.callbacks if isinstance(c, ValidationEarlyStopping)), None)
         if callback is not None:
             callback.early_stopping_patience_counter = attributes(callback).get("early_stopping_patience_counter", 0)
-        self.clock.seconds_before = attributes(self.clock).get("train_seconds", 0.0)
+        self.clock.seconds_before = attributes(self.clock).get("seconds_before", 0.0)
 
     def choose_read_out_prefix_power(self, powers) -> float:
         """
@@ -418,8 +422,8 @@ class TrainingClock(TrainerCallback, ExportableState):
     def seconds(self) -> float:
         return self.seconds_before + (0.0 if self.started is None else time.perf_counter() - self.started)
 
-    def state(self) -> dict:
-        return {"args": {}, "attributes": {"train_seconds": self.seconds()}}
+    def state(self) -> dict:  # what a run resumed from the checkpoint starts from
+        return {"args": {}, "attributes": {"seconds_before": self.seconds()}}
 
 
 class UnevaluatedWarmup(TrainerCallback):
