@@ -491,7 +491,7 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float, dict[str, dict]]:
     round, and the training loss as logged (first step, then every 100). Rounds are selected with one pass per user.
     With `--pretrained`, the pretraining stage is that model's: its run's test metrics and logs. Also returns the
     wall time of this run, with `--resume` the training seconds of the earlier attempts included, and per stage how
-    it was resumed ([`resumed_stage`]; empty without `--resume`).
+    it was resumed ([`saved_stage`]; empty without `--resume`).
     """
     start = time.perf_counter()
     data_args = DataArguments(data=args.data)
@@ -499,19 +499,16 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float, dict[str, dict]]:
     resumed = {}
     if args.pretrained is None:
         pretrained_dir = root / "pretrain"
-        pretrained = saved_test_metrics(pretrained_dir) if args.resume else None
-        if args.resume:
-            resumed["pretraining"] = resumed_stage(pretrained_dir, kept=pretrained is not None)
-        pretrained = pretrained or pretrain(args, data_args, pretrained_dir)
+        pretrained = saved_stage(args, "pretraining", pretrained_dir, resumed)
+        if pretrained is None:
+            pretrained = pretrain(args, data_args, pretrained_dir)
     else:
         pretrained_dir = Path(args.pretrained)
         pretrained = json.loads((pretrained_dir / TEST_RESULTS_NAME).read_text())
     stages = {"pretraining": stage_results(pretrained, pretrained_dir, CLLM4RecForCollaborativeLM, args)}
     if args.finetune_rounds:
         finetuned_dir = root / "finetune"
-        metrics = saved_test_metrics(finetuned_dir) if args.resume else None
-        if args.resume:
-            resumed["finetuning"] = resumed_stage(finetuned_dir, kept=metrics is not None)
+        metrics = saved_stage(args, "finetuning", finetuned_dir, resumed)
         if metrics is None:
             model_args = FineTuningModelArguments(
                 pretrained=str(pretrained_dir),
@@ -528,19 +525,19 @@ def run_cllm4rec(args) -> tuple[dict[str, dict], float, dict[str, dict]]:
     return stages, time.perf_counter() - start + earlier, resumed
 
 
-def saved_test_metrics(folder: Path) -> dict | None:
-    """The test metrics of a stage that an earlier attempt of a `--resume`d run saved in `folder`, or `None`."""
-    path = folder / TEST_RESULTS_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def resumed_stage(folder: Path, kept: bool) -> dict:
-    """How `--resume` takes a stage up: its saved model `kept`, or trained on from its last complete checkpoint (or
-    from the start where it has none)."""
-    if kept:
-        return {"from": "saved model"}
+def saved_stage(args, stage: str, folder: Path, resumed: dict[str, dict]) -> dict | None:
+    """
+    With `--resume`, the test metrics of a stage that an earlier attempt saved in `folder` (`None`: it trains, from
+    its last complete checkpoint where it has one), and in `resumed[stage]` where it was taken up from.
+    """
+    if not args.resume:
+        return None
+    if (folder / TEST_RESULTS_NAME).is_file():
+        resumed[stage] = {"from": "saved model"}
+        return json.loads((folder / TEST_RESULTS_NAME).read_text())
     checkpoint = last_complete_checkpoint(str(folder))
-    return {"from": "start" if checkpoint is None else Path(checkpoint).name}
+    resumed[stage] = {"from": "start" if checkpoint is None else Path(checkpoint).name}
+    return None
 
 
 def training_seconds(folder: Path) -> tuple[float, float]:
