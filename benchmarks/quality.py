@@ -91,6 +91,7 @@ RECIPE_OPTIONS = {
     "id_embedding_dropout": ("pretrain", "id_embedding_dropout"),
     "id_embedding_init": ("pretrain", "id_embedding_init"),
     "untie_item_head": ("pretrain", "untie_item_head"),
+    "item_bias": ("pretrain", "item_bias"),
     "read_out": ("pretrain", "read_out"),
     "read_out_prefix_powers": ("pretrain", "read_out_prefix_powers"),
     "warmup_epochs": ("pretrain", "content_warmup_epochs"),
@@ -128,6 +129,7 @@ PRETRAINING_OPTIONS = (
     "id_embedding_dropout",
     "id_embedding_init",
     "untie_item_head",
+    "item_bias",
     "read_out",
     "read_out_prefix_powers",
     "collaborative_targets",
@@ -286,6 +288,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="An item head of its own instead of the collaborative item embeddings (the paper's tied head).",
     )
+    parser.add_argument("--item_bias", action="store_true", help="A learned bias per item added to the item scores.")
     parser.add_argument(
         "--read_out",
         default="last",
@@ -567,6 +570,7 @@ def pretraining_model_arguments(args) -> PretrainingModelArguments:
         id_embedding_dropout=args.id_embedding_dropout,
         id_embedding_init=args.id_embedding_init,
         untie_item_head=args.untie_item_head,
+        item_bias=args.item_bias,
         read_out=args.read_out,
     )
 

@@ -20,10 +20,14 @@ from hf_cllm4rec.serving.embeddings import (
 )
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["tied-head", "untied-head"])
+@pytest.fixture(
+    scope="module",
+    params=[{}, {"tie_item_head": False}, {"item_bias": True}],
+    ids=["tied-head", "untied-head", "item-bias"],
+)
 def exported(tmp_path_factory, request):
     data = tiny_data()
-    model, tokenizer = tiny_item_prediction_model(data, tie_item_head=request.param)
+    model, tokenizer = tiny_item_prediction_model(data, **request.param)
     folder = export_embeddings(model, tmp_path_factory.mktemp("embeddings"), IdMappings.from_data(data))
     return folder, model, tokenizer, data
 
@@ -31,7 +35,11 @@ def exported(tmp_path_factory, request):
 def test_safetensors_hold_the_four_tables_and_the_item_head_with_raw_ids(exported):
     folder, model, _, data = exported
     tensors = load_file(folder / EMBEDDINGS_NAME)
-    assert set(tensors) == {"user_collaborative", "user_content", "item_collaborative", "item_content", "item_head"}
+    biased = model.config.item_bias
+    expected = {"user_collaborative", "user_content", "item_collaborative", "item_content", "item_head"}
+    assert set(tensors) == expected | ({"item_bias"} if biased else set())
+    if biased:
+        torch.testing.assert_close(tensors["item_bias"], model.base_model.item_bias, rtol=0, atol=0)
     for side in ("collaborative", "content"):
         users, items = model.base_model.id_embedding_tables(side)
         torch.testing.assert_close(tensors[f"user_{side}"], users.weight, rtol=0, atol=0)
@@ -53,6 +61,10 @@ def test_datasets_tables_hold_the_same_vectors_by_raw_id(exported):
         np.stack(items["collaborative"]), model.base_model.item_collaborative_embeddings.weight.detach().numpy()
     )
     np.testing.assert_array_equal(np.stack(items["head"]), model.base_model.item_head_weight().detach().numpy())
+    if model.config.item_bias:
+        np.testing.assert_array_equal(items["bias"], model.base_model.item_bias.detach().numpy())
+    else:
+        assert "bias" not in items.column_names
     users = tables["users"].with_format("numpy")
     assert list(users["raw_id"]) == data.user_raw_ids
     np.testing.assert_array_equal(
@@ -66,7 +78,13 @@ def test_query_vectors_times_exported_items_are_the_models_logits(exported):
     users = [0, 3, 7, None, None]
     inputs = [histories[0], histories[3], histories[7], [1, 4], histories[7]]
     queries = user_query_vectors(model, tokenizer, users, inputs, batch_size=2)
-    items = load_file(folder / EMBEDDINGS_NAME)["item_head"]
+    tensors = load_file(folder / EMBEDDINGS_NAME)
+    # an inner-product index: the query with a 1 appended, each item with its bias
+    if "item_bias" in tensors:
+        queries = torch.cat([queries, torch.ones(len(queries), 1)], -1)
+        items = torch.cat([tensors["item_head"], tensors["item_bias"][:, None]], -1)
+    else:
+        items = tensors["item_head"]
 
     with torch.no_grad():
         logits = model(**tokenizer(users, inputs)).logits

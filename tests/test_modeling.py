@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from hf_cllm4rec import (
 from hf_cllm4rec.data import make_synthetic_data
 from hf_cllm4rec.modeling_cllm4rec import COLLABORATIVE_TARGETS
 from hf_cllm4rec.training import apply_backbone_training
-from hf_cllm4rec.training.recipes import PretrainingModelArguments, build_pretraining_model
+from hf_cllm4rec.training.recipes import BUILTIN_BACKBONE, PretrainingModelArguments, build_pretraining_model
 
 MODEL_CLASSES = (CLLM4RecForCollaborativeLM, CLLM4RecForItemPrediction)
 NUM_USERS, NUM_ITEMS = 5, 7
@@ -309,6 +310,20 @@ def test_backbone_overrides_reach_a_pretrained_backbone_and_unknown_fields_are_r
         build_pretraining_model(
             PretrainingModelArguments(backbone=str(tmp_path), backbone_overrides='{"attention_dropot": 1}'), data
         )
+
+
+def test_a_pretraining_model_starts_its_item_bias_at_the_log_training_popularity_and_saves_it(tmp_path):
+    data = make_synthetic_data(num_users=6, num_items=9)
+    model, _ = build_pretraining_model(PretrainingModelArguments(backbone=BUILTIN_BACKBONE, item_bias=True), data)
+    log_counts = np.log1p(np.asarray(data.to_sparse("train").sum(0), dtype=np.float32).ravel())
+    assert log_counts.std() > 0  # items of different popularity
+    np.testing.assert_allclose(model.model.item_bias.detach().numpy(), log_counts - log_counts.mean(), rtol=1e-6)
+    model.save_pretrained(tmp_path)
+    loaded = CLLM4RecForItemPrediction.from_pretrained(tmp_path)
+    assert loaded.config.item_bias
+    torch.testing.assert_close(loaded.model.item_bias, model.model.item_bias)
+    plain, _ = build_pretraining_model(PretrainingModelArguments(backbone=BUILTIN_BACKBONE), data)
+    assert plain.model.item_bias is None and not plain.config.item_bias
 
 
 @pytest.mark.parametrize("initializer_range", [0.02, 0.5])
@@ -632,9 +647,10 @@ def test_collaborative_loss_counts_the_main_text_from_its_first_item(backbone):
     assert output.logits is None
 
 
+@pytest.mark.parametrize("item_bias", [False, True])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_remaining_items_targets_predict_every_item_that_follows_each_position(backbone):
-    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=0.7)
+def test_remaining_items_targets_predict_every_item_that_follows_each_position(backbone, item_bias):
+    model = tiny_model(CLLM4RecForCollaborativeLM, backbone, id_std=1.0, lambda_v=0.7, item_bias=item_bias)
     with torch.no_grad():
         logits = model(COLLABORATIVE_IDS, COLLABORATIVE_MASK).logits
         arguments = (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
@@ -652,14 +668,36 @@ def test_remaining_items_targets_predict_every_item_that_follows_each_position(b
     assert not torch.isclose(output.lm_loss, next_item.lm_loss)  # they differ wherever more than one item remains
 
 
-def test_remaining_items_targets_of_a_catalogue_scored_in_chunks(monkeypatch):
-    model = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0)
+@pytest.mark.parametrize("item_bias", [False, True])
+def test_remaining_items_targets_of_a_catalogue_scored_in_chunks(monkeypatch, item_bias):
+    model = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0, item_bias=item_bias)
     arguments = (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
     with torch.no_grad():
         whole = model(*arguments, collaborative_targets="remaining_items").lm_loss
         monkeypatch.setattr(modeling_cllm4rec, "ITEM_CHUNK_SIZE", 3)  # 7 items in chunks of 3, 3 and 1
         chunked = model(*arguments, collaborative_targets="remaining_items").lm_loss
     torch.testing.assert_close(chunked, whole)
+
+
+@pytest.mark.parametrize("collaborative_targets", COLLABORATIVE_TARGETS)
+def test_the_item_bias_adds_to_every_item_score_and_loss_and_learns(collaborative_targets):
+    model = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0, item_bias=True)
+    unbiased = tiny_model(CLLM4RecForCollaborativeLM, id_std=1.0)  # the same seed: the same other weights
+    bias = model.model.item_bias
+    arguments = (COLLABORATIVE_IDS, COLLABORATIVE_MASK, COLLABORATIVE_LABELS)
+    prompts = right_pad(RECOMMENDATION_PROMPTS)
+    with torch.no_grad():
+        torch.testing.assert_close(model(*arguments[:2]).logits, unbiased(*arguments[:2]).logits + bias)
+        torch.testing.assert_close(model.score_items(*prompts), unbiased.score_items(*prompts) + bias)
+        biased_loss = model(*arguments, collaborative_targets=collaborative_targets).lm_loss
+        bias.zero_()
+        torch.testing.assert_close(
+            model(*arguments, collaborative_targets=collaborative_targets).lm_loss,
+            unbiased(*arguments, collaborative_targets=collaborative_targets).lm_loss,
+        )
+    assert not torch.isclose(biased_loss, unbiased(*arguments, collaborative_targets=collaborative_targets).lm_loss)
+    model(*arguments, collaborative_targets=collaborative_targets).loss.backward()
+    assert bias.grad is not None and (bias.grad != 0).all()
 
 
 def test_unknown_collaborative_targets_are_refused():

@@ -115,9 +115,10 @@ def test_model_recommend_scores_a_chunk_of_items_at_a_time(model_class, monkeypa
     torch.testing.assert_close(output.scores, expected.scores)
 
 
+@pytest.mark.parametrize("item_bias", [False, True])
 @pytest.mark.parametrize("history_permutations", [1, 3])
-def test_recommender_ranks_a_large_catalogue_in_chunks_as_in_one(history_permutations, monkeypatch):
-    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=NUM_ITEMS)
+def test_recommender_ranks_a_large_catalogue_in_chunks_as_in_one(history_permutations, item_bias, monkeypatch):
+    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=NUM_ITEMS, item_bias=item_bias)
     recommender = Recommender(
         model, CLLM4RecTokenizer(tiny_word_tokenizer(), model.config), history_permutations=history_permutations
     )
@@ -135,11 +136,9 @@ def test_recommender_ranks_a_large_catalogue_in_chunks_as_in_one(history_permuta
 # The fine-tuning loss over item chunks
 
 
-@pytest.mark.parametrize("tie_item_head", [True, False])
-def test_the_chunked_loss_and_its_gradients_equal_the_full_ones(tie_item_head, monkeypatch):
-    model = tiny_model(
-        CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=NUM_ITEMS, tie_item_head=tie_item_head
-    )
+@pytest.mark.parametrize("head", [{"tie_item_head": True}, {"tie_item_head": False}, {"item_bias": True}])
+def test_the_chunked_loss_and_its_gradients_equal_the_full_ones(head, monkeypatch):
+    model = tiny_model(CLLM4RecForItemPrediction, id_std=1.0, num_users=30, num_items=NUM_ITEMS, **head)
     tokenizer = CLLM4RecTokenizer(tiny_word_tokenizer(), model.config)
     encoding = tokenizer([1, None, 8], histories_of(2, 3))
     labels = torch.tensor([[3, 5, -100], [0, 39, 2], [6, -100, -100]])

@@ -17,8 +17,8 @@ def tiny_data():
 
 def tiny_item_prediction_model(data, seed: int = 0, id_std: float = 1.0, **config_kwargs):
     """
-    A tiny-GPT-2 CLLM4Rec item predictor sized to `data`, with its tokenizer; ID tables (and an untied item head)
-    drawn from N(0, id_std).
+    A tiny-GPT-2 CLLM4Rec item predictor sized to `data`, with its tokenizer; ID tables (and an untied item head, an
+    item bias) drawn from N(0, id_std).
     """
     base_tokenizer = make_synthetic_tokenizer(data)
     config = CLLM4RecConfig(
@@ -35,6 +35,8 @@ def tiny_item_prediction_model(data, seed: int = 0, id_std: float = 1.0, **confi
                 table.weight.normal_(0.0, id_std)
         if model.base_model.item_head is not None:
             model.base_model.item_head.weight.normal_(0.0, id_std)
+        if model.base_model.item_bias is not None:
+            model.base_model.item_bias.normal_(0.0, id_std)
     return model.eval(), CLLM4RecTokenizer(base_tokenizer, model.config)
 
 

@@ -86,7 +86,7 @@ def tiny_model(model_class, backbone: str = "gpt2", seed: int = 0, id_std: float
     """
     A tiny model of `model_class`, built with a fixed seed, in eval mode.
 
-    `id_std` re-draws the four ID tables from N(0, id_std): the default 0.02 makes ID embeddings so small next to the
+    `id_std` re-draws the four ID tables (and an item bias) from N(0, id_std): the default 0.02 makes ID embeddings so small next to the
     word embeddings that some checks would pass for the wrong reason.
     """
     torch.manual_seed(seed)
@@ -98,6 +98,8 @@ def tiny_model(model_class, backbone: str = "gpt2", seed: int = 0, id_std: float
                 *model.base_model.id_embedding_tables("content"),
             ):
                 table.weight.normal_(0.0, id_std)
+            if model.base_model.item_bias is not None:
+                model.base_model.item_bias.normal_(0.0, id_std)
     return model.eval()
 
 

@@ -102,6 +102,9 @@ class CLLM4RecConfig(PreTrainedConfig):
             embeddings, as in the paper. `False` gives the head a table of its own, N(0, `initializer_range`): the
             item scores then start small whatever the scale of the ID tokens' input embeddings, which a pretrained
             backbone wants near that of its words (`id_embedding_init="vocabulary"`).
+        item_bias (`bool`, *optional*, defaults to `False`):
+            Whether every item score gets a learned bias of its item (zero at first) added: the part of an item's
+            score that is the same for every user, its popularity, needs no direction of the hidden state.
         history_attention (`str`, *optional*, defaults to `"causal"`):
             How the history of a read-out prompt (the prompts that items are scored after: recommendation,
             cold-start, and a collaborative prompt cut after the history) is read. `"causal"`: each token sees the
@@ -150,6 +153,7 @@ class CLLM4RecConfig(PreTrainedConfig):
     id_embedding_init: Literal["normal", "vocabulary"] = "normal"
     id_embedding_dropout: float | int = 0.0
     tie_item_head: bool = True
+    item_bias: bool = False
     history_attention: HistoryAttention = "causal"
     read_out: ReadOut = "last"
     read_out_prefix_power: float | int = 0.0

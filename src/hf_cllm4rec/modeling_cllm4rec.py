@@ -258,13 +258,14 @@ def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
                 )
 
 
-# The config count that gives the rows of each ID table (keys as a head model saves them, less the `model.` prefix).
+# The config count that gives the rows of each ID-sized weight (keys as a head model saves them, less `model.`).
 ID_TABLE_COUNTS = {
     "user_collaborative_embeddings.weight": "num_users",
     "user_content_embeddings.weight": "num_users",
     "item_collaborative_embeddings.weight": "num_items",
     "item_content_embeddings.weight": "num_items",
     "item_head.weight": "num_items",
+    "item_bias": "num_items",
 }
 
 
@@ -463,6 +464,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         self.user_content_embeddings = nn.Embedding(config.num_users, hidden_size)
         self.item_content_embeddings = nn.Embedding(config.num_items, hidden_size)
         self.item_head = None if config.tie_item_head else nn.Linear(hidden_size, config.num_items, bias=False)
+        self.item_bias = nn.Parameter(torch.zeros(config.num_items)) if config.item_bias else None
         self.post_init()
         if config.id_embedding_init == "vocabulary":
             self.init_id_embeddings_from_vocabulary()
@@ -522,8 +524,8 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         return (self.item_collaborative_embeddings if self.item_head is None else self.item_head).weight
 
     def item_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Scores over all items: the hidden states times the item head."""
-        return hidden_states @ self.item_head_weight().to(hidden_states.dtype).T
+        """Scores over all items: the hidden states times the item head, plus the item bias where there is one."""
+        return item_logits(hidden_states, self.item_head_weight(), self.item_bias)
 
     def word_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Scores over the word vocabulary: the backbone's LM head (tied to its word embeddings where it ties)."""
@@ -645,7 +647,7 @@ class CLLM4RecModel(CLLM4RecPreTrainedModel):
         if document_type == "collaborative" and collaborative_targets == "remaining_items":
             items = (labels[:, 1:] - config.item_token_offset).clamp(min=0)
             summed_loss = summed_remaining_items_nll(
-                self.item_head_weight(), hidden_states[:, :-1], items, is_target, softmax_items
+                self.item_head_weight(), hidden_states[:, :-1], items, is_target, softmax_items, self.item_bias
             )
         else:
             chunk_size = max(1, LOSS_CHUNK_ELEMENTS // (high - low))  # targets per chunk of at most the logits budget
@@ -723,8 +725,8 @@ class ItemScoringMixin:
     @torch.no_grad()
     def item_scores(self, query_vectors: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Float32 scores `(batch, stop - start)` of the items `start` to `stop` (default: all) for `query_vectors`."""
-        weight = self.model.item_head_weight()[start:stop]
-        return (query_vectors @ weight.to(query_vectors.dtype).T).float()
+        bias = None if self.model.item_bias is None else self.model.item_bias[start:stop]
+        return item_logits(query_vectors, self.model.item_head_weight()[start:stop], bias).float()
 
     @torch.no_grad()
     def score_items(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -956,11 +958,13 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
             kept_logits = logits if softmax_items is None else logits.masked_fill(~softmax_items, -torch.inf)
             target_log_probabilities = F.log_softmax(kept_logits.float(), dim=-1).gather(1, labels.clamp(min=0))
         else:  # the logits of a large catalogue are neither kept for backward nor returned
-            logits, item_head = None, self.model.item_head_weight()
+            logits, item_head, item_bias = None, self.model.item_head_weight(), self.model.item_bias
             target_rows = item_head[labels.clamp(min=0)].to(hidden_states.dtype)
             target_logits = (target_rows @ hidden_states[..., None]).squeeze(-1).float()
-            normalizer_rows = item_head if softmax_items is None else item_head[softmax_items]
-            target_log_probabilities = target_logits - chunked_item_logsumexp(hidden_states, normalizer_rows)[:, None]
+            if item_bias is not None:
+                target_logits = target_logits + item_bias[labels.clamp(min=0)].float()
+            log_normalizers = chunked_item_logsumexp(hidden_states, *kept_rows(item_head, item_bias, softmax_items))
+            target_log_probabilities = target_logits - log_normalizers[:, None]
         recommendation_loss = -(target_log_probabilities * is_target).sum() / normalizer
         regularization_loss = (
             self.model.mutual_regularization(input_ids, attention_mask, "collaborative", extra_item_ids=labels)
@@ -1025,6 +1029,7 @@ def summed_remaining_items_nll(
     items: torch.LongTensor,
     is_target: torch.Tensor,
     softmax_items: torch.BoolTensor | None = None,
+    item_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     Summed over the target positions `t` of each document: the mean negative log-likelihood, under the item
@@ -1033,33 +1038,62 @@ def summed_remaining_items_nll(
     come from the chunked `logsumexp`; the target scores take one `(batch, length, length)` product, not logits over
     the catalogue.
     """
-    normalizer_rows = item_head if softmax_items is None else item_head[softmax_items]
-    log_normalizers = chunked_item_logsumexp(hidden_states[is_target], normalizer_rows)
+    log_normalizers = chunked_item_logsumexp(hidden_states[is_target], *kept_rows(item_head, item_bias, softmax_items))
     target_rows = item_head[items].to(hidden_states.dtype)
     scores = (hidden_states @ target_rows.transpose(1, 2)).float()  # [b, t, s]: item s's logit at position t
+    if item_bias is not None:
+        scores = scores + item_bias[items].float()[:, None, :]
     positions = torch.arange(items.shape[1], device=items.device)
     remaining = is_target[:, None, :] & (positions[None, :, None] <= positions[None, None, :])
     mean_scores = (scores * remaining).sum(-1) / remaining.sum(-1).clamp(min=1)
     return (log_normalizers - mean_scores[is_target]).sum()
 
 
-def chunked_item_logsumexp(hidden_states: torch.Tensor, item_head: torch.Tensor) -> torch.Tensor:
+def item_logits(
+    hidden_states: torch.Tensor, item_head: torch.Tensor, item_bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The items' scores `hidden_states @ item_head.T`, plus `item_bias` where given, in the hidden states' dtype."""
+    logits = hidden_states @ item_head.to(hidden_states.dtype).T
+    return logits if item_bias is None else logits + item_bias.to(hidden_states.dtype)
+
+
+def kept_rows(
+    item_head: torch.Tensor, item_bias: torch.Tensor | None, softmax_items: torch.BoolTensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows of the item head and bias that a softmax over `softmax_items` (default: all items) normalizes over."""
+    if softmax_items is None:
+        return item_head, item_bias
+    return item_head[softmax_items], None if item_bias is None else item_bias[softmax_items]
+
+
+def chunked_item_logsumexp(
+    hidden_states: torch.Tensor, item_head: torch.Tensor, item_bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """
-    Float32 `logsumexp` over all items of `hidden_states @ item_head.T`, per row, `ITEM_CHUNK_SIZE` items at a time: each
-    chunk keeps only its inputs and recomputes its logits in the backward pass, so memory is bounded by the batch times
-    one chunk rather than the batch times the catalogue.
+    Float32 `logsumexp` over all items of their logits (`item_logits`), per row, `ITEM_CHUNK_SIZE` items at a time:
+    each chunk keeps only its inputs and recomputes its logits in the backward pass, so memory is bounded by the batch
+    times one chunk rather than the batch times the catalogue.
     """
+    chunks = [slice(start, start + ITEM_CHUNK_SIZE) for start in range(0, len(item_head), ITEM_CHUNK_SIZE)]
     return torch.stack(
         [
-            checkpoint(_item_logsumexp, hidden_states, item_head[start : start + ITEM_CHUNK_SIZE], use_reentrant=False)
-            for start in range(0, len(item_head), ITEM_CHUNK_SIZE)
+            checkpoint(
+                _item_logsumexp,
+                hidden_states,
+                item_head[chunk],
+                None if item_bias is None else item_bias[chunk],
+                use_reentrant=False,
+            )
+            for chunk in chunks
         ],
         dim=-1,
     ).logsumexp(-1)
 
 
-def _item_logsumexp(hidden_states: torch.Tensor, item_head: torch.Tensor) -> torch.Tensor:
-    return (hidden_states @ item_head.to(hidden_states.dtype).T).float().logsumexp(-1)
+def _item_logsumexp(
+    hidden_states: torch.Tensor, item_head: torch.Tensor, item_bias: torch.Tensor | None
+) -> torch.Tensor:
+    return item_logits(hidden_states, item_head, item_bias).float().logsumexp(-1)
 
 
 __all__ = [

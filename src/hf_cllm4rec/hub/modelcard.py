@@ -158,6 +158,7 @@ def model_card(
         id_embedding_init=config.id_embedding_init,
         id_embedding_dropout=config.id_embedding_dropout,
         tie_item_head=config.tie_item_head,
+        item_bias=config.item_bias,
         training_rows=training_rows(training_args, stage),
         lora_rank=run_setting("lora_rank", config, run),
         lora_dropout=run_setting("lora_dropout", config, run),

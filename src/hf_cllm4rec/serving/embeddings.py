@@ -3,8 +3,9 @@ User and item embeddings of a CLLM4Rec model, for approximate-nearest-neighbour 
 
 A fine-tuned model scores item `j` for a prompt as `q @ z_j`, where `q` is the hidden state of the prompt's last
 token ([`user_query_vectors`]) and `z_j` the item's row of the item head: its collaborative embedding, or with
-`tie_item_head=False` its row of the head's own table. An ANN index over the exported `item_head` vectors, queried
-with `q` by inner product, returns the model's own top items (before the user's history is removed).
+`tie_item_head=False` its row of the head's own table; with `item_bias=True` the score is `q @ z_j + b_j`. An ANN
+index over the exported `item_head` vectors (each with its `item_bias` appended, and `q` with a 1), queried with `q` by
+inner product, returns the model's own top items (before the user's history is removed).
 
 ```python
 >>> from hf_cllm4rec.serving.embeddings import export_embeddings, user_query_vectors
@@ -42,8 +43,9 @@ EXPORT_FILES = re.compile(
 
 def id_embeddings(model) -> dict[str, torch.Tensor]:
     """
-    The four ID tables (`user_collaborative`, `user_content`, `item_collaborative`, `item_content`) and the item head
-    (`item_head`, the same as `item_collaborative` where tied) as float32 CPU tensors.
+    The four ID tables (`user_collaborative`, `user_content`, `item_collaborative`, `item_content`), the item head
+    (`item_head`, the same as `item_collaborative` where tied) and, where the model has one, the item bias
+    (`item_bias`) as float32 CPU tensors.
     """
     base_model = model.base_model
     weights = {}
@@ -51,6 +53,8 @@ def id_embeddings(model) -> dict[str, torch.Tensor]:
         users, items = base_model.id_embedding_tables(side)
         weights[f"user_{side}"], weights[f"item_{side}"] = users.weight, items.weight
     weights["item_head"] = base_model.item_head_weight()
+    if base_model.item_bias is not None:
+        weights["item_bias"] = base_model.item_bias
     # copies, so that a tied head is written as a tensor of its own
     return {name: weight.detach().to("cpu", torch.float32, copy=True).contiguous() for name, weight in weights.items()}
 
@@ -60,10 +64,12 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings, ov
     Writes a model's collaborative and content user and item embeddings, with the data set's raw ids, to `folder`:
 
     - `embeddings.safetensors`: tensors `user_collaborative`, `user_content` (`num_users x hidden`),
-      `item_collaborative`, `item_content`, `item_head` (`num_items x hidden`), row `i` being 0-based id `i`; the
-      metadata holds `user_raw_ids` and `item_raw_ids` (JSON lists in row order);
+      `item_collaborative`, `item_content`, `item_head` (`num_items x hidden`), and `item_bias` (`num_items`) where
+      the model has one, row `i` being 0-based id `i`; the metadata holds `user_raw_ids` and `item_raw_ids` (JSON
+      lists in row order);
     - `tables/`: a `DatasetDict` (`datasets.load_from_disk`) with a `users` table (`id`, `raw_id`, `collaborative`,
-      `content`) and an `items` table (the same, `head` and `text`), ready for `Dataset.add_faiss_index(column=...)`.
+      `content`) and an `items` table (the same, `head`, `text` and `bias` where there is one), ready for
+      `Dataset.add_faiss_index(column=...)`.
 
     The folder appears whole or not at all (see [`hf_cllm4rec.writing`]); it must be new or empty, or with
     `overwrite=True` an export to replace (see [`check_exportable`]). Returns the folder.
@@ -95,6 +101,7 @@ def export_embeddings(model, folder: str | os.PathLike, mappings: IdMappings, ov
                 "text": pa.array(mappings.item_texts, pa.string()),
             }
             | {name: vectors(tables[f"item_{name}"]) for name in (*SIDES, "head")}
+            | ({"bias": tables["item_bias"].numpy()} if "item_bias" in tables else {})
         )
     )
     with replaced_folder(folder, check=lambda: check_exportable(folder, overwrite)) as staging:
@@ -142,7 +149,7 @@ def user_query_vectors(
     The query vector of each user from the recommendation prompt (the cold-start prompt for a `None` user id), read
     as the model's `config.read_out` says, float32 `(len(user_ids), hidden)` on the model's device.
 
-    `query @ item_head.T` equals the model's item logits for that prompt.
+    `query @ item_head.T` (plus `item_bias`, where the model has one) equals the model's item logits for that prompt.
     """
     user_ids, histories = tokenizer.as_batch(user_ids, histories)
     was_training = model.training

@@ -221,8 +221,9 @@ class Recommender:
                 lambda start, stop: model.item_scores(queries[0], start, stop), len(user_ids), num_items, k, exclude
             )
         # the log of the item probabilities averaged over the orders, each order's normalizer computed first
-        item_head = model.base_model.item_head_weight()
-        log_normalizers = torch.stack([chunked_item_logsumexp(query, item_head) for query in queries])[..., None]
+        item_head, item_bias = model.base_model.item_head_weight(), model.base_model.item_bias
+        log_normalizers = torch.stack([chunked_item_logsumexp(query, item_head, item_bias) for query in queries])
+        log_normalizers = log_normalizers[..., None]
 
         def ensemble_scores(start: int, stop: int) -> torch.Tensor:
             scores = torch.stack([model.item_scores(query, start, stop) for query in queries])

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+import torch
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
 from transformers.utils import logging
 
@@ -101,6 +103,13 @@ class PretrainingModelArguments:
         metadata={
             "help": "Give the item head a table of its own instead of the collaborative item embeddings (the "
             "paper's tied head): item scores start small even with --id_embedding_init vocabulary."
+        },
+    )
+    item_bias: bool = field(
+        default=False,
+        metadata={
+            "help": "Add a learned bias per item to the item scores, starting at the item's log training count: "
+            "popularity without a direction of the hidden state of its own."
         },
     )
     id_embedding_dropout: float = field(
@@ -198,6 +207,7 @@ def build_pretraining_model(
         "id_embedding_init": model_args.id_embedding_init,
         "id_embedding_dropout": model_args.id_embedding_dropout,
         "tie_item_head": not model_args.untie_item_head,
+        "item_bias": model_args.item_bias,
         "read_out": model_args.read_out,
     }
     if model_args.backbone == BUILTIN_BACKBONE:
@@ -223,7 +233,20 @@ def build_pretraining_model(
         model = CLLM4RecForCollaborativeLM.from_backbone(
             model_args.backbone, num_users=data.num_users, num_items=data.num_items, config=text_config, **options
         )
+    if model.config.item_bias:
+        init_item_bias_from_popularity(model, data)
     return model, CLLM4RecTokenizer(base_tokenizer, model.config)
+
+
+def init_item_bias_from_popularity(model: CLLM4RecForCollaborativeLM, data: RecommendationData) -> None:
+    """
+    Starts the item bias at each item's log training count (plus one), centred: a new model then ranks by
+    popularity, and training learns what its users add to it (a zero bias learns popularity too slowly to matter).
+    """
+    counts = torch.from_numpy(np.asarray(data.to_sparse("train").sum(0), dtype=np.float32).ravel())
+    log_counts = torch.log1p(counts)
+    with torch.no_grad():
+        model.model.item_bias.copy_(log_counts - log_counts.mean())
 
 
 def set_backbone_dropout(text_config, dropout: float) -> None:
