@@ -65,7 +65,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
         "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "pretrain-only",
         "--warmup_epochs", "0", "--pretrain_rounds", "2", "--finetune_rounds", "0", "--history_permutations", "2",
         "--pretrain_backbone_training", "lora", "--lora_rank", "4", "--lora_dropout", "0.1", "--id_embedding_dropout", "0.2", "--id_embedding_init", "vocabulary", "--untie_item_head",
-        "--weight_decay", "0.1", "--collaborative_targets", "remaining_items", "--item_softmax", "interacted", "--baselines", "popularity",
+        "--item_bias", "--weight_decay", "0.1", "--collaborative_targets", "remaining_items", "--item_softmax", "interacted", "--baselines", "popularity",
         "--read_out", "mean", "--read_out_prefix_powers", "0", "2.5",
         "--output_dir", str(tmp_path / "runs"), "--results_dir", str(results),
     )  # fmt: skip
@@ -73,7 +73,7 @@ def test_quality_speed_and_report_scripts(tmp_path):
     pretrained = tmp_path / "runs" / "pretrain-only" / "pretrain"
     saved_config = json.loads((pretrained / "config.json").read_text())
     assert saved_config["id_embedding_dropout"] == 0.2 and saved_config["id_embedding_init"] == "vocabulary"
-    assert saved_config["tie_item_head"] is False
+    assert saved_config["tie_item_head"] is False and saved_config["item_bias"] is True
     saved_training = json.loads((pretrained / "training_args.json").read_text())
     assert saved_training["backbone_training"] == "lora" and saved_training["lora_rank"] == 4
     assert saved_training["lora_dropout"] == 0.1 and saved_training["weight_decay"] == 0.1
