@@ -322,8 +322,13 @@ def test_a_pretraining_model_starts_its_item_bias_at_the_log_training_popularity
     loaded = CLLM4RecForItemPrediction.from_pretrained(tmp_path)
     assert loaded.config.item_bias
     torch.testing.assert_close(loaded.model.item_bias, model.model.item_bias)
+    with pytest.raises(ValueError, match="has item_bias=True, but item_bias=False was requested"):
+        CLLM4RecForItemPrediction.from_pretrained(tmp_path, item_bias=False)
     plain, _ = build_pretraining_model(PretrainingModelArguments(backbone=BUILTIN_BACKBONE), data)
     assert plain.model.item_bias is None and not plain.config.item_bias
+    plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="has item_bias=False, but item_bias=True was requested"):
+        CLLM4RecForItemPrediction.from_pretrained(tmp_path / "plain", item_bias=True)
 
 
 @pytest.mark.parametrize("initializer_range", [0.02, 0.5])

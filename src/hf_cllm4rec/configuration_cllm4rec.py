@@ -103,8 +103,9 @@ class CLLM4RecConfig(PreTrainedConfig):
             item scores then start small whatever the scale of the ID tokens' input embeddings, which a pretrained
             backbone wants near that of its words (`id_embedding_init="vocabulary"`).
         item_bias (`bool`, *optional*, defaults to `False`):
-            Whether every item score gets a learned bias of its item (zero at first) added: the part of an item's
-            score that is the same for every user, its popularity, needs no direction of the hidden state.
+            Whether every item score gets a learned bias of its item added (zero in a new model; pretraining starts it
+            at the item's log training count): the part of an item's score that is the same for every user, its
+            popularity, then needs no direction of the hidden state.
         history_attention (`str`, *optional*, defaults to `"causal"`):
             How the history of a read-out prompt (the prompts that items are scored after: recommendation,
             cold-start, and a collaborative prompt cut after the history) is read. `"causal"`: each token sees the

@@ -234,7 +234,9 @@ def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
     """
     requested = kwargs.get("config")
     requested = requested.to_dict() if isinstance(requested, CLLM4RecConfig) else {}
-    overridable = ("num_users", "num_items", "tie_item_head")
+    # the fields that set the item head's weights, with their defaults
+    head_fields = {"tie_item_head": True, "item_bias": False}
+    overridable = ("num_users", "num_items", *head_fields)
     requested.update({key: kwargs[key] for key in overridable if key in kwargs})
     for key in ("num_users", "num_items"):
         if key in requested and requested[key] != stored.get(key):
@@ -242,12 +244,13 @@ def check_checkpoint_compatibility(stored: dict, kwargs: dict, source) -> None:
                 f"The checkpoint {source} has {key}={stored.get(key)}, but {key}={requested[key]} was requested: "
                 f"a checkpoint only loads into a model of the same user and item catalogue."
             )
-    stored_tie = stored.get("tie_item_head", True)
-    if "tie_item_head" in requested and requested["tie_item_head"] != stored_tie:
-        raise ValueError(
-            f"The checkpoint {source} has tie_item_head={stored_tie}, but tie_item_head={requested['tie_item_head']} "
-            f"was requested: an item head loads only as it was saved, tied or with a table of its own."
-        )
+    for key, default in head_fields.items():
+        if key in requested and requested[key] != stored.get(key, default):
+            raise ValueError(
+                f"The checkpoint {source} has {key}={stored.get(key, default)}, but {key}={requested[key]} was "
+                f"requested: an item head loads only as it was saved (tied or with a table of its own, with or "
+                f"without an item bias)."
+            )
     if "text_config" in requested:
         for key in ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer"):
             want, have = requested["text_config"].get(key), stored.get("text_config", {}).get(key)
