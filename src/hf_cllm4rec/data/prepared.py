@@ -218,6 +218,10 @@ class RecommendationData:
         matrix.data[:] = 1.0
         return matrix
 
+    def item_counts(self, split: str) -> np.ndarray:
+        """Per item (indexed by `item_id`), the `int64` number of users who interacted with it in one split."""
+        return np.diff(self.to_sparse(split).tocsc().indptr).astype(np.int64)
+
     def histories(self, split: str) -> list[np.ndarray]:
         """Per user (indexed by `user_id`), the sorted `int64` item ids of one split; empty for users with none."""
         matrix = self.to_sparse(split)

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
 from transformers.utils import logging
@@ -243,8 +242,7 @@ def init_item_bias_from_popularity(model: CLLM4RecForCollaborativeLM, data: Reco
     Starts the item bias at each item's log training count (plus one), centred: a new model then ranks by
     popularity, and training learns what its users add to it (a zero bias learns popularity too slowly to matter).
     """
-    counts = torch.from_numpy(np.asarray(data.to_sparse("train").sum(0), dtype=np.float32).ravel())
-    log_counts = torch.log1p(counts)
+    log_counts = torch.log1p(torch.from_numpy(data.item_counts("train")).float())
     with torch.no_grad():
         model.model.item_bias.copy_(log_counts - log_counts.mean())
 

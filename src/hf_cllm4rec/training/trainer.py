@@ -6,7 +6,6 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
@@ -448,7 +447,7 @@ def items_in_softmax(data: RecommendationData, item_softmax: str) -> torch.Tenso
     """
     if item_softmax == "all":
         return None
-    interacted = torch.from_numpy(np.diff(data.to_sparse("train").tocsc().indptr) > 0)
+    interacted = torch.from_numpy(data.item_counts("train") > 0)
     return None if bool(interacted.all()) else interacted
 
 
