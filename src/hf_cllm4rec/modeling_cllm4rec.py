@@ -962,10 +962,7 @@ class CLLM4RecForItemPrediction(ItemScoringMixin, CLLM4RecPreTrainedModel):
             target_log_probabilities = F.log_softmax(kept_logits.float(), dim=-1).gather(1, labels.clamp(min=0))
         else:  # the logits of a large catalogue are neither kept for backward nor returned
             logits, item_head, item_bias = None, self.model.item_head_weight(), self.model.item_bias
-            target_rows = item_head[labels.clamp(min=0)].to(hidden_states.dtype)
-            target_logits = (target_rows @ hidden_states[..., None]).squeeze(-1).float()
-            if item_bias is not None:
-                target_logits = target_logits + item_bias[labels.clamp(min=0)].float()
+            target_logits = target_item_logits(hidden_states[:, None], item_head, item_bias, labels.clamp(min=0))[:, 0]
             log_normalizers = chunked_item_logsumexp(hidden_states, *kept_rows(item_head, item_bias, softmax_items))
             target_log_probabilities = target_logits - log_normalizers[:, None]
         recommendation_loss = -(target_log_probabilities * is_target).sum() / normalizer
@@ -1042,10 +1039,7 @@ def summed_remaining_items_nll(
     the catalogue.
     """
     log_normalizers = chunked_item_logsumexp(hidden_states[is_target], *kept_rows(item_head, item_bias, softmax_items))
-    target_rows = item_head[items].to(hidden_states.dtype)
-    scores = (hidden_states @ target_rows.transpose(1, 2)).float()  # [b, t, s]: item s's logit at position t
-    if item_bias is not None:
-        scores = scores + item_bias[items].float()[:, None, :]
+    scores = target_item_logits(hidden_states, item_head, item_bias, items)  # [b, t, s]: item s's logit at position t
     positions = torch.arange(items.shape[1], device=items.device)
     remaining = is_target[:, None, :] & (positions[None, :, None] <= positions[None, None, :])
     mean_scores = (scores * remaining).sum(-1) / remaining.sum(-1).clamp(min=1)
@@ -1058,6 +1052,17 @@ def item_logits(
     """The items' scores `hidden_states @ item_head.T`, plus `item_bias` where given, in the hidden states' dtype."""
     logits = hidden_states @ item_head.to(hidden_states.dtype).T
     return logits if item_bias is None else logits + item_bias.to(hidden_states.dtype)
+
+
+def target_item_logits(
+    hidden_states: torch.Tensor, item_head: torch.Tensor, item_bias: torch.Tensor | None, items: torch.LongTensor
+) -> torch.Tensor:
+    """
+    Float32 logits `(batch, positions, targets)` of each row's `items` `(batch, targets)` at each of its positions
+    `hidden_states` `(batch, positions, hidden)`: one product with the items' rows, not logits over the catalogue.
+    """
+    logits = (hidden_states @ item_head[items].to(hidden_states.dtype).transpose(1, 2)).float()
+    return logits if item_bias is None else logits + item_bias[items].float()[:, None, :]
 
 
 def kept_rows(
