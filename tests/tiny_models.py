@@ -86,8 +86,8 @@ def tiny_model(model_class, backbone: str = "gpt2", seed: int = 0, id_std: float
     """
     A tiny model of `model_class`, built with a fixed seed, in eval mode.
 
-    `id_std` re-draws the four ID tables (and an item bias) from N(0, id_std): the default 0.02 makes ID embeddings so small next to the
-    word embeddings that some checks would pass for the wrong reason.
+    `id_std` re-draws the four ID tables (and an item bias) from N(0, id_std): the default 0.02 makes ID embeddings so
+    small next to the word embeddings that some checks would pass for the wrong reason.
     """
     torch.manual_seed(seed)
     model = model_class(tiny_cllm4rec_config(backbone, **config_kwargs))
