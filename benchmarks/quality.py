@@ -23,12 +23,14 @@ log and training time, and the options that only pretraining reads are refused:
         --finetune_rounds 100 --history_attention set --baselines '' --name ml100k-set
 
 `--resume`, given with the options of a run that stopped (a kill, a machine given back), continues it: a stage whose
-model was saved is kept, a stage with a complete checkpoint continues from its last one, and the run's hours count
-the training seconds of the earlier attempts up to that checkpoint (recorded under `resumed`).
+model was saved is kept, a stage with a complete checkpoint continues from its last one (a `--search`: each trial from
+its own), and the run's hours count the training seconds of the earlier attempts up to that checkpoint (recorded under
+`resumed`).
 """
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -214,7 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume",
         action="store_true",
         help="Continue the run of this --name and --output_dir where it stopped: saved stages are kept, a stage with "
-        "a complete checkpoint continues from its last one; not with --search.",
+        "a complete checkpoint continues from its last one (with --search, each trial from its own).",
     )
     parser.add_argument(
         "--early_stopping_patience",
@@ -412,8 +414,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             f"--read_out_prefix_powers weighs the mean read-out: it cannot go with --read_out {args.read_out}."
         )
-    if args.search and args.resume:
-        parser.error("--resume: a --search trains every trial from the start, it cannot continue one.")
     if args.search and args.early_stopping_patience is None:
         parser.error("--search compares trials that stop on validation: give --early_stopping_patience (or a recipe).")
     if not 1 <= args.history_permutations <= MAX_HISTORY_PERMUTATIONS:
@@ -456,7 +456,8 @@ def training_arguments(args, stage: str, output_dir: Path):
         stage_options = {"num_train_epochs": args.finetune_rounds, "learning_rate": args.finetune_learning_rate}
     if backbone_training == "lora":
         stage_options.update(lora_rank=args.lora_rank, lora_dropout=args.lora_dropout)
-    resume = args.resume and last_complete_checkpoint(str(output_dir)) is not None
+    searched = args.search and stage == "pretraining"  # each trial resumes from its own checkpoint, if it has one
+    resume = args.resume and (searched or last_complete_checkpoint(str(output_dir)) is not None)
     return arguments_class(
         output_dir=str(output_dir),
         resume_from_checkpoint="true" if resume else None,
@@ -538,16 +539,33 @@ def saved_stage(args, stage: str, folder: Path, resumed: dict[str, dict]) -> dic
     if (folder / TEST_RESULTS_NAME).is_file():
         resumed[stage] = {"from": "saved model"}
         return json.loads((folder / TEST_RESULTS_NAME).read_text())
-    checkpoint = last_complete_checkpoint(str(folder))
-    resumed[stage] = {"from": "start" if checkpoint is None else Path(checkpoint).name}
+    if args.search and stage == "pretraining":
+        trials = math.prod(len(values) for values in SEARCH_GRIDS["pretrain"].values())
+        resumed[stage] = {
+            "from": {f"trial-{index}": resumed_from(folder / f"trial-{index}") for index in range(trials)}
+        }
+    else:
+        resumed[stage] = {"from": resumed_from(folder)}
     return None
+
+
+def resumed_from(folder: Path) -> str:
+    """The name of the last complete checkpoint in `folder`, or "start" where it has none."""
+    checkpoint = last_complete_checkpoint(str(folder))
+    return "start" if checkpoint is None else Path(checkpoint).name
 
 
 def training_seconds(folder: Path) -> tuple[float, float]:
     """
-    The seconds that trained the model in `folder` over every attempt of its run, and those of the attempts before
-    the last (0 for a run trained in one go, and for runs from before the trainer logged `total_train_runtime`).
+    The seconds that trained the model in `folder` over every attempt of its run (of every trial, where the run was a
+    search), and those of the attempts before the last (0 for a run trained in one go, and for runs from before the
+    trainer logged `total_train_runtime`).
     """
+    if trials := search_trials(folder):
+        if any("train_runtime_s" not in trial for trial in trials):
+            raise SystemExit(f"{folder}: its search records no training seconds per trial.")
+        before = sum(trial.get("train_runtime_before_resume_s", 0.0) for trial in trials)
+        return sum(trial["train_runtime_s"] for trial in trials), before
     history = log_history(folder)
     clock = [entry for entry in history if "total_train_runtime" in entry]
     if clock:
@@ -591,13 +609,7 @@ def pretrained_model_record(folder: Path) -> dict:
     sum over the trials where that run was a search.
     """
     training = json.loads((folder / TRAINING_ARGS_NAME).read_text())
-    trials = search_trials(folder)
-    if trials:
-        if any("train_runtime_s" not in trial for trial in trials):
-            raise SystemExit(f"--pretrained {folder}: its search records no training seconds per trial.")
-        runtime = sum(trial["train_runtime_s"] for trial in trials)
-    else:
-        runtime, _ = training_seconds(folder)
+    runtime, _ = training_seconds(folder)
     return {
         "model": recorded_location(str(folder)),
         "training_arguments": {name: training.get(name) for name in RECORDED_PRETRAINING_ARGUMENTS},

@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -287,17 +288,22 @@ def test_a_search_counts_the_rounds_of_every_trial():
     assert quality_epochs(result) == "14"  # the best trial's 9 rounds and the other's 5
 
 
+def pretraining_quality(tmp_path, name: str, rounds: int, *options: str) -> dict:
+    """The result of `quality.py` pretraining the tiny backbone on the built-in data for `rounds` rounds."""
+    run(
+        "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", name,
+        "--warmup_epochs", "0", "--pretrain_rounds", str(rounds), "--finetune_rounds", "0",
+        "--lr_scheduler_type", "constant", "--baselines", "", *options,
+        "--output_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results"),
+    )  # fmt: skip
+    return json.loads((tmp_path / "results" / f"quality-{name}.json").read_text())
+
+
 def test_quality_resumes_a_stopped_run_and_counts_the_training_of_its_earlier_attempt(tmp_path):
     from benchmarks.quality import training_seconds
 
     def quality(name: str, rounds: int, *options: str) -> dict:
-        run(
-            "benchmarks/quality.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", name,
-            "--warmup_epochs", "0", "--pretrain_rounds", str(rounds), "--finetune_rounds", "0",
-            "--lr_scheduler_type", "constant", "--baselines", "", *options,
-            "--output_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results"),
-        )  # fmt: skip
-        return json.loads((tmp_path / "results" / f"quality-{name}.json").read_text())
+        return pretraining_quality(tmp_path, name, rounds, *options)
 
     uninterrupted = quality("whole", 3)
     # a run stopped after its first round: its checkpoint is there, its model was never saved
@@ -323,6 +329,31 @@ def test_quality_resumes_a_stopped_run_and_counts_the_training_of_its_earlier_at
     assert again["resumed"]["pretraining"]["from"] == "saved model" and model_file.stat().st_mtime_ns == written
     assert again["resumed"]["pretraining"]["train_seconds_before"] == training_seconds(stopped)[0] > before
     assert again["cllm4rec_pretrained"]["test"] == resumed["cllm4rec_pretrained"]["test"]
+
+
+def test_quality_resumes_a_stopped_search_trial_by_trial_and_counts_every_trials_earlier_seconds(tmp_path):
+    from benchmarks.quality import search_trials
+
+    search = ("--search", "--early_stopping_patience", "5")
+    uninterrupted = pretraining_quality(tmp_path, "whole", 2, *search)
+    pretraining_quality(tmp_path, "stopped", 2, *search)
+    folder = tmp_path / "runs" / "stopped" / "pretrain"
+    # stopped before the last trial saved a checkpoint: the others are finished
+    (folder / "test_results.json").unlink()
+    shutil.rmtree(folder / "trial-3")
+    resumed = pretraining_quality(tmp_path, "stopped", 2, *search, "--resume")
+    origins = resumed["resumed"]["pretraining"]["from"]
+    assert list(origins) == [f"trial-{index}" for index in range(4)] and origins["trial-3"] == "start"
+    assert all(origins[f"trial-{index}"].startswith("checkpoint-") for index in range(3))
+    trials = search_trials(folder)
+    assert [trial["validation_selection_score"] for trial in trials] == pytest.approx(
+        [trial["validation_selection_score"] for trial in uninterrupted["cllm4rec_pretrained"]["search"]]
+    )
+    assert resumed["cllm4rec_pretrained"]["test"] == pytest.approx(uninterrupted["cllm4rec_pretrained"]["test"])
+    before = resumed["resumed"]["pretraining"]["train_seconds_before"]
+    assert before == pytest.approx(sum(trial["train_runtime_before_resume_s"] for trial in trials))
+    assert trials[3]["train_runtime_before_resume_s"] == 0 < trials[2]["train_runtime_before_resume_s"]
+    assert resumed["cllm4rec"]["wall_s"] > before
 
 
 def test_a_model_pretrained_apart_counts_the_epochs_and_seconds_of_its_search(tmp_path):
@@ -820,7 +851,6 @@ def test_quality_search_pretrains_the_grid_and_records_every_trial(tmp_path):
         (["--backbone_dropout", "0.1"], "--search tries its own values of backbone_dropout"),
         (["--batch_size", "32"], "--batch_size: --search tries its own values of batch_size"),
         ([], "give --early_stopping_patience"),
-        (["--early_stopping_patience", "3", "--resume"], "--resume: a --search trains every trial from the start"),
     ],
 )
 def test_quality_search_refuses_what_it_cannot_compare(options, message, capsys):

@@ -150,6 +150,24 @@ def test_a_resumed_run_stops_where_the_uninterrupted_one_did(tmp_path, capsys):
     assert validation_scores(resumed) == pytest.approx(validation_scores(tmp_path / "run"))
 
 
+def test_a_run_resumed_from_the_round_where_early_stopping_ended_it_ends_there(tmp_path, capsys):
+    args = ("--backbone", "builtin-tiny-gpt2", "--learning_rate", "0.02", "--num_train_epochs", "30", *QUICK)
+    # every checkpoint kept: the last, of the round that ended the run, is as a kill just after saving it left it
+    args = (*args, "--early_stopping_patience", "1", "--logging_steps", "1", "--save_total_limit", "100")
+    run_dir = tmp_path / "run"
+    assert run_cli("pretrain", *args, "--output_dir", str(run_dir)) == 0
+    rounds, state = len(validation_scores(run_dir)), json.loads((run_dir / "trainer_state.json").read_text())
+    assert rounds < 30, "the run did not stop early"
+    finished = {name: (run_dir / name).read_bytes() for name in ("model.safetensors", "config.json")}
+    (run_dir / "model.safetensors").unlink()  # as if stopped after the last checkpoint, before the model was saved
+    assert run_cli("pretrain", *args, "--output_dir", str(run_dir), "--resume_from_checkpoint", "true") == 0
+    capsys.readouterr()
+    resumed_state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert len(validation_scores(run_dir)) == rounds and resumed_state["global_step"] == state["global_step"]
+    assert resumed_state["best_model_checkpoint"] == state["best_model_checkpoint"]
+    assert {name: (run_dir / name).read_bytes() for name in finished} == finished
+
+
 def test_a_run_without_a_test_split_is_refused_before_training(tmp_path, capsys):
     prepare = ("prepare", "--source", "synthetic", "--num-users", "60", "--test-fraction", "0")
     assert run_cli(*prepare, "--out", str(tmp_path / "data")) == 0
@@ -159,9 +177,10 @@ def test_a_run_without_a_test_split_is_refused_before_training(tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
-def test_search_cannot_resume(capsys, tmp_path):
+def test_search_resumes_each_trial_from_its_own_checkpoints_not_from_a_folder(capsys, tmp_path):
     args = ("pretrain", "--backbone", "builtin-tiny-gpt2", "--output_dir", str(tmp_path / "run"), "--search", *QUICK)
-    assert_usage_error(capsys, *args, "--resume_from_checkpoint", "true", message="search trains every trial from")
+    message = "search resumes each trial from its own last complete checkpoint: give resume_from_checkpoint=true"
+    assert_usage_error(capsys, *args, "--resume_from_checkpoint", str(tmp_path / "checkpoint-1"), message=message)
     assert not (tmp_path / "run").exists()
 
 
@@ -215,6 +234,37 @@ def test_search_trains_every_combination_of_its_grid_and_keeps_the_best_on_valid
     batch_size = best["settings"]["per_device_train_batch_size"]
     assert saved["per_device_train_batch_size"] == batch_size and saved["output_dir"] == str(output_dir)
     assert (output_dir / "test_results.json").is_file() and (output_dir / "model.safetensors").is_file()
+
+
+def test_a_stopped_search_resumes_each_trial_where_it_stopped_and_ends_as_the_uninterrupted_one(tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    args = ("--backbone", "builtin-tiny-gpt2", "--output_dir", str(output_dir), "--num_train_epochs", "2", *QUICK)
+    args = (*args, "--save_total_limit", "100")
+    assert run_cli("pretrain", *args, "--search") == 0
+    capsys.readouterr()
+    trials = json.loads((output_dir / RECIPE_NAME).read_text())["search"]
+    finished = {name: (output_dir / name).read_bytes() for name in ("model.safetensors", "test_results.json")}
+    # stopped in trial 1's second round: trial 0 finished, trial 1 has its first round's checkpoint, 2 and 3 nothing
+    for name in (*finished, RECIPE_NAME):
+        (output_dir / name).unlink()
+    last_of_trial_1 = max((output_dir / "trial-1").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    shutil.rmtree(last_of_trial_1)
+    for index in (2, 3):
+        shutil.rmtree(output_dir / f"trial-{index}")
+    assert run_cli("pretrain", *args, "--search", "--resume_from_checkpoint", "true") == 0
+    capsys.readouterr()
+    resumed = json.loads((output_dir / RECIPE_NAME).read_text())["search"]
+    for trial, again in zip(trials, resumed, strict=True):
+        assert again["settings"] == trial["settings"] and again["rounds"] == trial["rounds"] == 2
+        assert again["validation_selection_score"] == pytest.approx(trial["validation_selection_score"])
+    # trial 0 trained entirely before, trial 1 its first round, trials 2 and 3 not at all
+    assert resumed[0]["train_runtime_before_resume_s"] == pytest.approx(resumed[0]["train_runtime_s"], abs=0.5)
+    assert 0 < resumed[1]["train_runtime_before_resume_s"] < resumed[1]["train_runtime_s"]
+    assert resumed[2]["train_runtime_before_resume_s"] == resumed[3]["train_runtime_before_resume_s"] == 0
+    assert json.loads((output_dir / "test_results.json").read_bytes()) == pytest.approx(
+        json.loads(finished["test_results.json"])
+    )
+    assert (output_dir / "model.safetensors").read_bytes() == finished["model.safetensors"]
 
 
 def test_search_refuses_the_options_it_tries_and_runs_without_a_selection(capsys, tmp_path):

@@ -21,7 +21,7 @@ from ..serving import IdMappings, check_checkpoint_ids
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from ..writing import replaced_file
 from .arguments import FineTuningArguments, PretrainingArguments
-from .trainer import CLLM4RecTrainer
+from .trainer import CLLM4RecTrainer, last_complete_checkpoint
 
 logger = logging.get_logger(__name__)
 
@@ -314,18 +314,21 @@ def run_search(
     Trains the stage once for every combination of the grid's values (options of the model or training arguments
     by name), each trial in `output_dir/trial-N` with its rounds selected (and early-stopped) on validation, then
     finishes the trial with the best validation selection score as `run_pretraining` / `run_finetuning` do. Every
-    trial's settings, best validation score, rounds and training seconds are recorded under `"search"` in
-    `recipe.json`.
+    trial's settings, best validation score, rounds and training seconds (over every attempt, and those of the
+    attempts before the last) are recorded under `"search"` in `recipe.json`. With `resume_from_checkpoint=True`
+    (or `"true"`) a stopped search continues: each trial from its own last complete checkpoint, a finished trial
+    ending at once where it stopped, a trial without a checkpoint from the start.
     """
     if not training_args.load_best_model_at_end:
         raise ValueError(
             "search chooses on validation: it needs eval_strategy='epoch', save_strategy='epoch' and "
             "load_best_model_at_end."
         )
-    if training_args.resume_from_checkpoint:
+    resume = training_args.resume_from_checkpoint
+    if resume and str(resume).lower() != "true":
         raise ValueError(
-            "search trains every trial from the start: it cannot resume from a checkpoint (resume one trial's run "
-            "without --search instead)."
+            f"search resumes each trial from its own last complete checkpoint: give resume_from_checkpoint=true, "
+            f"not {resume}."
         )
     stages = {PretrainingArguments: PretrainingModelArguments, FineTuningArguments: FineTuningModelArguments}
     check_argument_types(model_args, stages[type(training_args)], training_args, type(training_args))
@@ -335,22 +338,24 @@ def run_search(
     trials, best = [], None
     for index, values in enumerate(itertools.product(*grid.values())):
         settings = dict(zip(grid, values, strict=True))
+        trial_dir = str(Path(training_args.output_dir) / f"trial-{index}")
         trial_model_args = replace(model_args, **{k: v for k, v in settings.items() if hasattr(model_args, k)})
         trial_training_args = replace(
             training_args,
-            output_dir=str(Path(training_args.output_dir) / f"trial-{index}"),
+            output_dir=trial_dir,
+            resume_from_checkpoint=last_complete_checkpoint(trial_dir) if resume else None,
             **{name: value for name, value in settings.items() if not hasattr(model_args, name)},
         )
         trainer, data = _trained(trial_model_args, data_args, trial_training_args)
         history = trainer.state.log_history
+        clock = next(entry for entry in reversed(history) if "total_train_runtime" in entry)
         trials.append(
             {
                 "settings": settings,
                 "validation_selection_score": trainer.state.best_metric,
                 "rounds": sum("eval_selection_score" in entry for entry in history),
-                "train_runtime_s": next(
-                    entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry
-                ),
+                "train_runtime_s": clock["total_train_runtime"],
+                "train_runtime_before_resume_s": clock["train_runtime_before_resume"],
             }
         )
         if best is None or trainer.state.best_metric > best[0].state.best_metric:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
@@ -140,7 +140,8 @@ class CLLM4RecTrainer(Trainer):
         """
         [`Trainer.train`], resuming only from a complete checkpoint (`True`, or `"true"` as the command line gives
         it: the last complete one in `output_dir`); LoRA adapters are merged into the backbone's weights when
-        training ends.
+        training ends. A run resumed from the checkpoint at which early stopping ended it trains no further step: it
+        ends there as it did then (the best round loaded, the read-out power chosen).
         """
         if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() == "true":
             resume_from_checkpoint = resume_from_checkpoint if os.path.exists(resume_from_checkpoint) else True
@@ -155,9 +156,17 @@ class CLLM4RecTrainer(Trainer):
         if self.weight_average is not None:  # the average continues from the checkpoint's when training begins
             self.weight_average.resume_from = resume_from_checkpoint or None
         self.clock.seconds_before = 0.0
+        planned_steps = self.args.max_steps
         if resume_from_checkpoint:
             self._restore_callback_states(resume_from_checkpoint)
-        output = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
+            if self._stopped_early():  # the Trainer runs out of steps at the checkpoint and ends training there
+                self.args.max_steps = TrainerState.load_from_json(
+                    os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)
+                ).global_step
+        try:
+            output = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
+        finally:
+            self.args.max_steps = planned_steps
         output.metrics["total_train_runtime"] = self.clock.seconds()
         self.log(
             {
@@ -188,10 +197,19 @@ class CLLM4RecTrainer(Trainer):
         def attributes(callback) -> dict:
             return stored.get(type(callback).__name__, {}).get("attributes", {})
 
-        callback = next((c for c in self.callback_handler.callbacks if isinstance(c, ValidationEarlyStopping)), None)
+        callback = self.early_stopping
         if callback is not None:
             callback.early_stopping_patience_counter = attributes(callback).get("early_stopping_patience_counter", 0)
         self.clock.seconds_before = attributes(self.clock).get("seconds_before", 0.0)
+
+    @property
+    def early_stopping(self) -> "ValidationEarlyStopping | None":
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, ValidationEarlyStopping)), None)
+
+    def _stopped_early(self) -> bool:
+        """Whether early stopping, as restored from a checkpoint, had run out of patience: the run ended there."""
+        callback = self.early_stopping
+        return callback is not None and callback.early_stopping_patience_counter >= callback.early_stopping_patience
 
     def choose_read_out_prefix_power(self, powers) -> float:
         """
