@@ -391,6 +391,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--warmup_epochs trains content documents: it cannot go with --no_content_steps.")
     if Path(args.name).name != args.name:
         parser.error(f"--name names the run's files and folders: no path separator, got {args.name!r}.")
+    if not args.resume and (Path(args.output_dir) / args.name).exists():
+        parser.error(
+            f"--name {args.name}: {Path(args.output_dir) / args.name} holds an earlier run: continue it with --resume, "
+            "or give another --name or --output_dir."
+        )
     if args.pretrain_rounds < 1:
         parser.error(f"--pretrain_rounds counts rounds: at least 1, got {args.pretrain_rounds}.")
     if args.finetune_rounds < 0:

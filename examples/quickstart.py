@@ -6,10 +6,12 @@ CLLM4Rec end to end on the built-in data set, in well under a minute on a laptop
 Loads the built-in synthetic data set (users with planted tastes, items with text), pretrains a tiny GPT-2
 backbone's user/item embeddings with the mutual-regularized collaborative and content language modelling,
 fine-tunes for item prediction (keeping the best round on validation), compares test Recall@20 / Recall@40 /
-NDCG@100 with popularity, and recommends items to a few users from the saved model.
+NDCG@100 with popularity, and recommends items to a few users from the saved model. The models go to
+`OUTPUT_DIR/pretrained` and `OUTPUT_DIR/finetuned`, replacing those of an earlier run.
 """
 
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +61,15 @@ def main() -> None:
         "training interactions\n\nPretraining (two content warm-up epochs, then ten rounds)"
     )
 
-    pretrained = args.output_dir / "pretrained"
+    pretrained, finetuned = args.output_dir / "pretrained", args.output_dir / "finetuned"
+    for folder in (pretrained, finetuned):  # a new run, not the continuation of an earlier one's checkpoints
+        shutil.rmtree(folder, ignore_errors=True)
     run_pretraining(
         PretrainingModelArguments(backbone=BUILTIN_BACKBONE),
         data_args,
         PretrainingArguments(**training_options(pretrained, 12), content_warmup_epochs=2, save_strategy="no"),
     )
     print("\nFine-tuning (ten rounds, the best one on validation kept)")
-    finetuned = args.output_dir / "finetuned"
     finetuning = run_finetuning(
         FineTuningModelArguments(pretrained=str(pretrained)),
         data_args,

@@ -859,3 +859,14 @@ def test_quality_search_refuses_what_it_cannot_compare(options, message, capsys)
     with pytest.raises(SystemExit):
         parse_args(["--name", "x", "--search", *options])
     assert message in capsys.readouterr().err
+
+
+def test_quality_refuses_to_start_over_a_run_of_the_same_name(tmp_path, capsys):
+    from benchmarks.quality import parse_args
+
+    (tmp_path / "runs" / "x" / "pretrain").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "x", "--output_dir", str(tmp_path / "runs")])
+    message = f"--name x: {tmp_path / 'runs' / 'x'} holds an earlier run: continue it with --resume, or give another"
+    assert message in capsys.readouterr().err
+    assert parse_args(["--name", "x", "--output_dir", str(tmp_path / "runs"), "--resume"]).resume

@@ -168,6 +168,15 @@ def test_a_run_resumed_from_the_round_where_early_stopping_ended_it_ends_there(t
     assert {name: (run_dir / name).read_bytes() for name in finished} == finished
 
 
+def test_a_new_run_is_refused_an_output_dir_with_the_checkpoints_of_another(tmp_path, capsys):
+    args = ("pretrain", "--backbone", "builtin-tiny-gpt2", "--num_train_epochs", "1", *QUICK)
+    assert run_cli(*args, "--output_dir", str(tmp_path / "run")) == 0
+    written = {path: path.stat().st_mtime_ns for path in (tmp_path / "run").rglob("*")}
+    message = f"{tmp_path / 'run'} holds the checkpoints of an earlier run (up to checkpoint-"
+    assert_usage_error(capsys, *args, "--output_dir", str(tmp_path / "run"), "--seed", "1", message=message)
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "run").rglob("*")} == written
+
+
 def test_a_run_without_a_test_split_is_refused_before_training(tmp_path, capsys):
     prepare = ("prepare", "--source", "synthetic", "--num-users", "60", "--test-fraction", "0")
     assert run_cli(*prepare, "--out", str(tmp_path / "data")) == 0

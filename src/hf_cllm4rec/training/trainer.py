@@ -139,10 +139,13 @@ class CLLM4RecTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """
         [`Trainer.train`], resuming only from a complete checkpoint (`True`, or `"true"` as the command line gives
-        it: the last complete one in `output_dir`); LoRA adapters are merged into the backbone's weights when
+        it: the last complete one in `output_dir`); a run that does not resume needs an `output_dir` without
+        checkpoints, whose rotation and resumption it would mix with its own. LoRA adapters are merged into the backbone's weights when
         training ends. A run resumed from the checkpoint at which early stopping ended it trains no further step: it
         ends there as it did then (the best round loaded, the read-out power chosen).
         """
+        if not resume_from_checkpoint:
+            check_no_checkpoints(self.args.output_dir)
         if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() == "true":
             resume_from_checkpoint = resume_from_checkpoint if os.path.exists(resume_from_checkpoint) else True
         if resume_from_checkpoint is True:
@@ -501,6 +504,16 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         return None
     complete = [folder for folder in sort_checkpoints(output_dir) if os.path.isfile(Path(folder) / TRAINER_STATE_NAME)]
     return complete[-1] if complete else None
+
+
+def check_no_checkpoints(output_dir: str) -> None:
+    """Raises a `ValueError` where `output_dir` holds the checkpoints of an earlier run."""
+    earlier = sort_checkpoints(output_dir) if os.path.isdir(output_dir) else []
+    if earlier:
+        raise ValueError(
+            f"{output_dir} holds the checkpoints of an earlier run (up to {Path(earlier[-1]).name}): continue it "
+            "with resume_from_checkpoint=true, or train into another output_dir."
+        )
 
 
 def check_complete_checkpoint(folder: str) -> None:
