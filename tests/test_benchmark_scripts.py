@@ -356,6 +356,36 @@ def test_quality_resumes_a_stopped_search_trial_by_trial_and_counts_every_trials
     assert resumed["cllm4rec"]["wall_s"] > before
 
 
+def test_round_oracle_tests_every_round_of_every_trial_without_changing_the_run(tmp_path):
+    options = ("--search", "--early_stopping_patience", "5")
+    plain = pretraining_quality(tmp_path, "plain", 2, *options)
+    run(
+        "benchmarks/round_oracle.py", "--data", "builtin", "--backbone", "builtin-tiny-gpt2", "--name", "oracle",
+        "--warmup_epochs", "0", "--pretrain_rounds", "2", "--finetune_rounds", "0", "--lr_scheduler_type", "constant",
+        "--baselines", "ease", *options,
+        "--output_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results"),
+    )  # fmt: skip
+    quality = json.loads((tmp_path / "results" / "quality-oracle.json").read_text())
+    assert quality["cllm4rec_pretrained"]["test"] == plain["cllm4rec_pretrained"]["test"]  # trained alike
+    oracle = json.loads((tmp_path / "results" / "round-oracle-oracle.json").read_text())
+    assert oracle["benchmark"] == "round_oracle" and "finetune" not in oracle
+    rounds = oracle["pretrain"]["rounds"]
+    assert list(rounds) == [f"pretrain/trial-{index}" for index in range(4)]
+    trials = quality["cllm4rec_pretrained"]["search"]
+    for trial, entries in zip(trials, rounds.values(), strict=True):
+        assert len(entries) == trial["rounds"] == 2
+        assert max(entry["eval_selection_score"] for entry in entries) == trial["validation_selection_score"]
+    summary = oracle["pretrain"]["summary"]
+    assert summary["rounds"] == 8
+    ease = quality["baselines"]["ease"]["test"]
+    for metric in ("recall@20", "recall@40", "ndcg@100"):
+        # the kept round (no read-out power chosen after training) is the model quality.py tested
+        assert summary[metric]["kept"] == pytest.approx(quality["cllm4rec_pretrained"]["test"][metric])
+        tests = [entry[f"test_{metric}"] for entries in rounds.values() for entry in entries]
+        assert summary[metric]["oracle"] == max(tests) >= summary[metric]["kept"]
+        assert summary[metric]["rounds_at_or_above_ease"] == sum(test >= ease[metric] for test in tests)
+
+
 def test_a_model_pretrained_apart_counts_the_epochs_and_seconds_of_its_search(tmp_path):
     from benchmarks.quality import pretrained_model_record
     from benchmarks.report import quality_epochs, run_seconds

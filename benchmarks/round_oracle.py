@@ -1,0 +1,77 @@
+"""How far is what validation chooses from the best choice on test? A diagnostic of the selection of rounds and trials.
+
+Runs `quality.py` with the options given and, at every validation round of every trial (and stage), also ranks the
+test split with the same weights and read-out (that of training: a read-out power chosen after training is not
+applied); nothing is chosen on it, and the run trains as it does without it.
+Writes `<results_dir>/round-oracle-<name>.json` beside quality.py's own result: per trained folder, every round's
+validation and test metrics; per metric, the test value of the round that validation kept (the first of the best
+validation selection scores over every folder of the stage), the best test value of any round (the oracle, which
+no selection on validation can exceed), and how many rounds test at or above EASE where `--baselines` fits it.
+
+```bash
+python benchmarks/round_oracle.py --recipe small-cpu --data data/allbeauty --search --baselines ease \
+  --name allbeauty-oracle --finetune_rounds 0
+```
+"""
+
+import json
+import sys
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import quality  # noqa: E402
+from benchmarks.provenance import git_commit, write_result  # noqa: E402
+from hf_cllm4rec.training.trainer import CLLM4RecTrainer  # noqa: E402
+
+METRICS = ("recall@20", "recall@40", "ndcg@100")
+
+
+def summary(rounds: dict[str, list[dict]], ease: dict | None) -> dict:
+    """Per metric: the test value of the round validation kept, the best test value of any round and, with `ease`
+    (its test metrics), how many rounds reach it."""
+    every_round = [entry for entries in rounds.values() for entry in entries]
+    kept = max(every_round, key=lambda entry: entry["eval_selection_score"])  # the first of equals, as the trainer
+    result = {"rounds": len(every_round), "kept": {"folder": kept["folder"], "step": kept["step"]}}
+    for metric in METRICS:
+        tests = [entry[f"test_{metric}"] for entry in every_round]
+        result[metric] = {"kept": kept[f"test_{metric}"], "oracle": max(tests)}
+        if ease is not None:
+            result[metric]["rounds_at_or_above_ease"] = sum(test >= ease[metric] for test in tests)
+    return result
+
+
+def main() -> None:
+    args = quality.parse_args()
+    root = Path(args.output_dir) / args.name
+    rounds: dict[str, list[dict]] = {}
+    evaluate = CLLM4RecTrainer.evaluate
+
+    def evaluate_and_test(trainer, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = evaluate(trainer, eval_dataset, ignore_keys, metric_key_prefix)
+        if metric_key_prefix == "eval":  # a validation round, not the final test of the kept model
+            folder = Path(trainer.args.output_dir).relative_to(root).as_posix()
+            test = {f"test_{name}": value for name, value in trainer.split_metrics("test").items()}
+            entry = {"folder": folder, "step": trainer.state.global_step, **metrics, **test}
+            rounds.setdefault(folder, []).append(entry)
+        return metrics
+
+    commit = git_commit()
+    with mock.patch.object(CLLM4RecTrainer, "evaluate", evaluate_and_test):
+        quality.main()
+    run = json.loads((Path(args.results_dir) / f"quality-{args.name}.json").read_text())
+    ease = run["baselines"].get("ease", {}).get("test")
+    stages = {}
+    for stage in ("pretrain", "finetune"):
+        stage_rounds = {folder: entries for folder, entries in rounds.items() if folder.split("/")[0] == stage}
+        if stage_rounds:
+            stages[stage] = {"summary": summary(stage_rounds, ease), "rounds": stage_rounds}
+    result = {"benchmark": "round_oracle", "name": args.name, "quality": f"quality-{args.name}.json", **stages}
+    if ease is not None:
+        result["ease"] = ease
+    print(f"wrote {write_result(Path(args.results_dir) / f'round-oracle-{args.name}.json', result, commit)}")
+
+
+if __name__ == "__main__":
+    main()
