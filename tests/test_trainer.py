@@ -596,7 +596,8 @@ def test_a_resumed_run_counts_the_training_seconds_of_the_attempts_before_it(tmp
         assert 1000 < output.metrics["total_train_runtime"] <= 1000 + wall
         assert trainer.state.log_history[-1]["total_train_runtime"] == output.metrics["total_train_runtime"]
         assert trainer.state.log_history[-1]["train_runtime_before_resume"] == 1000.0
-    # a later run of the same trainer from the start counts from zero
+    # a later run of the same trainer from the start (into a folder of its own) counts from zero
+    trainer.args.output_dir = str(tmp_path / "again")
     assert trainer.train().metrics["total_train_runtime"] < 1000
 
 
