@@ -395,6 +395,23 @@ def render_scale(results: list[dict]) -> list[str]:
     ]
 
 
+def round_oracle_rows(results: list[dict]) -> list[str]:
+    """A row per stage of a `round_oracle.py` result: per metric the kept round's test, the best round's, and how many
+    rounds reach EASE."""
+    rows = []
+    for result in results:
+        for stage in ("pretrain", "finetune"):
+            if stage in result:
+                summary = result[stage]["summary"]
+                cells = " | ".join(
+                    f"{summary[metric]['kept']:.4f} / {summary[metric]['oracle']:.4f} / "
+                    f"{summary[metric].get('rounds_at_or_above_ease', '-')}"
+                    for metric in METRICS
+                )
+                rows.append(f"| `{result['_file']}` | {stage} | {summary['rounds']} | {cells} |")
+    return rows
+
+
 def significance_rows(results: list[dict]) -> list[str]:
     """A row per `significance.py` result: each metric's relative difference to the baseline, its interval and the
     share of resamples below the baseline."""
@@ -473,6 +490,23 @@ def render_results(results: list[dict]) -> list[str]:
             f"| file | models | baseline | users | interval | {HEADER} |",
             "|---|---|---|---|---|---|---|---|",
             *significance,
+        ]
+    oracle = round_oracle_rows([result for result in results if result.get("benchmark") == "round_oracle"])
+    if oracle:
+        lines += [
+            "",
+            *textwrap.wrap(
+                "Selection on validation against the best choice on test (`round_oracle.py`, a diagnostic: nothing "
+                "is chosen on test). Each cell: the test metric of the round that validation kept over every round "
+                "of every trial of the stage / the best test metric of any of those rounds, which no selection on "
+                "validation can exceed / how many of the rounds reach EASE's; one pass per user at training's "
+                "read-out:",
+                LINE_LENGTH,
+            ),
+            "",
+            f"| file | stage | rounds | {HEADER} |",
+            "|---|---|---|---|---|---|",
+            *oracle,
         ]
     for result in (result for result in results if result.get("benchmark") == "scale" and not result["quick"]):
         lines += [

@@ -357,6 +357,8 @@ def test_quality_resumes_a_stopped_search_trial_by_trial_and_counts_every_trials
 
 
 def test_round_oracle_tests_every_round_of_every_trial_without_changing_the_run(tmp_path):
+    from benchmarks.report import round_oracle_rows
+
     options = ("--search", "--early_stopping_patience", "5")
     plain = pretraining_quality(tmp_path, "plain", 2, *options)
     run(
@@ -384,6 +386,10 @@ def test_round_oracle_tests_every_round_of_every_trial_without_changing_the_run(
         tests = [entry[f"test_{metric}"] for entries in rounds.values() for entry in entries]
         assert summary[metric]["oracle"] == max(tests) >= summary[metric]["kept"]
         assert summary[metric]["rounds_at_or_above_ease"] == sum(test >= ease[metric] for test in tests)
+    (row,) = round_oracle_rows([{**oracle, "_file": "round-oracle-oracle.json"}])
+    ndcg = summary["ndcg@100"]
+    expected = f"{ndcg['kept']:.4f} / {ndcg['oracle']:.4f} / {ndcg['rounds_at_or_above_ease']} |"
+    assert row.startswith("| `round-oracle-oracle.json` | pretrain | 8 | ") and row.endswith(expected)
 
 
 def test_a_model_pretrained_apart_counts_the_epochs_and_seconds_of_its_search(tmp_path):
