@@ -140,9 +140,9 @@ class CLLM4RecTrainer(Trainer):
         """
         [`Trainer.train`], resuming only from a complete checkpoint (`True`, or `"true"` as the command line gives
         it: the last complete one in `output_dir`); a run that does not resume needs an `output_dir` without
-        checkpoints, whose rotation and resumption it would mix with its own. LoRA adapters are merged into the backbone's weights when
-        training ends. A run resumed from the checkpoint at which early stopping ended it trains no further step: it
-        ends there as it did then (the best round loaded, the read-out power chosen).
+        checkpoints, whose rotation and resumption it would mix with its own. LoRA adapters are merged into the
+        backbone's weights when training ends. A run resumed from the checkpoint at which early stopping ended it
+        trains no further step: it ends there as it did then (the best round loaded, the read-out power chosen).
         """
         if not resume_from_checkpoint:
             check_no_checkpoints(self.args.output_dir)
