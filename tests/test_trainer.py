@@ -1247,3 +1247,21 @@ def test_the_data_loader_draws_once_from_the_global_generator_whatever_the_epoch
     torch.manual_seed(0)
     torch.empty((), dtype=torch.int64).random_()  # the one draw that seeds the loader's own generator
     assert torch.equal(after_three_epochs, torch.rand(1))
+
+
+@pytest.mark.slow
+def test_a_compiled_model_trains_as_the_eager_one_and_saves_plain_weights(tmp_path, data, base_tokenizer):
+    trained = {}
+    for compiled in (False, True):
+        model, tokenizer = make_model(CLLM4RecForCollaborativeLM, data, base_tokenizer)
+        before = trainable_parameters(model)
+        arguments = training_arguments(CLLM4RecForCollaborativeLM, tmp_path / str(compiled), torch_compile=compiled)
+        trainer = CLLM4RecTrainer(model, arguments, data, tokenizer)
+        trainer.train()
+        assert isinstance(trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule) == compiled
+        trainer.save_model()
+        trained[compiled] = trainable_parameters(model)
+    assert_same_parameters(trained[False], trained[True], before, atol=1e-5, untrained={CONTENT_USERS})
+    saved = all_parameters(CLLM4RecForCollaborativeLM.from_pretrained(tmp_path / "True"))
+    saved = {name: saved[name] for name in trained[True]}  # keys without the compiled module's prefix
+    assert_same_parameters(trained[True], saved, before, atol=0, untrained={CONTENT_USERS})
