@@ -73,6 +73,7 @@ from hf_cllm4rec.training.presets import (  # noqa: E402
 )
 from hf_cllm4rec.training.recipes import (  # noqa: E402
     RECIPE_NAME,
+    SEARCH_TRIAL_NAME,
     DataArguments,
     FineTuningModelArguments,
     PretrainingModelArguments,
@@ -545,17 +546,20 @@ def saved_stage(args, stage: str, folder: Path, resumed: dict[str, dict]) -> dic
         resumed[stage] = {"from": "saved model"}
         return json.loads((folder / TEST_RESULTS_NAME).read_text())
     if args.search and stage == "pretraining":
-        trials = math.prod(len(values) for values in SEARCH_GRIDS["pretrain"].values())
-        resumed[stage] = {
-            "from": {f"trial-{index}": resumed_from(folder / f"trial-{index}") for index in range(trials)}
-        }
+        trials = [folder / f"trial-{index}" for index in range(math.prod(map(len, SEARCH_GRIDS["pretrain"].values())))]
+        resumed[stage] = {"from": {trial.name: resumed_from(trial) for trial in trials}}
     else:
         resumed[stage] = {"from": resumed_from(folder)}
     return None
 
 
 def resumed_from(folder: Path) -> str:
-    """The name of the last complete checkpoint in `folder`, or "start" where it has none."""
+    """
+    Where the training in `folder` resumes: "finished" for a search's trial that recorded its end, else the name of
+    the last complete checkpoint, or "start" where there is none.
+    """
+    if (folder / SEARCH_TRIAL_NAME).is_file():
+        return "finished"
     checkpoint = last_complete_checkpoint(str(folder))
     return "start" if checkpoint is None else Path(checkpoint).name
 

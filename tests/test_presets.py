@@ -14,6 +14,7 @@ from hf_cllm4rec.training.presets import DEFAULT_RECIPE, RECIPES, SEARCH_GRIDS, 
 from hf_cllm4rec.training.recipes import (
     BUILTIN_BACKBONE,
     RECIPE_NAME,
+    SEARCH_TRIAL_NAME,
     PretrainingModelArguments,
     build_pretraining_model,
 )
@@ -245,35 +246,40 @@ def test_search_trains_every_combination_of_its_grid_and_keeps_the_best_on_valid
     assert (output_dir / "test_results.json").is_file() and (output_dir / "model.safetensors").is_file()
 
 
-def test_a_stopped_search_resumes_each_trial_where_it_stopped_and_ends_as_the_uninterrupted_one(tmp_path, capsys):
+def test_a_stopped_search_resumes_trial_by_trial_and_ends_as_the_uninterrupted_one(tmp_path, capsys):
     output_dir = tmp_path / "run"
-    args = ("--backbone", "builtin-tiny-gpt2", "--output_dir", str(output_dir), "--num_train_epochs", "2", *QUICK)
-    args = (*args, "--save_total_limit", "100")
-    assert run_cli("pretrain", *args, "--search") == 0
+    args = ("--backbone", "builtin-tiny-gpt2", "--output_dir", str(output_dir), *QUICK, "--search")
+    args = (*args, "--num_train_epochs", "8", "--early_stopping_patience", "1", "--learning_rate", "0.02")
+    assert run_cli("pretrain", *args) == 0
     capsys.readouterr()
     trials = json.loads((output_dir / RECIPE_NAME).read_text())["search"]
     finished = {name: (output_dir / name).read_bytes() for name in ("model.safetensors", "test_results.json")}
-    # stopped in trial 1's second round: trial 0 finished, trial 1 has its first round's checkpoint, 2 and 3 nothing
-    for name in (*finished, RECIPE_NAME):
+    best = max(range(len(trials)), key=lambda index: trials[index]["validation_selection_score"])
+    # stopped in the middle of one trial (no record yet, its checkpoint left), before the last: the best one finished
+    interrupted, unstarted = [index for index in range(len(trials)) if index != best][-2:]
+    for name in (*finished, RECIPE_NAME, "trainer_state.json"):
         (output_dir / name).unlink()
-    last_of_trial_1 = max((output_dir / "trial-1").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    shutil.rmtree(last_of_trial_1)
-    for index in (2, 3):
-        shutil.rmtree(output_dir / f"trial-{index}")
-    assert run_cli("pretrain", *args, "--search", "--resume_from_checkpoint", "true") == 0
+    (output_dir / f"trial-{interrupted}" / SEARCH_TRIAL_NAME).unlink()
+    shutil.rmtree(output_dir / f"trial-{unstarted}")
+    assert run_cli("pretrain", *args, "--resume_from_checkpoint", "true") == 0
     capsys.readouterr()
     resumed = json.loads((output_dir / RECIPE_NAME).read_text())["search"]
-    for trial, again in zip(trials, resumed, strict=True):
-        assert again["settings"] == trial["settings"] and again["rounds"] == trial["rounds"] == 2
-        assert again["validation_selection_score"] == pytest.approx(trial["validation_selection_score"])
-    # trial 0 trained entirely before, trial 1 its first round, trials 2 and 3 not at all
-    assert resumed[0]["train_runtime_before_resume_s"] == pytest.approx(resumed[0]["train_runtime_s"], abs=0.5)
-    assert 0 < resumed[1]["train_runtime_before_resume_s"] < resumed[1]["train_runtime_s"]
-    assert resumed[2]["train_runtime_before_resume_s"] == resumed[3]["train_runtime_before_resume_s"] == 0
+    for index, (trial, again) in enumerate(zip(trials, resumed, strict=True)):
+        if index in (interrupted, unstarted):  # trained again, from its checkpoint or from the start
+            for name in ("settings", "rounds", "best_model_checkpoint"):
+                assert again[name] == trial[name], name
+            assert again["validation_selection_score"] == pytest.approx(trial["validation_selection_score"])
+        else:  # not trained again: its record as the first attempt wrote it, every second of it from before
+            assert again == {**trial, "train_runtime_before_resume_s": trial["train_runtime_s"]}
+    assert resumed[unstarted]["train_runtime_before_resume_s"] == 0
+    assert 0 < resumed[interrupted]["train_runtime_before_resume_s"] < resumed[interrupted]["train_runtime_s"]
     assert json.loads((output_dir / "test_results.json").read_bytes()) == pytest.approx(
         json.loads(finished["test_results.json"])
     )
     assert (output_dir / "model.safetensors").read_bytes() == finished["model.safetensors"]
+    # the kept trial's whole log, as the uninterrupted search saved it
+    assert validation_scores(output_dir) == validation_scores(output_dir / f"trial-{best}")
+    assert len(validation_scores(output_dir)) == trials[best]["rounds"]
 
 
 def test_search_refuses_the_options_it_tries_and_runs_without_a_selection(capsys, tmp_path):

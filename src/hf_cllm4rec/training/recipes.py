@@ -3,12 +3,14 @@
 import itertools
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, set_seed
+from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, TrainerState, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging
 
 from ..configuration_cllm4rec import HISTORY_ATTENTIONS, READ_OUTS, CLLM4RecConfig
@@ -21,13 +23,15 @@ from ..serving import IdMappings, check_checkpoint_ids
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from ..writing import replaced_file
 from .arguments import FineTuningArguments, PretrainingArguments
-from .trainer import CLLM4RecTrainer, last_complete_checkpoint
+from .trainer import CLLM4RecTrainer, check_complete_checkpoint, last_complete_checkpoint
 
 logger = logging.get_logger(__name__)
 
 BUILTIN_DATA = "builtin"
 # The recipe a run took its defaults from (`presets.apply_recipe`), saved beside its training arguments.
 RECIPE_NAME = "recipe.json"
+# What a search records of each finished trial, in the trial's folder.
+SEARCH_TRIAL_NAME = "search_trial.json"
 # The demo backbone: a two-layer GPT-2 over the built-in data set's word-level vocabulary.
 BUILTIN_BACKBONE = "builtin-tiny-gpt2"
 # The dropout probabilities of backbone configs that `backbone_dropout` sets, where a config has them.
@@ -315,9 +319,10 @@ def run_search(
     by name), each trial in `output_dir/trial-N` with its rounds selected (and early-stopped) on validation, then
     finishes the trial with the best validation selection score as `run_pretraining` / `run_finetuning` do. Every
     trial's settings, best validation score, rounds and training seconds (over every attempt, and those of the
-    attempts before the last) are recorded under `"search"` in `recipe.json`. With `resume_from_checkpoint=True`
-    (or `"true"`) a stopped search continues: each trial from its own last complete checkpoint, a finished trial
-    ending at once where it stopped, a trial without a checkpoint from the start.
+    attempts before the last) are recorded under `"search"` in `recipe.json`, and each finished trial's record in
+    its own folder (`SEARCH_TRIAL_NAME`). With `resume_from_checkpoint=True` (or `"true"`) a stopped search
+    continues: a finished trial is not trained again (the best one gets its model back from its best checkpoint
+    without a step), the others continue from their last complete checkpoint or start.
     """
     if not training_args.load_best_model_at_end:
         raise ValueError(
@@ -335,34 +340,73 @@ def run_search(
     unknown = [name for name in grid if not hasattr(model_args, name) and not hasattr(training_args, name)]
     if unknown:
         raise ValueError(f"The search grid names {', '.join(unknown)}, not options of this stage.")
-    trials, best = [], None
+    trials, best = [], None  # the best trial's record, trainer and data (trained by this attempt) and arguments
     for index, values in enumerate(itertools.product(*grid.values())):
         settings = dict(zip(grid, values, strict=True))
-        trial_dir = str(Path(training_args.output_dir) / f"trial-{index}")
+        trial_dir = Path(training_args.output_dir) / f"trial-{index}"
         trial_model_args = replace(model_args, **{k: v for k, v in settings.items() if hasattr(model_args, k)})
         trial_training_args = replace(
             training_args,
-            output_dir=trial_dir,
-            resume_from_checkpoint=last_complete_checkpoint(trial_dir) if resume else None,
+            output_dir=str(trial_dir),
+            resume_from_checkpoint=last_complete_checkpoint(str(trial_dir)) if resume else None,
             **{name: value for name, value in settings.items() if not hasattr(model_args, name)},
         )
-        trainer, data = _trained(trial_model_args, data_args, trial_training_args)
-        history = trainer.state.log_history
-        clock = next(entry for entry in reversed(history) if "total_train_runtime" in entry)
-        trials.append(
-            {
-                "settings": settings,
-                "validation_selection_score": trainer.state.best_metric,
-                "rounds": sum("eval_selection_score" in entry for entry in history),
-                "train_runtime_s": clock["total_train_runtime"],
-                "train_runtime_before_resume_s": clock["train_runtime_before_resume"],
-            }
-        )
-        if best is None or trainer.state.best_metric > best[0].state.best_metric:
-            best = trainer, data
-    trainer, data = best
+        record_file = trial_dir / SEARCH_TRIAL_NAME
+        if resume and record_file.is_file():  # finished by an earlier attempt, which trained all its seconds
+            record, trained = json.loads(record_file.read_text()), None
+            if record["settings"] != settings:
+                raise ValueError(
+                    f"{trial_dir} finished a trial of {record['settings']}, not of {settings}: resume the search "
+                    "with the grid it was run with, or search into another output_dir."
+                )
+            record["train_runtime_before_resume_s"] = record["train_runtime_s"]
+        else:
+            trained = _trained(trial_model_args, data_args, trial_training_args)
+            trained[0].save_state()  # the state the trial ended in, which a reloaded trial takes up again
+            record = _trial_record(settings, trained[0])
+            with replaced_file(record_file) as file:
+                json.dump(record, file, indent=2)
+        trials.append(record)
+        if best is None or record["validation_selection_score"] > best[0]["validation_selection_score"]:
+            best = record, trained, trial_model_args, trial_training_args
+    record, trained, best_model_args, best_training_args = best
+    checkpoint = record["best_model_checkpoint"]
+    trainer, data = trained or _reloaded(best_model_args, data_args, best_training_args, checkpoint)
     trainer.args.output_dir = training_args.output_dir
     return _finish(trainer, data, {**(recipe or {}), "search": trials})
+
+
+def _trial_record(settings: dict, trainer: CLLM4RecTrainer) -> dict:
+    """What a search records of a trial that `trainer` trained, and the checkpoint its model was taken from."""
+    history = trainer.state.log_history
+    clock = next(entry for entry in reversed(history) if "total_train_runtime" in entry)
+    return {
+        "settings": settings,
+        "validation_selection_score": trainer.state.best_metric,
+        "rounds": sum("eval_selection_score" in entry for entry in history),
+        "train_runtime_s": clock["total_train_runtime"],
+        "train_runtime_before_resume_s": clock["train_runtime_before_resume"],
+        "best_model_checkpoint": Path(trainer.state.best_model_checkpoint).name,
+    }
+
+
+def _reloaded(
+    model_args, data_args, training_args, checkpoint_name: str
+) -> tuple[CLLM4RecTrainer, RecommendationData]:
+    """
+    The trainer of a trial that an earlier attempt finished, holding its model again: resumed from its best
+    checkpoint with that checkpoint's step as the last, so that training ends there (the best round loaded, the
+    read-out power chosen) without a step, then given back the state the trial ended in (its whole log).
+    """
+    checkpoint = os.path.join(training_args.output_dir, checkpoint_name)
+    check_complete_checkpoint(checkpoint)
+    steps = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME)).global_step
+    trainer, data = _trained(
+        model_args, data_args, replace(training_args, resume_from_checkpoint=checkpoint, max_steps=steps)
+    )
+    trainer.args.max_steps = training_args.max_steps  # the run's own, as its saved training arguments record
+    trainer.state = TrainerState.load_from_json(os.path.join(training_args.output_dir, TRAINER_STATE_NAME))
+    return trainer, data
 
 
 def _trained(model_args, data_args, training_args) -> tuple[CLLM4RecTrainer, RecommendationData]:
