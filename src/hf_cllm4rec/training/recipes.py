@@ -5,6 +5,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -395,22 +396,25 @@ def _reloaded(
 ) -> tuple[CLLM4RecTrainer, RecommendationData]:
     """
     The trainer of a trial that an earlier attempt finished, holding its model again: resumed from its best
-    checkpoint with that checkpoint's step as the last, so that training ends there (the best round loaded, the
-    read-out power chosen) without a step, then given back the state the trial ended in (its whole log).
+    checkpoint, training ends there without a step (the best round loaded, the read-out power chosen); then given back
+    the state the trial ended in (its whole log).
     """
     checkpoint = os.path.join(training_args.output_dir, checkpoint_name)
     check_complete_checkpoint(checkpoint)
-    steps = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME)).global_step
     trainer, data = _trained(
-        model_args, data_args, replace(training_args, resume_from_checkpoint=checkpoint, max_steps=steps)
+        model_args, data_args, replace(training_args, resume_from_checkpoint=checkpoint), ends_at_checkpoint=True
     )
-    trainer.args.max_steps = training_args.max_steps  # the run's own, as its saved training arguments record
     trainer.state = TrainerState.load_from_json(os.path.join(training_args.output_dir, TRAINER_STATE_NAME))
     return trainer, data
 
 
-def _trained(model_args, data_args, training_args) -> tuple[CLLM4RecTrainer, RecommendationData]:
-    """The trainer of the stage that the arguments are of, after training, and the data set."""
+def _trained(
+    model_args, data_args, training_args, ends_at_checkpoint: bool = False
+) -> tuple[CLLM4RecTrainer, RecommendationData]:
+    """
+    The trainer of the stage that the arguments are of, after training, and the data set; with `ends_at_checkpoint`,
+    training resumed from `training_args.resume_from_checkpoint` ends there without a step.
+    """
     set_seed(training_args.seed)
     data = load_data(data_args)
     check_split(data, "test", "The run ends with its test metrics: prepare the data with a --test-fraction above 0.")
@@ -421,7 +425,9 @@ def _trained(model_args, data_args, training_args) -> tuple[CLLM4RecTrainer, Rec
         if not check_checkpoint_ids(model_args.pretrained, data):
             logger.warning(f"{model_args.pretrained} has no id mappings: only its user and item counts are checked.")
     trainer = CLLM4RecTrainer(model, training_args, data, tokenizer)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    checkpoint = training_args.resume_from_checkpoint
+    with trainer.ending_at(checkpoint) if ends_at_checkpoint else nullcontext():
+        trainer.train(resume_from_checkpoint=checkpoint)
     return trainer, data
 
 

@@ -3,7 +3,7 @@
 import json
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -159,17 +159,11 @@ class CLLM4RecTrainer(Trainer):
         if self.weight_average is not None:  # the average continues from the checkpoint's when training begins
             self.weight_average.resume_from = resume_from_checkpoint or None
         self.clock.seconds_before = 0.0
-        planned_steps = self.args.max_steps
         if resume_from_checkpoint:
             self._restore_callback_states(resume_from_checkpoint)
-            if self._stopped_early():  # the Trainer runs out of steps at the checkpoint and ends training there
-                self.args.max_steps = TrainerState.load_from_json(
-                    os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)
-                ).global_step
-        try:
+        stopped = resume_from_checkpoint and self._stopped_early()
+        with self.ending_at(resume_from_checkpoint) if stopped else nullcontext():
             output = super().train(resume_from_checkpoint or None, trial, ignore_keys_for_eval, **kwargs)
-        finally:
-            self.args.max_steps = planned_steps
         output.metrics["total_train_runtime"] = self.clock.seconds()
         self.log(
             {
@@ -204,6 +198,19 @@ class CLLM4RecTrainer(Trainer):
         if callback is not None:
             callback.early_stopping_patience_counter = attributes(callback).get("early_stopping_patience_counter", 0)
         self.clock.seconds_before = attributes(self.clock).get("seconds_before", 0.0)
+
+    @contextmanager
+    def ending_at(self, checkpoint: str | os.PathLike):
+        """
+        Within the block, training resumed from `checkpoint` ends there without a step (the best round loaded, the
+        read-out power chosen): the Trainer's budget of steps is the checkpoint's.
+        """
+        planned_steps = self.args.max_steps
+        self.args.max_steps = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME)).global_step
+        try:
+            yield
+        finally:
+            self.args.max_steps = planned_steps
 
     @property
     def early_stopping(self) -> "ValidationEarlyStopping | None":
