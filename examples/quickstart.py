@@ -14,7 +14,6 @@ import argparse
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hf_cllm4rec import CLLM4RecForItemPrediction, CLLM4RecTokenizer, IdMappings, Recommender
@@ -83,7 +82,7 @@ def main() -> None:
     )
 
     train, test = data.to_sparse("train"), data.to_sparse("test")
-    popularity = torch.as_tensor(np.asarray(train.sum(axis=0)).ravel(), dtype=torch.float32)
+    popularity = torch.from_numpy(data.item_counts("train")).float()
     baseline = evaluate_recommender(lambda users: popularity.expand(len(users), -1), test, exclude=train)
     print(f"\nTest split, {int(finetuning['test_num_users'])} users, training items excluded from the ranking:")
     print(f"  {'':<12}" + "".join(f"{name:>11}" for name in ("Recall@20", "Recall@40", "NDCG@100")))
