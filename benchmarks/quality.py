@@ -690,8 +690,9 @@ def plot(validation: dict[str, list[dict]], path: Path, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-def main() -> None:
-    args = parse_args()
+def main(args: argparse.Namespace | None = None) -> None:
+    """Runs what the options (default: the command line's, as `parse_args` reads them) describe."""
+    args = parse_args() if args is None else args
     apply_cudnn_attention_option(args)
     commit = git_commit()
     pretrained = None if args.pretrained is None else pretrained_model_record(Path(args.pretrained))

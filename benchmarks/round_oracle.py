@@ -44,6 +44,10 @@ def summary(rounds: dict[str, list[dict]], ease: dict | None) -> dict:
 
 def main() -> None:
     args = quality.parse_args()
+    if args.resume:  # the rounds an earlier attempt trained were not ranked on test
+        raise SystemExit(
+            "--resume: round_oracle.py ranks the test split at the rounds it trains; run it from the start."
+        )
     root = Path(args.output_dir) / args.name
     rounds: dict[str, list[dict]] = {}
     evaluate = CLLM4RecTrainer.evaluate
@@ -59,7 +63,7 @@ def main() -> None:
 
     commit = git_commit()
     with mock.patch.object(CLLM4RecTrainer, "evaluate", evaluate_and_test):
-        quality.main()
+        quality.main(args)
     run = json.loads((Path(args.results_dir) / f"quality-{args.name}.json").read_text())
     ease = run["baselines"].get("ease", {}).get("test")
     stages = {}

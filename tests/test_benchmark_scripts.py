@@ -391,6 +391,14 @@ def test_round_oracle_tests_every_round_of_every_trial_without_changing_the_run(
     ndcg = summary["ndcg@100"]
     expected = f"{ndcg['kept']:.4f} / {ndcg['oracle']:.4f} / {ndcg['rounds_at_or_above_ease']} |"
     assert row.startswith("| `round-oracle-oracle.json` | pretrain | 8 | ") and row.endswith(expected)
+    # resumed, the rounds of the earlier attempt would be missing: refused before anything runs
+    refused = subprocess.run(
+        [sys.executable, "benchmarks/round_oracle.py", "--name", "again", "--resume", "--output_dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert (
+        refused.returncode != 0 and "--resume: round_oracle.py ranks the test split at the rounds it" in refused.stderr
+    )
 
 
 def test_a_model_pretrained_apart_counts_the_epochs_and_seconds_of_its_search(tmp_path):
