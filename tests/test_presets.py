@@ -160,12 +160,33 @@ def test_a_run_resumed_from_the_round_where_early_stopping_ended_it_ends_there(t
     rounds, state = len(validation_scores(run_dir)), json.loads((run_dir / "trainer_state.json").read_text())
     assert rounds < 30, "the run did not stop early"
     finished = {name: (run_dir / name).read_bytes() for name in ("model.safetensors", "config.json")}
-    (run_dir / "model.safetensors").unlink()  # as if stopped after the last checkpoint, before the model was saved
+    for name in ("model.safetensors", "trainer_state.json"):  # as if stopped after the last checkpoint, before the end
+        (run_dir / name).unlink()
     assert run_cli("pretrain", *args, "--output_dir", str(run_dir), "--resume_from_checkpoint", "true") == 0
     capsys.readouterr()
     resumed_state = json.loads((run_dir / "trainer_state.json").read_text())
     assert len(validation_scores(run_dir)) == rounds and resumed_state["global_step"] == state["global_step"]
     assert resumed_state["best_model_checkpoint"] == state["best_model_checkpoint"]
+    assert {name: (run_dir / name).read_bytes() for name in finished} == finished
+
+
+def test_a_finished_run_resumed_is_not_trained_again(tmp_path, capsys):
+    args = ("--backbone", "builtin-tiny-gpt2", "--learning_rate", "0.02", "--num_train_epochs", "30", *QUICK)
+    args = (*args, "--early_stopping_patience", "2", "--output_dir", str(tmp_path / "run"))
+    assert run_cli("pretrain", *args) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / "run"
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    assert len(validation_scores(run_dir)) < 30, "the run did not stop early"
+    # the recipe's save_total_limit=1: only the best checkpoint is left, from which the Trainer would train on
+    checkpoints = {path: path.stat().st_mtime_ns for path in run_dir.glob("checkpoint-*/*")}
+    assert {path.parent.name for path in checkpoints} == {state["best_model_checkpoint"].split("/")[-1]}
+    assert state["best_model_checkpoint"] != f"checkpoint-{state['global_step']}"
+    finished = {name: (run_dir / name).read_bytes() for name in ("model.safetensors", "test_results.json")}
+    assert run_cli("pretrain", *args, "--resume_from_checkpoint", "true") == 0
+    capsys.readouterr()
+    assert json.loads((run_dir / "trainer_state.json").read_text())["log_history"] == state["log_history"]
+    assert {path: path.stat().st_mtime_ns for path in run_dir.glob("checkpoint-*/*")} == checkpoints
     assert {name: (run_dir / name).read_bytes() for name in finished} == finished
 
 

@@ -24,7 +24,12 @@ from ..serving import IdMappings, check_checkpoint_ids
 from ..tokenization_cllm4rec import CLLM4RecTokenizer
 from ..writing import replaced_file
 from .arguments import FineTuningArguments, PretrainingArguments
-from .trainer import CLLM4RecTrainer, check_complete_checkpoint, last_complete_checkpoint
+from .trainer import (
+    CLLM4RecTrainer,
+    check_complete_checkpoint,
+    finished_run_checkpoint,
+    last_complete_checkpoint,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -291,7 +296,7 @@ def run_pretraining(
     `presets.apply_recipe` records) in `recipe.json`; returns test metrics.
     """
     check_argument_types(model_args, PretrainingModelArguments, training_args, PretrainingArguments)
-    return _finish(*_trained(model_args, data_args, training_args), recipe)
+    return _finish(*_trained_unless_finished(model_args, data_args, training_args), recipe)
 
 
 def run_finetuning(
@@ -305,7 +310,7 @@ def run_finetuning(
     `recipe.json`; returns test metrics.
     """
     check_argument_types(model_args, FineTuningModelArguments, training_args, FineTuningArguments)
-    return _finish(*_trained(model_args, data_args, training_args), recipe)
+    return _finish(*_trained_unless_finished(model_args, data_args, training_args), recipe)
 
 
 def run_search(
@@ -377,6 +382,20 @@ def run_search(
     return _finish(trainer, data, {**(recipe or {}), "search": trials})
 
 
+def _trained_unless_finished(model_args, data_args, training_args) -> tuple[CLLM4RecTrainer, RecommendationData]:
+    """
+    [`_trained`], except for a run resumed with `resume_from_checkpoint=true` in the `output_dir` where it finished
+    ([`finished_run_checkpoint`]): it is not trained again, but gets its model back from its best checkpoint without a
+    step, and its whole log from its end state. Under `save_total_limit=1` the Trainer keeps only the best checkpoint
+    of a finished run, from which it would otherwise train the rounds after it again.
+    """
+    if str(training_args.resume_from_checkpoint).lower() == "true":
+        if best := finished_run_checkpoint(training_args):
+            logger.info(f"The run in {training_args.output_dir} finished: its model comes back from {best}.")
+            return _reloaded(model_args, data_args, training_args, Path(best).name)
+    return _trained(model_args, data_args, training_args)
+
+
 def _trial_record(settings: dict, trainer: CLLM4RecTrainer) -> dict:
     """What a search records of a trial that `trainer` trained, and the checkpoint its model was taken from."""
     history = trainer.state.log_history
@@ -440,14 +459,14 @@ def check_argument_types(model_args, model_arguments_class: type, training_args,
 
 def _finish(trainer: CLLM4RecTrainer, data: RecommendationData, recipe: dict | None) -> dict[str, float]:
     """
-    Test metrics, then the model, tokenizer, id mappings, metrics, trainer state, the record of the run's recipe
-    (`presets.apply_recipe`) and model card saved to `output_dir`; with `push_to_hub`, what `hub.save_for_hub` writes
-    is uploaded to `hub_model_id`.
+    The trainer state as training ended (which a finished run resumed takes up again), test metrics, then the model,
+    tokenizer, id mappings, metrics, the record of the run's recipe (`presets.apply_recipe`) and model card saved to
+    `output_dir`; with `push_to_hub`, what `hub.save_for_hub` writes is uploaded to `hub_model_id`.
     """
     args = trainer.args
+    trainer.save_state()
     metrics = trainer.evaluate(eval_dataset="test", metric_key_prefix="test")
     trainer.save_model(args.output_dir)
-    trainer.save_state()
     if trainer.is_world_process_zero():
         data_files = Path(args.output_dir)
         IdMappings.from_data(data).save(data_files)

@@ -513,6 +513,28 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return complete[-1] if complete else None
 
 
+def finished_run_checkpoint(args: CLLM4RecTrainingArguments) -> str | None:
+    """
+    The best checkpoint of the run that finished in `args.output_dir` (its end state saved there) where training
+    resumed under `args` would take no step of its own: early stopping had run out of its patience, or every epoch
+    (step) was run. None for a folder without such a run.
+    """
+    end_state = Path(args.output_dir) / TRAINER_STATE_NAME
+    if not end_state.is_file():
+        return None
+    state = TrainerState.load_from_json(str(end_state))
+    if state.best_model_checkpoint is None:
+        return None
+    best = Path(args.output_dir) / Path(state.best_model_checkpoint).name
+    stopping = state.stateful_callbacks.get(ValidationEarlyStopping.__name__, {}).get("attributes", {})
+    patience = args.early_stopping_patience
+    stopped_early = patience is not None and stopping.get("early_stopping_patience_counter", 0) >= patience
+    all_run = (
+        state.global_step >= args.max_steps if args.max_steps > 0 else (state.epoch or 0) >= args.num_train_epochs
+    )
+    return str(best) if best.is_dir() and (stopped_early or all_run) else None
+
+
 def check_no_checkpoints(output_dir: str) -> None:
     """Raises a `ValueError` where `output_dir` holds the checkpoints of an earlier run."""
     earlier = sort_checkpoints(output_dir) if os.path.isdir(output_dir) else []
