@@ -4,8 +4,8 @@ Runs `quality.py` with the options given and, at every validation round of every
 test split with the same weights and read-out (that of training: a read-out power chosen after training is not
 applied); nothing is chosen on it, and the run trains as it does without it.
 Writes `<results_dir>/round-oracle-<name>.json` beside quality.py's own result: per trained folder, every round's
-validation and test metrics; per metric, the test value of the round that validation kept (the first of the best
-validation selection scores over every folder of the stage), the best test value of any round (the oracle, which
+validation and test metrics; per metric, the test value of the round that validation kept (the best round of the
+trial the search kept, or of the stage's one run), the best test value of any round (the oracle, which
 no selection on validation can exceed), and how many rounds test at or above EASE where `--baselines` fits it.
 
 ```bash
@@ -28,11 +28,20 @@ from hf_cllm4rec.training.trainer import CLLM4RecTrainer  # noqa: E402
 METRICS = ("recall@20", "recall@40", "ndcg@100")
 
 
-def summary(rounds: dict[str, list[dict]], ease: dict | None) -> dict:
-    """Per metric: the test value of the round validation kept, the best test value of any round and, with `ease`
-    (its test metrics), how many rounds reach it."""
+def kept_folder(stage: str, rounds: dict[str, list[dict]], trials: list[dict]) -> str:
+    """The folder of the stage's kept model: the search's best trial on validation (the first of equals), as the search
+    chooses it, or the stage's one folder."""
+    if not trials:
+        (folder,) = rounds
+        return folder
+    return f"{stage}/trial-{max(range(len(trials)), key=lambda index: trials[index]['validation_selection_score'])}"
+
+
+def summary(rounds: dict[str, list[dict]], kept_in: str, ease: dict | None) -> dict:
+    """Per metric: the test value of the round validation kept (the best round of folder `kept_in`), the best test value
+    of any round and, with `ease` (its test metrics), how many rounds reach it."""
     every_round = [entry for entries in rounds.values() for entry in entries]
-    kept = max(every_round, key=lambda entry: entry["eval_selection_score"])  # the first of equals, as the trainer
+    kept = max(rounds[kept_in], key=lambda entry: entry["eval_selection_score"])  # the first of equals, as the trainer
     result = {"rounds": len(every_round), "kept": {"folder": kept["folder"], "step": kept["step"]}}
     for metric in METRICS:
         tests = [entry[f"test_{metric}"] for entry in every_round]
@@ -67,10 +76,11 @@ def main() -> None:
     run = json.loads((Path(args.results_dir) / f"quality-{args.name}.json").read_text())
     ease = run["baselines"].get("ease", {}).get("test")
     stages = {}
-    for stage in ("pretrain", "finetune"):
+    for stage, results in (("pretrain", run["cllm4rec_pretrained"]), ("finetune", run["cllm4rec"])):
         stage_rounds = {folder: entries for folder, entries in rounds.items() if folder.split("/")[0] == stage}
         if stage_rounds:
-            stages[stage] = {"summary": summary(stage_rounds, ease), "rounds": stage_rounds}
+            kept_in = kept_folder(stage, stage_rounds, results.get("search", []))
+            stages[stage] = {"summary": summary(stage_rounds, kept_in, ease), "rounds": stage_rounds}
     result = {"benchmark": "round_oracle", "name": args.name, "quality": f"quality-{args.name}.json", **stages}
     if ease is not None:
         result["ease"] = ease

@@ -256,7 +256,16 @@ def test_search_trains_every_combination_of_its_grid_and_keeps_the_best_on_valid
     for index, trial in enumerate(trials):
         checkpoints = (output_dir / f"trial-{index}").glob("checkpoint-*")
         last_checkpoint = max(checkpoints, key=lambda path: int(path.name.split("-")[1]))
-        assert trial["validation_selection_score"] == pytest.approx(max(validation_scores(last_checkpoint)))
+        # the trial's score is its end model's: its best round, read out with the prefix power chosen on validation
+        end_log = json.loads((output_dir / f"trial-{index}" / "trainer_state.json").read_text())["log_history"]
+        powers = {
+            entry["read_out_prefix_power"]: entry["read_out_selection_score"]
+            for entry in end_log
+            if "read_out_prefix_power" in entry
+        }
+        assert set(powers) == set(RECIPES["small-cpu"].pretraining["read_out_prefix_powers"])
+        assert powers[0] == pytest.approx(max(validation_scores(last_checkpoint)))
+        assert trial["validation_selection_score"] == max(powers.values())
         assert trial["rounds"] == 2 and trial["train_runtime_s"] > 0
     best = max(trials, key=lambda trial: trial["validation_selection_score"])
     config = json.loads((output_dir / "config.json").read_text())

@@ -323,10 +323,11 @@ def run_search(
     """
     Trains the stage once for every combination of the grid's values (options of the model or training arguments
     by name), each trial in `output_dir/trial-N` with its rounds selected (and early-stopped) on validation, then
-    finishes the trial with the best validation selection score as `run_pretraining` / `run_finetuning` do. Every
-    trial's settings, best validation score, rounds and training seconds (over every attempt, and those of the
-    attempts before the last) are recorded under `"search"` in `recipe.json`, and each finished trial's record in
-    its own folder (`SEARCH_TRIAL_NAME`). With `resume_from_checkpoint=True` (or `"true"`) a stopped search
+    finishes the trial with the best validation selection score (that of the model it ends with: its best round, read
+    out with the prefix power chosen after training) as `run_pretraining` / `run_finetuning` do. Every trial's
+    settings, that score, rounds and training seconds (over every attempt, and those of the attempts before the last)
+    are recorded under `"search"` in `recipe.json`, and each finished trial's record in its own folder
+    (`SEARCH_TRIAL_NAME`). With `resume_from_checkpoint=True` (or `"true"`) a stopped search
     continues: a finished trial is not trained again (the best one gets its model back from its best checkpoint
     without a step), the others continue from their last complete checkpoint or start.
     """
@@ -400,9 +401,11 @@ def _trial_record(settings: dict, trainer: CLLM4RecTrainer) -> dict:
     """What a search records of a trial that `trainer` trained, and the checkpoint its model was taken from."""
     history = trainer.state.log_history
     clock = next(entry for entry in reversed(history) if "total_train_runtime" in entry)
+    # the score of the model the trial ends with: its best round, read out with the prefix power chosen on validation
+    read_out_scores = [entry["read_out_selection_score"] for entry in history if "read_out_selection_score" in entry]
     return {
         "settings": settings,
-        "validation_selection_score": trainer.state.best_metric,
+        "validation_selection_score": max(read_out_scores, default=trainer.state.best_metric),
         "rounds": sum("eval_selection_score" in entry for entry in history),
         "train_runtime_s": clock["total_train_runtime"],
         "train_runtime_before_resume_s": clock["train_runtime_before_resume"],
