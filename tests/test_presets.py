@@ -3,6 +3,7 @@
 import itertools
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from test_prepare_cli import assert_usage_error, run_cli
@@ -170,18 +171,23 @@ def test_a_run_resumed_from_the_round_where_early_stopping_ended_it_ends_there(t
     assert {name: (run_dir / name).read_bytes() for name in finished} == finished
 
 
-def test_a_finished_run_resumed_is_not_trained_again(tmp_path, capsys):
-    args = ("--backbone", "builtin-tiny-gpt2", "--learning_rate", "0.02", "--num_train_epochs", "30", *QUICK)
-    args = (*args, "--early_stopping_patience", "2", "--output_dir", str(tmp_path / "run"))
+@pytest.mark.parametrize("epochs, patience", [(30, 2), (3, 10)], ids=["stopped_early", "every_epoch_run"])
+def test_a_finished_run_resumed_is_not_trained_again(tmp_path, capsys, epochs, patience):
+    args = ("--backbone", "builtin-tiny-gpt2", "--learning_rate", "0.02", "--num_train_epochs", str(epochs), *QUICK)
+    args = (*args, "--early_stopping_patience", str(patience), "--output_dir", str(tmp_path / "run"))
     assert run_cli("pretrain", *args) == 0
     capsys.readouterr()
     run_dir = tmp_path / "run"
     state = json.loads((run_dir / "trainer_state.json").read_text())
-    assert len(validation_scores(run_dir)) < 30, "the run did not stop early"
+    best = Path(state["best_model_checkpoint"]).name
+    if epochs == 30:
+        assert len(validation_scores(run_dir)) < 30, "the run did not stop early"
+        assert best != f"checkpoint-{state['global_step']}", "the round that ended the run was the best"
+    else:
+        assert len(validation_scores(run_dir)) == epochs
     # the recipe's save_total_limit=1: only the best checkpoint is left, from which the Trainer would train on
     checkpoints = {path: path.stat().st_mtime_ns for path in run_dir.glob("checkpoint-*/*")}
-    assert {path.parent.name for path in checkpoints} == {state["best_model_checkpoint"].split("/")[-1]}
-    assert state["best_model_checkpoint"] != f"checkpoint-{state['global_step']}"
+    assert {path.parent.name for path in checkpoints} == {best}
     finished = {name: (run_dir / name).read_bytes() for name in ("model.safetensors", "test_results.json")}
     assert run_cli("pretrain", *args, "--resume_from_checkpoint", "true") == 0
     capsys.readouterr()
