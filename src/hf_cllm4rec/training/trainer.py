@@ -189,15 +189,12 @@ class CLLM4RecTrainer(Trainer):
         stays the one of `args`), so a resumed run stops where the uninterrupted run would have; the clock counts on
         from the checkpoint's training seconds.
         """
-        stored = json.loads((Path(folder) / TRAINER_STATE_NAME).read_text()).get("stateful_callbacks", {})
-
-        def attributes(callback) -> dict:
-            return stored.get(type(callback).__name__, {}).get("attributes", {})
-
+        state = TrainerState.load_from_json(os.path.join(folder, TRAINER_STATE_NAME))
         callback = self.early_stopping
         if callback is not None:
-            callback.early_stopping_patience_counter = attributes(callback).get("early_stopping_patience_counter", 0)
-        self.clock.seconds_before = attributes(self.clock).get("seconds_before", 0.0)
+            saved = saved_callback_attributes(state, ValidationEarlyStopping)
+            callback.early_stopping_patience_counter = saved.get("early_stopping_patience_counter", 0)
+        self.clock.seconds_before = saved_callback_attributes(state, TrainingClock).get("seconds_before", 0.0)
 
     @contextmanager
     def ending_at(self, checkpoint: str | os.PathLike):
@@ -513,6 +510,11 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return complete[-1] if complete else None
 
 
+def saved_callback_attributes(state: TrainerState, callback_class: type) -> dict:
+    """The attributes that `state` saved of the trainer's callback of `callback_class` (none where it saved none)."""
+    return state.stateful_callbacks.get(callback_class.__name__, {}).get("attributes", {})
+
+
 def finished_run_checkpoint(args: CLLM4RecTrainingArguments) -> str | None:
     """
     The best checkpoint of the run that finished in `args.output_dir` (its end state saved there) where training
@@ -526,9 +528,9 @@ def finished_run_checkpoint(args: CLLM4RecTrainingArguments) -> str | None:
     if state.best_model_checkpoint is None:
         return None
     best = Path(args.output_dir) / Path(state.best_model_checkpoint).name
-    stopping = state.stateful_callbacks.get(ValidationEarlyStopping.__name__, {}).get("attributes", {})
+    counter = saved_callback_attributes(state, ValidationEarlyStopping).get("early_stopping_patience_counter", 0)
     patience = args.early_stopping_patience
-    stopped_early = patience is not None and stopping.get("early_stopping_patience_counter", 0) >= patience
+    stopped_early = patience is not None and counter >= patience
     all_run = (
         state.global_step >= args.max_steps if args.max_steps > 0 else (state.epoch or 0) >= args.num_train_epochs
     )
