@@ -10,7 +10,7 @@ from test_prepare_cli import assert_usage_error, run_cli
 
 from hf_cllm4rec.cli.train import stage_parser
 from hf_cllm4rec.data import make_synthetic_data
-from hf_cllm4rec.training import FineTuningArguments, PretrainingArguments
+from hf_cllm4rec.training import CLLM4RecTrainer, FineTuningArguments, PretrainingArguments
 from hf_cllm4rec.training.presets import DEFAULT_RECIPE, RECIPES, SEARCH_GRIDS, apply_recipe, get_recipe
 from hf_cllm4rec.training.recipes import (
     BUILTIN_BACKBONE,
@@ -171,8 +171,20 @@ def test_a_run_resumed_from_the_round_where_early_stopping_ended_it_ends_there(t
     assert {name: (run_dir / name).read_bytes() for name in finished} == finished
 
 
+def recorded_splits(monkeypatch) -> list[str]:
+    """The splits that every `CLLM4RecTrainer` scores from now on, in order."""
+    splits, split_metrics = [], CLLM4RecTrainer.split_metrics
+
+    def recording_split_metrics(trainer, split, *args, **kwargs):
+        splits.append(split)
+        return split_metrics(trainer, split, *args, **kwargs)
+
+    monkeypatch.setattr(CLLM4RecTrainer, "split_metrics", recording_split_metrics)
+    return splits
+
+
 @pytest.mark.parametrize("epochs, patience", [(30, 2), (3, 10)], ids=["stopped_early", "every_epoch_run"])
-def test_a_finished_run_resumed_is_not_trained_again(tmp_path, capsys, epochs, patience):
+def test_a_finished_run_resumed_is_not_trained_again(tmp_path, capsys, monkeypatch, epochs, patience):
     args = ("--backbone", "builtin-tiny-gpt2", "--learning_rate", "0.02", "--num_train_epochs", str(epochs), *QUICK)
     args = (*args, "--early_stopping_patience", str(patience), "--output_dir", str(tmp_path / "run"))
     assert run_cli("pretrain", *args) == 0
@@ -188,9 +200,13 @@ def test_a_finished_run_resumed_is_not_trained_again(tmp_path, capsys, epochs, p
     # the recipe's save_total_limit=1: only the best checkpoint is left, from which the Trainer would train on
     checkpoints = {path: path.stat().st_mtime_ns for path in run_dir.glob("checkpoint-*/*")}
     assert {path.parent.name for path in checkpoints} == {best}
-    finished = {name: (run_dir / name).read_bytes() for name in ("model.safetensors", "test_results.json")}
+    finished = {
+        name: (run_dir / name).read_bytes() for name in ("model.safetensors", "config.json", "test_results.json")
+    }
+    splits = recorded_splits(monkeypatch)
     assert run_cli("pretrain", *args, "--resume_from_checkpoint", "true") == 0
     capsys.readouterr()
+    assert "validation" not in splits, "the read-out power was chosen again rather than read from the run's log"
     assert json.loads((run_dir / "trainer_state.json").read_text())["log_history"] == state["log_history"]
     assert {path: path.stat().st_mtime_ns for path in run_dir.glob("checkpoint-*/*")} == checkpoints
     assert {name: (run_dir / name).read_bytes() for name in finished} == finished
@@ -289,7 +305,9 @@ def test_a_stopped_search_resumes_trial_by_trial_and_ends_as_the_uninterrupted_o
     assert run_cli("pretrain", *args) == 0
     capsys.readouterr()
     trials = json.loads((output_dir / RECIPE_NAME).read_text())["search"]
-    finished = {name: (output_dir / name).read_bytes() for name in ("model.safetensors", "test_results.json")}
+    finished = {
+        name: (output_dir / name).read_bytes() for name in ("model.safetensors", "config.json", "test_results.json")
+    }
     best = max(range(len(trials)), key=lambda index: trials[index]["validation_selection_score"])
     # stopped in the middle of one trial (no record yet, its checkpoint left), before the last: the best one finished
     interrupted, unstarted = [index for index in range(len(trials)) if index != best][-2:]
@@ -312,7 +330,8 @@ def test_a_stopped_search_resumes_trial_by_trial_and_ends_as_the_uninterrupted_o
     assert json.loads((output_dir / "test_results.json").read_bytes()) == pytest.approx(
         json.loads(finished["test_results.json"])
     )
-    assert (output_dir / "model.safetensors").read_bytes() == finished["model.safetensors"]
+    for name in ("model.safetensors", "config.json"):  # the kept trial's weights and chosen read-out power
+        assert (output_dir / name).read_bytes() == finished[name], name
     # the kept trial's whole log, as the uninterrupted search saved it
     assert validation_scores(output_dir) == validation_scores(output_dir / f"trial-{best}")
     assert len(validation_scores(output_dir)) == trials[best]["rounds"]

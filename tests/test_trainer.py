@@ -409,6 +409,12 @@ def test_the_read_out_prefix_power_that_validation_scores_best_is_kept(tmp_path,
     ]
     trainer.save_model()
     assert CLLM4RecForCollaborativeLM.from_pretrained(tmp_path).config.read_out_prefix_power == 2
+    # the choice again from the run's log: the same powers take their logged scores, other powers are validated
+    model.config.read_out_prefix_power = 0
+    assert trainer.choose_read_out_prefix_power([0, 1, 2, 4], log_history=trainer.state.log_history) == 2
+    assert model.config.read_out_prefix_power == 2 and len(splits) == 4
+    assert trainer.choose_read_out_prefix_power([0, 1], log_history=trainer.state.log_history) == 1
+    assert len(splits) == 6
 
 
 def test_the_read_out_prefix_powers_need_the_mean_read_out_and_sensible_values(tmp_path, data, base_tokenizer):

@@ -29,6 +29,7 @@ from .trainer import (
     check_complete_checkpoint,
     finished_run_checkpoint,
     last_complete_checkpoint,
+    read_out_prefix_power_scores,
 )
 
 logger = logging.get_logger(__name__)
@@ -402,7 +403,7 @@ def _trial_record(settings: dict, trainer: CLLM4RecTrainer) -> dict:
     history = trainer.state.log_history
     clock = next(entry for entry in reversed(history) if "total_train_runtime" in entry)
     # the score of the model the trial ends with: its best round, read out with the prefix power chosen on validation
-    read_out_scores = [entry["read_out_selection_score"] for entry in history if "read_out_selection_score" in entry]
+    read_out_scores = read_out_prefix_power_scores(history).values()
     return {
         "settings": settings,
         "validation_selection_score": max(read_out_scores, default=trainer.state.best_metric),
@@ -417,16 +418,21 @@ def _reloaded(
     model_args, data_args, training_args, checkpoint_name: str
 ) -> tuple[CLLM4RecTrainer, RecommendationData]:
     """
-    The trainer of a trial that an earlier attempt finished, holding its model again: resumed from its best
-    checkpoint, training ends there without a step (the best round loaded, the read-out power chosen); then given back
-    the state the trial ended in (its whole log).
+    The trainer of a trial or run that an earlier attempt finished, holding its model again: resumed from its best
+    checkpoint, training ends there without a step (the best round loaded); then given back the state it ended in
+    (its whole log) and the read-out power it chose, read from that log rather than validated again.
     """
     checkpoint = os.path.join(training_args.output_dir, checkpoint_name)
     check_complete_checkpoint(checkpoint)
-    trainer, data = _trained(
-        model_args, data_args, replace(training_args, resume_from_checkpoint=checkpoint), ends_at_checkpoint=True
-    )
+    powers = getattr(training_args, "read_out_prefix_powers", None)
+    resumed_args = replace(training_args, resume_from_checkpoint=checkpoint)
+    if powers:
+        resumed_args.read_out_prefix_powers = None  # chosen from the end state's log below
+    trainer, data = _trained(model_args, data_args, resumed_args, ends_at_checkpoint=True)
     trainer.state = TrainerState.load_from_json(os.path.join(training_args.output_dir, TRAINER_STATE_NAME))
+    if powers:
+        trainer.args.read_out_prefix_powers = powers
+        trainer.choose_read_out_prefix_power(powers, log_history=trainer.state.log_history)
     return trainer, data
 
 

@@ -218,16 +218,19 @@ class CLLM4RecTrainer(Trainer):
         callback = self.early_stopping
         return callback is not None and callback.early_stopping_patience_counter >= callback.early_stopping_patience
 
-    def choose_read_out_prefix_power(self, powers) -> float:
+    def choose_read_out_prefix_power(self, powers, log_history: list[dict] | None = None) -> float:
         """
         Sets the model's `config.read_out_prefix_power` to the one of `powers` whose validation selection score is
-        best (the first of equals), logging each power's score; returns it.
+        best (the first of equals), logging each power's score; returns it. Given the `log_history` of a run that
+        tried the same powers on this model, it takes the scores logged there instead of validating again.
         """
-        scores = {}
-        for power in powers:
-            self.model.config.read_out_prefix_power = power
-            scores[power] = self.split_metrics("validation")["selection_score"]
-            self.log({"read_out_prefix_power": power, "read_out_selection_score": scores[power]})
+        scores = read_out_prefix_power_scores(log_history or [])
+        if set(scores) != set(powers):
+            scores = {}
+            for power in powers:
+                self.model.config.read_out_prefix_power = power
+                scores[power] = self.split_metrics("validation")["selection_score"]
+                self.log({"read_out_prefix_power": power, "read_out_selection_score": scores[power]})
         self.model.config.read_out_prefix_power = best = max(scores, key=scores.get)
         return best
 
@@ -497,6 +500,15 @@ def document_sources(model, data, tokenizer, args, max_length: int) -> list:
     if args.content_steps:
         sources.append(ContentDocuments(data, tokenizer, max_length, args.content_document_kinds))
     return sources
+
+
+def read_out_prefix_power_scores(log_history: list[dict]) -> dict[float, float]:
+    """The validation selection score of each read-out prefix power that a run's log records trying, in its order."""
+    return {
+        entry["read_out_prefix_power"]: entry["read_out_selection_score"]
+        for entry in log_history
+        if "read_out_prefix_power" in entry
+    }
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
