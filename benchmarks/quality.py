@@ -82,7 +82,7 @@ from hf_cllm4rec.training.recipes import (  # noqa: E402
     run_pretraining,
     run_search,
 )
-from hf_cllm4rec.training.trainer import last_complete_checkpoint  # noqa: E402
+from hf_cllm4rec.training.trainer import last_complete_checkpoint, read_out_prefix_power_scores  # noqa: E402
 
 # The options of this script that a recipe's settings give: option -> (stage, setting of that stage's command).
 RECIPE_OPTIONS = {
@@ -648,14 +648,12 @@ def stage_results(test_metrics: dict, output_dir: Path, model_class: type, args)
             if "loss" in entry
         ],
     }
-    choice = [entry for entry in history if "read_out_selection_score" in entry]
-    if choice:  # the powers of the mean read-out tried on validation after training, and the one kept
-        results["read_out_prefix_powers"] = {
-            f"{entry['read_out_prefix_power']:g}": entry["read_out_selection_score"] for entry in choice
-        }
+    # the powers of the mean read-out tried on validation after training, and the one kept
+    if choice := read_out_prefix_power_scores(history):
+        results["read_out_prefix_powers"] = {f"{power:g}": score for power, score in choice.items()}
         results["read_out_prefix_power"] = json.loads((output_dir / CONFIG_NAME).read_text())["read_out_prefix_power"]
     if trials := search_trials(output_dir):
-        results["search"] = trials  # every trial's settings, best validation score, rounds, seconds
+        results["search"] = trials  # every trial's settings, best validation score, rounds, seconds, whether kept
     if args.history_permutations > 1:
         model = model_class.from_pretrained(output_dir).to("cuda" if torch.cuda.is_available() else "cpu")
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):  # as the Trainer evaluates

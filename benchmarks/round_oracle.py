@@ -19,6 +19,10 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+from transformers import TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import quality  # noqa: E402
@@ -29,19 +33,24 @@ METRICS = ("recall@20", "recall@40", "ndcg@100")
 
 
 def kept_folder(stage: str, rounds: dict[str, list[dict]], trials: list[dict]) -> str:
-    """The folder of the stage's kept model: the search's best trial on validation (the first of equals), as the search
-    chooses it, or the stage's one folder."""
+    """The folder of the stage's kept model: the trial the search kept, or the stage's one folder."""
     if not trials:
         (folder,) = rounds
         return folder
-    return f"{stage}/trial-{max(range(len(trials)), key=lambda index: trials[index]['validation_selection_score'])}"
+    return f"{stage}/trial-{next(index for index, trial in enumerate(trials) if trial['kept'])}"
 
 
-def summary(rounds: dict[str, list[dict]], kept_in: str, ease: dict | None) -> dict:
-    """Per metric: the test value of the round validation kept (the best round of folder `kept_in`), the best test value
+def kept_step(folder: Path) -> int:
+    """The step of the round that the run trained in `folder` kept: its best checkpoint's."""
+    state = TrainerState.load_from_json(str(folder / TRAINER_STATE_NAME))
+    return int(Path(state.best_model_checkpoint).name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-"))
+
+
+def summary(rounds: dict[str, list[dict]], kept_in: str, step: int, ease: dict | None) -> dict:
+    """Per metric: the test value of the round validation kept (that of `step` in folder `kept_in`), the best test value
     of any round and, with `ease` (its test metrics), how many rounds reach it."""
     every_round = [entry for entries in rounds.values() for entry in entries]
-    kept = max(rounds[kept_in], key=lambda entry: entry["eval_selection_score"])  # the first of equals, as the trainer
+    kept = next(entry for entry in rounds[kept_in] if entry["step"] == step)
     result = {"rounds": len(every_round), "kept": {"folder": kept["folder"], "step": kept["step"]}}
     for metric in METRICS:
         tests = [entry[f"test_{metric}"] for entry in every_round]
@@ -80,7 +89,8 @@ def main() -> None:
         stage_rounds = {folder: entries for folder, entries in rounds.items() if folder.split("/")[0] == stage}
         if stage_rounds:
             kept_in = kept_folder(stage, stage_rounds, results.get("search", []))
-            stages[stage] = {"summary": summary(stage_rounds, kept_in, ease), "rounds": stage_rounds}
+            step = kept_step(root / kept_in)
+            stages[stage] = {"summary": summary(stage_rounds, kept_in, step, ease), "rounds": stage_rounds}
     result = {"benchmark": "round_oracle", "name": args.name, "quality": f"quality-{args.name}.json", **stages}
     if ease is not None:
         result["ease"] = ease

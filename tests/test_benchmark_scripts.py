@@ -380,7 +380,10 @@ def test_round_oracle_tests_every_round_of_every_trial_without_changing_the_run(
         assert max(entry["eval_selection_score"] for entry in entries) == trial["validation_selection_score"]
     summary = oracle["pretrain"]["summary"]
     best = max(range(len(trials)), key=lambda index: trials[index]["validation_selection_score"])
+    assert [trial["kept"] for trial in trials] == [index == best for index in range(4)]
     assert summary["rounds"] == 8 and summary["kept"]["folder"] == f"pretrain/trial-{best}"
+    kept_round = max(rounds[f"pretrain/trial-{best}"], key=lambda entry: entry["eval_selection_score"])
+    assert summary["kept"]["step"] == kept_round["step"]
     ease = quality["baselines"]["ease"]["test"]
     for metric in ("recall@20", "recall@40", "ndcg@100"):
         # the kept round (no read-out power chosen after training) is the model quality.py tested

@@ -290,6 +290,7 @@ def test_search_trains_every_combination_of_its_grid_and_keeps_the_best_on_valid
         assert trial["validation_selection_score"] == max(powers.values())
         assert trial["rounds"] == 2 and trial["train_runtime_s"] > 0
     best = max(trials, key=lambda trial: trial["validation_selection_score"])
+    assert [trial["kept"] for trial in trials] == [trial is best for trial in trials]
     config = json.loads((output_dir / "config.json").read_text())
     assert config["text_config"]["attn_pdrop"] == best["settings"]["backbone_dropout"]
     saved = json.loads((output_dir / "training_args.json").read_text())

@@ -327,7 +327,8 @@ def run_search(
     finishes the trial with the best validation selection score (that of the model it ends with: its best round, read
     out with the prefix power chosen after training) as `run_pretraining` / `run_finetuning` do. Every trial's
     settings, that score, rounds and training seconds (over every attempt, and those of the attempts before the last)
-    are recorded under `"search"` in `recipe.json`, and each finished trial's record in its own folder
+    and whether it was kept are recorded under `"search"` in `recipe.json`, and each finished trial's record (all but
+    whether it was kept) in its own folder
     (`SEARCH_TRIAL_NAME`). With `resume_from_checkpoint=True` (or `"true"`) a stopped search
     continues: a finished trial is not trained again (the best one gets its model back from its best checkpoint
     without a step), the others continue from their last complete checkpoint or start.
@@ -378,6 +379,7 @@ def run_search(
         if best is None or record["validation_selection_score"] > best[0]["validation_selection_score"]:
             best = record, trained, trial_model_args, trial_training_args
     record, trained, best_model_args, best_training_args = best
+    trials = [{**trial, "kept": trial is record} for trial in trials]
     checkpoint = record["best_model_checkpoint"]
     trainer, data = trained or _reloaded(best_model_args, data_args, best_training_args, checkpoint)
     trainer.args.output_dir = training_args.output_dir
