@@ -21,7 +21,6 @@ from unittest import mock
 
 from transformers import TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,12 +37,6 @@ def kept_folder(stage: str, rounds: dict[str, list[dict]], trials: list[dict]) -
         (folder,) = rounds
         return folder
     return f"{stage}/trial-{next(index for index, trial in enumerate(trials) if trial['kept'])}"
-
-
-def kept_step(folder: Path) -> int:
-    """The step of the round that the run trained in `folder` kept: its best checkpoint's."""
-    state = TrainerState.load_from_json(str(folder / TRAINER_STATE_NAME))
-    return int(Path(state.best_model_checkpoint).name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-"))
 
 
 def summary(rounds: dict[str, list[dict]], kept_in: str, step: int, ease: dict | None) -> dict:
@@ -89,7 +82,7 @@ def main() -> None:
         stage_rounds = {folder: entries for folder, entries in rounds.items() if folder.split("/")[0] == stage}
         if stage_rounds:
             kept_in = kept_folder(stage, stage_rounds, results.get("search", []))
-            step = kept_step(root / kept_in)
+            step = TrainerState.load_from_json(str(root / kept_in / TRAINER_STATE_NAME)).best_global_step
             stages[stage] = {"summary": summary(stage_rounds, kept_in, step, ease), "rounds": stage_rounds}
     result = {"benchmark": "round_oracle", "name": args.name, "quality": f"quality-{args.name}.json", **stages}
     if ease is not None:
